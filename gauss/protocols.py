@@ -1,0 +1,207 @@
+"""The plugin protocols: what each stage of the data path must provide.
+
+A source is ``Transport -> Framing -> Middleware* -> Codec -> topic``; a sink
+is the mirror. Every stage moves *batches* (sequences), never one record at a
+time. Plugins are created by a factory from their TOML table (see
+:mod:`gauss.registry`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+from gauss.core import TopicRecord
+from gauss.records import DataFormat, KeyInfo, QueryResult, Rejected, TopicQuery
+
+__all__ = [
+    "Connection",
+    "Transport",
+    "FrameDecoder",
+    "Framing",
+    "Middleware",
+    "FormatSerializer",
+    "Codec",
+    "TopicStorage",
+    "PublishContext",
+    "TopicProcessor",
+    "TopicSink",
+]
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """One open byte stream (a TCP connection, say)."""
+
+    peer: str
+
+    def recv(self, max_bytes: int = 65536) -> bytes:
+        """Block (cooperatively) for the next chunk; ``b""`` at end of stream."""
+        ...
+
+    def sendall(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Opens byte streams for a source or a sink: listens or dials."""
+
+    description: str
+    """Human-readable endpoint, e.g. ``tcp-server 127.0.0.1:9100``."""
+
+    def serve(self, handler: Callable[[Connection], None]) -> None:
+        """Start without blocking: run ``handler(conn)`` in its own greenlet
+        for every connection. A dialing transport reconnects (with capped
+        back-off) whenever ``handler`` returns or the connection fails."""
+        ...
+
+    def close(self) -> None:
+        """Stop listening or dialing and close every open connection."""
+        ...
+
+
+class FrameDecoder(Protocol):
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Return the frames completed by ``chunk``; raises ``FrameTooLarge``."""
+        ...
+
+
+@runtime_checkable
+class Framing(Protocol):
+    name: str
+    text_only: bool
+    """True for ``lines``: only uncompressed text codecs may ride on it."""
+
+    def decoder(self) -> FrameDecoder:
+        """A fresh incremental decoder, one per connection."""
+        ...
+
+    def encode(self, payloads: Sequence[bytes]) -> bytes:
+        """Frame a batch of payloads as one bytes object."""
+        ...
+
+
+@runtime_checkable
+class Middleware(Protocol):
+    """Transforms each payload between framing and codec (compression)."""
+
+    name: str
+
+    def decode(self, payloads: Sequence[bytes], max_bytes: int) -> tuple[list[bytes], list[Rejected]]:
+        """Undo the transform; a payload that is corrupt or would grow past
+        ``max_bytes`` is rejected, never expanded."""
+        ...
+
+    def encode(self, payloads: Sequence[bytes]) -> list[bytes]: ...
+
+
+@runtime_checkable
+class FormatSerializer(Protocol):
+    """Payload objects to bytes and back, one payload per frame."""
+
+    name: str
+    text: bool
+    """True when payloads are text without newlines (may use ``lines``)."""
+
+    def serialize(self, datas: Sequence[Any]) -> list[bytes]: ...
+
+    def deserialize(self, payload: bytes) -> Any:
+        """Raises ``DecodeError`` naming what is wrong."""
+        ...
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Payload bytes to records and back (``key``/``ts_ms`` read from the payload)."""
+
+    name: str
+    text: bool
+
+    def decode(self, payloads: Sequence[bytes]) -> tuple[list[TopicRecord], list[Rejected]]: ...
+
+    def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
+        """Encode each record's ``data`` (a sink sends the payload, not the record)."""
+        ...
+
+
+@runtime_checkable
+class TopicStorage(Protocol):
+    """Where a topic keeps its records. One instance serves one topic."""
+
+    name: str
+    durable: bool
+
+    def open(self, topic: str, data_format: DataFormat) -> tuple[str, int]:
+        """Prepare to store ``topic``; return ``(epoch, last_seq)``.
+
+        A durable storage returns the epoch and last seq it kept; a volatile
+        one a new epoch and 0.
+        """
+        ...
+
+    def append(self, records: Sequence[TopicRecord]) -> None:
+        """Store a batch of numbered records. For ``DataFormat.CANDLE`` a
+        record replaces the stored one with the same ``(key, ts_ms)``."""
+        ...
+
+    def query(self, query: TopicQuery) -> QueryResult: ...
+
+    def latest(self, key: str | None = None) -> list[TopicRecord]:
+        """The newest record (by ``ts_ms``) of each key, or of ``key``."""
+        ...
+
+    def keys(self) -> list[KeyInfo]: ...
+
+    def count(self) -> int:
+        """Records held."""
+        ...
+
+    def bounds(self) -> tuple[int, int]:
+        """The oldest and newest ``seq`` held; ``(0, 0)`` when empty."""
+        ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PublishContext(Protocol):
+    """What processors publish through (the topic registry)."""
+
+    def publish(self, topic: str, records: Sequence[TopicRecord]) -> None: ...
+
+
+@runtime_checkable
+class TopicProcessor(Protocol):
+    """Reads batches of one topic and publishes derived records."""
+
+    name: str
+    flush_interval: float | None
+    """Seconds between :meth:`flush` calls, or None for none."""
+
+    def start(self, context: PublishContext) -> None: ...
+
+    def process(self, topic: str, records: Sequence[TopicRecord], context: PublishContext) -> None: ...
+
+    def flush(self, context: PublishContext) -> None:
+        """Publish what is pending (also called once at stop)."""
+        ...
+
+    def stop(self, context: PublishContext) -> None: ...
+
+
+@runtime_checkable
+class TopicSink(Protocol):
+    """Sends the records of a topic somewhere outside Gauss."""
+
+    name: str
+    description: str
+
+    def start(self) -> None: ...
+
+    def write(self, records: Sequence[TopicRecord]) -> None:
+        """Deliver one batch; never blocks on one slow client."""
+        ...
+
+    def stop(self) -> None: ...

@@ -1,0 +1,153 @@
+"""Records, queries and the names shared by every part of the data path."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping, NamedTuple
+
+from gauss.core import TopicRecord
+from gauss.errors import QueryError
+
+__all__ = [
+    "TopicRecord",
+    "TopicQuery",
+    "QueryResult",
+    "KeyInfo",
+    "Rejected",
+    "OverflowPolicy",
+    "DataFormat",
+    "MAX_QUERY_LIMIT",
+    "DEFAULT_QUERY_LIMIT",
+]
+
+MAX_QUERY_LIMIT = 100_000
+DEFAULT_QUERY_LIMIT = 1000
+
+
+class OverflowPolicy(str, enum.Enum):
+    """What a full subscriber queue does with the next batch (SPEC section 5)."""
+
+    DROP = "drop"
+    """Shed the newest records; the publisher never waits."""
+    DROP_OLDEST = "drop_oldest"
+    """Evict the oldest queued records to make room for the newest."""
+    CONFLATE = "conflate"
+    """Keep only the latest queued record per key."""
+    BACK_PRESSURE = "back_pressure"
+    """The publisher waits until there is room."""
+
+    @classmethod
+    def parse(cls, value: object) -> OverflowPolicy:
+        try:
+            return cls(value)
+        except ValueError:
+            known = ", ".join(p.value for p in cls)
+            raise ValueError(f"unknown overflow policy {value!r}; known: {known}") from None
+
+
+class DataFormat(str, enum.Enum):
+    """What the records of a topic carry."""
+
+    QUOTE = "quote"
+    """The six quote fields of SPEC section 1, nothing else."""
+    CANDLE = "candle"
+    """OHLC candles; one record per (key, ts_ms), later versions replace earlier."""
+    ANY = "any"
+    """Any JSON-compatible payload."""
+
+    @property
+    def upsert(self) -> bool:
+        return self is DataFormat.CANDLE
+
+
+class Rejected(NamedTuple):
+    """A payload that did not become a record, and why (for dead letters)."""
+
+    raw: bytes
+    reason: str
+
+
+class KeyInfo(NamedTuple):
+    key: str
+    records: int
+    last_ts_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicQuery:
+    """A query of SPEC section 4: ``from_ms <= ts_ms < to_ms``, ``seq > since_seq``.
+
+    Results ascend by ``ts_ms``; when more than ``limit`` match, the most
+    recent ``limit`` are returned and the result is ``truncated``.
+    """
+
+    key: str | None = None
+    from_ms: int | None = None
+    to_ms: int | None = None
+    since_seq: int | None = None
+    limit: int = DEFAULT_QUERY_LIMIT
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.limit <= MAX_QUERY_LIMIT:
+            raise QueryError("limit", f"must be an integer from 1 to {MAX_QUERY_LIMIT}")
+        if self.from_ms is not None and self.to_ms is not None and self.from_ms > self.to_ms:
+            raise QueryError("from", "must not be greater than 'to'")
+        if self.since_seq is not None and self.since_seq < 0:
+            raise QueryError("since_seq", "must be a non-negative integer")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> TopicQuery:
+        """Build a query from REST/WebSocket parameters, naming any bad one.
+
+        Accepts strings (query strings) or JSON numbers; ``from`` and ``to``
+        map to ``from_ms`` and ``to_ms``.
+        """
+        key = params.get("key")
+        if key is not None and (not isinstance(key, str) or not key):
+            raise QueryError("key", "must be a non-empty string")
+        return cls(
+            key=key,
+            from_ms=_int_param(params, "from"),
+            to_ms=_int_param(params, "to"),
+            since_seq=_int_param(params, "since_seq"),
+            limit=_int_param(params, "limit", DEFAULT_QUERY_LIMIT),  # type: ignore[arg-type]
+        )
+
+    def matches(self, record: TopicRecord) -> bool:
+        """True when ``record`` satisfies every filter (``limit`` aside)."""
+        if self.key is not None and record.key != self.key:
+            return False
+        if self.from_ms is not None and record.ts_ms < self.from_ms:
+            return False
+        if self.to_ms is not None and record.ts_ms >= self.to_ms:
+            return False
+        if self.since_seq is not None and record.seq <= self.since_seq:
+            return False
+        return True
+
+
+def _int_param(params: Mapping[str, Any], name: str, default: int | None = None) -> int | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise QueryError(name, "must be an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise QueryError(name, "must be an integer")
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise QueryError(name, f"must be an integer, got {value!r}") from None
+    raise QueryError(name, "must be an integer")
+
+
+@dataclass(slots=True)
+class QueryResult:
+    records: list[TopicRecord] = field(default_factory=list)
+    truncated: bool = False

@@ -1,0 +1,1 @@
+"""Built-in Gauss plugins, installed as ``gauss_plugins``."""
