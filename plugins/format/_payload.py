@@ -1,0 +1,85 @@
+"""What every codec shares: payload dict -> record, the common options, encode-error logging.
+
+A codec turns a payload into ``TopicRecord(ts_ms=data[ts_field],
+key=data[key_field], data=data)`` (SPEC section 1). The key must be a
+non-empty string and the timestamp an integral, non-zero number (an empty
+symbol or a zero ``ts_ms`` counts as missing). Quote-specific checks are the
+source's job (:class:`gauss.quotes.QuoteCheck`), not the codec's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from gauss.core import TopicRecord
+from gauss.quotes import as_int_ts
+from gauss.registry import Options
+
+__all__ = [
+    "DEFAULT_KEY_FIELD",
+    "DEFAULT_TS_FIELD",
+    "make_record",
+    "read_field_options",
+    "EncodeFailureLog",
+]
+
+DEFAULT_KEY_FIELD = "symbol"
+DEFAULT_TS_FIELD = "ts_ms"
+
+
+def read_field_options(opts: Options) -> tuple[str, str]:
+    """Read ``key_field`` and ``ts_field`` (the options every codec has)."""
+    key_field = opts.str("key_field", DEFAULT_KEY_FIELD)
+    ts_field = opts.str("ts_field", DEFAULT_TS_FIELD)
+    return key_field, ts_field
+
+
+def make_record(data: Any, key_field: str, ts_field: str) -> TopicRecord:
+    """The record of one decoded payload; raises ``ValueError`` saying what is wrong."""
+    if type(data) is not dict:
+        raise ValueError(f"payload must be an object, got {type(data).__name__}")
+    key = data.get(key_field)
+    if type(key) is not str or not key:
+        if key is None or key == "":
+            raise ValueError(f"missing key field {key_field!r}")
+        if not isinstance(key, str):
+            raise ValueError(f"key field {key_field!r} must be a string, got {key!r}")
+        key = str(key)
+    ts = data.get(ts_field)
+    if type(ts) is not int:
+        if ts is None:
+            raise ValueError(f"missing timestamp field {ts_field!r}")
+        ts = as_int_ts(ts)
+    if ts == 0:
+        raise ValueError(f"missing timestamp field {ts_field!r} (zero)")
+    return TopicRecord(ts, key, data)
+
+
+class EncodeFailureLog:
+    """Rate-limited warning for records a codec cannot encode (they are skipped).
+
+    A sink must keep serving the records it can encode; one record of the
+    wrong shape is logged (at most once per ``interval`` seconds, with a
+    count of the ones not logged) and left out of the batch.
+    """
+
+    def __init__(self, logger: logging.Logger, codec: str, interval: float = 10.0) -> None:
+        self._log = logger
+        self._codec = codec
+        self._interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+        self.count = 0
+
+    def record(self, data: Any, exc: BaseException) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        more = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+        self._log.warning("%s codec: cannot encode payload %.200r: %s; skipped%s", self._codec, data, exc, more)
+        self._suppressed = 0
+        self._next = now + self._interval
