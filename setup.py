@@ -147,6 +147,7 @@ setup(
             "requests>=2.31",
             "websocket-client>=1.7",
             "mypy>=1.10",
+            "grpcio-tools>=1.60",
         ],
     },
     entry_points=PLUGINS,

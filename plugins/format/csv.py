@@ -1,0 +1,155 @@
+"""``csv`` codec: one row per payload, no header (SPEC section 2).
+
+Columns default to the quote's ``symbol,bid,ask,bid_size,ask_size,ts_ms``
+and are configurable (``columns``). On decode the key column stays a
+string; every other column that parses as a number becomes an ``int`` or a
+``float``, an empty field is left out of the payload, anything else stays a
+string. Floats are written with ``repr`` so they round-trip exactly.
+Quoting follows RFC 4180 (the ``csv`` module's rules): a field holding a
+comma, a quote or a line break is quoted. A line break inside a field
+cannot ride on ``lines`` framing; use ``length-prefixed`` for such data.
+"""
+
+from __future__ import annotations
+
+import csv as _csv
+import logging
+from typing import Any, Sequence
+
+from gauss.core import QUOTE_FIELDS, TopicRecord
+from gauss.errors import ConfigError, DecodeError
+from gauss.records import Rejected
+from gauss.registry import Options
+from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
+
+__all__ = ["CsvCodec", "create", "DEFAULT_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COLUMNS: tuple[str, ...] = tuple(QUOTE_FIELDS)
+
+_float_repr = float.__repr__
+
+
+def _number_or_text(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _quote(text: str) -> str:
+    if "," in text or '"' in text or "\n" in text or "\r" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _format(value: Any) -> str:
+    kind = type(value)
+    if kind is float:
+        return _float_repr(value)
+    if kind is str:
+        return _quote(value)
+    if kind is int:
+        return str(value)
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        raise TypeError(f"cannot write boolean {value!r} as a CSV field")
+    if isinstance(value, float):
+        return _float_repr(float(value))
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, str):
+        return _quote(str(value))
+    raise TypeError(f"cannot write {type(value).__name__} {value!r} as a CSV field")
+
+
+class CsvCodec:
+    """Codec and FormatSerializer for CSV rows."""
+
+    name = "csv"
+    text = True
+
+    def __init__(
+        self, columns: Sequence[str] = DEFAULT_COLUMNS, key_field: str = "symbol", ts_field: str = "ts_ms"
+    ) -> None:
+        self.columns = tuple(columns)
+        self.key_field = key_field
+        self.ts_field = ts_field
+        self._key_index = self.columns.index(key_field)
+        self._encode_failures = EncodeFailureLog(log, self.name)
+
+    def _split(self, payload: bytes) -> list[str]:
+        text = payload.decode("utf-8")
+        if '"' in text or "\n" in text or "\r" in text:
+            rows = list(_csv.reader((text,), strict=True))
+            if len(rows) != 1:
+                raise ValueError(f"expected one CSV row, got {len(rows)}")
+            fields = rows[0]
+        else:
+            fields = text.split(",")
+        if len(fields) != len(self.columns):
+            raise ValueError(f"expected {len(self.columns)} columns ({','.join(self.columns)}), got {len(fields)}")
+        return fields
+
+    def deserialize(self, payload: bytes) -> dict[str, Any]:
+        """The payload dict of one row; raises ``DecodeError``."""
+        try:
+            fields = self._split(payload)
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"bad UTF-8: {exc}") from None
+        except (ValueError, _csv.Error) as exc:
+            raise DecodeError(f"bad CSV: {exc}") from None
+        key_index = self._key_index
+        data: dict[str, Any] = {}
+        for index, (column, text) in enumerate(zip(self.columns, fields)):
+            if text == "":
+                continue
+            data[column] = text if index == key_index else _number_or_text(text)
+        return data
+
+    def decode(self, payloads: Sequence[bytes]) -> tuple[list[TopicRecord], list[Rejected]]:
+        """Records of the good rows, and the bad ones with the reason."""
+        records: list[TopicRecord] = []
+        rejected: list[Rejected] = []
+        key_field = self.key_field
+        ts_field = self.ts_field
+        for payload in payloads:
+            try:
+                records.append(make_record(self.deserialize(payload), key_field, ts_field))
+            except ValueError as exc:  # DecodeError is a ValueError
+                rejected.append(Rejected(bytes(payload), str(exc)))
+        return records, rejected
+
+    def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
+        """One row per record's ``data``; a record that cannot be written is logged and skipped."""
+        return self.serialize([record.data for record in records])
+
+    def serialize(self, datas: Sequence[Any]) -> list[bytes]:
+        columns = self.columns
+        out: list[bytes] = []
+        for data in datas:
+            try:
+                get = data.get
+                out.append(",".join([_format(get(column)) for column in columns]).encode("utf-8"))
+            except (TypeError, ValueError, AttributeError, UnicodeEncodeError) as exc:
+                self._encode_failures.record(data, exc)
+        return out
+
+
+def create(table: dict[str, Any]) -> CsvCodec:
+    opts = Options(table)
+    columns = opts.str_list("columns", list(DEFAULT_COLUMNS))
+    key_field, ts_field = read_field_options(opts)
+    opts.done()
+    if len(set(columns)) != len(columns):
+        raise ConfigError("columns", f"must not repeat a column, got {columns!r}")
+    for option, field in (("key_field", key_field), ("ts_field", ts_field)):
+        if field not in columns:
+            raise ConfigError(option, f"{field!r} is not one of the columns ({', '.join(columns)})")
+    return CsvCodec(columns, key_field, ts_field)

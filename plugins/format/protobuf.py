@@ -1,0 +1,210 @@
+"""``protobuf`` codec: one proto3 message per payload (SPEC section 2).
+
+The message type comes from a compiled ``FileDescriptorSet`` (``.desc``),
+so any message a user compiles can be decoded without generated Python
+code: options ``descriptor`` (default: the shipped ``schemas/quote.desc``)
+and ``message`` (default ``gauss.Quote``). A payload becomes a dict of the
+message's fields by name (scalars as Python numbers and strings, nested
+messages as dicts, repeated fields as lists). Proto3 cannot tell ``""`` or
+``0`` from absent, so an empty key or a zero timestamp counts as missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from gauss.core import TopicRecord
+from gauss.errors import ConfigError, DecodeError
+from gauss.records import Rejected
+from gauss.registry import Options
+from gauss.resources import resource_path
+from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
+
+__all__ = ["ProtobufCodec", "create", "load_message_class", "DEFAULT_MESSAGE"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MESSAGE = "gauss.Quote"
+
+_INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
+    }
+)
+
+
+@functools.lru_cache(maxsize=32)
+def _pool(descriptor_path: str) -> descriptor_pool.DescriptorPool:
+    """A private pool per ``.desc`` file, so two files may define the same names."""
+    blob = Path(descriptor_path).read_bytes()
+    file_set = descriptor_pb2.FileDescriptorSet.FromString(blob)
+    pool = descriptor_pool.DescriptorPool()
+    for file_proto in file_set.file:
+        pool.Add(file_proto)
+    return pool
+
+
+def load_message_class(descriptor_path: Path, message_name: str) -> type[message.Message]:
+    """The message class named ``message_name`` in the descriptor set at ``descriptor_path``."""
+    pool = _pool(str(descriptor_path))
+    descriptor = pool.FindMessageTypeByName(message_name)
+    return message_factory.GetMessageClass(descriptor)
+
+
+def _is_repeated(field: FieldDescriptor) -> bool:
+    # protobuf >= 6 exposes is_repeated; older releases only the label.
+    repeated = getattr(field, "is_repeated", None)
+    if repeated is not None:
+        return bool(repeated)
+    return field.label == FieldDescriptor.LABEL_REPEATED  # type: ignore[attr-defined]
+
+
+class _Shape:
+    """How to turn one message type into a dict and back (precomputed per type)."""
+
+    def __init__(self, descriptor: Descriptor) -> None:
+        self.scalars: list[str] = []
+        self.repeated: list[str] = []
+        self.messages: list[tuple[str, _Shape]] = []
+        self.repeated_messages: list[tuple[str, _Shape]] = []
+        self.integers: set[str] = set()
+        self.names: set[str] = set()
+        for field in descriptor.fields:
+            self.names.add(field.name)
+            if field.type in _INTEGER_TYPES:
+                self.integers.add(field.name)
+            is_message = field.type == FieldDescriptor.TYPE_MESSAGE
+            if is_message and field.message_type.GetOptions().map_entry:
+                raise ConfigError("message", f"map field {field.full_name!r} is not supported")
+            if is_message:
+                shape = _Shape(field.message_type)
+                (self.repeated_messages if _is_repeated(field) else self.messages).append((field.name, shape))
+            else:
+                (self.repeated if _is_repeated(field) else self.scalars).append(field.name)
+
+    def to_dict(self, msg: Any) -> dict[str, Any]:
+        data = {name: getattr(msg, name) for name in self.scalars}
+        for name in self.repeated:
+            data[name] = list(getattr(msg, name))
+        for name, shape in self.messages:
+            if msg.HasField(name):
+                data[name] = shape.to_dict(getattr(msg, name))
+        for name, shape in self.repeated_messages:
+            data[name] = [shape.to_dict(item) for item in getattr(msg, name)]
+        return data
+
+    def fill(self, msg: Any, data: Any) -> None:
+        integers = self.integers
+        for name in self.scalars:
+            value = data.get(name)
+            if value is None:
+                continue
+            if name in integers and type(value) is float and value.is_integer():
+                value = int(value)
+            setattr(msg, name, value)
+        for name in self.repeated:
+            values = data.get(name)
+            if values:
+                getattr(msg, name).extend(values)
+        for name, shape in self.messages:
+            value = data.get(name)
+            if value is not None:
+                shape.fill(getattr(msg, name), value)
+        for name, shape in self.repeated_messages:
+            for item in data.get(name) or ():
+                shape.fill(getattr(msg, name).add(), item)
+
+
+class ProtobufCodec:
+    """Codec and FormatSerializer for one protobuf message type."""
+
+    name = "protobuf"
+    text = False
+
+    def __init__(
+        self,
+        message_class: type[message.Message],
+        key_field: str = "symbol",
+        ts_field: str = "ts_ms",
+    ) -> None:
+        self.message_class = message_class
+        self.key_field = key_field
+        self.ts_field = ts_field
+        self._shape = _Shape(message_class.DESCRIPTOR)
+        self._parse = message_class.FromString
+        self._encode_failures = EncodeFailureLog(log, self.name)
+
+    def deserialize(self, payload: bytes) -> dict[str, Any]:
+        """The payload dict of one message; raises ``DecodeError``."""
+        try:
+            msg = self._parse(payload)
+        except (message.DecodeError, ValueError) as exc:
+            raise DecodeError(f"bad protobuf {self.message_class.DESCRIPTOR.full_name}: {exc}") from None
+        return self._shape.to_dict(msg)
+
+    def decode(self, payloads: Sequence[bytes]) -> tuple[list[TopicRecord], list[Rejected]]:
+        """Records of the good messages, and the bad ones with the reason."""
+        records: list[TopicRecord] = []
+        rejected: list[Rejected] = []
+        key_field = self.key_field
+        ts_field = self.ts_field
+        for payload in payloads:
+            try:
+                records.append(make_record(self.deserialize(payload), key_field, ts_field))
+            except ValueError as exc:
+                rejected.append(Rejected(bytes(payload), str(exc)))
+        return records, rejected
+
+    def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
+        """One message per record's ``data``; a record that does not fit is logged and skipped."""
+        return self.serialize([record.data for record in records])
+
+    def serialize(self, datas: Sequence[Any]) -> list[bytes]:
+        message_class = self.message_class
+        fill = self._shape.fill
+        out: list[bytes] = []
+        for data in datas:
+            msg = message_class()
+            try:
+                fill(msg, data)
+                out.append(msg.SerializeToString(deterministic=True))
+            except (TypeError, ValueError, AttributeError, OverflowError, message.EncodeError) as exc:
+                self._encode_failures.record(data, exc)
+        return out
+
+
+def create(table: dict[str, Any]) -> ProtobufCodec:
+    opts = Options(table)
+    descriptor = opts.path("descriptor", None)
+    message_name = opts.str("message", DEFAULT_MESSAGE)
+    key_field, ts_field = read_field_options(opts)
+    opts.done()
+    path = descriptor if descriptor is not None else resource_path("schemas/quote.desc")
+    try:
+        message_class = load_message_class(path, message_name)
+    except OSError as exc:
+        raise ConfigError("descriptor", f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except message.DecodeError as exc:
+        raise ConfigError("descriptor", f"{str(path)!r} is not a compiled FileDescriptorSet: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError("message", f"no message {message_name!r} in {str(path)!r}: {exc}") from None
+    fields = {field.name: field for field in message_class.DESCRIPTOR.fields}
+    for option, name in (("key_field", key_field), ("ts_field", ts_field)):
+        if name not in fields:
+            raise ConfigError(option, f"{message_name} has no field {name!r}; fields: {', '.join(fields)}")
+    return ProtobufCodec(message_class, key_field, ts_field)
