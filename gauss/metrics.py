@@ -1,0 +1,145 @@
+"""Prometheus metrics of one hub, on its own ``CollectorRegistry``.
+
+Each :class:`gauss.hub.Hub` owns a :class:`Metrics`, so two hubs in one
+process (tests, say) never mix their figures. Subscriber series are labelled
+by topic and subscriber *kind* (processor, sink, ws, client, ...), never per
+client, so short-lived clients leave no series behind. Queue depths are read
+at scrape time from the live subscriptions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from gauss.topics import TopicRegistry
+
+__all__ = ["Metrics"]
+
+
+class _SubscriberCollector(Collector):
+    """Queue depth and subscriber count per (topic, kind), computed at scrape time."""
+
+    def __init__(self, topics: Callable[[], TopicRegistry | None]) -> None:
+        self._topics = topics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "gauss_subscriber_queue_depth", "Records waiting in subscriber queues", labels=["topic", "kind"]
+        )
+        count = GaugeMetricFamily("gauss_subscribers", "Open subscriptions", labels=["topic", "kind"])
+        registry = self._topics()
+        if registry is not None:
+            for topic in registry.topics():
+                totals: dict[str, list[int]] = {}
+                for sub in topic.subscriptions:
+                    entry = totals.setdefault(sub.kind, [0, 0])
+                    entry[0] += sub.depth
+                    entry[1] += 1
+                for kind, (queued, subs) in sorted(totals.items()):
+                    depth.add_metric([topic.name, kind], queued)
+                    count.add_metric([topic.name, kind], subs)
+        yield depth
+        yield count
+
+
+class Metrics:
+    """The metrics of one hub. The API exposes :meth:`exposition` at ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._published = Counter("gauss_topic_records_published", "Records published to a topic", ["topic"], registry=r)
+        self._stored = Counter("gauss_topic_records_stored", "Records a topic's storage accepted", ["topic"], registry=r)
+        self._storage_errors = Counter(
+            "gauss_storage_write_errors", "Failed storage writes (batches)", ["topic"], registry=r
+        )
+        self._dropped = Counter(
+            "gauss_subscriber_dropped_records", "Records shed by subscriber queues", ["topic", "kind"], registry=r
+        )
+        self._connections = Counter("gauss_source_connections", "Connections accepted or made", ["source"], registry=r)
+        self._open = Gauge("gauss_source_open_connections", "Connections open now", ["source"], registry=r)
+        self._frames = Counter("gauss_source_frames", "Frames received", ["source"], registry=r)
+        self._bytes = Counter("gauss_source_bytes", "Bytes received", ["source"], registry=r)
+        self._records = Counter("gauss_source_records", "Records accepted by a source", ["source"], registry=r)
+        self._decode_errors = Counter(
+            "gauss_source_decode_errors",
+            "Payloads dropped: bad frame or payload, rejected quote, oversize frame",
+            ["source", "reason"],
+            registry=r,
+        )
+        self._source_dropped = Counter(
+            "gauss_source_queue_dropped_records", "Records shed by a source's queue", ["source"], registry=r
+        )
+        self._lagging = Gauge(
+            "gauss_processor_lagging", "1 while a processor holds up its topic (back-pressure alarm)", ["processor"], registry=r
+        )
+        self._processor_errors = Counter(
+            "gauss_processor_errors", "Batches a processor failed on", ["processor"], registry=r
+        )
+        self._sink_clients = Gauge("gauss_sink_clients", "Connected sink clients", ["sink"], registry=r)
+        self._sink_sent = Counter("gauss_sink_records_sent", "Records written to sink connections", ["sink"], registry=r)
+        self._topics: TopicRegistry | None = None
+        r.register(_SubscriberCollector(lambda: self._topics))
+
+    def watch(self, topics: TopicRegistry) -> None:
+        """Report queue depths of ``topics``' subscribers."""
+        self._topics = topics
+
+    def topic_published(self, topic: str) -> Counter:
+        return self._published.labels(topic)
+
+    def topic_stored(self, topic: str) -> Counter:
+        return self._stored.labels(topic)
+
+    def storage_write_errors(self, topic: str) -> Counter:
+        return self._storage_errors.labels(topic)
+
+    def dropped(self, topic: str, kind: str) -> Counter:
+        return self._dropped.labels(topic, kind)
+
+    def source_connections(self, source: str) -> Counter:
+        return self._connections.labels(source)
+
+    def source_open(self, source: str) -> Gauge:
+        return self._open.labels(source)
+
+    def source_frames(self, source: str) -> Counter:
+        return self._frames.labels(source)
+
+    def source_bytes(self, source: str) -> Counter:
+        return self._bytes.labels(source)
+
+    def source_records(self, source: str) -> Counter:
+        return self._records.labels(source)
+
+    def decode_errors(self, source: str, reason: str) -> Counter:
+        return self._decode_errors.labels(source, reason)
+
+    def source_dropped(self, source: str) -> Counter:
+        return self._source_dropped.labels(source)
+
+    def processor_lagging(self, processor: str) -> Gauge:
+        return self._lagging.labels(processor)
+
+    def processor_errors(self, processor: str) -> Counter:
+        return self._processor_errors.labels(processor)
+
+    def sink_clients(self, sink: str) -> Gauge:
+        return self._sink_clients.labels(sink)
+
+    def sink_sent(self, sink: str) -> Counter:
+        return self._sink_sent.labels(sink)
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's current value (0 when absent); for tests and the status line."""
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def exposition(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,131 @@
+"""Small test-local plugins for the engine tests (named ``engine_plugins:...`` in configs).
+
+``ListStorage`` is a complete, simple TopicStorage (a list, with candle
+upsert), so engine tests do not depend on the storage engineer's plugins;
+``durable=True`` keeps its records in a class-level dict across "restarts".
+``Collect`` is a processor that republishes what it reads to another topic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Sequence
+
+from gauss.core import TopicRecord
+from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
+from gauss.registry import Options
+
+_DURABLE: dict[str, tuple[str, list[TopicRecord]]] = {}
+
+
+class ListStorage:
+    name = "list"
+
+    def __init__(self, durable: bool = False, fail: bool = False) -> None:
+        self.durable = durable
+        self.fail = fail
+        self.records: list[TopicRecord] = []
+        self.flushed = 0
+        self.closed = False
+        self._format = DataFormat.ANY
+        self._topic = ""
+
+    def open(self, topic: str, data_format: DataFormat) -> tuple[str, int]:
+        self._topic = topic
+        self._format = data_format
+        if self.durable and topic in _DURABLE:
+            epoch, records = _DURABLE[topic]
+            self.records = records
+            return epoch, records[-1].seq if records else 0
+        epoch = uuid.uuid4().hex[:8]
+        if self.durable:
+            _DURABLE[topic] = (epoch, self.records)
+        return epoch, 0
+
+    def append(self, records: Sequence[TopicRecord]) -> None:
+        if self.fail:
+            raise OSError("disk on fire")
+        if self._format.upsert:
+            for record in records:
+                self.records = [r for r in self.records if (r.key, r.ts_ms) != (record.key, record.ts_ms)]
+                self.records.append(record)
+            if self.durable:
+                _DURABLE[self._topic] = (_DURABLE[self._topic][0], self.records)
+        else:
+            self.records.extend(records)
+
+    def query(self, query: TopicQuery) -> QueryResult:
+        matched = sorted((r for r in self.records if query.matches(r)), key=lambda r: (r.ts_ms, r.seq))
+        truncated = len(matched) > query.limit
+        return QueryResult(matched[-query.limit :], truncated)
+
+    def latest(self, key: str | None = None) -> list[TopicRecord]:
+        best: dict[str, TopicRecord] = {}
+        for r in self.records:
+            if key is not None and r.key != key:
+                continue
+            if r.key not in best or (r.ts_ms, r.seq) >= (best[r.key].ts_ms, best[r.key].seq):
+                best[r.key] = r
+        return sorted(best.values(), key=lambda r: (r.ts_ms, r.seq))
+
+    def keys(self) -> list[KeyInfo]:
+        info: dict[str, list[int]] = {}
+        for r in self.records:
+            entry = info.setdefault(r.key, [0, 0])
+            entry[0] += 1
+            entry[1] = max(entry[1], r.ts_ms)
+        return [KeyInfo(k, n, ts) for k, (n, ts) in sorted(info.items())]
+
+    def count(self) -> int:
+        return len(self.records)
+
+    def bounds(self) -> tuple[int, int]:
+        if not self.records:
+            return (0, 0)
+        seqs = [r.seq for r in self.records]
+        return (min(seqs), max(seqs))
+
+    def flush(self) -> None:
+        self.flushed += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def create_storage(table: dict[str, Any]) -> ListStorage:
+    opts = Options(table)
+    storage = ListStorage(opts.bool("durable", False), opts.bool("fail", False))
+    opts.str("dir", None)  # accepted so templates can be tested with {suffix} substitution
+    opts.done()
+    return storage
+
+
+class Republish:
+    """Processor: publishes every record it reads to ``target`` (data unchanged)."""
+
+    name = "republish"
+
+    def __init__(self, target: str, flush_interval: float | None) -> None:
+        self.target = target
+        self.flush_interval = flush_interval
+        self.flushes = 0
+        self.stopped = False
+
+    def start(self, context: Any) -> None:
+        pass
+
+    def process(self, topic: str, records: Sequence[TopicRecord], context: Any) -> None:
+        context.publish(self.target, [TopicRecord(r.ts_ms, r.key, r.data) for r in records])
+
+    def flush(self, context: Any) -> None:
+        self.flushes += 1
+
+    def stop(self, context: Any) -> None:
+        self.stopped = True
+
+
+def create_republish(table: dict[str, Any]) -> Republish:
+    opts = Options(table)
+    processor = Republish(opts.str("target"), opts.float("flush_interval", None, min=0.01))
+    opts.done()
+    return processor

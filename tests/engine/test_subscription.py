@@ -1,0 +1,175 @@
+"""Bounded subscriber queues: the four overflow policies, gaps, sealing, closing."""
+
+from __future__ import annotations
+
+import json
+
+import gevent
+import pytest
+
+from gauss.core import TopicRecord
+from gauss.records import OverflowPolicy
+from gauss.subscription import BoundedQueue, PublishedBatch
+
+
+def batch(first_seq: int, n: int, keys: str = "AB") -> PublishedBatch:
+    return PublishedBatch(
+        "t", [TopicRecord(1000 + s, keys[(s - 1) % len(keys)], {"i": s}, s) for s in range(first_seq, first_seq + n)]
+    )
+
+
+def seqs(queue: BoundedQueue) -> list[int]:
+    delivery = queue.take(timeout=0)
+    assert delivery is not None
+    return [r.seq for r in delivery.records]
+
+
+def test_batch_that_fits_is_delivered_whole_and_shared() -> None:
+    queue = BoundedQueue(capacity=10)
+    published = batch(1, 4)
+    queue.offer(published)
+    assert queue.depth == 4
+    delivery = queue.take(timeout=0)
+    assert delivery is not None and delivery.batches == [published] and delivery.gap is None
+    assert queue.delivered == 4 and queue.depth == 0
+
+
+def test_drop_sheds_the_newest_and_reports_the_gap() -> None:
+    queue = BoundedQueue(capacity=5, policy=OverflowPolicy.DROP)
+    queue.offer(batch(1, 3))
+    queue.offer(batch(4, 4))  # only 2 fit: seqs 6 and 7 are shed
+    queue.offer(batch(8, 1))  # full: shed
+    assert queue.dropped == 3
+    delivery = queue.take(timeout=0)
+    assert delivery is not None
+    assert [r.seq for r in delivery.records] == [1, 2, 3, 4, 5]
+    assert delivery.gap is not None and (delivery.gap.dropped, delivery.gap.from_seq, delivery.gap.to_seq) == (3, 6, 8)
+    queue.offer(batch(9, 1))
+    again = queue.take(timeout=0)
+    assert again is not None and again.gap is None
+
+
+def test_drop_oldest_evicts_queued_records_to_keep_the_newest() -> None:
+    queue = BoundedQueue(capacity=5, policy=OverflowPolicy.DROP_OLDEST)
+    queue.offer(batch(1, 3))
+    queue.offer(batch(4, 4))
+    delivery = queue.take(timeout=0)
+    assert delivery is not None
+    assert [r.seq for r in delivery.records] == [3, 4, 5, 6, 7]
+    assert delivery.gap is not None and (delivery.gap.dropped, delivery.gap.from_seq, delivery.gap.to_seq) == (2, 1, 2)
+
+
+def test_drop_oldest_trims_a_batch_larger_than_the_capacity() -> None:
+    queue = BoundedQueue(capacity=3, policy=OverflowPolicy.DROP_OLDEST)
+    queue.offer(batch(1, 2))
+    queue.offer(batch(3, 5))
+    assert seqs(queue) == [5, 6, 7]
+    assert queue.dropped == 4
+
+
+def test_conflate_keeps_the_latest_record_per_key_when_behind() -> None:
+    queue = BoundedQueue(capacity=4, policy=OverflowPolicy.CONFLATE)
+    queue.offer(batch(1, 3, keys="ABC"))  # A1 B2 C3
+    queue.offer(batch(4, 3, keys="ABC"))  # A4 B5 C6 -> conflated to A4 B5 C6
+    delivery = queue.take(timeout=0)
+    assert delivery is not None
+    assert [(r.key, r.seq) for r in delivery.records] == [("A", 4), ("B", 5), ("C", 6)]
+    assert queue.dropped == 3
+    assert delivery.gap is not None and (delivery.gap.from_seq, delivery.gap.to_seq) == (1, 3)
+
+
+def test_conflate_with_more_keys_than_capacity_keeps_the_newest_keys() -> None:
+    queue = BoundedQueue(capacity=2, policy=OverflowPolicy.CONFLATE)
+    queue.offer(batch(1, 4, keys="ABCD"))
+    assert [r.key for r in queue.take(timeout=0).records] == ["C", "D"]  # type: ignore[union-attr]
+
+
+def test_back_pressure_makes_the_publisher_wait_until_the_consumer_takes() -> None:
+    queue = BoundedQueue(capacity=4, policy=OverflowPolicy.BACK_PRESSURE)
+    queue.offer(batch(1, 3))
+    done = []
+    publisher = gevent.spawn(lambda: (queue.offer(batch(4, 3)), done.append(True)))
+    gevent.sleep(0.05)
+    assert not done, "publisher should wait while the queue is full"
+    assert seqs(queue) == [1, 2, 3]
+    publisher.join(timeout=5)
+    assert done
+    assert seqs(queue) == [4, 5, 6]
+    assert queue.dropped == 0
+
+
+def test_back_pressure_accepts_an_oversized_batch_into_an_empty_queue() -> None:
+    queue = BoundedQueue(capacity=2, policy=OverflowPolicy.BACK_PRESSURE)
+    queue.offer(batch(1, 5))
+    assert seqs(queue) == [1, 2, 3, 4, 5]
+
+
+def test_back_pressure_publisher_is_released_when_closed() -> None:
+    queue = BoundedQueue(capacity=1, policy=OverflowPolicy.BACK_PRESSURE)
+    queue.offer(batch(1, 1))
+    publisher = gevent.spawn(queue.offer, batch(2, 1))
+    gevent.sleep(0.01)
+    queue.close()
+    publisher.join(timeout=5)
+    assert publisher.dead
+
+
+def test_take_waits_for_a_batch_and_times_out_with_none() -> None:
+    queue = BoundedQueue(capacity=10)
+    assert queue.take(timeout=0.01) is None
+    gevent.spawn_later(0.02, queue.offer, batch(1, 1))
+    delivery = queue.take(timeout=5)
+    assert delivery is not None and len(delivery.records) == 1
+
+
+def test_sealed_queue_drains_then_ends() -> None:
+    queue = BoundedQueue(capacity=10)
+    queue.offer(batch(1, 2))
+    queue.seal()
+    queue.offer(batch(3, 1))  # refused: sealed
+    assert seqs(queue) == [1, 2]
+    assert queue.take() is None
+
+
+def test_closing_wakes_a_waiting_consumer() -> None:
+    queue = BoundedQueue(capacity=10)
+    consumer = gevent.spawn(queue.take)
+    gevent.sleep(0.01)
+    queue.close()
+    assert consumer.get(timeout=5) is None
+
+
+def test_records_json_is_the_spec_form_computed_once() -> None:
+    published = batch(1, 2)
+    first = published.records_json()
+    assert published.records_json() is first
+    assert json.loads(first) == [
+        {"ts_ms": 1001, "key": "A", "data": {"i": 1}, "seq": 1},
+        {"ts_ms": 1002, "key": "B", "data": {"i": 2}, "seq": 2},
+    ]
+
+
+def test_encoded_is_cached_per_owner() -> None:
+    published = batch(1, 2)
+    calls = []
+
+    def encode(records: list[TopicRecord]) -> bytes:
+        calls.append(1)
+        return b"x" * len(records)
+
+    owner = object()
+    assert published.encoded(owner, encode) == b"xx"
+    assert published.encoded(owner, encode) == b"xx"
+    assert len(calls) == 1
+
+
+def test_shed_callback_counts_every_shed_record() -> None:
+    shed: list[int] = []
+    queue = BoundedQueue(capacity=2, policy=OverflowPolicy.DROP, on_shed=shed.append)
+    queue.offer(batch(1, 5))
+    assert sum(shed) == 3 == queue.dropped
+
+
+def test_bad_capacity_is_refused() -> None:
+    with pytest.raises(ValueError):
+        BoundedQueue(capacity=0)

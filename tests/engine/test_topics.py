@@ -1,0 +1,208 @@
+"""Topics: numbering, storing, fan-out by policy, key filters, templates, restarts."""
+
+from __future__ import annotations
+
+import gevent
+import pytest
+from engine_plugins import ListStorage
+
+from gauss.config import TopicSpec
+from gauss.core import TopicRecord
+from gauss.errors import UnknownTopic
+from gauss.metrics import Metrics
+from gauss.records import DataFormat, OverflowPolicy, TopicQuery
+from gauss.topics import Topic, TopicRegistry
+
+
+def quotes(n: int, start: int = 0, keys: str = "AB") -> list[TopicRecord]:
+    return [TopicRecord(1_000 + i, keys[i % len(keys)], {"i": i}) for i in range(start, start + n)]
+
+
+def test_publish_numbers_records_from_one_and_stores_them() -> None:
+    storage = ListStorage()
+    topic = Topic("t", "any", storage)
+    topic.publish(quotes(3))
+    topic.publish(quotes(2, start=3))
+    assert [r.seq for r in storage.records] == [1, 2, 3, 4, 5]
+    assert topic.last_seq == 5 and topic.bounds() == (1, 5) and topic.count() == 5
+
+
+def test_publish_does_not_renumber_the_callers_records() -> None:
+    topic = Topic("t", "any", ListStorage())
+    mine = quotes(2)
+    topic.publish(mine)
+    assert [r.seq for r in mine] == [0, 0]
+
+
+def test_owned_records_are_numbered_and_delivered() -> None:
+    topic = Topic("t", "any", ListStorage())
+    sub = topic.subscribe()
+    topic.publish(quotes(2), owned=True)
+    assert [r.seq for r in sub.take(timeout=1).records] == [1, 2]  # type: ignore[union-attr]
+
+
+def test_every_subscriber_gets_the_same_batch_object() -> None:
+    topic = Topic("t", "any", ListStorage())
+    one, two = topic.subscribe(), topic.subscribe()
+    topic.publish(quotes(3))
+    d1, d2 = one.take(timeout=1), two.take(timeout=1)
+    assert d1 is not None and d2 is not None
+    assert d1.batches[0] is d2.batches[0]
+    assert d1.batches[0].records_json() is d2.batches[0].records_json()
+
+
+def test_key_filter_delivers_only_that_key() -> None:
+    topic = Topic("t", "any", ListStorage())
+    sub = topic.subscribe(key="A")
+    topic.publish(quotes(6))
+    delivery = sub.take(timeout=1)
+    assert delivery is not None and {r.key for r in delivery.records} == {"A"} and len(delivery.records) == 3
+
+
+def test_start_seq_joins_a_query_with_the_live_tail_without_gap_or_duplicate() -> None:
+    topic = Topic("t", "any", ListStorage())
+    topic.publish(quotes(5))
+    sub = topic.subscribe()
+    replay = topic.query(TopicQuery(since_seq=0, limit=100)).records
+    topic.publish(quotes(3, start=5))
+    live = sub.take(timeout=1)
+    assert live is not None
+    assert sub.start_seq == 5
+    assert [r.seq for r in replay] + [r.seq for r in live.records] == list(range(1, 9))
+
+
+def test_slow_drop_subscriber_does_not_slow_the_publisher_or_others() -> None:
+    metrics = Metrics()
+    topic = Topic("t", "any", ListStorage(), metrics=metrics)
+    slow = topic.subscribe(capacity=4, policy=OverflowPolicy.DROP, kind="ws")
+    fast = topic.subscribe(capacity=100)
+    topic.publish(quotes(10))
+    assert slow.dropped == 6 and fast.dropped == 0
+    assert len(fast.take(timeout=1).records) == 10  # type: ignore[union-attr]
+    assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="ws") == 6
+    assert metrics.value("gauss_topic_records_published_total", topic="t") == 10
+
+
+def test_back_pressure_subscriber_holds_the_publisher_and_loses_nothing() -> None:
+    topic = Topic("t", "any", ListStorage())
+    sub = topic.subscribe(capacity=5, policy=OverflowPolicy.BACK_PRESSURE, kind="processor")
+    received: list[int] = []
+
+    def consume() -> None:
+        while len(received) < 50:
+            delivery = sub.take(timeout=5)
+            assert delivery is not None
+            received.extend(r.seq for r in delivery.records)
+            gevent.sleep(0.001)
+
+    consumer = gevent.spawn(consume)
+    for i in range(10):
+        topic.publish(quotes(5, start=i * 5))
+    consumer.join(timeout=10)
+    assert received == list(range(1, 51))
+    assert sub.dropped == 0
+
+
+def test_concurrent_publishers_keep_seq_order_for_every_subscriber() -> None:
+    topic = Topic("t", "any", ListStorage())
+    sub = topic.subscribe(capacity=3, policy=OverflowPolicy.BACK_PRESSURE)
+    received: list[int] = []
+
+    def consume() -> None:
+        while len(received) < 60:
+            delivery = sub.take(timeout=5)
+            assert delivery is not None
+            received.extend(r.seq for r in delivery.records)
+
+    consumer = gevent.spawn(consume)
+    publishers = [gevent.spawn(lambda: [topic.publish(quotes(2)) for _ in range(10)]) for _ in range(3)]
+    gevent.joinall(publishers, timeout=10)
+    consumer.join(timeout=10)
+    assert received == list(range(1, 61))
+
+
+def test_closed_subscription_is_detached() -> None:
+    topic = Topic("t", "any", ListStorage())
+    sub = topic.subscribe()
+    sub.close()
+    assert topic.subscriptions == ()
+    topic.publish(quotes(1))
+    assert sub.take(timeout=0) is None
+
+
+def test_failing_storage_is_counted_and_subscribers_still_get_the_records(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    topic = Topic("t", "any", ListStorage(fail=True), metrics=metrics)
+    sub = topic.subscribe()
+    topic.publish(quotes(2))
+    topic.publish(quotes(2))
+    assert len(sub.take(timeout=1).records) == 4  # type: ignore[union-attr]
+    assert topic.write_errors == 2
+    assert metrics.value("gauss_storage_write_errors_total", topic="t") == 2
+    assert sum("failed to store" in r.message for r in caplog.records) == 1  # rate-limited
+
+
+def test_durable_storage_keeps_seq_and_epoch_across_restarts() -> None:
+    first = Topic("durable.t", "any", ListStorage(durable=True))
+    first.publish(quotes(3))
+    epoch = first.epoch
+    second = Topic("durable.t", "any", ListStorage(durable=True))
+    assert second.epoch == epoch and second.last_seq == 3
+    second.publish(quotes(1))
+    assert second.last_seq == 4
+
+
+def test_volatile_storage_gets_a_new_epoch_each_start() -> None:
+    assert Topic("v", "any", ListStorage()).epoch != Topic("v", "any", ListStorage()).epoch
+
+
+STORAGE = {"type": "engine_plugins:create_storage"}
+
+
+def registry(*specs: TopicSpec) -> TopicRegistry:
+    reg = TopicRegistry(specs)
+    reg.open()
+    return reg
+
+
+def test_registry_creates_exact_topics_at_open_and_refuses_unknown_names() -> None:
+    reg = registry(TopicSpec("quotes.raw", DataFormat.QUOTE, STORAGE))
+    assert [t.name for t in reg.topics()] == ["quotes.raw"]
+    assert reg.get("quotes.raw").format is DataFormat.QUOTE
+    with pytest.raises(UnknownTopic):
+        reg.get("nope")
+    with pytest.raises(UnknownTopic):
+        reg.publish("nope", quotes(1))
+
+
+def test_template_topics_are_made_on_first_publish_with_substituted_storage() -> None:
+    storage = {"type": "engine_plugins:create_storage", "dir": "data/{suffix}"}
+    reg = registry(TopicSpec("ohlc.*", DataFormat.CANDLE, storage, create=("ohlc.1m",)))
+    assert [t.name for t in reg.topics()] == ["ohlc.1m"]
+    reg.publish("ohlc.5m", quotes(2))
+    assert [t.name for t in reg.topics()] == ["ohlc.1m", "ohlc.5m"]
+    assert reg.get("ohlc.5m").count() == 2
+    assert reg.get("ohlc.5m").format is DataFormat.CANDLE
+    with pytest.raises(UnknownTopic):
+        reg.get("ohlc.15m")  # get never creates
+
+
+def test_longest_template_wins() -> None:
+    reg = registry(TopicSpec("*", DataFormat.ANY, STORAGE), TopicSpec("ohlc.*", DataFormat.CANDLE, STORAGE))
+    reg.publish("ohlc.1s", quotes(1))
+    reg.publish("misc", quotes(1))
+    assert reg.get("ohlc.1s").format is DataFormat.CANDLE
+    assert reg.get("misc").format is DataFormat.ANY
+
+
+def test_registry_create_from_python_and_close_flushes_and_closes() -> None:
+    reg = TopicRegistry()
+    storage = ListStorage()
+    topic = reg.create("mine", format="quote", storage=storage)
+    assert reg.get("mine") is topic and topic.storage_type == "list"
+    with pytest.raises(ValueError):
+        reg.create("mine", storage=ListStorage())
+    sub = topic.subscribe()
+    reg.close()
+    assert storage.flushed == 1 and storage.closed
+    assert sub.sealed
