@@ -137,6 +137,7 @@ setup(
         "lz4>=4.3",
         "python-snappy>=0.7",
         "prometheus_client>=0.20",
+        "sortedcontainers>=2.4",
     ],
     extras_require={
         "grafana": ["grpcio>=1.60", "grpcio-health-checking>=1.60", "pyarrow>=15", "websocket-client>=1.7"],

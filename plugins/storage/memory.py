@@ -1,0 +1,98 @@
+"""``memory`` storage: a bounded in-memory topic, gone at restart.
+
+Quotes live in the columnar :class:`~gauss.core.QuoteRing`, any other records
+in :class:`~gauss.core.RecordRing` (both kernels; the oldest record is
+overwritten when full). Candle topics upsert: one record per
+``(key, ts_ms)``, a later version replaces the earlier and takes its new
+``seq``; when full the candle updated longest ago is evicted. The epoch is a
+new random string at every :meth:`open`, and ``seq`` restarts at 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from gauss.core import QuoteRing, RecordRing, TopicRecord
+from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
+from gauss.registry import Options
+from gauss_plugins.storage._index import RecordIndex
+from gauss_plugins.storage._support import new_epoch
+
+__all__ = ["MemoryStorage", "create", "DEFAULT_QUOTE_CAPACITY", "DEFAULT_CAPACITY"]
+
+DEFAULT_QUOTE_CAPACITY = 1_000_000
+DEFAULT_CAPACITY = 100_000
+
+
+class MemoryStorage:
+    """Volatile storage of one topic, bounded by ``capacity`` records."""
+
+    name = "memory"
+    durable = False
+
+    def __init__(self, capacity: int | None = None) -> None:
+        if capacity is not None and capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self.topic = ""
+        self.epoch = ""
+        self._store: QuoteRing | RecordRing | RecordIndex | None = None
+
+    def open(self, topic: str, data_format: DataFormat) -> tuple[str, int]:
+        fmt = DataFormat(data_format)
+        if fmt is DataFormat.QUOTE:
+            self._store = QuoteRing(self.capacity or DEFAULT_QUOTE_CAPACITY)
+        elif fmt.upsert:
+            self._store = RecordIndex(upsert=True, capacity=self.capacity or DEFAULT_CAPACITY)
+        else:
+            self._store = RecordRing(self.capacity or DEFAULT_CAPACITY)
+        self.topic = topic
+        self.epoch = new_epoch()
+        return self.epoch, 0
+
+    @property
+    def _opened(self) -> QuoteRing | RecordRing | RecordIndex:
+        if self._store is None:
+            raise RuntimeError("memory storage used before open()")
+        return self._store
+
+    def append(self, records: Sequence[TopicRecord]) -> None:
+        store = self._opened
+        if isinstance(store, RecordIndex):
+            store.add(records)
+        else:
+            store.append(records)
+
+    def query(self, query: TopicQuery) -> QueryResult:
+        records, truncated = self._opened.query(query.key, query.from_ms, query.to_ms, query.since_seq, query.limit)
+        return QueryResult(list(records), truncated)
+
+    def latest(self, key: str | None = None) -> list[TopicRecord]:
+        return list(self._opened.latest(key))
+
+    def keys(self) -> list[KeyInfo]:
+        return [KeyInfo(*info) for info in self._opened.keys()]
+
+    def count(self) -> int:
+        return len(self._opened)
+
+    def bounds(self) -> tuple[int, int]:
+        store = self._opened
+        if isinstance(store, RecordIndex):
+            return store.bounds()
+        if not len(store):
+            return (0, 0)
+        return (store.first_seq, store.last_seq)
+
+    def flush(self) -> None:
+        """Nothing to write: memory is the medium."""
+
+    def close(self) -> None:
+        """Nothing to release early: the records stay readable until the storage is dropped."""
+
+
+def create(table: dict[str, Any]) -> MemoryStorage:
+    opts = Options(table)
+    capacity = opts.int("capacity", None, min=1)
+    opts.done()
+    return MemoryStorage(capacity)

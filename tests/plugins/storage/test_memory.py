@@ -1,0 +1,151 @@
+"""The memory storage against a naive model, per data format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gauss import registry
+from gauss.core import TopicRecord
+from gauss.errors import ConfigError
+from gauss.records import DataFormat, TopicQuery
+from gauss_plugins.storage.memory import MemoryStorage, create
+
+KEYS = ["EURUSD", "BTC/USD", "ÄÖÜ", "X"]
+
+
+def quote(seq: int, key: str, ts: int, bid: float = 1.0) -> TopicRecord:
+    data = {"symbol": key, "bid": bid, "ask": bid + 0.5, "bid_size": 1.0, "ask_size": 2.0, "ts_ms": ts}
+    return TopicRecord(ts, key, data, seq)
+
+
+def candle(seq: int, key: str, ts: int, close: float = 1.0) -> TopicRecord:
+    data = {"symbol": key, "timeframe": "1s", "ts_ms": ts, "open": 1.0, "high": 2.0, "low": 0.5, "close": close, "ticks": seq}
+    return TopicRecord(ts, key, data, seq)
+
+
+def dicts(records: list[TopicRecord]) -> list[dict[str, Any]]:
+    return [r.as_dict() for r in records]
+
+
+def make_record(fmt: DataFormat, seq: int, key: str, ts: int) -> TopicRecord:
+    if fmt is DataFormat.QUOTE:
+        return quote(seq, key, ts, bid=float(seq))
+    if fmt is DataFormat.CANDLE:
+        return candle(seq, key, ts, close=float(seq))
+    return TopicRecord(ts, key, {"n": seq, "nested": [key]}, seq)
+
+
+batches = st.lists(st.lists(st.tuples(st.sampled_from(KEYS), st.integers(0, 40)), max_size=20), max_size=8)
+queries = st.lists(
+    st.builds(
+        TopicQuery,
+        key=st.none() | st.sampled_from(KEYS),
+        from_ms=st.none() | st.integers(0, 20),
+        to_ms=st.none() | st.integers(20, 45),
+        since_seq=st.none() | st.integers(0, 120),
+        limit=st.integers(1, 30),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    fmt=st.sampled_from(list(DataFormat)),
+    capacity=st.integers(1, 60),
+    batches=batches,
+    queries=queries,
+)
+def test_memory_storage_answers_like_the_naive_model(
+    naive_topic: Any, fmt: DataFormat, capacity: int, batches: list[list[tuple[str, int]]], queries: list[TopicQuery]
+) -> None:
+    storage = MemoryStorage(capacity)
+    epoch, last_seq = storage.open("t", fmt)
+    assert epoch and last_seq == 0
+    model = naive_topic(upsert=fmt.upsert, capacity=capacity)
+    seq = 0
+    for batch in batches:
+        records = []
+        for key, ts in batch:
+            seq += 1
+            records.append(make_record(fmt, seq, key, ts))
+        storage.append(records)
+        model.append(records)
+        assert storage.count() == len(model.records)
+        assert storage.bounds() == model.bounds()
+    for query in queries:
+        got = storage.query(query)
+        want, truncated = model.query(query)
+        assert dicts(got.records) == dicts(want), query
+        assert got.truncated == truncated, query
+    assert dicts(storage.latest()) == dicts(model.latest())
+    for key in KEYS:
+        assert dicts(storage.latest(key)) == dicts(model.latest(key))
+    assert storage.keys() == model.keys()
+
+
+def test_candle_update_replaces_the_stored_version_and_takes_its_new_seq() -> None:
+    storage = MemoryStorage()
+    storage.open("ohlc.1s", DataFormat.CANDLE)
+    storage.append([candle(1, "EURUSD", 1000, 1.0), candle(2, "EURUSD", 2000, 1.0)])
+    storage.append([candle(3, "EURUSD", 1000, 9.0)])
+    result = storage.query(TopicQuery(key="EURUSD"))
+    assert [(r.ts_ms, r.seq, r.data["close"]) for r in result.records] == [(1000, 3, 9.0), (2000, 2, 1.0)]
+    assert storage.count() == 2
+    assert storage.bounds() == (2, 3)
+    since = storage.query(TopicQuery(since_seq=2))
+    assert [r.seq for r in since.records] == [3]
+
+
+def test_candle_topic_evicts_the_candle_updated_longest_ago() -> None:
+    storage = MemoryStorage(capacity=2)
+    storage.open("ohlc.1s", DataFormat.CANDLE)
+    storage.append([candle(1, "A", 1000), candle(2, "A", 2000), candle(3, "A", 1000), candle(4, "A", 3000)])
+    assert [r.ts_ms for r in storage.query(TopicQuery()).records] == [1000, 3000]
+
+
+def test_quote_topic_keeps_the_six_quote_fields_and_evicts_oldest() -> None:
+    storage = MemoryStorage(capacity=3)
+    storage.open("quotes.raw", DataFormat.QUOTE)
+    storage.append([quote(i, "EURUSD", 1000 + i, bid=1.0 + i) for i in range(1, 6)])
+    result = storage.query(TopicQuery(limit=2))
+    assert result.truncated is True
+    assert dicts(result.records) == dicts([quote(4, "EURUSD", 1004, 5.0), quote(5, "EURUSD", 1005, 6.0)])
+    assert storage.bounds() == (3, 5)
+    assert storage.count() == 3
+    assert storage.keys() == [("EURUSD", 3, 1005)]
+
+
+def test_each_open_starts_a_new_epoch_and_seq() -> None:
+    epochs = set()
+    for _ in range(5):
+        storage = MemoryStorage()
+        epoch, last_seq = storage.open("t", DataFormat.ANY)
+        assert last_seq == 0
+        epochs.add(epoch)
+    assert len(epochs) == 5
+    assert storage.bounds() == (0, 0)
+    assert storage.count() == 0
+    assert storage.latest() == [] and storage.keys() == []
+    assert storage.durable is False
+
+
+def test_factory_reads_capacity_and_refuses_typos() -> None:
+    storage = registry.create("storage", {"type": "memory", "capacity": 10})
+    assert isinstance(storage, MemoryStorage) and storage.capacity == 10
+    with pytest.raises(ConfigError, match="capacity"):
+        create({"capacity": 0})
+    with pytest.raises(ConfigError, match="capacity: must be an integer"):
+        create({"capacity": "big"})
+    with pytest.raises(ConfigError, match="capacty: unknown option"):
+        create({"capacty": 5})
+
+
+def test_use_before_open_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="before open"):
+        MemoryStorage().count()
