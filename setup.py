@@ -140,7 +140,7 @@ setup(
         "sortedcontainers>=2.4",
     ],
     extras_require={
-        "grafana": ["grpcio>=1.60", "grpcio-health-checking>=1.60", "pyarrow>=15", "websocket-client>=1.7"],
+        "grafana": ["grpcio>=1.85.1", "grpcio-health-checking>=1.85.1", "protobuf>=7.35.1", "pyarrow>=15", "websocket-client>=1.7"],
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
