@@ -1,0 +1,229 @@
+"""``ohlc`` processor: quotes in, mid-price candles out, one topic per timeframe.
+
+The :class:`~gauss.core.OhlcAggregator` kernel does the arithmetic on whole
+batches; this stage decides *when* candles are published (SPEC section 1):
+
+- a candle that is no longer the newest of its symbol and timeframe (its
+  bucket closed, or a held bucket got a late-but-accepted quote) is
+  published with the batch that changed it, once per batch;
+- the open candle (newest bucket) is coalesced and published every
+  ``open_interval_ms`` (the engine calls :meth:`OhlcProcessor.flush`), only
+  when it changed since it was last published, never once per quote;
+- a quote older than every held bucket is *late*: counted per timeframe in
+  :attr:`OhlcProcessor.late_counts` and, with ``late_topic`` set, published
+  there as ``{"quote": ..., "timeframe": label, "reason": "late"}``.
+
+Candles go to ``<output_prefix><label>`` (``ohlc.1m``), as records with
+``ts_ms`` the bucket start and ``key`` the symbol.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+from gauss.core import OhlcAggregator, TopicRecord
+from gauss.errors import ConfigError
+from gauss.protocols import PublishContext
+from gauss.registry import Options
+from gauss_plugins.storage._support import RateLimitedLog
+
+__all__ = ["OhlcProcessor", "create", "parse_timeframe", "DEFAULT_TIMEFRAMES"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEFRAMES = ["1s", "5s", "1m", "5m", "15m", "1h", "4h", "1d"]
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_LABEL = re.compile(r"([1-9][0-9]*)([smhd])\Z")
+
+Candle = tuple[str, int, int, float, float, float, float, int, bool]
+
+
+def parse_timeframe(label: str) -> int:
+    """Milliseconds of a label such as ``5s``, ``3m``, ``4h``, ``1d``; ValueError otherwise."""
+    match = _LABEL.match(label) if isinstance(label, str) else None
+    if match is None:
+        raise ValueError(f"bad timeframe {label!r}: expected <n><s|m|h|d>, e.g. 1s, 3m, 4h, 1d")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def _is_price(value: Any) -> bool:
+    return type(value) is float or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _is_ts(value: Any) -> bool:
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
+
+
+class OhlcProcessor:
+    """Candles per symbol for each configured timeframe."""
+
+    name = "ohlc"
+
+    def __init__(
+        self,
+        timeframes: Sequence[str] = DEFAULT_TIMEFRAMES,
+        *,
+        output_prefix: str = "ohlc.",
+        hold_buckets: int = 2,
+        open_interval_ms: int = 250,
+        late_topic: str | None = None,
+    ) -> None:
+        if not timeframes:
+            raise ValueError("at least one timeframe is needed")
+        widths = [parse_timeframe(label) for label in timeframes]
+        if len(set(widths)) != len(widths):
+            raise ValueError(f"timeframes {list(timeframes)} name the same width twice")
+        if open_interval_ms < 1:
+            raise ValueError("open_interval_ms must be at least 1")
+        self.labels = list(timeframes)
+        self.widths_ms = widths
+        self.output_prefix = output_prefix
+        self.hold_buckets = hold_buckets
+        self.open_interval_ms = open_interval_ms
+        self.flush_interval: float | None = open_interval_ms / 1000.0
+        self.late_topic = late_topic
+        self.topics = [output_prefix + label for label in self.labels]
+        """Output topic of each timeframe, in configuration order."""
+        self.invalid_quotes = 0
+        """Input records without a usable bid and ask (skipped)."""
+        self._invalid_log = RateLimitedLog(log)
+        self._aggregator = OhlcAggregator(widths, hold_buckets)
+        self._tf_index = {width: t for t, width in enumerate(widths)}
+        # (key, tf_index) -> the newest version of its open candle, not yet published.
+        self._pending_open: dict[tuple[str, int], Candle] = {}
+
+    @property
+    def late_counts(self) -> dict[str, int]:
+        """Quotes too late for any held bucket, per timeframe label (for metrics)."""
+        return dict(zip(self.labels, self._aggregator.late_counts))
+
+    def start(self, context: PublishContext) -> None:
+        """Nothing to prepare: buckets open as quotes arrive."""
+
+    def process(self, topic: str, records: Sequence[TopicRecord], context: PublishContext) -> None:
+        if not records:
+            return
+        try:
+            bids = [r.data["bid"] for r in records]
+            asks = [r.data["ask"] for r in records]
+            # NOTE: checked before the kernel sees the batch (numpy does it in C), so a bad
+            # record from a mis-wired topic is skipped and never half-applies a batch.
+            np.asarray(bids, dtype=np.float64)
+            np.asarray(asks, dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            records = self._usable(records)
+            if not records:
+                return
+            bids = [r.data["bid"] for r in records]
+            asks = [r.data["ask"] for r in records]
+        candles, late = self._aggregator.update([r.key for r in records], [r.ts_ms for r in records], bids, asks)
+        per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
+        pending = self._pending_open
+        tf_index = self._tf_index
+        opened: list[tuple[int, Candle]] = []
+        for candle in candles:
+            t = tf_index[candle[1]]
+            if candle[8]:
+                opened.append((t, candle))
+                continue
+            # Not the newest bucket any more: this version goes out with this batch.
+            slot = (candle[0], t)
+            held = pending.get(slot)
+            if held is not None and held[2] == candle[2]:
+                del pending[slot]
+            per_tf[t].append(self._record(candle, t))
+        for t, candle in opened:
+            slot = (candle[0], t)
+            held = pending.get(slot)
+            if held is not None and held[2] != candle[2]:
+                # A newer bucket opened: the last version of the one before it closes it now.
+                per_tf[t].append(self._record(held, t))
+            pending[slot] = candle
+        for t, out in enumerate(per_tf):
+            if out:
+                context.publish(self.topics[t], out)
+        if late and self.late_topic is not None:
+            labels = self.labels
+            late_records = []
+            for i, t in late:
+                quote = records[i]
+                data = {"quote": quote.data, "timeframe": labels[t], "reason": "late"}
+                late_records.append(TopicRecord(quote.ts_ms, quote.key, data))
+            context.publish(self.late_topic, late_records)
+
+    def _usable(self, records: Sequence[TopicRecord]) -> list[TopicRecord]:
+        usable = []
+        for record in records:
+            data = record.data
+            try:
+                ok = isinstance(record.key, str) and _is_ts(record.ts_ms)
+                ok = ok and _is_price(data["bid"]) and _is_price(data["ask"])
+            except (KeyError, TypeError):
+                ok = False
+            if ok:
+                usable.append(record)
+        skipped = len(records) - len(usable)
+        self.invalid_quotes += skipped
+        self._invalid_log.error("ohlc: skipped %d records without a numeric bid and ask (%d so far)", skipped, self.invalid_quotes)
+        return usable
+
+    def _record(self, candle: Candle, t: int) -> TopicRecord:
+        key, _, start, open_, high, low, close, ticks, _ = candle
+        data = {
+            "symbol": key,
+            "timeframe": self.labels[t],
+            "ts_ms": start,
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
+            "ticks": ticks,
+        }
+        return TopicRecord(start, key, data)
+
+    def flush(self, context: PublishContext) -> None:
+        """Publish every open candle that changed since its last publication."""
+        if not self._pending_open:
+            return
+        pending, self._pending_open = self._pending_open, {}
+        per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
+        for (_, t), candle in pending.items():
+            per_tf[t].append(self._record(candle, t))
+        for t, out in enumerate(per_tf):
+            if out:
+                context.publish(self.topics[t], out)
+
+    def stop(self, context: PublishContext) -> None:
+        self.flush(context)
+
+
+def create(table: dict[str, Any]) -> OhlcProcessor:
+    opts = Options(table)
+    timeframes = opts.str_list("timeframes", DEFAULT_TIMEFRAMES)
+    if not timeframes:
+        raise ConfigError("timeframes", "must list at least one timeframe")
+    widths: dict[int, str] = {}
+    for label in timeframes:
+        try:
+            width = parse_timeframe(label)
+        except ValueError as exc:
+            raise ConfigError("timeframes", str(exc)) from None
+        if width in widths:
+            raise ConfigError("timeframes", f"{label!r} and {widths[width]!r} are the same width")
+        widths[width] = label
+    output_prefix = opts.str("output_prefix", "ohlc.")
+    hold_buckets = opts.int("hold_buckets", 2, min=1)
+    open_interval_ms = opts.int("open_interval_ms", 250, min=1)
+    late_topic = opts.str("late_topic", None)
+    opts.done()
+    return OhlcProcessor(
+        timeframes,
+        output_prefix=output_prefix,
+        hold_buckets=hold_buckets,
+        open_interval_ms=open_interval_ms,
+        late_topic=late_topic,
+    )

@@ -1,0 +1,248 @@
+"""The ohlc processor: candles, when they are published, late quotes, options."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from gauss import registry
+from gauss.core import TopicRecord
+from gauss.errors import ConfigError
+from gauss_plugins.stage.ohlc import DEFAULT_TIMEFRAMES, OhlcProcessor, create, parse_timeframe
+
+
+def quote(symbol: str, ts: int, bid: float, ask: float | None = None) -> TopicRecord:
+    ask = bid + 0.0002 if ask is None else ask
+    data = {"symbol": symbol, "bid": bid, "ask": ask, "bid_size": 1.0, "ask_size": 1.0, "ts_ms": ts}
+    return TopicRecord(ts, symbol, data)
+
+
+def naive_candles(
+    quotes: list[TopicRecord], labels: list[str], hold: int
+) -> tuple[dict[tuple[str, str, int], dict[str, Any]], list[tuple[int, str]]]:
+    """Candles by (label, symbol, start) and the late (quote index, label), one quote at a time."""
+    candles: dict[tuple[str, str, int], dict[str, Any]] = {}
+    newest: dict[tuple[str, str], int] = {}
+    late: list[tuple[int, str]] = []
+    for i, q in enumerate(quotes):
+        price = (q.data["bid"] + q.data["ask"]) / 2
+        for label in labels:
+            width = parse_timeframe(label)
+            start = q.ts_ms - q.ts_ms % width
+            top = newest.get((label, q.key))
+            if top is not None and start < top - (hold - 1) * width:
+                late.append((i, label))
+                continue
+            newest[(label, q.key)] = start if top is None else max(top, start)
+            c = candles.get((label, q.key, start))
+            if c is None:
+                candles[(label, q.key, start)] = {
+                    "symbol": q.key, "timeframe": label, "ts_ms": start, "open": price, "high": price,
+                    "low": price, "close": price, "ticks": 1, "_first": q.ts_ms, "_last": q.ts_ms,
+                }
+                continue
+            c["high"] = max(c["high"], price)
+            c["low"] = min(c["low"], price)
+            if q.ts_ms < c["_first"]:
+                c["_first"], c["open"] = q.ts_ms, price
+            if q.ts_ms >= c["_last"]:
+                c["_last"], c["close"] = q.ts_ms, price
+            c["ticks"] += 1
+    for c in candles.values():
+        del c["_first"], c["_last"]
+    return candles, late
+
+
+def random_stream(rng: random.Random, count: int) -> list[TopicRecord]:
+    symbols = ["EURUSD", "GBPUSD", "BTC/USD"]
+    ts = 1_732_406_400_000 + rng.randrange(86_400_000)
+    price = {s: 1.0 + rng.random() for s in symbols}
+    quotes = []
+    for _ in range(count):
+        ts += rng.choice([0, 1, 7, 40, 300, 1200, 4000])
+        symbol = rng.choice(symbols)
+        price[symbol] *= 1 + rng.uniform(-0.001, 0.001)
+        jitter = rng.choice([0] * 8 + [-500, -2500, -9000, -400_000])  # out-of-order and late quotes
+        quotes.append(quote(symbol, ts + jitter, round(price[symbol], 6), round(price[symbol] + 0.0003, 6)))
+    return quotes
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 20241124])
+def test_published_candles_equal_a_naive_computation(context: Any, seed: int) -> None:
+    rng = random.Random(seed)
+    print("seed", seed)
+    labels = ["1s", "5s", "1m", "3m", "1h", "1d"]
+    hold = rng.choice([1, 2, 3])
+    quotes = random_stream(rng, 3000)
+    processor = OhlcProcessor(labels, hold_buckets=hold, late_topic="ohlc.late")
+    processor.start(context)
+    pos = 0
+    while pos < len(quotes):
+        size = rng.choice([1, 5, 50, 400])
+        processor.process("quotes.raw", quotes[pos : pos + size], context)
+        pos += size
+        if rng.random() < 0.3:
+            processor.flush(context)
+    processor.stop(context)
+    want, want_late = naive_candles(quotes, labels, hold)
+    got: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for topic, batch in context.calls:
+        if topic == "ohlc.late":
+            continue
+        label = topic.removeprefix("ohlc.")
+        for r in batch:
+            assert r.ts_ms == r.data["ts_ms"] and r.key == r.data["symbol"] and r.data["timeframe"] == label
+            got[(label, r.key, r.ts_ms)] = r.data  # later versions replace earlier ones (upsert)
+    assert got.keys() == want.keys()
+    for ident, candle in want.items():
+        assert got[ident] == pytest.approx(candle), ident
+    late = [(r.data["quote"], r.data["timeframe"]) for r in context.records("ohlc.late")]
+    assert late == [(quotes[i].data, label) for i, label in want_late]
+    assert all(r.data["reason"] == "late" for r in context.records("ohlc.late"))
+    counts = {label: sum(1 for _, lab in want_late if lab == label) for label in labels}
+    assert processor.late_counts == counts
+    assert sum(counts.values()) > 0, "the stream should exercise late quotes"
+
+
+def test_a_batch_of_one_symbol_publishes_each_candle_at_most_once(context: Any) -> None:
+    processor = OhlcProcessor()
+    start = 1_732_406_400_000
+    quotes = [quote("EURUSD", start + i * 37, 1.08 + i * 1e-5) for i in range(1000)]
+    processor.process("quotes.raw", quotes, context)
+    processor.flush(context)
+    seen: set[tuple[str, str, int]] = set()
+    published = 0
+    for topic, batch in context.calls:
+        for r in batch:
+            ident = (topic, r.key, r.ts_ms)
+            assert ident not in seen, f"{ident} published twice"
+            seen.add(ident)
+            published += 1
+    # Quotes span 0 to 36.963 s of a day: 37 one-second candles, 8 five-second ones, one of each longer timeframe.
+    assert published == 37 + 8 + 6
+    assert {t for t, _ in context.calls} == {f"ohlc.{label}" for label in DEFAULT_TIMEFRAMES}
+
+
+def test_open_candle_is_published_at_the_interval_only_when_it_changed(context: Any) -> None:
+    processor = OhlcProcessor(["1m"], open_interval_ms=100)
+    assert processor.flush_interval == pytest.approx(0.1)
+    t0 = 1_732_406_400_000
+    processor.process("quotes.raw", [quote("EURUSD", t0 + i, 1.0 + i) for i in range(100)], context)
+    assert context.take() == [], "an open candle waits for the interval"
+    processor.flush(context)
+    (topic, batch), = context.take()
+    assert topic == "ohlc.1m" and len(batch) == 1 and batch[0].data["ticks"] == 100
+    processor.flush(context)
+    assert context.take() == [], "an unchanged candle is not published again"
+    processor.process("quotes.raw", [quote("EURUSD", t0 + 500, 2.0)], context)
+    processor.flush(context)
+    (_, batch), = context.take()
+    assert batch[0].data["ticks"] == 101
+
+
+def test_a_closing_bucket_publishes_its_last_version_right_away(context: Any) -> None:
+    processor = OhlcProcessor(["1s"])
+    processor.process("quotes.raw", [quote("EURUSD", 1000, 1.0), quote("EURUSD", 1500, 3.0)], context)
+    assert context.take() == []
+    processor.process("quotes.raw", [quote("EURUSD", 2100, 5.0)], context)
+    (topic, batch), = context.take()
+    assert topic == "ohlc.1s"
+    assert batch[0].data == pytest.approx(
+        {"symbol": "EURUSD", "timeframe": "1s", "ts_ms": 1000, "open": 1.0001, "high": 3.0001, "low": 1.0001, "close": 3.0001, "ticks": 2}
+    )
+    processor.stop(context)
+    (topic, batch), = context.take()
+    assert [r.ts_ms for r in batch] == [2000], "stop publishes the open candle"
+
+
+def test_late_quotes_are_counted_per_timeframe_and_published_to_late_topic(context: Any) -> None:
+    processor = OhlcProcessor(["1s", "5s"], hold_buckets=2, late_topic="quotes.late")
+    processor.process("quotes.raw", [quote("EURUSD", 10_000, 1.0), quote("EURUSD", 12_500, 1.1)], context)
+    context.take()
+    late_quote = quote("EURUSD", 10_500, 9.0)
+    held_quote = quote("EURUSD", 11_200, 1.2)
+    processor.process("quotes.raw", [late_quote, held_quote], context)
+    assert processor.late_counts == {"1s": 1, "5s": 0}
+    late = context.records("quotes.late")
+    assert [(r.ts_ms, r.key, r.data) for r in late] == [
+        (10_500, "EURUSD", {"quote": late_quote.data, "timeframe": "1s", "reason": "late"})
+    ]
+    assert all(r.seq == 0 for r in late)
+    # The held 1s bucket at 11000 took its quote and is published with the batch.
+    assert [r.ts_ms for r in context.records("ohlc.1s")] == [11_000]
+
+
+def test_without_late_topic_late_quotes_are_only_counted(context: Any) -> None:
+    processor = OhlcProcessor(["1s"], hold_buckets=1)
+    processor.process("quotes.raw", [quote("A", 5000, 1.0), quote("A", 4000, 1.0), quote("A", 3000, 1.0)], context)
+    assert processor.late_counts == {"1s": 2}
+    assert all(t == "ohlc.1s" for t, _ in context.calls)
+
+
+def test_records_without_prices_are_skipped_and_counted(context: Any) -> None:
+    processor = OhlcProcessor(["1s"])
+    bad = [TopicRecord(1000, "A", {"text": "hello"}), TopicRecord(1000, "A", {"bid": "x", "ask": 1.0}), TopicRecord(1000, "A", None)]
+    processor.process("t", [quote("A", 1000, 1.0), *bad, quote("A", 1200, 3.0)], context)
+    processor.flush(context)
+    (_, batch), = context.take()
+    assert batch[0].data["ticks"] == 2
+    assert processor.invalid_quotes == 3
+
+
+def test_candles_go_to_the_output_prefix() -> None:
+    processor = create({"timeframes": ["3m"], "output_prefix": "bars/"})
+    assert processor.topics == ["bars/3m"]
+    assert processor.widths_ms == [180_000]
+
+
+@pytest.mark.parametrize(
+    ("label", "ms"), [("1s", 1000), ("5s", 5000), ("3m", 180_000), ("15m", 900_000), ("4h", 14_400_000), ("1d", 86_400_000), ("2d", 172_800_000)]
+)
+def test_parse_timeframe(label: str, ms: int) -> None:
+    assert parse_timeframe(label) == ms
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"timeframes": ["1x"]}, "timeframes: bad timeframe '1x'"),
+        ({"timeframes": ["0s"]}, "timeframes: bad timeframe '0s'"),
+        ({"timeframes": ["m"]}, "timeframes: bad timeframe 'm'"),
+        ({"timeframes": ["1m", "60s"]}, "timeframes: '60s' and '1m' are the same width"),
+        ({"timeframes": []}, "timeframes: must list at least one"),
+        ({"timeframes": "1m"}, "timeframes: must be a list"),
+        ({"hold_buckets": 0}, "hold_buckets: must be at least 1"),
+        ({"open_interval_ms": 0}, "open_interval_ms: must be at least 1"),
+        ({"late_topic": ""}, "late_topic: must not be empty"),
+        ({"timeframe": ["1m"]}, "timeframe: unknown option"),
+    ],
+)
+def test_bad_options_name_the_key(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create(table)
+
+
+def test_defaults_through_the_registry() -> None:
+    processor = registry.create("processor", {"type": "ohlc"})
+    assert isinstance(processor, OhlcProcessor)
+    assert processor.labels == DEFAULT_TIMEFRAMES
+    assert processor.topics[0] == "ohlc.1s" and processor.topics[-1] == "ohlc.1d"
+    assert processor.flush_interval == pytest.approx(0.25)
+    assert processor.hold_buckets == 2 and processor.late_topic is None
+    assert processor.late_counts == dict.fromkeys(DEFAULT_TIMEFRAMES, 0)
+
+
+def test_many_symbols_publish_grouped_per_timeframe(context: Any) -> None:
+    processor = OhlcProcessor(["1s", "1m"])
+    quotes = [quote(f"S{i % 50}", 1000 + i, 1.0) for i in range(500)]
+    processor.process("q", quotes, context)
+    processor.flush(context)
+    per_topic = defaultdict(int)
+    for topic, batch in context.calls:
+        per_topic[topic] += 1
+        assert len({(r.key, r.ts_ms) for r in batch}) == len(batch)
+    assert per_topic == {"ohlc.1s": 1, "ohlc.1m": 1}
+    assert len(context.records("ohlc.1s")) == 50
