@@ -138,6 +138,7 @@ setup(
         "python-snappy>=0.7",
         "prometheus_client>=0.20",
         "sortedcontainers>=2.4",
+        "requests>=2.31",
     ],
     extras_require={
         "grafana": ["grpcio>=1.85.1", "grpcio-health-checking>=1.85.1", "protobuf>=7.35.1", "pyarrow>=15", "websocket-client>=1.7"],

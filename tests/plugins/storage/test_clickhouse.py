@@ -1,0 +1,396 @@
+"""The ClickHouse storage against a real, private clickhouse-server (see tests/conftest.py).
+
+The reference semantics are the naive model of ``tests/plugins/storage/conftest.py``,
+the same oracle the memory storage answers to.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from gauss import registry
+from gauss.core import TopicRecord
+from gauss.errors import ConfigError, StorageError
+from gauss.records import DataFormat, TopicQuery
+from gauss_plugins.storage.clickhouse import ClickHouseStorage, create
+
+KEYS = ["EURUSD", "BTC/USD", "ÄÖÜ", "it's", "back\\slash", "tab\there", "new\nline"]
+
+
+def quote(seq: int, key: str, ts: int, bid: float) -> TopicRecord:
+    data = {"symbol": key, "bid": bid, "ask": bid + 0.5, "bid_size": 1.0, "ask_size": 2.0, "ts_ms": ts}
+    return TopicRecord(ts, key, data, seq)
+
+
+def candle(seq: int, key: str, ts: int, close: float) -> TopicRecord:
+    data = {
+        "symbol": key,
+        "timeframe": "1s",
+        "ts_ms": ts,
+        "open": 1.0,
+        "high": 2.0,
+        "low": 0.5,
+        "close": close,
+        "ticks": seq,
+    }
+    return TopicRecord(ts, key, data, seq)
+
+
+def make_record(fmt: DataFormat, seq: int, key: str, ts: int, rnd: random.Random) -> TopicRecord:
+    price = rnd.uniform(0.5, 2.0)
+    if fmt is DataFormat.QUOTE:
+        return quote(seq, key, ts, price)
+    if fmt is DataFormat.CANDLE:
+        return candle(seq, key, ts, price)
+    return TopicRecord(ts, key, {"n": seq, "nested": [key, price], "none": None}, seq)
+
+
+def dicts(records: list[TopicRecord]) -> list[dict[str, Any]]:
+    return [r.as_dict() for r in records]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def unique_db() -> str:
+    return "t_" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def make_storage(clickhouse_server: Any, tmp_path: Path) -> Any:
+    """Build storages on the session server (one fresh database per test); closes them after."""
+    made: list[ClickHouseStorage] = []
+    database = unique_db()
+
+    def build(server: Any = None, **options: Any) -> ClickHouseStorage:
+        server = server or clickhouse_server
+        table = {"url": server.url, "database": database, "spool_dir": str(tmp_path / "spool")}
+        table.update(options)
+        storage = create(table)
+        made.append(storage)
+        return storage
+
+    build.database = database  # type: ignore[attr-defined]
+    yield build
+    for storage in made:
+        storage.close()
+
+
+# --- configuration -----------------------------------------------------------
+
+
+def test_registered_as_clickhouse_entry_point() -> None:
+    assert "clickhouse" in registry.known("storage")
+    storage = registry.create("storage", {"type": "clickhouse", "batch_size": 5})
+    assert isinstance(storage, ClickHouseStorage) and storage.batch_size == 5
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "reason"),
+    [
+        ({"url": "127.0.0.1:8123"}, "url", "http"),
+        ({"batch_size": 0}, "batch_size", "at least 1"),
+        ({"flush_interval": "1s"}, "flush_interval", "number"),
+        ({"bogus": 1}, "bogus", "unknown option"),
+        ({"retry_min": 5.0, "retry_max": 1.0}, "retry_max", "retry_min"),
+        ({"password": "x", "password_env": "GAUSS_CH_PASSWORD"}, "password_env", "not both"),
+    ],
+)
+def test_bad_option_names_the_key(table: dict[str, Any], key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        create(table)
+    assert info.value.key == key
+    assert reason in info.value.reason
+
+
+def test_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GAUSS_TEST_CH_PASSWORD", "s3cret")
+    storage = create({"password_env": "GAUSS_TEST_CH_PASSWORD"})
+    assert storage._writer._session.headers["X-ClickHouse-Key"] == "s3cret"
+
+
+# --- against the server --------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", list(DataFormat))
+def test_answers_like_the_naive_model_before_and_after_delivery(make_storage: Any, naive_topic: Any, fmt: DataFormat) -> None:
+    seed = random.randrange(1 << 30)
+    rnd = random.Random(seed)
+    storage = make_storage(flush_interval=3600.0, batch_size=1_000_000)
+    epoch, last_seq = storage.open("t.one", fmt)
+    assert last_seq == 0 and epoch
+    model = naive_topic(fmt.upsert)
+    seq = 0
+    for _ in range(6):
+        batch = []
+        for _ in range(rnd.randint(1, 40)):
+            seq += 1
+            batch.append(make_record(fmt, seq, rnd.choice(KEYS), rnd.randint(1, 60), rnd))
+        storage.append(batch)
+        model.append(batch)
+        if rnd.random() < 0.5:
+            storage.flush()  # some delivered, some still pending: answers merge both
+
+    def check() -> None:
+        for _ in range(25):
+            low = rnd.choice([None, rnd.randint(0, 30)])
+            query = TopicQuery(
+                key=rnd.choice([None, *KEYS]),
+                from_ms=low,
+                to_ms=rnd.choice([None, rnd.randint(low or 0, 70)]),
+                since_seq=rnd.choice([None, rnd.randint(0, seq)]),
+                limit=rnd.randint(1, 60),
+            )
+            result = storage.query(query)
+            want, truncated = model.query(query)
+            assert dicts(result.records) == dicts(want), f"seed {seed}: {query}"
+            assert result.truncated == truncated, f"seed {seed}: {query}"
+        assert dicts(storage.latest()) == dicts(model.latest()), f"seed {seed}"
+        for key in KEYS:
+            assert dicts(storage.latest(key)) == dicts(model.latest(key)), f"seed {seed}: {key!r}"
+        assert storage.keys() == model.keys(), f"seed {seed}"
+        assert storage.count() == len(model.records), f"seed {seed}"
+        assert storage.bounds() == model.bounds(), f"seed {seed}"
+
+    check()
+    storage.flush()
+    assert storage.buffered == 0 and storage.healthy
+    check()
+
+
+def test_payloads_that_do_not_fit_the_typed_columns_come_back_as_they_went_in(make_storage: Any) -> None:
+    storage = make_storage()
+    storage.open("odd", DataFormat.QUOTE)
+    odd = [
+        TopicRecord(5, "K", {"symbol": "K", "bid": 1, "ask": 2.0, "bid_size": 0.0, "ask_size": 0.0, "ts_ms": 5}, 1),
+        TopicRecord(6, "K", {"symbol": "other", "bid": 1.0}, 2),
+        TopicRecord(7, "K", [1, 2, 3], 3),
+        TopicRecord(8, "K", {**quote(4, "K", 8, 1.5).data, "venue": "X"}, 4),
+    ]
+    storage.append(odd)
+    storage.flush()
+    back = storage.query(TopicQuery()).records
+    assert dicts(back) == dicts(odd)
+    assert type(back[0].data["bid"]) is int
+
+
+def test_floats_come_back_bit_for_bit(make_storage: Any) -> None:
+    rnd = random.Random(7)
+    storage = make_storage()
+    storage.open("t.floats", DataFormat.QUOTE)
+    values = [rnd.uniform(0.5, 2.0) for _ in range(500)] + [rnd.random() * 10 ** rnd.randint(-9, 9) for _ in range(500)]
+    values += [math.inf, 5e-324, 1.7976931348623157e308]
+    records = [quote(i + 1, "EURUSD", 1_700_000_000_000 + i, v) for i, v in enumerate(values)]
+    storage.append(records)
+    storage.flush()
+    assert storage.buffered == 0
+    got = storage.query(TopicQuery(limit=10_000)).records
+    assert [r.data["bid"] for r in got] == values
+    assert dicts(got) == dicts(records)
+
+
+def test_candle_upserts_leave_one_row_per_candle(make_storage: Any, clickhouse_server: Any) -> None:
+    storage = make_storage(batch_size=3)
+    storage.open("ohlc.1m", DataFormat.CANDLE)
+    seq = 0
+    for version in range(10):
+        batch = []
+        for key in ("EURUSD", "USDJPY"):
+            for bucket in range(3):
+                seq += 1
+                batch.append(candle(seq, key, 60_000 * bucket, close=1.0 + version))
+        storage.append(batch)
+        storage.flush()
+    table = f"{make_storage.database}.candles"
+    assert clickhouse_server.query(f"SELECT count() FROM {table} FINAL") == "6\n"
+    clickhouse_server.query(f"OPTIMIZE TABLE {table} FINAL")
+    assert clickhouse_server.query(f"SELECT count() FROM {table}") == "6\n"
+    assert clickhouse_server.query(f"SELECT DISTINCT close FROM {table}") == "10\n"
+    assert storage.count() == 6
+    assert {r.data["close"] for r in storage.query(TopicQuery()).records} == {10.0}
+
+
+def test_retried_insert_that_had_landed_does_not_duplicate_quotes(make_storage: Any, clickhouse_server: Any) -> None:
+    storage = make_storage()
+    storage.open("q", DataFormat.QUOTE)
+    batch = [quote(i, "EURUSD", 1000 + i, 1.1) for i in range(1, 51)]
+    body = storage.layout.encode("q", batch)
+    columns = ", ".join(name for name, _ in storage.layout.columns)
+    for _ in range(3):  # the same batch, as a retry after a lost answer would send it
+        clickhouse_server.query(f"INSERT INTO {make_storage.database}.quotes ({columns}) FORMAT RowBinary", body)
+    assert storage.count() == 50
+    assert dicts(storage.query(TopicQuery()).records) == dicts(batch)
+
+
+def test_epoch_and_seq_survive_a_restart(make_storage: Any) -> None:
+    first = make_storage()
+    epoch, last = first.open("quotes.raw", DataFormat.QUOTE)
+    assert last == 0
+    first.append([quote(i, "EURUSD", 1000 + i, 1.2) for i in range(1, 11)])
+    first.close()
+    second = make_storage()
+    assert second.open("quotes.raw", DataFormat.QUOTE) == (epoch, 10)
+    assert second.count() == 10
+    other = make_storage()
+    other_epoch, other_last = other.open("quotes.other", DataFormat.QUOTE)
+    assert other_last == 0 and other_epoch != epoch
+
+
+def test_empty_topic_gets_a_new_epoch_each_open(make_storage: Any) -> None:
+    a = make_storage().open("empty", DataFormat.ANY)
+    b = make_storage().open("empty", DataFormat.ANY)
+    assert a[1] == b[1] == 0 and a[0] != b[0]
+
+
+def test_table_of_another_format_is_refused(make_storage: Any) -> None:
+    make_storage(table="shared").open("a", DataFormat.QUOTE)
+    with pytest.raises(StorageError, match="does not fit candle records"):
+        make_storage(table="shared").open("b", DataFormat.CANDLE)
+
+
+def test_topics_share_a_table_without_mixing(make_storage: Any) -> None:
+    one = make_storage()
+    two = make_storage()
+    one.open("ohlc.1m", DataFormat.CANDLE)
+    two.open("ohlc.5m", DataFormat.CANDLE)
+    one.append([candle(1, "EURUSD", 60_000, 1.0)])
+    two.append([candle(1, "EURUSD", 300_000, 2.0), candle(2, "EURUSD", 600_000, 3.0)])
+    one.flush()
+    two.flush()
+    assert one.count() == 1 and two.count() == 2
+    assert [r.data["close"] for r in two.query(TopicQuery()).records] == [2.0, 3.0]
+
+
+def test_credentials_are_used(make_storage: Any, clickhouse_server: Any) -> None:
+    good = make_storage(user=clickhouse_server.USER, password=clickhouse_server.PASSWORD)
+    good.open("auth", DataFormat.QUOTE)
+    good.append([quote(1, "EURUSD", 1000, 1.0)])
+    good.flush()
+    assert good.count() == 1
+    bad = make_storage(user=clickhouse_server.USER, password="wrong", startup_timeout=30.0)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="cannot open"):
+        bad.open("auth", DataFormat.QUOTE)
+    assert time.monotonic() - started < 25, "an authentication error must not be retried as an outage"
+
+
+def test_dropped_table_is_created_again(make_storage: Any, clickhouse_server: Any) -> None:
+    storage = make_storage(flush_interval=0.05, retry_min=0.05, retry_max=0.2)
+    storage.open("q", DataFormat.QUOTE)
+    storage.append([quote(1, "EURUSD", 1000, 1.0)])
+    storage.flush()
+    clickhouse_server.query(f"DROP TABLE {make_storage.database}.quotes")
+    storage.append([quote(2, "EURUSD", 1001, 1.0)])
+    storage.flush()
+    wait_until(lambda: storage.buffered == 0, what="delivery after the table came back")
+    assert [r.seq for r in storage.query(TopicQuery()).records] == [2]
+
+
+# --- ClickHouse away -----------------------------------------------------------
+
+
+def test_outage_loses_nothing_accepted(clickhouse_factory: Any, make_storage: Any, tmp_path: Path) -> None:
+    server = clickhouse_factory()
+    storage = make_storage(
+        server,
+        flush_interval=0.05,
+        retry_min=0.05,
+        retry_max=0.3,
+        connect_timeout=1.0,
+        timeout=2.0,
+        flush_timeout=1.0,
+        spool_dir=str(tmp_path / "spool"),
+    )
+    storage.open("quotes.raw", DataFormat.QUOTE)
+    seq = 0
+
+    def send(n: int) -> None:
+        nonlocal seq
+        batch = []
+        for _ in range(n):
+            seq += 1
+            batch.append(quote(seq, "EURUSD", 1_000 + seq, 1.0 + seq / 1e6))
+        storage.append(batch)
+
+    send(100)
+    wait_until(lambda: storage.buffered == 0, what="first delivery")
+    server.stop()
+    started = time.monotonic()
+    for _ in range(20):
+        send(50)  # keeps accepting while ClickHouse is away
+    assert time.monotonic() - started < 5, "append must never wait on ClickHouse"
+    wait_until(lambda: not storage.healthy and storage.insert_errors > 0, what="the outage to be noticed")
+    wait_until(lambda: storage.spooled_bytes > 0, what="records to reach the disk spool")
+    assert storage.buffered == 1000
+    assert storage.health()["healthy"] == 0.0
+    with pytest.raises(StorageError):
+        storage.count()
+    server.start()
+    wait_until(lambda: storage.buffered == 0 and storage.healthy, what="delivery after the outage")
+    assert storage.count() == 1100
+    records = storage.query(TopicQuery(limit=5000)).records
+    assert [r.seq for r in records] == list(range(1, 1101))
+    assert storage.dropped == 0
+    assert not list((tmp_path / "spool").rglob("*.rowbinary"))
+
+
+def test_restart_during_outage_resends_the_spool(clickhouse_factory: Any, make_storage: Any, tmp_path: Path) -> None:
+    server = clickhouse_factory()
+    options = {
+        "flush_interval": 0.05,
+        "retry_min": 0.05,
+        "retry_max": 0.3,
+        "connect_timeout": 1.0,
+        "timeout": 2.0,
+        "flush_timeout": 1.0,
+        "spool_dir": str(tmp_path / "spool"),
+    }
+    first = make_storage(server, **options)
+    epoch, _ = first.open("ohlc.1m", DataFormat.CANDLE)
+    first.append([candle(1, "EURUSD", 0, 1.0)])
+    first.flush()
+    server.stop()
+    first.append([candle(2, "EURUSD", 0, 2.0), candle(3, "EURUSD", 60_000, 3.0)])
+    first.close()  # ClickHouse away: the batch goes to disk
+    assert list((tmp_path / "spool").rglob("*.rowbinary"))
+    server.start()
+    second = make_storage(server, **options)
+    assert second.open("ohlc.1m", DataFormat.CANDLE) == (epoch, 3)
+    wait_until(lambda: second.buffered == 0, what="the spool to drain")
+    assert [(r.seq, r.data["close"]) for r in second.query(TopicQuery()).records] == [(2, 2.0), (3, 3.0)]
+
+
+def test_past_the_bound_records_are_counted_not_silent(clickhouse_factory: Any, make_storage: Any, caplog: Any) -> None:
+    server = clickhouse_factory()
+    storage = make_storage(
+        server, flush_interval=0.05, retry_min=0.05, retry_max=0.2, connect_timeout=1.0, timeout=1.0,
+        max_buffer_records=100, max_spool_bytes=0,
+    )  # fmt: skip
+    storage.open("q", DataFormat.QUOTE)
+    server.stop()
+    storage.append([quote(i, "EURUSD", 1000 + i, 1.0) for i in range(1, 81)])
+    storage.append([quote(i, "EURUSD", 1000 + i, 1.0) for i in range(81, 131)])
+    assert storage.dropped == 50
+    assert storage.buffered == 80
+    assert "dropped 50 records" in caplog.text
+    server.start()
+    wait_until(lambda: storage.buffered == 0, what="delivery")
+    assert storage.count() == 80
+
+
+def test_unreachable_at_open_fails_after_startup_timeout(tmp_path: Path) -> None:
+    storage = create({"url": "http://127.0.0.1:9", "startup_timeout": 0.3, "connect_timeout": 0.2, "spool_dir": str(tmp_path)})
+    with pytest.raises(StorageError, match="127.0.0.1:9"):
+        storage.open("q", DataFormat.QUOTE)
