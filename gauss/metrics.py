@@ -47,6 +47,34 @@ class _SubscriberCollector(Collector):
         yield count
 
 
+class _StorageHealthCollector(Collector):
+    """Health figures of storages that report them, read at scrape time.
+
+    A storage with a ``health() -> dict[str, float]`` method (the ClickHouse
+    storage: healthy, buffered_records, dropped_records, ...) gets one gauge
+    per figure, ``gauss_storage_<figure>{topic, storage}``.
+    """
+
+    def __init__(self, topics: Callable[[], TopicRegistry | None]) -> None:
+        self._topics = topics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families: dict[str, GaugeMetricFamily] = {}
+        registry = self._topics()
+        for topic in registry.topics() if registry is not None else []:
+            health = getattr(topic.storage, "health", None)
+            if not callable(health):
+                continue
+            for figure, value in health().items():
+                family = families.get(figure)
+                if family is None:
+                    family = families[figure] = GaugeMetricFamily(
+                        f"gauss_storage_{figure}", f"Storage health: {figure.replace('_', ' ')}", labels=["topic", "storage"]
+                    )
+                family.add_metric([topic.name, topic.storage_type], float(value))
+        yield from families.values()
+
+
 class Metrics:
     """The metrics of one hub. The API exposes :meth:`exposition` at ``/metrics``."""
 
@@ -85,6 +113,7 @@ class Metrics:
         self._sink_sent = Counter("gauss_sink_records_sent", "Records written to sink connections", ["sink"], registry=r)
         self._topics: TopicRegistry | None = None
         r.register(_SubscriberCollector(lambda: self._topics))
+        r.register(_StorageHealthCollector(lambda: self._topics))
 
     def watch(self, topics: TopicRegistry) -> None:
         """Report queue depths of ``topics``' subscribers."""

@@ -394,3 +394,22 @@ def test_unreachable_at_open_fails_after_startup_timeout(tmp_path: Path) -> None
     storage = create({"url": "http://127.0.0.1:9", "startup_timeout": 0.3, "connect_timeout": 0.2, "spool_dir": str(tmp_path)})
     with pytest.raises(StorageError, match="127.0.0.1:9"):
         storage.open("q", DataFormat.QUOTE)
+
+
+def test_health_is_exported_to_metrics(make_storage: Any) -> None:
+    from gauss.metrics import Metrics
+    from gauss.topics import TopicRegistry
+
+    metrics = Metrics()
+    topics = TopicRegistry(metrics=metrics)
+    metrics.watch(topics)
+    storage = make_storage(flush_interval=3600.0)
+    topic = topics.create("quotes.ch", format=DataFormat.QUOTE, storage=storage)
+    topic.publish([TopicRecord(1000 + i, "EURUSD", quote(0, "EURUSD", 1000 + i, 1.0).data) for i in range(7)])
+    labels = {"topic": "quotes.ch", "storage": topic.storage_type}
+    assert metrics.value("gauss_storage_healthy", **labels) == 1.0
+    assert metrics.value("gauss_storage_buffered_records", **labels) == 7.0
+    storage.flush()
+    assert metrics.value("gauss_storage_buffered_records", **labels) == 0.0
+    assert metrics.value("gauss_storage_inserted_records", **labels) == 7.0
+    assert b"gauss_storage_dropped_records" in metrics.exposition()
