@@ -1,0 +1,294 @@
+"""The file storage: layout, durability, upsert on disk, compaction, retention, confinement."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gauss import registry
+from gauss.core import TopicRecord
+from gauss.errors import ConfigError, StorageError
+from gauss.records import DataFormat, TopicQuery
+from gauss_plugins.storage._keys import decode_key, encode_key, key_file_name
+from gauss_plugins.storage.file import META_FILE, FileStorage, create
+
+
+def candle(seq: int, key: str, ts: int, close: float = 1.0) -> TopicRecord:
+    data = {"symbol": key, "timeframe": "1m", "ts_ms": ts, "open": 1.0, "high": 2.0, "low": 0.5, "close": close, "ticks": 3}
+    return TopicRecord(ts, key, data, seq)
+
+
+def lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def dicts(records: list[TopicRecord]) -> list[dict[str, Any]]:
+    return [r.as_dict() for r in records]
+
+
+def opened(directory: Path, fmt: DataFormat = DataFormat.CANDLE, **options: Any) -> tuple[FileStorage, str, int]:
+    storage = FileStorage(directory, **options)
+    epoch, last_seq = storage.open("ohlc.1m", fmt)
+    return storage, epoch, last_seq
+
+
+def test_records_are_json_lines_per_key_with_seq(tmp_path: Path) -> None:
+    storage, epoch, last_seq = opened(tmp_path, DataFormat.ANY)
+    assert last_seq == 0 and epoch
+    storage.append([TopicRecord(1000, "BTC/USD", {"p": 1.5}, 1), TopicRecord(1001, "EURUSD", {"p": 2}, 2)])
+    storage.append([TopicRecord(1002, "BTC/USD", {"p": 3}, 3)])
+    storage.flush()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["BTC%2FUSD.jsonl", "EURUSD.jsonl", META_FILE]
+    assert (tmp_path / "BTC%2FUSD.jsonl").read_text() == (
+        '{"ts_ms":1000,"key":"BTC/USD","data":{"p":1.5},"seq":1}\n{"ts_ms":1002,"key":"BTC/USD","data":{"p":3},"seq":3}\n'
+    )
+    assert json.loads((tmp_path / META_FILE).read_text())["last_seq"] == 3
+    storage.close()
+
+
+def test_seq_and_epoch_survive_a_restart(tmp_path: Path) -> None:
+    storage, epoch, _ = opened(tmp_path, DataFormat.ANY)
+    storage.append([TopicRecord(1000 + i, "A", {"i": i}, i) for i in range(1, 6)])
+    storage.close()
+    again, epoch2, last_seq = opened(tmp_path, DataFormat.ANY)
+    assert (epoch2, last_seq) == (epoch, 5)
+    assert again.count() == 5 and again.bounds() == (1, 5)
+    assert [r.data["i"] for r in again.query(TopicQuery(key="A", since_seq=3)).records] == [4, 5]
+    again.append([TopicRecord(2000, "A", {"i": 6}, 6)])
+    again.close()
+    third, _, last_seq = opened(tmp_path, DataFormat.ANY)
+    assert last_seq == 6 and third.count() == 6
+    third.close()
+
+
+def test_candle_versions_append_on_disk_and_the_newest_wins_on_load(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path)
+    storage.append([candle(1, "EURUSD", 60_000, 1.0), candle(2, "EURUSD", 120_000, 1.0)])
+    storage.flush()
+    storage.append([candle(3, "EURUSD", 60_000, 2.0)])
+    storage.append([candle(4, "EURUSD", 60_000, 3.0)])  # replaced before any flush: never written
+    storage.flush()
+    on_disk = lines(tmp_path / "EURUSD.jsonl")
+    assert [(line["ts_ms"], line["seq"]) for line in on_disk] == [(60_000, 1), (120_000, 2), (60_000, 4)]
+    result = storage.query(TopicQuery(key="EURUSD"))
+    assert [(r.ts_ms, r.seq, r.data["close"]) for r in result.records] == [(60_000, 4, 3.0), (120_000, 2, 1.0)]
+    storage._task.stop()  # type: ignore[union-attr]  # a crash: no close, no compaction
+    again, _, last_seq = opened(tmp_path)
+    assert last_seq == 4
+    assert dicts(again.query(TopicQuery()).records) == dicts(result.records)
+    assert again.compact(force=True) == 1
+    assert [(line["ts_ms"], line["seq"]) for line in lines(tmp_path / "EURUSD.jsonl")] == [(120_000, 2), (60_000, 4)]
+    again.close()
+
+
+def test_compaction_rewrites_only_files_mostly_dead(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path)
+    seq = 0
+    for version in range(400):
+        seq += 1
+        storage.append([candle(seq, "HOT", 60_000, float(version))])
+        storage.flush()
+    seq += 1
+    storage.append([candle(seq, "COLD", 60_000)])
+    storage.flush()
+    assert len(lines(tmp_path / "HOT.jsonl")) == 400
+    assert storage.compact() == 1
+    assert [line["data"]["close"] for line in lines(tmp_path / "HOT.jsonl")] == [399.0]
+    assert len(lines(tmp_path / "COLD.jsonl")) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    storage.close()
+
+
+def test_flushes_when_max_buffered_records_wait(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, DataFormat.ANY, max_buffered=10, flush_interval=3600)
+    storage.append([TopicRecord(i, "A", {}, i) for i in range(1, 10)])
+    assert not (tmp_path / "A.jsonl").exists()
+    storage.append([TopicRecord(10, "A", {}, 10)])
+    assert len(lines(tmp_path / "A.jsonl")) == 10
+    storage.close()
+
+
+def test_flushes_on_its_interval_without_new_records(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, DataFormat.ANY, flush_interval=0.02)
+    storage.append([TopicRecord(1, "A", {}, 1)])
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "A.jsonl").exists() and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    assert len(lines(tmp_path / "A.jsonl")) == 1
+    storage.close()
+
+
+def test_retention_bounds_records_per_key_in_memory_and_on_disk(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, DataFormat.ANY, max_records_per_key=3)
+    storage.append([TopicRecord(1000 * i, "A", {"i": i}, i) for i in range(1, 11)])
+    storage.append([TopicRecord(5, "B", {}, 11)])
+    assert [r.data["i"] for r in storage.query(TopicQuery(key="A")).records] == [8, 9, 10]
+    storage.flush()
+    assert len(lines(tmp_path / "A.jsonl")) == 10
+    storage.compact(force=True)
+    assert [line["seq"] for line in lines(tmp_path / "A.jsonl")] == [8, 9, 10]
+    storage.close()
+    again, _, last_seq = opened(tmp_path, DataFormat.ANY, max_records_per_key=3)
+    assert last_seq == 11 and again.count() == 4
+    again.close()
+
+
+def test_retention_ms_keeps_the_recent_window_per_key(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, DataFormat.ANY, retention_ms=2500)
+    storage.append([TopicRecord(1000 * i, "A", {"i": i}, i) for i in range(1, 11)])
+    assert [r.ts_ms for r in storage.query(TopicQuery()).records] == [8000, 9000, 10_000]
+    storage.close()
+
+
+def test_a_key_whose_records_all_expired_loses_its_file(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, DataFormat.ANY, max_records_per_key=1)
+    storage.append([TopicRecord(1, "A", {}, 1), TopicRecord(2, "A", {}, 2)])
+    storage.compact(force=True)
+    assert len(lines(tmp_path / "A.jsonl")) == 1
+    storage.close()
+
+
+def test_a_partial_last_line_from_a_crash_is_dropped_and_later_appends_stay_clean(tmp_path: Path) -> None:
+    storage, epoch, _ = opened(tmp_path, DataFormat.ANY)
+    storage.append([TopicRecord(1, "A", {"i": 1}, 1), TopicRecord(2, "A", {"i": 2}, 2)])
+    storage.close()
+    with open(tmp_path / "A.jsonl", "ab") as handle:
+        handle.write(b'not json\n{"ts_ms":3,"key":"A","da')
+    again, epoch2, last_seq = opened(tmp_path, DataFormat.ANY)
+    assert (epoch2, last_seq) == (epoch, 2)
+    assert again.corrupt_lines == 2
+    again.append([TopicRecord(4, "A", {"i": 4}, 3)])
+    again.close()
+    third, _, last_seq = opened(tmp_path, DataFormat.ANY)
+    assert last_seq == 3 and third.corrupt_lines == 1  # the "not json" line; compaction had no reason to run
+    assert [r.data["i"] for r in third.query(TopicQuery()).records] == [1, 2, 4]
+    third.close()
+
+
+def test_a_failed_write_keeps_the_records_and_retries(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, DataFormat.ANY)
+    (tmp_path / "A.jsonl").mkdir()  # appending to it fails
+    storage.append([TopicRecord(1, "A", {}, 1), TopicRecord(2, "B", {}, 2)])
+    with pytest.raises(StorageError, match="1 keys not written"):
+        storage.flush()
+    assert len(lines(tmp_path / "B.jsonl")) == 1
+    (tmp_path / "A.jsonl").rmdir()
+    storage.flush()
+    assert [line["seq"] for line in lines(tmp_path / "A.jsonl")] == [1]
+    storage.close()
+
+
+def test_unserialisable_data_is_dropped_and_counted_not_the_batch(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, DataFormat.ANY)
+    storage.append([TopicRecord(1, "A", {"ok": 1}, 1), TopicRecord(2, "A", {"bad": object()}, 2), TopicRecord(3, "A", {}, 3)])
+    storage.flush()
+    assert [line["seq"] for line in lines(tmp_path / "A.jsonl")] == [1, 3]
+    assert storage.dropped == 1
+    storage.close()
+
+
+HOSTILE_KEYS = ["../x", "/etc/passwd", "..", ".", "a/../../b", "..\\..\\win", ".hidden", "ü€𝄞", "", "con", "x" * 300, "é" * 120]
+
+
+def test_no_key_can_name_a_path_outside_the_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    storage, _, _ = opened(directory, DataFormat.ANY)
+    storage.append([TopicRecord(1, key, {"key": key}, seq) for seq, key in enumerate(HOSTILE_KEYS, 1)])
+    storage.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    names = [p.name for p in directory.iterdir()]
+    assert len(names) == len(HOSTILE_KEYS) + 1
+    for name in names:
+        assert (directory / name).resolve().parent == directory.resolve()
+        assert len(name.encode()) <= 255
+    assert "%2E%2E%2Fx.jsonl" in names and "%2Fetc%2Fpasswd.jsonl" in names and "%2E%2E.jsonl" in names
+    again, _, _ = opened(directory, DataFormat.ANY)
+    assert sorted(info.key for info in again.keys()) == sorted(HOSTILE_KEYS)
+    again.close()
+
+
+@given(st.text())
+def test_key_encoding_round_trips_and_stays_a_plain_name(key: str) -> None:
+    stem = encode_key(key)
+    assert decode_key(stem) == key
+    assert set(stem) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-%")
+    name = key_file_name(key)
+    assert "/" not in name and "\\" not in name and not name.startswith(".") or key == ""
+    assert len(name.encode()) <= 255
+
+
+def test_key_encoding_examples() -> None:
+    assert key_file_name("BTC/USD") == "BTC%2FUSD.jsonl"
+    assert key_file_name("EURUSD") == "EURUSD.jsonl"
+    assert key_file_name("a.b") == "a%2Eb.jsonl"
+    assert key_file_name("ü") == "%C3%BC.jsonl"
+    assert key_file_name("x" * 300) != key_file_name("x" * 301)
+
+
+batches = st.lists(st.lists(st.tuples(st.sampled_from(["A", "B/C", ".."]), st.integers(0, 30)), max_size=15), max_size=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(upsert=st.booleans(), batches=batches, restart_after=st.integers(0, 6), since=st.integers(0, 60))
+def test_file_storage_answers_like_the_naive_model_across_a_restart(
+    tmp_path_factory: pytest.TempPathFactory, naive_topic: Any, upsert: bool, batches: list[list[tuple[str, int]]], restart_after: int, since: int
+) -> None:
+    directory = tmp_path_factory.mktemp("store")
+    fmt = DataFormat.CANDLE if upsert else DataFormat.ANY
+    storage, epoch, _ = opened(directory, fmt)
+    model = naive_topic(upsert=upsert)
+    seq = 0
+    for number, batch in enumerate(batches):
+        if number == restart_after:
+            storage.close()
+            storage, epoch2, last_seq = opened(directory, fmt)
+            assert (epoch2, last_seq) == (epoch, seq)
+        records = []
+        for key, ts in batch:
+            seq += 1
+            records.append(candle(seq, key, ts, float(seq)))
+        storage.append(records)
+        model.append(records)
+    storage.close()
+    storage, _, last_seq = opened(directory, fmt)
+    assert last_seq == seq
+    for query in [TopicQuery(), TopicQuery(key="B/C", limit=3), TopicQuery(since_seq=since, from_ms=5, to_ms=25)]:
+        got = storage.query(query)
+        want, truncated = model.query(query)
+        assert dicts(got.records) == dicts(want) and got.truncated == truncated
+    assert storage.keys() == model.keys()
+    assert dicts(storage.latest()) == dicts(model.latest())
+    assert storage.count() == len(model.records) and storage.bounds() == model.bounds()
+    storage.close()
+
+
+def test_factory_options_and_relative_dir(tmp_path: Path) -> None:
+    token = registry.config_dir.set(tmp_path)
+    try:
+        storage = registry.create("storage", {"type": "file", "dir": "data/ohlc/1m", "flush_interval": 0.5, "retention_ms": 10})
+    finally:
+        registry.config_dir.reset(token)
+    assert isinstance(storage, FileStorage)
+    assert storage.directory == tmp_path / "data/ohlc/1m" and storage.flush_interval == 0.5 and storage.retention_ms == 10
+    assert storage.durable is True
+    with pytest.raises(ConfigError, match="dir: missing"):
+        create({})
+    with pytest.raises(ConfigError, match="max_buffered: must be at least 1"):
+        create({"dir": "x", "max_buffered": 0})
+    with pytest.raises(ConfigError, match="retention: unknown option"):
+        create({"dir": "x", "retention": 5})
+
+
+def test_unreadable_meta_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / META_FILE).write_text("{oops")
+    with pytest.raises(StorageError, match="_meta.json: unreadable"):
+        FileStorage(tmp_path).open("t", DataFormat.ANY)
+    assert os.path.exists(tmp_path / META_FILE)
