@@ -122,7 +122,7 @@ setup(
     + ["gauss_plugins"]
     + ["gauss_plugins." + p for p in find_packages("plugins")],
     package_dir={"gauss": "gauss", "gauss_plugins": "plugins"},
-    package_data={"gauss": ["py.typed", "*.pyi", "*.pyx"]},
+    package_data={"gauss": ["py.typed", "*.pyi", "*.pyx"], "gauss.grafana.pluginv2": ["*.proto", "*.pyi"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithData},
     install_requires=[
@@ -150,6 +150,7 @@ setup(
             "websocket-client>=1.7",
             "mypy>=1.10",
             "grpcio-tools>=1.60",
+            "pyyaml>=6.0",
         ],
     },
     entry_points=PLUGINS,
