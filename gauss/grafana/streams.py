@@ -226,6 +226,8 @@ def stream_packets(
                 records = subscription.receive()
             except (GaussUnavailable, GaussRejected) as exc:
                 subscription.drop()
+                if subscription.closed or not is_active():
+                    break  # cancelled: the closer aborted the socket under us
                 _rate_limited.log(logging.WARNING, f"stream:{path.path}", "stream %s: %s; retrying", path.path, exc)
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1

@@ -79,10 +79,12 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     protos = ["backend.proto", "grpc_controller.proto"]
     for name in protos:
         shutil.copy(PROTO_DIR / name, target / name)
-    command = [sys.executable, "-m", "grpc_tools.protoc", "-I", ".", "--python_out=.", "--grpc_python_out=."]
+    command = [sys.executable, "-m", "grpc_tools.protoc", "-I", ".", "--python_out=.", "--pyi_out=.", "--grpc_python_out=."]
     command += [f"gauss/grafana/pluginv2/{name}" for name in protos]
     subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, timeout=120)
-    for generated in sorted(target.glob("*_pb2*.py")):
+    generated_files = sorted(target.glob("*_pb2*.py*"))
+    assert len(generated_files) == 6
+    for generated in generated_files:
         committed = PROTO_DIR / generated.name
         assert committed.read_text() == generated.read_text(), f"{committed} is stale; regenerate (see backend.proto)"
 
