@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any, TextIO
 
 __all__ = ["HclogFormatter", "RateLimitedLog", "configure"]
@@ -75,15 +76,16 @@ class RateLimitedLog:
     flood Grafana's log.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._logger = logger
         self._interval = interval
+        self._clock = clock
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def log(self, level: int, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             last = self._last.get(key)
             if last is not None and now - last < self._interval:
