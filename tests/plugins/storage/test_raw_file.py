@@ -1,0 +1,162 @@
+"""The raw-file storage: frame log format, replay, durability, rotation, torn tails."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gauss import registry
+from gauss.core import TopicRecord
+from gauss.errors import ConfigError
+from gauss.records import DataFormat, TopicQuery
+from gauss_plugins.storage.raw_file import RawFileStorage, create, iter_raw_log, main, segments
+
+
+def record(seq: int, key: str = "EURUSD", ts: int | None = None) -> TopicRecord:
+    ts = 1_000 * seq if ts is None else ts
+    return TopicRecord(ts, key, {"symbol": key, "bid": 1.0 + seq, "ask": 2.0 + seq, "ts_ms": ts}, seq)
+
+
+def dicts(records: Any) -> list[dict[str, Any]]:
+    return [r.as_dict() for r in records]
+
+
+def opened(path: Path, fmt: DataFormat = DataFormat.QUOTE, **options: Any) -> tuple[RawFileStorage, str, int]:
+    storage = RawFileStorage(path, **options)
+    epoch, last_seq = storage.open("quotes.raw", fmt)
+    return storage, epoch, last_seq
+
+
+def test_the_log_is_length_prefixed_record_json(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path)
+    storage.append([record(1), record(2, "BTC/USD")])
+    storage.flush()
+    (segment,) = segments(tmp_path)
+    raw = segment.read_bytes()
+    frames = []
+    pos = 0
+    while pos < len(raw):
+        (size,) = struct.unpack(">I", raw[pos : pos + 4])
+        frames.append(json.loads(raw[pos + 4 : pos + 4 + size]))
+        pos += 4 + size
+    assert frames == [record(1).as_dict(), record(2, "BTC/USD").as_dict()]
+    storage.close()
+
+
+def test_replay_returns_every_record_in_order_and_seq_epoch_persist(tmp_path: Path) -> None:
+    storage, epoch, _ = opened(tmp_path)
+    written = [record(i, key) for i, key in enumerate(["A", "B", "A", "C", "A"], 1)]
+    storage.append(written[:2])
+    storage.flush()
+    storage.append(written[2:])
+    storage.close()
+    assert dicts(iter_raw_log(tmp_path)) == dicts(written)
+    again, epoch2, last_seq = opened(tmp_path)
+    assert (epoch2, last_seq) == (epoch, 5)
+    assert dicts(again.query(TopicQuery(key="A")).records) == dicts([written[0], written[2], written[4]])
+    assert again.bounds() == (1, 5) and again.count() == 5
+    assert [(k.key, k.records) for k in again.keys()] == [("A", 3), ("B", 1), ("C", 1)]
+    again.append([record(6)])
+    again.close()
+    assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_rotation_by_size_and_pruning_keep_replay_ordered(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, max_file_bytes=300, max_files=3, tail_records=4)
+    for seq in range(1, 21):
+        storage.append([record(seq)])
+        storage.flush()
+    storage.close()
+    files = segments(tmp_path)
+    assert len(files) == 3
+    assert all(f.stat().st_size <= 300 for f in files)
+    replayed = [r.seq for r in iter_raw_log(tmp_path)]
+    assert replayed == list(range(replayed[0], 21)) and replayed[0] > 1
+    again, _, last_seq = opened(tmp_path, max_file_bytes=300, max_files=3, tail_records=4)
+    assert last_seq == 20
+    assert [r.seq for r in again.query(TopicQuery()).records] == [17, 18, 19, 20]
+    again.close()
+
+
+def test_a_torn_last_frame_is_cut_and_appends_continue_cleanly(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path)
+    storage.append([record(1), record(2)])
+    storage.close()
+    (segment,) = segments(tmp_path)
+    with open(segment, "ab") as handle:
+        handle.write(b"\x00\x00\x01\x00{\"ts_ms\"")  # a crash mid-write
+    assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2]
+    again, _, last_seq = opened(tmp_path)
+    assert last_seq == 2 and again.corrupt_frames == 1
+    again.append([record(3)])
+    again.close()
+    assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2, 3]
+
+
+def test_a_frame_that_is_not_a_record_is_skipped(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path)
+    storage.append([record(1)])
+    storage.flush()
+    with open(segments(tmp_path)[0], "ab") as handle:
+        handle.write(b"\x00\x00\x00\x05hello")
+    storage.append([record(2)])
+    storage.close()
+    assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2]
+    again, _, _ = opened(tmp_path)
+    assert again.corrupt_frames == 1 and again.count() == 2
+    again.close()
+
+
+def test_candle_topic_tail_keeps_one_version_per_candle(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, DataFormat.CANDLE)
+    storage.append([record(1, ts=60_000), record(2, ts=120_000), record(3, ts=60_000)])
+    storage.close()
+    again, _, _ = opened(tmp_path, DataFormat.CANDLE)
+    assert [(r.ts_ms, r.seq) for r in again.query(TopicQuery()).records] == [(60_000, 3), (120_000, 2)]
+    assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2, 3], "the log itself keeps every version"
+    again.close()
+
+
+def test_flushes_when_max_buffered_records_wait(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, max_buffered=3, flush_interval=3600)
+    storage.append([record(1), record(2)])
+    assert segments(tmp_path) == []
+    storage.append([record(3)])
+    assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2, 3]
+    storage.close()
+
+
+def test_command_line_reader_prints_json_lines(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    storage, _, _ = opened(tmp_path)
+    storage.append([record(1, "A"), record(2, "B")])
+    storage.close()
+    assert main([str(tmp_path), "--key", "B"]) == 0
+    out = capsysbinary.readouterr().out.decode().splitlines()
+    assert [json.loads(line) for line in out] == [record(2, "B").as_dict()]
+    done = subprocess.run(
+        [sys.executable, "-m", "gauss_plugins.storage.raw_file", str(segments(tmp_path)[0])],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert [json.loads(line)["seq"] for line in done.stdout.splitlines()] == [1, 2]
+
+
+def test_factory_options(tmp_path: Path) -> None:
+    token = registry.config_dir.set(tmp_path)
+    try:
+        storage = registry.create("storage", {"type": "raw-file", "path": "raw/quotes", "max_file_bytes": 1024, "max_files": 2})
+    finally:
+        registry.config_dir.reset(token)
+    assert isinstance(storage, RawFileStorage)
+    assert storage.path == tmp_path / "raw/quotes" and storage.max_file_bytes == 1024 and storage.max_files == 2
+    with pytest.raises(ConfigError, match="path: missing"):
+        create({})
+    with pytest.raises(ConfigError, match="tail_records: must be at least 1"):
+        create({"path": "x", "tail_records": 0})
+    with pytest.raises(ConfigError, match="rotate: unknown option"):
+        create({"path": "x", "rotate": True})
