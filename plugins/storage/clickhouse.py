@@ -512,6 +512,7 @@ class ClickHouseStorage:
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._stop = threading.Event()
         self._progress = threading.Condition(self._lock)
         self._spool_lock = threading.Lock()
         """Serialises spool changes (the worker, ``flush`` and ``close`` all spill)."""
@@ -693,6 +694,7 @@ class ClickHouseStorage:
         with self._lock:
             self._closing = True
             self._closed = True
+        self._stop.set()
         self._wake.set()
         if self._worker is not None:
             self._worker.join(timeout=self.flush_timeout + 5)
@@ -728,7 +730,8 @@ class ClickHouseStorage:
         next_flush = time.monotonic() + self.flush_interval
         while True:
             if not self.healthy:
-                self._wake.wait(delay)
+                # Back off whatever arrives meanwhile: a busy feed must not hammer a sick server.
+                self._stop.wait(delay)
             else:
                 self._wake.wait(max(0.0, next_flush - time.monotonic()))
             self._wake.clear()
