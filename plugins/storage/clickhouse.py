@@ -961,9 +961,9 @@ class ClickHouseStorage:
             entry = info.setdefault(record.key, [0, record.ts_ms])
             entry[0] += 1
         for record in pending:
-            entry = info[record.key] if record.key in info else None
-            if entry is not None and record.ts_ms > entry[1]:
-                entry[1] = record.ts_ms
+            held = info.get(record.key)
+            if held is not None and record.ts_ms > held[1]:
+                held[1] = record.ts_ms
         return [KeyInfo(k, v[0], v[1]) for k, v in sorted(info.items())]
 
     def count(self) -> int:
