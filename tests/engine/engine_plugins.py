@@ -129,3 +129,49 @@ def create_republish(table: dict[str, Any]) -> Republish:
     processor = Republish(opts.str("target"), opts.float("flush_interval", None, min=0.01))
     opts.done()
     return processor
+
+
+# --- helpers for tests that talk to a hub over real sockets ---------------------------
+
+import json as _json  # noqa: E402
+import time as _time  # noqa: E402
+
+import gevent as _gevent  # noqa: E402
+import gevent.socket as _gsocket  # noqa: E402
+
+
+def quote(symbol: str, bid: float, ask: float, ts_ms: int, **extra: Any) -> dict[str, Any]:
+    return {"symbol": symbol, "bid": bid, "ask": ask, "bid_size": 1.0, "ask_size": 2.0, "ts_ms": ts_ms, **extra}
+
+
+def lines(quotes: Sequence[dict[str, Any]]) -> bytes:
+    return b"".join(_json.dumps(q).encode() + b"\n" for q in quotes)
+
+
+def connect(address: tuple[str, int]) -> Any:
+    return _gsocket.create_connection(address, timeout=10)
+
+
+def read_lines(sock: Any, count: int, timeout: float = 20.0) -> list[bytes]:
+    """Read until ``count`` complete lines arrived (fails after ``timeout`` seconds)."""
+    buffer = b""
+    NL = b"\n"
+    deadline = _time.monotonic() + timeout
+    while buffer.count(b"\n") < count:
+        remaining = deadline - _time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"only {buffer.count(NL)} of {count} lines within {timeout}s")
+        sock.settimeout(remaining)
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise AssertionError(f"connection closed after {buffer.count(NL)} of {count} lines")
+        buffer += chunk
+    return buffer.split(b"\n")[:count]
+
+
+def wait_until(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = _time.monotonic() + timeout
+    while not condition():
+        if _time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        _gevent.sleep(0.01)

@@ -1,0 +1,294 @@
+"""The hub: a whole Gauss pipeline (topics, sources, processors, sinks, API) in one object.
+
+``gauss-serve`` is a thin wrapper around it, and a Python program can run the
+same pipeline inside its own gevent program::
+
+    hub = Hub.from_config("config.toml")      # or a dict, or Hub() and build it up
+    hub.start()
+    hub.publish("quotes.raw", [TopicRecord(ts, "EURUSD", quote)])
+    for record in hub.subscribe("ohlc.1m"): ...
+    hub.stop()
+
+Stopping is orderly: sources stop accepting and publish what they queued;
+processors drain their queues and flush; sinks send what their clients'
+queues hold; storages flush and close.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import gevent
+import gevent.event
+
+from gauss.config import GaussConfig, ProcessorSpec, SinkSpec, SourceSpec, load_config
+from gauss.core import TopicRecord
+from gauss.metrics import Metrics
+from gauss.protocols import TopicProcessor, TopicSink
+from gauss.records import OverflowPolicy, QueryResult, TopicQuery
+from gauss.runners import ProcessorRunner, SinkRunner
+from gauss.source import Source
+from gauss.subscription import DEFAULT_CAPACITY, Subscription
+from gauss.topics import Topic, TopicRegistry
+
+__all__ = ["Hub"]
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    """Topics, sources, processors, sinks and the API settings of one configuration."""
+
+    def __init__(self, config: GaussConfig | None = None) -> None:
+        self.config = config if config is not None else GaussConfig()
+        self.api = self.config.api
+        self.metrics = Metrics()
+        self.registry = TopicRegistry(self.config.topics, metrics=self.metrics)
+        self.metrics.watch(self.registry)
+        self.sources: list[Source] = []
+        self.processors: list[ProcessorRunner] = []
+        self.sinks: list[Any] = []
+        """Sinks as started: a ``StreamSink`` (per-client queues) or a :class:`SinkRunner`."""
+        self._callbacks: list[gevent.Greenlet] = []
+        self._status: gevent.Greenlet | None = None
+        self._started = False
+        self._stopping = False
+        self._stop_requested = gevent.event.Event()
+        self._stopped = gevent.event.Event()
+        self._api_server: Any = None
+
+    @classmethod
+    def from_config(cls, source: str | Path | Mapping[str, Any] | GaussConfig, *, base_dir: str | Path | None = None) -> Hub:
+        """A hub for a config file, a dict (relative paths against ``base_dir``) or a :class:`GaussConfig`."""
+        config = source if isinstance(source, GaussConfig) else load_config(source, base_dir=base_dir)
+        return cls(config)
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open topics, start processors and sinks, then sources, then the API.
+
+        Raises OSError when a listener cannot bind; what started is stopped again.
+        """
+        if self._started:
+            raise RuntimeError("hub already started")
+        self._started = True
+        try:
+            self.registry.open()
+            for spec in self.config.processors:
+                self.add_processor(spec.build(), spec.topic, queue_size=spec.queue_size, policy=spec.policy, _spec=spec)
+            for spec in self.config.sinks:
+                self._start_sink(spec)
+            for spec in self.config.sources:
+                self.add_source(spec)
+            self._start_api()
+        except BaseException:
+            self.stop()
+            raise
+        interval = self.config.hub.status_interval
+        if interval > 0:
+            self._status = gevent.spawn(self._status_loop, interval)
+
+    def add_processor(
+        self,
+        processor: TopicProcessor,
+        topic: str,
+        *,
+        queue_size: int = DEFAULT_CAPACITY,
+        policy: OverflowPolicy | str = OverflowPolicy.BACK_PRESSURE,
+        _spec: ProcessorSpec | None = None,
+    ) -> ProcessorRunner:
+        """Run ``processor`` on the batches of ``topic`` (the topic must exist or match a template)."""
+        runner = ProcessorRunner(
+            processor, self.registry.resolve(topic), self.registry,
+            capacity=queue_size, policy=OverflowPolicy.parse(policy), metrics=self.metrics,
+        )  # fmt: skip
+        runner.start()
+        self.processors.append(runner)
+        log.info("processor %s reads topic %s", runner.name, topic)
+        return runner
+
+    def _start_sink(self, spec: SinkSpec) -> None:
+        sink = spec.build()
+        self.add_sink(sink, spec.topic, queue_size=spec.queue_size, policy=spec.policy, name=spec.name)
+
+    def add_sink(
+        self,
+        sink: TopicSink,
+        topic: str,
+        *,
+        queue_size: int = DEFAULT_CAPACITY,
+        policy: OverflowPolicy | str = OverflowPolicy.DROP,
+        name: str | None = None,
+    ) -> Any:
+        """Send the records of ``topic`` out through ``sink``; returns what was started."""
+        target = self.registry.resolve(topic)
+        attach = getattr(sink, "attach", None)
+        started: Any
+        if callable(attach):
+            attach(target, capacity=queue_size, policy=OverflowPolicy.parse(policy), metrics=self.metrics, label=name or topic)
+            sink.start()
+            started = sink
+        else:
+            started = SinkRunner(sink, target, capacity=queue_size, policy=OverflowPolicy.parse(policy))
+            started.start()
+        self.sinks.append(started)
+        log.info("%s", started.description)
+        return started
+
+    def add_source(self, spec: SourceSpec) -> Source:
+        """Start a source (binds or dials now)."""
+        source = Source(spec, self.registry, self.metrics)
+        source.start()
+        self.sources.append(source)
+        log.info("%s", source.description)
+        return source
+
+    def _start_api(self) -> None:
+        """Start the HTTP/WebSocket API on ``self.api`` (the API engineer fills this in)."""
+        log.info("API on %s:%d: not built yet", self.api.bind, self.api.port)
+
+    def _stop_api(self, timeout: float) -> None:
+        server, self._api_server = self._api_server, None
+        if server is not None:
+            server.stop(timeout=timeout)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve_forever` to stop (safe from a signal handler)."""
+        self._stop_requested.set()
+
+    def serve_forever(self) -> None:
+        """Start (if needed), run until :meth:`request_stop`, then stop."""
+        if not self._started:
+            self.start()
+        self._stop_requested.wait()
+        self.stop()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting, drain every queue, flush and close storages. Idempotent."""
+        if self._stopping:
+            self._stopped.wait(timeout)
+            return
+        self._stopping = True
+        self._stop_requested.set()
+        timeout = self.config.hub.shutdown_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if self._status is not None:
+            self._status.kill(block=False)
+        try:
+            self._stop_api(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - keep stopping the rest
+            log.exception("stopping the API failed")
+        for source in self.sources:
+            source.stop(timeout=max(0.1, deadline - time.monotonic()))
+        self._quiesce(deadline)
+        for runner in self.processors:
+            runner.stop(timeout=max(0.1, deadline - time.monotonic()))
+        for sink in self.sinks:
+            try:
+                sink.stop(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001
+                log.exception("stopping %s failed", getattr(sink, "description", sink))
+        for greenlet in self._callbacks:
+            greenlet.kill(block=False)
+        self.registry.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    def _quiesce(self, deadline: float) -> None:
+        """Let processors drain and flush until no processor publishes anything more."""
+        for _ in range(10):
+            before = sum(t.published for t in self.registry.topics())
+            while not all(r.idle for r in self.processors) and time.monotonic() < deadline:
+                gevent.sleep(0.005)
+            for runner in self.processors:
+                runner.flush()
+            gevent.sleep(0)
+            if sum(t.published for t in self.registry.topics()) == before or time.monotonic() >= deadline:
+                return
+
+    def _status_loop(self, interval: float) -> None:
+        last: dict[str, int] = {}  # counts since start: topics open with published = 0
+        last_time = time.monotonic()
+        while True:
+            gevent.sleep(interval)
+            now = time.monotonic()
+            elapsed = max(now - last_time, 1e-9)
+            rates = []
+            for topic in self.registry.topics():
+                delta = topic.published - last.get(topic.name, 0)
+                last[topic.name] = topic.published
+                if delta:
+                    rates.append(f"{topic.name} {delta / elapsed:,.0f}/s")
+            last_time = now
+            conns = sum(s.transport.connections for s in self.sources if hasattr(s.transport, "connections"))
+            bad = sum(s.bad_frames + s.rejected_quotes + s.oversize for s in self.sources)
+            dropped = sum(sub.dropped for t in self.registry.topics() for sub in t.subscriptions)
+            lagging = [r.name for r in self.processors if r.lagging]
+            log.info(
+                "status: %s; source connections %d, bad input %d; subscriber drops %d%s",
+                ", ".join(rates) or "idle", conns, bad, dropped,
+                f"; LAGGING: {', '.join(lagging)}" if lagging else "",
+            )  # fmt: skip
+
+    def __enter__(self) -> Hub:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # --- the library surface -------------------------------------------------------
+
+    def topic(self, name: str) -> Topic:
+        """The topic ``name`` (raises ``UnknownTopic``)."""
+        return self.registry.get(name)
+
+    def publish(self, topic: str, records: Sequence[TopicRecord]) -> None:
+        """Publish records to ``topic`` (made from its template if needed)."""
+        self.registry.publish(topic, records)
+
+    def subscribe(
+        self,
+        topic: str,
+        callback: Callable[[list[TopicRecord]], Any] | None = None,
+        *,
+        key: str | None = None,
+        policy: OverflowPolicy | str | None = None,
+        capacity: int = DEFAULT_CAPACITY,
+    ) -> Subscription:
+        """Subscribe to ``topic``'s new records.
+
+        With ``callback``, it is called with each batch (a list of records) in
+        a greenlet of its own, under ``back_pressure`` by default (it sees
+        every record). Without, iterate the returned subscription (``drop``
+        by default, so a forgotten iterator never stalls ingest). Close the
+        subscription to end either.
+        """
+        chosen = OverflowPolicy.parse(policy) if policy is not None else (
+            OverflowPolicy.BACK_PRESSURE if callback is not None else OverflowPolicy.DROP
+        )  # fmt: skip
+        subscription = self.registry.get(topic).subscribe(key=key, policy=chosen, capacity=capacity, kind="library")
+        if callback is not None:
+            self._callbacks.append(gevent.spawn(self._callback_loop, subscription, callback))
+        return subscription
+
+    @staticmethod
+    def _callback_loop(subscription: Subscription, callback: Callable[[list[TopicRecord]], Any]) -> None:
+        while True:
+            delivery = subscription.take()
+            if delivery is None:
+                return
+            for batch in delivery.batches:
+                try:
+                    callback(batch.records)
+                except Exception:  # noqa: BLE001 - the user's callback must not end the subscription
+                    log.exception("subscriber callback on topic %s failed", subscription.topic)
+
+    def query(self, topic: str, query: TopicQuery | None = None, /, **params: Any) -> QueryResult:
+        """Stored records of ``topic``: a :class:`TopicQuery`, or ``key``/``from``/``to``/``since_seq``/``limit``."""
+        return self.registry.get(topic).query(query, **params)

@@ -1,0 +1,185 @@
+"""Greenlets that drive processors and sinks from their topic subscriptions.
+
+A :class:`ProcessorRunner` takes everything waiting in its subscription as
+one batch (so a processor such as OHLC emits each changed candle once per
+batch), calls ``flush`` every ``flush_interval`` seconds, and raises the lag
+alarm (log + ``gauss_processor_lagging``) when its full queue holds up the
+topic's publisher. A :class:`SinkRunner` does the same for a sink that has
+no per-client queues of its own (``TopicSink.write``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import gevent
+
+from gauss.metrics import Metrics
+from gauss.protocols import PublishContext, TopicProcessor, TopicSink
+from gauss.ratelimit import RateLimitedLog
+from gauss.records import OverflowPolicy
+from gauss.subscription import Subscription
+from gauss.topics import Topic
+
+__all__ = ["ProcessorRunner", "SinkRunner"]
+
+log = logging.getLogger(__name__)
+
+
+class ProcessorRunner:
+    """Feeds one processor the batches of its topic."""
+
+    def __init__(
+        self,
+        processor: TopicProcessor,
+        topic: Topic,
+        context: PublishContext,
+        *,
+        capacity: int,
+        policy: OverflowPolicy = OverflowPolicy.BACK_PRESSURE,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.processor = processor
+        self.topic = topic
+        self.context = context
+        self.capacity = capacity
+        self.policy = OverflowPolicy(policy)
+        self.name = f"{getattr(processor, 'name', type(processor).__name__)}({topic.name})"
+        self.subscription: Subscription | None = None
+        self.busy = False
+        self.lagging = False
+        self.errors = 0
+        self._metrics = metrics
+        self._lag_gauge = metrics.processor_lagging(self.name) if metrics else None
+        self._error_counter = metrics.processor_errors(self.name) if metrics else None
+        self._error_log = RateLimitedLog(log, level=logging.ERROR)
+        self._greenlet: gevent.Greenlet | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing being processed."""
+        return not self.busy and (self.subscription is None or self.subscription.depth == 0)
+
+    def start(self) -> None:
+        self.processor.start(self.context)
+        self.subscription = self.topic.subscribe(policy=self.policy, capacity=self.capacity, kind="processor")
+        self.subscription.on_stall = self._stalled
+        self._greenlet = gevent.spawn(self._run)
+
+    def _stalled(self, seconds: float) -> None:
+        if not self.lagging:
+            self.lagging = True
+            if self._lag_gauge is not None:
+                self._lag_gauge.set(1)
+            log.warning(
+                "processor %s is behind: its queue of %d records is full and holds up topic %s (waiting %.1fs)",
+                self.name, self.capacity, self.topic.name, seconds,
+            )  # fmt: skip
+
+    def _run(self) -> None:
+        subscription = self.subscription
+        assert subscription is not None
+        interval = self.processor.flush_interval
+        next_flush = time.monotonic() + interval if interval else None
+        while True:
+            timeout = None if next_flush is None else max(0.0, next_flush - time.monotonic())
+            delivery = subscription.take(timeout)
+            if delivery is not None:
+                self.busy = True
+                try:
+                    self.processor.process(self.topic.name, delivery.records, self.context)
+                except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the processor
+                    self._failed("process", exc)
+                finally:
+                    self.busy = False
+                if self.lagging and subscription.depth < self.capacity // 2:
+                    self.lagging = False
+                    if self._lag_gauge is not None:
+                        self._lag_gauge.set(0)
+                    log.info("processor %s caught up", self.name)
+            elif subscription.closed or (subscription.sealed and subscription.depth == 0):
+                return
+            if next_flush is not None and time.monotonic() >= next_flush:
+                self.flush()
+                next_flush = time.monotonic() + (interval or 0.0)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.errors += 1
+        if self._error_counter is not None:
+            self._error_counter.inc()
+        self._error_log("processor %s: %s failed: %s: %s", self.name, what, type(exc).__name__, exc)
+        log.debug("processor %s: %s failed", self.name, what, exc_info=exc)
+
+    def flush(self) -> None:
+        self.busy = True
+        try:
+            self.processor.flush(self.context)
+        except Exception as exc:  # noqa: BLE001
+            self._failed("flush", exc)
+        finally:
+            self.busy = False
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Drain the queue, flush, stop the processor."""
+        if self.subscription is not None:
+            self.subscription.seal()
+        if self._greenlet is not None:
+            self._greenlet.join(timeout=timeout)
+            if not self._greenlet.dead:
+                log.warning("processor %s: not drained within %.1fs", self.name, timeout)
+                self._greenlet.kill(block=False)
+        self.flush()
+        try:
+            self.processor.stop(self.context)
+        except Exception as exc:  # noqa: BLE001
+            self._failed("stop", exc)
+        if self.subscription is not None:
+            self.subscription.close()
+
+
+class SinkRunner:
+    """Feeds a plain ``TopicSink`` (one without per-client queues) from its own subscription."""
+
+    def __init__(self, sink: TopicSink, topic: Topic, *, capacity: int, policy: OverflowPolicy) -> None:
+        self.sink = sink
+        self.topic = topic
+        self.capacity = capacity
+        self.policy = OverflowPolicy(policy)
+        self.subscription: Subscription | None = None
+        self._greenlet: gevent.Greenlet | None = None
+        self._error_log = RateLimitedLog(log, level=logging.ERROR)
+
+    @property
+    def description(self) -> str:
+        return str(self.sink.description)
+
+    @property
+    def idle(self) -> bool:
+        return self.subscription is None or self.subscription.depth == 0
+
+    def start(self) -> None:
+        self.sink.start()
+        self.subscription = self.topic.subscribe(policy=self.policy, capacity=self.capacity, kind="sink")
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        subscription = self.subscription
+        assert subscription is not None
+        while True:
+            delivery = subscription.take()
+            if delivery is None:
+                return
+            try:
+                self.sink.write(delivery.records)
+            except Exception as exc:  # noqa: BLE001
+                self._error_log("sink %s: write failed: %s", self.sink.description, exc)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.subscription is not None:
+            self.subscription.seal()
+        if self._greenlet is not None:
+            self._greenlet.join(timeout=timeout)
+            self._greenlet.kill(block=False)
+        self.sink.stop()
+        if self.subscription is not None:
+            self.subscription.close()

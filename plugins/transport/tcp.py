@@ -1,0 +1,341 @@
+"""TCP transports on gevent: ``tcp-server`` (listen, many connections) and ``tcp-client`` (dial, reconnect).
+
+Both hand each connection to the stage's handler in its own greenlet. The
+server binds synchronously in :meth:`TcpServer.serve` (so a port in use
+fails at start) and refuses connections beyond ``max_connections``. The
+client reconnects with capped exponential back-off and logs once per
+outage, not once per attempt. Sockets get TCP_NODELAY (quotes are small and
+latency matters) and large kernel buffers (ingest reads 256 KiB at a time).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket as _stdsocket
+from typing import Any, Callable
+
+import gevent
+import gevent.socket
+
+from gauss.ratelimit import RateLimitedLog
+from gauss.registry import Options
+
+__all__ = ["TcpConnection", "TcpServer", "TcpClient", "create_server", "create_client"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUFFER = 1 << 20
+DEFAULT_MAX_CONNECTIONS = 1024
+
+Handler = Callable[["TcpConnection"], None]
+
+
+def _tune(sock: Any, nodelay: bool, recv_buffer: int, send_buffer: int) -> None:
+    if nodelay:
+        sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+    if recv_buffer:
+        sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF, recv_buffer)
+    if send_buffer:
+        sock.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_SNDBUF, send_buffer)
+
+
+class TcpConnection:
+    """One TCP connection (the ``Connection`` protocol)."""
+
+    __slots__ = ("sock", "peer", "_closed")
+
+    def __init__(self, sock: Any, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self._closed = False
+
+    def recv(self, max_bytes: int = 65536) -> bytes:
+        """The next chunk; ``b""`` at end of stream or once closed."""
+        if self._closed:
+            return b""
+        try:
+            return self.sock.recv(max_bytes)  # type: ignore[no-any-return]
+        except OSError:
+            if self._closed:
+                return b""
+            raise
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        """Close; a greenlet blocked in recv or sendall on it wakes up."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.sock.shutdown(_stdsocket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class _Connections:
+    """The open connections of a transport and their handler greenlets."""
+
+    def __init__(self) -> None:
+        self.open: dict[TcpConnection, gevent.Greenlet] = {}
+
+    def spawn(self, handler: Handler, conn: TcpConnection, description: str) -> gevent.Greenlet:
+        greenlet = gevent.spawn(self._run, handler, conn, description)
+        self.open[conn] = greenlet
+        return greenlet
+
+    def _run(self, handler: Handler, conn: TcpConnection, description: str) -> None:
+        try:
+            handler(conn)
+        except OSError as exc:
+            log.info("%s: connection %s ended: %s", description, conn.peer, exc)
+        except Exception:  # noqa: BLE001 - one connection's failure must not affect others
+            log.exception("%s: handler failed on connection %s", description, conn.peer)
+        finally:
+            conn.close()
+            self.open.pop(conn, None)
+
+    def close_all(self, timeout: float) -> None:
+        greenlets = list(self.open.values())
+        for conn in list(self.open):
+            conn.close()
+        gevent.joinall(greenlets, timeout=timeout)
+
+
+class TcpServer:
+    """Listens on ``bind:port`` (port 0: any free port, see :attr:`address`)."""
+
+    dials = False
+
+    def __init__(
+        self,
+        bind: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        backlog: int = 128,
+        nodelay: bool = True,
+        recv_buffer: int = DEFAULT_BUFFER,
+        send_buffer: int = DEFAULT_BUFFER,
+    ) -> None:
+        self.bind = bind
+        self.port = port
+        self.max_connections = max_connections
+        self.backlog = backlog
+        self.nodelay = nodelay
+        self.recv_buffer = recv_buffer
+        self.send_buffer = send_buffer
+        self._listener: Any = None
+        self._acceptor: gevent.Greenlet | None = None
+        self._connections = _Connections()
+        self._refused_log = RateLimitedLog(log)
+        self.refused = 0
+        """Connections refused because ``max_connections`` were open."""
+
+    @property
+    def description(self) -> str:
+        return f"tcp-server {self.bind}:{self.port}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)`` actually bound (after :meth:`serve`)."""
+        return (self.bind, self.port)
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections.open)
+
+    def serve(self, handler: Handler) -> None:
+        """Bind and listen now (raises OSError, e.g. port in use), accept in a greenlet."""
+        if self._listener is not None:
+            raise RuntimeError(f"{self.description} is serving already")
+        family = _stdsocket.AF_INET6 if ":" in self.bind else _stdsocket.AF_INET
+        listener = gevent.socket.socket(family, _stdsocket.SOCK_STREAM)
+        try:
+            listener.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEADDR, 1)
+            listener.bind((self.bind, self.port))
+            listener.listen(self.backlog)
+        except OSError:
+            listener.close()
+            raise
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._acceptor = gevent.spawn(self._accept, handler)
+
+    def _accept(self, handler: Handler) -> None:
+        listener = self._listener
+        while True:
+            try:
+                sock, addr = listener.accept()
+            except OSError as exc:
+                if self._listener is None:
+                    return
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._refused_log("%s: accept failed: %s; retrying", self.description, exc)
+                    gevent.sleep(0.1)
+                    continue
+                log.error("%s: accept failed: %s; no longer accepting", self.description, exc)
+                return
+            peer = f"{addr[0]}:{addr[1]}"
+            if len(self._connections.open) >= self.max_connections:
+                self.refused += 1
+                self._refused_log(
+                    "%s: refused %s: %d connections open (max_connections)", self.description, peer, self.max_connections
+                )
+                sock.close()
+                continue
+            try:
+                _tune(sock, self.nodelay, self.recv_buffer, self.send_buffer)
+            except OSError as exc:
+                log.info("%s: connection %s lost at setup: %s", self.description, peer, exc)
+                sock.close()
+                continue
+            self._connections.spawn(handler, TcpConnection(sock, peer), self.description)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop accepting, close every connection and wait (up to ``timeout``) for their handlers."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        if self._acceptor is not None:
+            self._acceptor.kill(block=True, timeout=timeout)
+            self._acceptor = None
+        self._connections.close_all(timeout)
+
+
+class TcpClient:
+    """Dials ``host:port``; reconnects with capped exponential back-off while open."""
+
+    dials = True
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        reconnect_min: float = 0.1,
+        reconnect_max: float = 5.0,
+        connect_timeout: float = 5.0,
+        nodelay: bool = True,
+        recv_buffer: int = DEFAULT_BUFFER,
+        send_buffer: int = DEFAULT_BUFFER,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.connect_timeout = connect_timeout
+        self.nodelay = nodelay
+        self.recv_buffer = recv_buffer
+        self.send_buffer = send_buffer
+        self._dialer: gevent.Greenlet | None = None
+        self._connections = _Connections()
+        self._closing = False
+        self.connects = 0
+        """Connections made so far."""
+
+    @property
+    def description(self) -> str:
+        return f"tcp-client {self.host}:{self.port}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._connections.open)
+
+    def serve(self, handler: Handler) -> None:
+        if self._dialer is not None:
+            raise RuntimeError(f"{self.description} is running already")
+        self._closing = False
+        self._dialer = gevent.spawn(self._dial, handler)
+
+    def _dial(self, handler: Handler) -> None:
+        delay = self.reconnect_min
+        outage_since: int | None = None  # failed attempts in the current outage, None when none
+        while not self._closing:
+            try:
+                sock = gevent.socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+                sock.settimeout(None)
+                _tune(sock, self.nodelay, self.recv_buffer, self.send_buffer)
+            except OSError as exc:
+                if outage_since is None:
+                    log.warning(
+                        "%s: cannot connect (%s); retrying with back-off up to %.1fs",
+                        self.description, exc, self.reconnect_max,
+                    )  # fmt: skip
+                    outage_since = 0
+                outage_since += 1
+                gevent.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            if outage_since:
+                log.info("%s: connected after %d failed attempts", self.description, outage_since)
+            else:
+                log.info("%s: connected", self.description)
+            delay = self.reconnect_min
+            self.connects += 1
+            conn = TcpConnection(sock, f"{self.host}:{self.port}")
+            self._connections.spawn(handler, conn, self.description).join()
+            if self._closing:
+                return
+            log.warning("%s: connection lost; reconnecting", self.description)
+            outage_since = 0
+            gevent.sleep(delay)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop dialing and close the connection."""
+        self._closing = True
+        self._connections.close_all(timeout)
+        if self._dialer is not None:
+            self._dialer.kill(block=True, timeout=timeout)
+            self._dialer = None
+
+
+def _buffer_options(opts: Options) -> dict[str, Any]:
+    return {
+        "nodelay": opts.bool("nodelay", True),
+        "recv_buffer": opts.int("recv_buffer", DEFAULT_BUFFER, min=0, max=1 << 30),
+        "send_buffer": opts.int("send_buffer", DEFAULT_BUFFER, min=0, max=1 << 30),
+    }
+
+
+def create_server(table: dict[str, Any]) -> TcpServer:
+    """``tcp-server``: ``bind`` (default 127.0.0.1), ``port`` (required; 0 = any free), ``max_connections``,
+    ``backlog``, ``nodelay``, ``recv_buffer``, ``send_buffer``."""
+    opts = Options(table)
+    server = TcpServer(
+        opts.str("bind", "127.0.0.1"),
+        opts.int("port", min=0, max=65535),
+        max_connections=opts.int("max_connections", DEFAULT_MAX_CONNECTIONS, min=1),
+        backlog=opts.int("backlog", 128, min=1),
+        **_buffer_options(opts),
+    )
+    opts.done()
+    return server
+
+
+def create_client(table: dict[str, Any]) -> TcpClient:
+    """``tcp-client``: ``host`` (default 127.0.0.1), ``port`` (required), ``reconnect_min``, ``reconnect_max``,
+    ``connect_timeout``, ``nodelay``, ``recv_buffer``, ``send_buffer``."""
+    opts = Options(table)
+    reconnect_min = opts.float("reconnect_min", 0.1, min=0.001)
+    client = TcpClient(
+        opts.str("host", "127.0.0.1"),
+        opts.int("port", min=1, max=65535),
+        reconnect_min=reconnect_min,
+        reconnect_max=opts.float("reconnect_max", 5.0, min=reconnect_min),
+        connect_timeout=opts.float("connect_timeout", 5.0, min=0.001),
+        **_buffer_options(opts),
+    )
+    opts.done()
+    return client

@@ -1,0 +1,183 @@
+"""Configuration: every mistake is one ConfigError naming the file, the key and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gauss.config import load_config
+from gauss.errors import ConfigError
+from gauss.records import DataFormat, OverflowPolicy
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def minimal(**extra: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "topics": [{"name": "quotes.raw", "format": "quote"}, {"name": "ohlc.*", "format": "candle"}],
+        "sources": [{"topic": "quotes.raw", "transport": {"type": "tcp-server", "port": 0}}],
+        "processors": [{"type": "ohlc", "topic": "quotes.raw", "timeframes": ["1m"]}],
+        "sinks": [{"topic": "quotes.raw", "transport": {"type": "tcp-server", "port": 0}}],
+    }
+    config.update(extra)
+    return config
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+GOOD_SOURCE = """
+[[topics]]
+name = "quotes.raw"
+format = "quote"
+
+[[sources]]
+topic = "quotes.raw"
+transport = { type = "tcp-server", port = 9100 }
+"""
+
+
+def test_valid_config_becomes_typed_specs(tmp_path: Path) -> None:
+    config = load_config(minimal(api={"port": 9999, "token": "s3cret"}), base_dir=tmp_path)
+    assert config.api.port == 9999 and config.api.bind == "127.0.0.1" and config.api.options == {"token": "s3cret"}
+    assert config.topics[0].format is DataFormat.QUOTE
+    assert config.sources[0].policy is OverflowPolicy.BACK_PRESSURE
+    assert config.processors[0].policy is OverflowPolicy.BACK_PRESSURE
+    assert config.processors[0].options == {"timeframes": ["1m"]}
+    assert config.sinks[0].policy is OverflowPolicy.DROP and config.sinks[0].type == "stream"
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "[[topics]\nname = 1")
+    assert message.startswith(f"{tmp_path / 'config.toml'}: invalid TOML")
+
+
+def test_unknown_framing_names_key_and_known_types(tmp_path: Path) -> None:
+    message = error_of(tmp_path, GOOD_SOURCE + 'framing = "line"\n')
+    assert message == f"{tmp_path / 'config.toml'}: sources[0].framing.type: unknown framing 'line'; known: length-prefixed, lines"
+
+
+def test_unknown_key_is_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, GOOD_SOURCE + "queue_szie = 5\n")
+    assert "sources[0].queue_szie: unknown option" in message
+
+
+def test_unknown_key_inside_a_plugin_table_is_refused(tmp_path: Path) -> None:
+    text = GOOD_SOURCE.replace("port = 9100", "port = 9100, prot = 1")
+    assert "sources[0].transport.prot: unknown option" in error_of(tmp_path, text)
+
+
+def test_bad_port_is_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, GOOD_SOURCE.replace("9100", "70000"))
+    assert "sources[0].transport.port: must be at most 65535, got 70000" in message
+
+
+def test_unknown_section_is_refused(tmp_path: Path) -> None:
+    assert "source: unknown section" in error_of(tmp_path, "[[source]]\ntopic = 'x'\n")
+
+
+def test_duplicate_topic_name_is_refused() -> None:
+    config = minimal()
+    config["topics"].append({"name": "quotes.raw"})
+    with pytest.raises(ConfigError, match=r"topics\[2\].name: duplicate topic name 'quotes.raw' \(also topics\[0\]\)"):
+        load_config(config)
+
+
+def test_processor_reading_a_missing_topic_is_refused() -> None:
+    config = minimal(processors=[{"type": "ohlc", "topic": "quotes.nope"}])
+    with pytest.raises(ConfigError, match=r"processors\[0\].topic: topic 'quotes.nope' does not exist"):
+        load_config(config)
+
+
+def test_unknown_processor_type_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"processors\[0\].type: unknown processor 'ohcl'"):
+        load_config(minimal(processors=[{"type": "ohcl", "topic": "quotes.raw"}]))
+
+
+def test_processor_options_are_checked_by_the_processor() -> None:
+    with pytest.raises(ConfigError, match=r"processors\[0\].timeframe: unknown option"):
+        load_config(minimal(processors=[{"type": "ohlc", "topic": "quotes.raw", "timeframe": ["1m"]}]))
+
+
+def test_binary_codec_on_lines_framing_is_refused() -> None:
+    config = minimal()
+    config["sources"][0]["codec"] = "protobuf"
+    with pytest.raises(ConfigError, match=r"sources\[0\].codec: codec 'protobuf' is binary"):
+        load_config(config)
+
+
+def test_middleware_on_lines_framing_is_refused_for_sources_and_sinks() -> None:
+    config = minimal()
+    config["sources"][0]["middleware"] = ["gzip"]
+    with pytest.raises(ConfigError, match=r"sources\[0\].middleware"):
+        load_config(config)
+    config = minimal()
+    config["sinks"][0]["middleware"] = ["gzip"]
+    with pytest.raises(ConfigError, match=r"sinks\[0\].middleware"):
+        load_config(config)
+
+
+def test_sink_plugin_errors_name_the_sink_key() -> None:
+    config = minimal()
+    config["sinks"][0]["codec"] = "jsn"
+    with pytest.raises(ConfigError, match=r"sinks\[0\].codec.type: unknown codec 'jsn'"):
+        load_config(config)
+
+
+def test_bad_policy_is_refused() -> None:
+    config = minimal()
+    config["sinks"][0]["policy"] = "dorp"
+    with pytest.raises(ConfigError, match=r"sinks\[0\].policy: unknown value 'dorp'"):
+        load_config(config)
+
+
+def test_dead_letter_topic_must_exist() -> None:
+    config = minimal()
+    config["sources"][0]["dead_letter"] = "bad.quotes"
+    with pytest.raises(ConfigError, match=r"sources\[0\].dead_letter: topic 'bad.quotes' does not exist"):
+        load_config(config)
+
+
+def test_template_create_names_must_match() -> None:
+    config = minimal()
+    config["topics"][1]["create"] = ["candles.1m"]
+    with pytest.raises(ConfigError, match=r"topics\[1\].create\[0\]: 'candles.1m' does not match"):
+        load_config(config)
+
+
+def test_max_future_ms_false_lifts_the_check() -> None:
+    config = minimal()
+    config["sources"][0]["max_future_ms"] = False
+    assert load_config(config).sources[0].max_future_ms is None
+    config["sources"][0]["max_future_ms"] = -1
+    with pytest.raises(ConfigError, match=r"sources\[0\].max_future_ms"):
+        load_config(config)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_relative_storage_paths_resolve_against_the_config_dir(tmp_path: Path) -> None:
+    config = load_config(minimal(), base_dir=tmp_path)
+    assert config.base_dir == tmp_path.resolve()
+    assert all(spec.base_dir == tmp_path.resolve() for spec in config.topics)
+
+
+def test_default_config_toml_is_valid() -> None:
+    pytest.importorskip("gauss_plugins.storage.file", reason="file storage not installed yet")
+    config = load_config(REPO / "config.toml")
+    assert [s.transport["port"] for s in config.sources] == [9100]
+    assert config.api.port == 9200
+    assert [s.options["transport"]["port"] for s in config.sinks] == [9300]
+    assert config.topics[1].create == tuple(
+        f"ohlc.{tf}" for tf in ("1s", "5s", "1m", "5m", "15m", "1h", "4h", "1d")
+    )
