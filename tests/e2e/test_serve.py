@@ -1,0 +1,178 @@
+"""``gauss-serve`` as a subprocess on free ports: ingest, fan-out, candles, SIGTERM, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_plugins import lines, read_lines
+
+from gauss.hub import Hub
+
+MINUTE = 60_000
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_config(directory: Path, source: int, sink: int, api: int) -> Path:
+    path = directory / "config.toml"
+    path.write_text(
+        f"""
+[hub]
+status_interval = 1.0
+
+[api]
+port = {api}
+
+[[topics]]
+name = "quotes.raw"
+format = "quote"
+storage = {{ type = "memory", capacity = 100000 }}
+
+[[topics]]
+name = "ohlc.*"
+format = "candle"
+storage = {{ type = "file", dir = "data/ohlc/{{suffix}}" }}
+create = ["ohlc.1m", "ohlc.5m"]
+
+[[sources]]
+topic = "quotes.raw"
+transport = {{ type = "tcp-server", port = {source} }}
+
+[[processors]]
+type = "ohlc"
+topic = "quotes.raw"
+timeframes = ["1m", "5m"]
+
+[[sinks]]
+topic = "quotes.raw"
+transport = {{ type = "tcp-server", port = {sink} }}
+"""
+    )
+    return path
+
+
+def serve_command() -> list[str]:
+    script = Path(sys.executable).with_name("gauss-serve")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gauss.cli.serve"]
+
+
+class Server:
+    def __init__(self, config: Path) -> None:
+        self.log_path = config.with_suffix(f".{time.monotonic_ns()}.log")
+        self.log = self.log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [*serve_command(), "--config", str(config)], stdout=self.log, stderr=subprocess.STDOUT, env=env
+        )
+        deadline = time.monotonic() + 60
+        while "API on" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gauss-serve did not start:\n{self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.log.close()
+
+
+def quotes(symbols: list[str], start_ms: int, count: int, step_ms: int) -> list[dict[str, Any]]:
+    out = []
+    for i in range(count):
+        symbol = symbols[i % len(symbols)]
+        mid = 1.0 + (i * 7919 % 1000) / 10_000
+        out.append(
+            {"symbol": symbol, "bid": mid - 0.0001, "ask": mid + 0.0001, "bid_size": 1.0, "ask_size": 1.0,
+             "ts_ms": start_ms + i * step_ms}
+        )  # fmt: skip
+    return out
+
+
+def expected_candles(sent: list[dict[str, Any]], width: int) -> dict[tuple[str, int], tuple[float, float, float, float, int]]:
+    """OHLC of the mid price per (symbol, bucket), computed independently of the server."""
+    out: dict[tuple[str, int], list[Any]] = {}
+    for q in sorted(sent, key=lambda q: q["ts_ms"]):  # stable: ties keep arrival order
+        mid = (q["bid"] + q["ask"]) / 2
+        key = (q["symbol"], q["ts_ms"] - q["ts_ms"] % width)
+        if key not in out:
+            out[key] = [mid, mid, mid, mid, 0]
+        c = out[key]
+        c[1], c[2], c[3], c[4] = max(c[1], mid), min(c[2], mid), mid, c[4] + 1
+    return {k: tuple(v) for k, v in out.items()}  # type: ignore[misc]
+
+
+def stored_candles(config: Path, topic: str) -> dict[tuple[str, int], tuple[float, float, float, float, int]]:
+    hub = Hub.from_config(config)
+    hub.registry.open()  # topics only: nothing listens
+    try:
+        result = hub.query(topic, limit=100_000)
+        return {
+            (r.key, r.ts_ms): (r.data["open"], r.data["high"], r.data["low"], r.data["close"], r.data["ticks"])
+            for r in result.records
+        }
+    finally:
+        hub.registry.close()
+
+
+@pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX system")
+def test_serve_fans_out_computes_candles_and_keeps_them_across_sigterm_and_restart(tmp_path: Path) -> None:
+    ports = [free_port() for _ in range(3)]
+    config = write_config(tmp_path, *ports)
+    now = int(time.time() * 1000)
+    first_run = quotes(["EURUSD", "USDJPY", "BTC/USD"], now - now % MINUTE - 12 * MINUTE, 600, 700)
+    second_run = quotes(["EURUSD", "USDJPY"], first_run[-1]["ts_ms"] + 1000, 300, 900)
+
+    server = Server(config)
+    try:
+        with socket.create_connection(("127.0.0.1", ports[1]), timeout=10) as one, socket.create_connection(
+            ("127.0.0.1", ports[1]), timeout=10
+        ) as two:
+            time.sleep(0.3)  # both sink clients subscribed
+            with socket.create_connection(("127.0.0.1", ports[0]), timeout=10) as feed:
+                feed.sendall(lines(first_run[:300]) + b"garbage{\n\xff\n" + lines(first_run[300:]))
+                got_one, got_two = read_lines(one, len(first_run)), read_lines(two, len(first_run))
+        assert got_one == got_two
+        assert [json.loads(line) for line in got_one] == first_run
+    finally:
+        assert server.terminate() == 0, server.output()
+    assert "stopped" in server.output()
+
+    assert stored_candles(config, "ohlc.1m") == expected_candles(first_run, MINUTE)
+    assert stored_candles(config, "ohlc.5m") == expected_candles(first_run, 5 * MINUTE)
+    assert (tmp_path / "data" / "ohlc" / "1m" / "BTC%2FUSD.jsonl").exists()
+
+    server = Server(config)  # restart: durable candles stay, new quotes extend them
+    try:
+        with socket.create_connection(("127.0.0.1", ports[0]), timeout=10) as feed:
+            feed.sendall(lines(second_run))
+            time.sleep(0.5)
+    finally:
+        assert server.terminate() == 0, server.output()
+    assert stored_candles(config, "ohlc.1m") == expected_candles(first_run + second_run, MINUTE)
+
+
+def test_bad_config_exits_2_naming_file_key_and_reason(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[[topics]]\nname = "q"\n\n[[sources]]\ntopic = "q"\nframing = "line"\ntransport = { type = "tcp-server", port = 0 }\n')
+    result = subprocess.run([*serve_command(), "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{config}: sources[0].framing.type: unknown framing 'line'" in result.stderr
