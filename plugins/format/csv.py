@@ -32,14 +32,17 @@ _float_repr = float.__repr__
 
 
 def _number_or_text(text: str) -> Any:
+    # PERF: float() first; a failed int() attempt on every price costs an exception.
     try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return text
+    if "." in text or "e" in text or "E" in text or "n" in text or "N" in text:
+        return number
+    try:
+        return int(text)  # exact, also past 2**53
+    except ValueError:
+        return number
 
 
 def _quote(text: str) -> str:
@@ -105,12 +108,10 @@ class CsvCodec:
             raise DecodeError(f"bad UTF-8: {exc}") from None
         except (ValueError, _csv.Error) as exc:
             raise DecodeError(f"bad CSV: {exc}") from None
-        key_index = self._key_index
-        data: dict[str, Any] = {}
-        for index, (column, text) in enumerate(zip(self.columns, fields)):
-            if text == "":
-                continue
-            data[column] = text if index == key_index else _number_or_text(text)
+        data = {column: _number_or_text(text) for column, text in zip(self.columns, fields) if text}
+        key_field = self.key_field
+        if key_field in data:
+            data[key_field] = fields[self._key_index]
         return data
 
     def decode(self, payloads: Sequence[bytes]) -> tuple[list[TopicRecord], list[Rejected]]:
