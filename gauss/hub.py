@@ -266,13 +266,14 @@ class Hub:
         With ``callback``, it is called with each batch (a list of records) in
         a greenlet of its own, under ``back_pressure`` by default (it sees
         every record). Without, iterate the returned subscription (``drop``
-        by default, so a forgotten iterator never stalls ingest). Close the
+        by default, so a forgotten iterator never stalls ingest). A topic that
+        matches a template is created. Close the
         subscription to end either.
         """
         chosen = OverflowPolicy.parse(policy) if policy is not None else (
             OverflowPolicy.BACK_PRESSURE if callback is not None else OverflowPolicy.DROP
         )  # fmt: skip
-        subscription = self.registry.get(topic).subscribe(key=key, policy=chosen, capacity=capacity, kind="library")
+        subscription = self.registry.resolve(topic).subscribe(key=key, policy=chosen, capacity=capacity, kind="library")
         if callback is not None:
             self._callbacks.append(gevent.spawn(self._callback_loop, subscription, callback))
         return subscription

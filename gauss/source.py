@@ -81,6 +81,8 @@ class Source:
         )
         # Plain counters (cheap to read for the status line and tests).
         self.connections = 0
+        self.connected_at = 0.0
+        """``time.perf_counter()`` of the latest connection (for benchmarks)."""
         self.frames = 0
         self.bytes = 0
         self.records = 0
@@ -147,6 +149,7 @@ class Source:
     # --- one connection ----------------------------------------------------------
 
     def _handle(self, conn: Connection) -> None:
+        self.connected_at = time.perf_counter()
         self.connections += 1
         metrics = self._metrics
         if metrics is not None:

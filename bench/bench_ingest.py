@@ -1,0 +1,247 @@
+"""Ingest benchmark: quotes/s into ``quotes.raw``, peak RSS and bytes per retained quote.
+
+Runs, in one invocation and against the same pre-generated quotes:
+
+1. Gauss on ``bench/ingest.toml`` (source + quotes.raw + OHLC on 8 timeframes with
+   file storage), in this process (gevent-patched, as ``gauss-serve`` is);
+2. a naive asyncio server as the baseline, in a subprocess: reads lines,
+   ``json.loads`` each, appends it to a list, updates per-symbol OHLC dicts for
+   the same 8 timeframes;
+3. Gauss on the full default ``config.toml`` (adds the fan-out sink on 9300,
+   with no client).
+
+Quotes are sent by a separate process over one connection. The time runs from
+the connection until the N-th quote is in ``quotes.raw`` (Gauss) or processed
+(baseline). The machine has 2 cores shared with other work: figures are noisy,
+compare the ratio measured in the same run.
+
+    .venv/bin/python bench/bench_ingest.py [-n 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TIMEFRAMES_MS = [1_000, 5_000, 60_000, 300_000, 900_000, 3_600_000, 14_400_000, 86_400_000]
+SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCHF", "USDCAD", "NZDUSD", "EURGBP", "EURJPY", "BTCUSD"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM: unlike ru_maxrss it is not inherited across fork + exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def generate(path: Path, n: int) -> None:
+    """N quotes as JSON lines, 1 ms apart, ending now (none in the future)."""
+    start = int(time.time() * 1000) - n - 1000
+    with path.open("wb") as f:
+        chunk = []
+        for i in range(n):
+            mid = 1.0 + ((i * 7919) % 2000) / 10_000
+            chunk.append(
+                '{"symbol":"%s","bid":%.5f,"ask":%.5f,"bid_size":1000000.0,"ask_size":500000.0,"ts_ms":%d}\n'
+                % (SYMBOLS[i % len(SYMBOLS)], mid - 0.00005, mid + 0.00005, start + i)
+            )
+            if len(chunk) == 10_000:
+                f.write("".join(chunk).encode())
+                chunk.clear()
+        f.write("".join(chunk).encode())
+
+
+def blast(port: int, path: Path) -> subprocess.Popen[bytes]:
+    """Send the file over one connection from a separate process."""
+    code = (
+        "import socket,sys;d=open(sys.argv[2],'rb').read();"
+        "s=socket.create_connection(('127.0.0.1',int(sys.argv[1])));s.sendall(d);s.shutdown(socket.SHUT_WR);"
+        "s.recv(1);s.close()"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, str(port), str(path)])
+
+
+# --- the naive baseline --------------------------------------------------------------------
+
+
+def naive_server(port: int, n: int) -> None:
+    import asyncio
+
+    quotes: list[dict] = []
+    candles: dict[tuple[str, int], dict[int, list[float]]] = {}
+    before = rss_bytes()
+    result: dict[str, float] = {}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started = time.perf_counter()
+        while len(quotes) < n:
+            line = await reader.readline()
+            if not line:
+                break
+            q = json.loads(line)
+            quotes.append(q)
+            mid = (q["bid"] + q["ask"]) / 2
+            ts = q["ts_ms"]
+            for width in TIMEFRAMES_MS:
+                buckets = candles.setdefault((q["symbol"], width), {})
+                start = ts - ts % width
+                c = buckets.get(start)
+                if c is None:
+                    buckets[start] = [mid, mid, mid, mid, 1]
+                else:
+                    c[1] = max(c[1], mid)
+                    c[2] = min(c[2], mid)
+                    c[3] = mid
+                    c[4] += 1
+        elapsed = time.perf_counter() - started
+        result.update(rate=len(quotes) / elapsed, peak=peak_rss_bytes(), per_quote=(rss_bytes() - before) / len(quotes))
+        writer.close()
+        done.set()
+
+    async def main() -> None:
+        global done
+        server = await asyncio.start_server(handle, "127.0.0.1", port, limit=1 << 20)
+        print("ready", flush=True)
+        async with server:
+            await done.wait()
+
+    global done
+    done = asyncio.Event()
+    asyncio.run(main())
+    print(json.dumps(result), flush=True)
+
+
+def run_naive(path: Path, n: int) -> dict[str, float]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--naive-server", str(port), "-n", str(n)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    sender = blast(port, path)
+    out = proc.stdout.readline()
+    proc.wait(timeout=600)
+    sender.wait(timeout=60)
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+# --- Gauss -----------------------------------------------------------------------------------
+
+
+def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str, float]:
+    import gevent
+
+    from gauss.hub import Hub
+
+    text = config_file.read_text()
+    ports = {}
+
+    def repl(match: re.Match[str]) -> str:
+        ports[match.group(1)] = free_port()
+        return f"port = {ports[match.group(1)]}"
+
+    text = re.sub(r"port = (\d+)", repl, text)
+    text = text.replace("status_interval = 10.0", "status_interval = 0")
+    config = workdir / config_file.name
+    config.write_text(text)
+    hub = Hub.from_config(config)
+    hub.start()
+    topic = hub.topic("quotes.raw")
+    source = hub.sources[0]
+    gevent.sleep(0.1)
+    before = rss_bytes()
+    sender = blast(source.address[1], path)
+    while topic.last_seq < n:
+        gevent.sleep(0.002)
+    started = source.connected_at
+    elapsed = time.perf_counter() - started
+    per_quote = (rss_bytes() - before) / n
+    while not all(p.idle for p in hub.processors):
+        gevent.sleep(0.01)
+    drained = time.perf_counter() - started
+    hub.stop(timeout=30)
+    sender.wait(timeout=60)
+    return {"rate": n / elapsed, "peak": peak_rss_bytes(), "per_quote": per_quote, "with_ohlc": n / drained}
+
+
+def run_gauss_process(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str, float]:
+    workdir.mkdir()
+    out = subprocess.run(
+        [sys.executable, __file__, "--gauss-server", str(config_file), "--quotes", str(path), "--workdir", str(workdir), "-n", str(n)],
+        stdout=subprocess.PIPE, text=True, check=True, timeout=1800,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=1_000_000, help="quotes to send (default 1,000,000)")
+    parser.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--gauss-server", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--quotes", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["ingest", "default", "naive"], help="run one part only")
+    args = parser.parse_args()
+    if args.naive_server:
+        naive_server(args.naive_server, args.n)
+        return
+    if args.gauss_server:
+        from gevent import monkey
+
+        monkey.patch_all()
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        result = run_gauss(Path(args.gauss_server), Path(args.quotes), args.n, Path(args.workdir))
+        print(json.dumps(result), flush=True)
+        return
+    import gauss
+
+    with tempfile.TemporaryDirectory(prefix="gauss-bench-") as tmp:
+        work = Path(tmp)
+        quotes = work / "quotes.jsonl"
+        generate(quotes, args.n)
+        print(f"{args.n:,} quotes, {quotes.stat().st_size / args.n:.0f} bytes each, kernels: {gauss.CORE}")
+        rows = []
+        if args.only in (None, "naive"):
+            rows.append(("naive asyncio + json.loads", run_naive(quotes, args.n)))
+        if args.only in (None, "ingest"):
+            rows.append(("gauss bench/ingest.toml", run_gauss_process(HERE / "ingest.toml", quotes, args.n, work / "ingest")))
+        if args.only in (None, "default"):
+            rows.append(("gauss config.toml (full)", run_gauss_process(REPO / "config.toml", quotes, args.n, work / "default")))
+    print(f"{'server':<28} {'quotes/s':>12} {'incl. OHLC drain':>17} {'peak RSS':>10} {'bytes/quote':>12}")
+    for name, r in rows:
+        drain = f"{r['with_ohlc']:>17,.0f}" if "with_ohlc" in r else f"{'-':>17}"
+        print(f"{name:<28} {r['rate']:>12,.0f} {drain} {r['peak'] / 2**20:>8.0f}MB {r['per_quote']:>12.0f}")
+    base = dict(rows).get("naive asyncio + json.loads")
+    mine = dict(rows).get("gauss bench/ingest.toml")
+    if base and mine:
+        print(f"gauss / naive: {mine['rate'] / base['rate']:.2f}x (target >= 3x, >= 500,000 quotes/s)")
+
+
+if __name__ == "__main__":
+    main()
