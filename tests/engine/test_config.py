@@ -175,9 +175,9 @@ def test_relative_storage_paths_resolve_against_the_config_dir(tmp_path: Path) -
 def test_default_config_toml_is_valid() -> None:
     pytest.importorskip("gauss_plugins.storage.file", reason="file storage not installed yet")
     config = load_config(REPO / "config.toml")
-    assert [s.transport["port"] for s in config.sources] == [9100]
+    assert [s.transport["port"] for s in config.sources] == [9100, 9301, 9302, 9303]
     assert config.api.port == 9200
-    assert [s.options["transport"]["port"] for s in config.sinks] == [9300]
+    assert [s.options["transport"]["port"] for s in config.sinks] == [9300, 9301, 9302, 9303]
     assert config.topics[1].create == tuple(
         f"ohlc.{tf}" for tf in ("1s", "5s", "1m", "5m", "15m", "1h", "4h", "1d")
     )
