@@ -80,10 +80,10 @@ class Hub:
             self.registry.open()
             for spec in self.config.processors:
                 self.add_processor(spec.build(), spec.topic, queue_size=spec.queue_size, policy=spec.policy, _spec=spec)
-            for spec in self.config.sinks:
-                self._start_sink(spec)
-            for spec in self.config.sources:
-                self.add_source(spec)
+            for sink_spec in self.config.sinks:
+                self._start_sink(sink_spec)
+            for source_spec in self.config.sources:
+                self.add_source(source_spec)
             self._start_api()
         except BaseException:
             self.stop()

@@ -104,7 +104,7 @@ class Source:
     @property
     def address(self) -> tuple[str, int]:
         """The transport's address (the bound port of a ``tcp-server`` on port 0)."""
-        return self.transport.address  # type: ignore[attr-defined, no-any-return]
+        return self.transport.address  # type: ignore[attr-defined, no-any-return, union-attr]
 
     @property
     def description(self) -> str:

@@ -66,7 +66,7 @@ class StreamSink:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.transport.address  # type: ignore[attr-defined, no-any-return]
+        return self.transport.address  # type: ignore[attr-defined, no-any-return, union-attr]
 
     @property
     def clients(self) -> int:
