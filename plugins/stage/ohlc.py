@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gauss.core import OhlcAggregator, TopicRecord
+from gauss.core import CORE, OhlcAggregator, TopicRecord
 from gauss.errors import ConfigError
 from gauss.protocols import PublishContext
 from gauss.registry import Options
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEFRAMES = ["1s", "5s", "1m", "5m", "15m", "1h", "4h", "1d"]
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _LABEL = re.compile(r"([1-9][0-9]*)([smhd])\Z")
+
+_COMPILED = CORE == "cython"
 
 Candle = tuple[str, int, int, float, float, float, float, int, bool]
 
@@ -108,18 +110,12 @@ class OhlcProcessor:
         if not records:
             return
         try:
-            bids = [r.data["bid"] for r in records]
-            asks = [r.data["ask"] for r in records]
-            # NOTE: checked before the kernel sees the batch (numpy does it in C), so a bad
-            # record from a mis-wired topic is skipped and never half-applies a batch.
-            np.asarray(bids, dtype=np.float64)
-            np.asarray(asks, dtype=np.float64)
+            bids, asks = self._prices(records)
         except (KeyError, TypeError, ValueError):
             records = self._usable(records)
             if not records:
                 return
-            bids = [r.data["bid"] for r in records]
-            asks = [r.data["ask"] for r in records]
+            bids, asks = self._prices(records)
         candles, late = self._aggregator.update([r.key for r in records], [r.ts_ms for r in records], bids, asks)
         per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
         pending = self._pending_open
@@ -154,6 +150,23 @@ class OhlcProcessor:
                 data = {"quote": quote.data, "timeframe": labels[t], "reason": "late"}
                 late_records.append(TopicRecord(quote.ts_ms, quote.key, data))
             context.publish(self.late_topic, late_records)
+
+    @staticmethod
+    def _prices(records: Sequence[TopicRecord]) -> tuple[Any, Any]:
+        """Bid and ask columns, checked numeric before the kernel sees the batch.
+
+        NOTE: numpy checks them in C, so a bad record (a mis-wired topic) is
+        skipped and never half-applies a batch. The compiled kernel takes the
+        float64 arrays as they are; the pure twin gets lists (numpy scalars
+        would leak into the candles and cost more per quote).
+        """
+        bids = [r.data["bid"] for r in records]
+        asks = [r.data["ask"] for r in records]
+        bid_array = np.asarray(bids, dtype=np.float64)
+        ask_array = np.asarray(asks, dtype=np.float64)
+        if _COMPILED:
+            return bid_array, ask_array
+        return bids, asks
 
     def _usable(self, records: Sequence[TopicRecord]) -> list[TopicRecord]:
         usable = []

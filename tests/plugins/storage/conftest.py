@@ -18,6 +18,10 @@ class NaiveTopic:
         self.capacity = capacity
         self.records: list[TopicRecord] = []  # ascending seq
 
+    def order(self, record: TopicRecord) -> tuple[int, Any]:
+        """Ascending ``ts_ms``; ties by seq, or by key in upsert topics (one record per key and ts)."""
+        return (record.ts_ms, record.key) if self.upsert else (record.ts_ms, record.seq)
+
     def append(self, records: list[TopicRecord]) -> None:
         for record in records:
             if self.upsert:
@@ -27,7 +31,7 @@ class NaiveTopic:
             self.records = self.records[len(self.records) - self.capacity :]
 
     def query(self, query: TopicQuery) -> tuple[list[TopicRecord], bool]:
-        found = sorted((r for r in self.records if query.matches(r)), key=lambda r: (r.ts_ms, r.seq))
+        found = sorted((r for r in self.records if query.matches(r)), key=self.order)
         truncated = len(found) > query.limit
         return found[len(found) - query.limit :] if truncated else found, truncated
 
@@ -38,7 +42,7 @@ class NaiveTopic:
                 continue
             if r.key not in best or (r.ts_ms, r.seq) > (best[r.key].ts_ms, best[r.key].seq):
                 best[r.key] = r
-        return sorted(best.values(), key=lambda r: (r.ts_ms, r.seq))
+        return sorted(best.values(), key=self.order)
 
     def keys(self) -> list[KeyInfo]:
         keys = sorted({r.key for r in self.records})

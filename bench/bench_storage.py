@@ -1,0 +1,123 @@
+"""Candle path cost: quotes -> ohlc processor (8 timeframes) -> file storage, per quote.
+
+Prints quotes/s for, in the same run:
+- baseline: the OhlcAggregator kernel alone on the same batches (no records built),
+- the ohlc processor publishing into a no-op context,
+- the ohlc processor publishing into 8 file storages (numbered, indexed), with the
+  open-candle flush every 0.25 s and the storage flush every 1 s of wall time, as
+  in the server; quote timestamps advance at the 500,000 quotes/s target rate.
+
+Numbers are noisy on a shared 2-core machine; compare rows of one run only.
+
+    .venv/bin/python bench/bench_storage.py [--quotes 400000] [--symbols 100] [--batch 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from typing import Sequence
+
+from gauss.core import CORE, OhlcAggregator, TopicRecord
+from gauss.records import DataFormat
+from gauss_plugins.stage.ohlc import DEFAULT_TIMEFRAMES, OhlcProcessor, parse_timeframe
+from gauss_plugins.storage.file import FileStorage
+
+
+def make_batches(count: int, symbols: int, batch: int) -> list[list[TopicRecord]]:
+    rng = random.Random(7)
+    names = [f"SYM{i:03d}" for i in range(symbols)]
+    ts = 1_732_406_400_000
+    out = []
+    for start in range(0, count, batch):
+        records = []
+        for i in range(min(batch, count - start)):
+            ts += (start + i) % 500 == 0  # stream time runs at the target rate, 500 quotes a millisecond
+            sym = rng.choice(names)
+            bid = 1.0 + rng.random()
+            records.append(TopicRecord(ts, sym, {"symbol": sym, "bid": bid, "ask": bid + 0.0002, "bid_size": 1.0, "ask_size": 1.0, "ts_ms": ts}))
+        out.append(records)
+    return out
+
+
+class NullContext:
+    def publish(self, topic: str, records: Sequence[TopicRecord]) -> None:
+        pass
+
+
+class StoringContext:
+    """Numbers records per topic and appends them to that topic's file storage, like a topic."""
+
+    def __init__(self, directory: str) -> None:
+        self.storages: dict[str, FileStorage] = {}
+        self.seq: dict[str, int] = {}
+        self.directory = directory
+
+    def publish(self, topic: str, records: Sequence[TopicRecord]) -> None:
+        storage = self.storages.get(topic)
+        if storage is None:
+            storage = self.storages[topic] = FileStorage(f"{self.directory}/{topic}", flush_interval=3600)
+            self.seq[topic] = storage.open(topic, DataFormat.CANDLE)[1]
+        seq = self.seq[topic]
+        numbered = [TopicRecord(r.ts_ms, r.key, r.data, seq + i) for i, r in enumerate(records, 1)]
+        self.seq[topic] = seq + len(records)
+        storage.append(numbered)
+
+    def flush(self) -> None:
+        for storage in self.storages.values():
+            storage.flush()
+
+    def close(self) -> None:
+        for storage in self.storages.values():
+            storage.close()
+
+
+def run(batches: list[list[TopicRecord]], mode: str) -> float:
+    total = sum(len(b) for b in batches)
+    if mode == "kernel":
+        agg = OhlcAggregator([parse_timeframe(t) for t in DEFAULT_TIMEFRAMES], 2)
+        started = time.perf_counter()
+        for batch in batches:
+            agg.update_records(batch)
+        return total / (time.perf_counter() - started)
+    processor = OhlcProcessor()
+    with tempfile.TemporaryDirectory() as directory:
+        context = StoringContext(directory) if mode == "file" else NullContext()
+        started = time.perf_counter()
+        next_open = started + processor.flush_interval  # type: ignore[operator]
+        next_store = started + 1.0
+        for batch in batches:
+            processor.process("quotes.raw", batch, context)  # type: ignore[arg-type]
+            now = time.perf_counter()
+            if now >= next_open:  # the engine's flush timer
+                processor.flush(context)  # type: ignore[arg-type]
+                next_open = now + processor.flush_interval  # type: ignore[operator]
+            if isinstance(context, StoringContext) and now >= next_store:  # the storage's own timer
+                context.flush()
+                next_store = now + 1.0
+        processor.stop(context)  # type: ignore[arg-type]
+        if isinstance(context, StoringContext):
+            context.close()
+        return total / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quotes", type=int, default=400_000)
+    parser.add_argument("--symbols", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=1000)
+    args = parser.parse_args()
+    batches = make_batches(args.quotes, args.symbols, args.batch)
+    print(f"kernels: {CORE}; {args.quotes} quotes, {args.symbols} symbols, batches of {args.batch}, 8 timeframes")
+    base = run(batches, "kernel")
+    print(f"{'path':<44} {'quotes/s':>12} {'vs kernel':>10}")
+    print(f"{'OhlcAggregator.update_records (baseline)':<44} {base:>12,.0f} {1.0:>9.2f}x")
+    for mode, label in (("null", "ohlc processor -> no-op publish"), ("file", "ohlc processor -> 8 file storages")):
+        rate = run(batches, mode)
+        print(f"{label:<44} {rate:>12,.0f} {rate / base:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
