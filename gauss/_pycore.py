@@ -110,9 +110,10 @@ class LineDecoder:
                 raise FrameTooLarge(f"line of {len(line)} bytes exceeds max_frame_bytes={limit}")
             if line:
                 frames.append(line)
-        # The pending tail may still hold a "\r" that a later "\n" completes.
-        if len(self._pending) > limit + 1:
-            size = len(self._pending)
+        # The pending tail may end in a "\r" that a later "\n" strips, so one
+        # byte over the limit is allowed only when it is that "\r".
+        size = len(self._pending)
+        if size > limit and not (size == limit + 1 and self._pending.endswith(b"\r")):
             self._pending = b""
             raise FrameTooLarge(f"unterminated line of {size} bytes exceeds max_frame_bytes={limit}")
         return frames
@@ -224,6 +225,8 @@ class _RingIndex:
         """Reserve the slot for ``seq`` (evicting what it held) and index it."""
         if self._last_seq and seq != self._last_seq + 1:
             raise ValueError(f"seq {seq} does not follow {self._last_seq}")
+        if seq < 1:
+            raise ValueError(f"seq must be at least 1, got {seq}")
         slot = self._slot(seq)
         old_key = self._keys[slot]
         if old_key is not None:
@@ -269,23 +272,21 @@ class _RingIndex:
     ) -> tuple[list[int], bool]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        lo = -(1 << 63) if from_ms is None else from_ms
-        hi = (1 << 63) - 1 if to_ms is None else to_ms
         cap = self.capacity
         out = []
         for seq in self._candidate_seqs(key, since_seq):
             slot = (seq - 1) % cap
             t = int(ts[slot])
-            if lo <= t < hi:
+            if (from_ms is None or from_ms <= t) and (to_ms is None or t < to_ms):
                 out.append((t, seq, slot))
         return _select(out, limit)
 
     def _keys_from(self, ts: Sequence[int] | np.ndarray) -> list[tuple[str, int, int]]:
+        """``(key, records, last_ts_ms)`` for each key held, sorted by key."""
         cap = self.capacity
-        return [
-            (key, len(seqs), max(int(ts[(s - 1) % cap]) for s in seqs))
-            for key, seqs in self._by_key.items()
-        ]
+        return sorted(
+            (key, len(seqs), max(int(ts[(s - 1) % cap]) for s in seqs)) for key, seqs in self._by_key.items()
+        )
 
     def _latest_slots(self, ts: Sequence[int] | np.ndarray, key: str | None) -> list[int]:
         cap = self.capacity
@@ -375,14 +376,13 @@ class QuoteRing(_RingIndex):
         """Append quote records; ``data`` must hold bid, ask, bid_size, ask_size."""
         for record in records:
             data = record.data
+            # Read every field before claiming a slot: a bad record leaves the ring as it was.
+            values = (float(data["bid"]), float(data["ask"]), float(data["bid_size"]), float(data["ask_size"]))
             slot = self._claim(record.seq, record.key)
             self._sym[slot] = self._symbol_id(record.key)
             self._ts[slot] = record.ts_ms
             self._seq[slot] = record.seq
-            self._bid[slot] = data["bid"]
-            self._ask[slot] = data["ask"]
-            self._bid_size[slot] = data["bid_size"]
-            self._ask_size[slot] = data["ask_size"]
+            self._bid[slot], self._ask[slot], self._bid_size[slot], self._ask_size[slot] = values
 
     def append_columns(
         self,

@@ -49,10 +49,11 @@ class ConfigError(GaussError, ValueError):
         if not prefix:
             return self
         key = f"{prefix}.{self.key}" if self.key and not self.key.startswith("[") else f"{prefix}{self.key}"
-        return ConfigError(key, self.reason, file=self.file)
+        # type(self): an UnknownPluginError stays one (still a LookupError) as it moves up.
+        return type(self)(key, self.reason, file=self.file)
 
     def in_file(self, file: str) -> ConfigError:
-        return ConfigError(self.key, self.reason, file=file)
+        return type(self)(self.key, self.reason, file=file)
 
 
 class UnknownPluginError(ConfigError, LookupError):

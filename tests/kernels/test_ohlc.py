@@ -1,0 +1,195 @@
+"""OHLC kernel (SPEC section 1) against a naive computation written here.
+
+The model keeps every applied quote of every bucket and recomputes candles
+from scratch: mid price, bucket start ``ts - ts % width``, open = earliest
+``ts_ms`` (first arrival on ties), close = latest (last arrival on ties).
+A quote is late when its bucket starts before
+``newest_start - (hold_buckets - 1) * width`` of its key and timeframe.
+"""
+
+from __future__ import annotations
+
+from calendar import timegm
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+PROPERTY = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+SECOND, MINUTE, HOUR, DAY = 1000, 60_000, 3_600_000, 86_400_000
+# Real labels (1s, 5s, 3m, 1h, 1d) and arbitrary widths, so buckets both split and merge.
+TIMEFRAMES = [7, 10, SECOND, 5 * SECOND, 3 * MINUTE, HOUR, DAY]
+PRICES = [1.0, 1.5, 2.25, 0.5, 1.75, 3.0]
+
+
+class NaiveOhlc:
+    def __init__(self, timeframes: list[int], hold: int) -> None:
+        self.timeframes = timeframes
+        self.hold = hold
+        self.quotes: dict[tuple[str, int, int], list[tuple[int, int, float]]] = {}
+        self.newest: dict[tuple[str, int], int] = {}
+        self.arrival = 0
+        self.late_counts = [0] * len(timeframes)
+
+    def candle(self, key: str, t: int, start: int) -> tuple[float, float, float, float, int]:
+        quotes = self.quotes[(key, t, start)]
+        prices = [p for _, _, p in quotes]
+        first = min(quotes, key=lambda q: (q[0], q[1]))
+        last = max(quotes, key=lambda q: (q[0], q[1]))
+        return (first[2], max(prices), min(prices), last[2], len(quotes))
+
+    def update(self, batch: list[tuple[str, int, float, float]]) -> tuple[list[Any], list[tuple[int, int]]]:
+        changed: list[tuple[str, int, int]] = []
+        late = []
+        for i, (key, ts, bid, ask) in enumerate(batch):
+            self.arrival += 1
+            price = (bid + ask) / 2.0
+            for t, width in enumerate(self.timeframes):
+                start = ts - ts % width
+                newest = max(self.newest.get((key, t), start), start)
+                if start < newest - (self.hold - 1) * width:
+                    self.late_counts[t] += 1
+                    late.append((i, t))
+                    continue
+                self.newest[(key, t)] = newest
+                self.quotes.setdefault((key, t, start), []).append((ts, self.arrival, price))
+                if (key, t, start) not in changed:
+                    changed.append((key, t, start))
+        candles = [
+            (key, self.timeframes[t], start, *self.candle(key, t, start), self.newest[(key, t)] == start)
+            for key, t, start in changed
+        ]
+        return candles, late
+
+
+def clock_steps() -> st.SearchStrategy[int]:
+    """Steps of a quote clock: repeats, small jitter both ways, jumps of minutes to a day."""
+    return st.one_of(
+        st.just(0),
+        st.integers(min_value=-30, max_value=30),
+        st.integers(min_value=-5 * SECOND, max_value=5 * SECOND),
+        st.sampled_from([-4 * MINUTE, 3 * MINUTE, -HOUR, HOUR, DAY, -DAY, 2 * DAY]),
+    )
+
+
+quote_batches = st.lists(
+    st.lists(
+        st.tuples(st.sampled_from(["EURUSD", "BTC/USD", "X"]), clock_steps(), st.integers(0, 5), st.integers(0, 5)),
+        max_size=15,
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def as_quotes(raw: list[list[tuple[str, int, int, int]]], start: int) -> list[list[tuple[str, int, float, float]]]:
+    clock = start
+    batches = []
+    for raw_batch in raw:
+        batch = []
+        for key, step, bid, ask in raw_batch:
+            clock += step
+            batch.append((key, clock, PRICES[bid], PRICES[ask]))
+        batches.append(batch)
+    return batches
+
+
+def feed(agg: Any, batch: list[tuple[str, int, float, float]]) -> tuple[list[Any], list[Any]]:
+    return agg.update([q[0] for q in batch], [q[1] for q in batch], [q[2] for q in batch], [q[3] for q in batch])
+
+
+@PROPERTY
+@given(
+    timeframes=st.lists(st.sampled_from(TIMEFRAMES), min_size=1, max_size=4, unique=True),
+    hold=st.integers(min_value=1, max_value=3),
+    raw=quote_batches,
+    start=st.integers(min_value=1_700_000_000_000, max_value=1_800_000_000_000),
+)
+def test_ohlc_matches_naive_model(
+    kernels: ModuleType, timeframes: list[int], hold: int, raw: list[Any], start: int
+) -> None:
+    agg = kernels.OhlcAggregator(timeframes, hold_buckets=hold)
+    model = NaiveOhlc(timeframes, hold)
+    for batch in as_quotes(raw, start):
+        assert feed(agg, batch) == model.update(batch)
+        assert agg.late_counts == model.late_counts
+    for key, t, start_ms in model.quotes:
+        if model.newest[(key, t)] == start_ms:
+            assert agg.candle(key, timeframes[t], start_ms) == model.candle(key, t, start_ms)
+
+
+@PROPERTY
+@given(
+    timeframes=st.lists(st.sampled_from(TIMEFRAMES), min_size=1, max_size=4, unique=True),
+    hold=st.integers(min_value=1, max_value=3),
+    raw=quote_batches,
+)
+def test_compiled_ohlc_agrees_with_twin(
+    twins: tuple[ModuleType, ModuleType], timeframes: list[int], hold: int, raw: list[Any]
+) -> None:
+    compiled, pure = (m.OhlcAggregator(timeframes, hold) for m in twins)
+    for batch in as_quotes(raw, 1_732_406_400_000):
+        assert feed(compiled, batch) == feed(pure, batch)
+    assert compiled.late_counts == pure.late_counts
+
+
+def test_day_buckets_start_at_midnight_utc(kernels: ModuleType) -> None:
+    ts = timegm((2024, 11, 24, 13, 45, 7)) * 1000 + 123
+    agg = kernels.OhlcAggregator([DAY, 3 * MINUTE])
+    candles, late = agg.update(["EURUSD"], [ts], [1.0], [2.0])
+    assert late == []
+    assert candles == [
+        ("EURUSD", DAY, timegm((2024, 11, 24, 0, 0, 0)) * 1000, 1.5, 1.5, 1.5, 1.5, 1, True),
+        ("EURUSD", 3 * MINUTE, timegm((2024, 11, 24, 13, 45, 0)) * 1000, 1.5, 1.5, 1.5, 1.5, 1, True),
+    ]
+
+
+def test_late_quote_updates_held_bucket_and_older_is_counted(kernels: ModuleType) -> None:
+    agg = kernels.OhlcAggregator([SECOND], hold_buckets=2)
+    agg.update(["A", "A"], [1_500, 2_500], [1.0, 3.0], [1.0, 3.0])
+    candles, late = agg.update(["A", "A"], [1_100, 200], [0.5, 9.0], [0.5, 9.0])
+    # 1_100 lands in the held 1s bucket at 1_000 and becomes its open; 200 is too old.
+    assert candles == [("A", SECOND, 1_000, 0.5, 1.0, 0.5, 1.0, 2, False)]
+    assert late == [(1, 0)] and agg.late_counts == [1]
+    assert agg.candle("A", SECOND, 0) is None
+
+
+def test_ties_open_first_arrival_close_last_arrival(kernels: ModuleType) -> None:
+    agg = kernels.OhlcAggregator([SECOND])
+    candles, _ = agg.update(["A"] * 3, [5, 5, 5], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert candles == [("A", SECOND, 0, 1.0, 3.0, 1.0, 3.0, 3, True)]
+
+
+def test_bucket_changed_then_closed_in_one_batch_is_reported_closed(kernels: ModuleType) -> None:
+    agg = kernels.OhlcAggregator([10], hold_buckets=1)
+    candles, _ = agg.update(["A", "A", "A"], [1, 12, 25], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert [(c[2], c[8]) for c in candles] == [(0, False), (10, False), (20, True)]
+
+
+def test_update_records_reads_quote_records(kernels: ModuleType) -> None:
+    agg = kernels.OhlcAggregator([SECOND])
+    records = [kernels.TopicRecord(10, "A", {"bid": 1.0, "ask": 2.0}), kernels.TopicRecord(20, "A", {"bid": 2.0, "ask": 3.0})]
+    assert agg.update_records(records) == ([("A", SECOND, 0, 1.5, 2.5, 1.5, 2.5, 2, True)], [])
+
+
+def test_ohlc_refuses_bad_arguments(kernels: ModuleType) -> None:
+    with pytest.raises(ValueError):
+        kernels.OhlcAggregator([])
+    with pytest.raises(ValueError):
+        kernels.OhlcAggregator([0])
+    with pytest.raises(ValueError):
+        kernels.OhlcAggregator([SECOND], hold_buckets=0)
+    agg = kernels.OhlcAggregator([SECOND])
+    with pytest.raises(ValueError, match="length"):
+        agg.update(["A"], [1, 2], [1.0], [1.0])
+    with pytest.raises(ValueError):
+        agg.candle("A", MINUTE, 0)
+    assert agg.update([], [], [], []) == ([], [])
+    assert agg.timeframes_ms == [SECOND] and agg.hold_buckets == 2
