@@ -231,7 +231,10 @@ def stream_packets(
                 _rate_limited.log(logging.WARNING, f"stream:{path.path}", "stream %s: %s; retrying", path.path, exc)
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 failures += 1
-                subscription.wait(delay)
+                # In slices, so a cancel or the plugin's shutdown ends the back-off at once.
+                waited = 0.0
+                while waited < delay and is_active() and not subscription.wait(POLL_SECONDS):
+                    waited += POLL_SECONDS
                 continue
             if records:
                 yield to_json(_frame_for(path, records), schema=not schema_sent)

@@ -189,3 +189,16 @@ def test_run_stream_with_gauss_down_ends_when_cancelled(plugin: PluginProcess, c
             break
         time.sleep(0.1)
     assert "gauss_grafana_streams_active 0.0" in text
+
+
+def test_shutdown_within_2_seconds_while_a_stream_runs(plugin: PluginProcess, closed_url: str) -> None:
+    call = plugin.stream.RunStream(pb.RunStreamRequest(pluginContext=context_for(closed_url), path="candles/1m/EURUSD"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("stream candles/1m/EURUSD started" in line for line in plugin.stderr_lines):
+        time.sleep(0.05)
+    time.sleep(1.0)  # let it reach its reconnect back-off
+    started = time.monotonic()
+    plugin.controller.Shutdown(controller_pb.Empty(), timeout=5)
+    assert plugin.process.wait(5) == 0
+    assert time.monotonic() - started < 2.0
+    assert list(call) == []  # the stream ended with the process (no packet: Gauss was down)
