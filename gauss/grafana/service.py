@@ -11,8 +11,8 @@ import json
 import logging
 import threading
 import urllib.parse
-from concurrent import futures
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
