@@ -59,7 +59,7 @@ class TopicRecord:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TopicRecord) and type(other).__name__ != "TopicRecord":
             return NotImplemented
-        return (
+        return bool(
             self.ts_ms == other.ts_ms  # type: ignore[attr-defined]
             and self.key == other.key  # type: ignore[attr-defined]
             and self.data == other.data  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 __all__ = [
     "CORE",
@@ -25,13 +26,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-if os.environ.get("GAUSS_PURE", "") not in ("", "0"):
+if TYPE_CHECKING:
+    # Type checkers see the twins; gauss/_core.pyi declares the same API for the build.
+    from gauss._pycore import *  # noqa: F403
+
+    CORE: str
+elif os.environ.get("GAUSS_PURE", "") not in ("", "0"):
     from gauss._pycore import *  # noqa: F403
 
     CORE = "python"
 else:
     try:
-        from gauss._core import *  # type: ignore[import-not-found,no-redef]  # noqa: F403
+        from gauss._core import *  # noqa: F403
 
         CORE = "cython"
     except ImportError as exc:  # pragma: no cover - depends on the build

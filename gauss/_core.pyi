@@ -1,0 +1,125 @@
+"""Typed interface of the compiled kernels (``_core.pyx``) and their twins (``_pycore.py``)."""
+
+from typing import Any, Final, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "TopicRecord",
+    "LineDecoder",
+    "LengthPrefixedDecoder",
+    "encode_lines",
+    "encode_length_prefixed",
+    "RecordRing",
+    "QuoteRing",
+    "OhlcAggregator",
+    "QUOTE_FIELDS",
+    "DEFAULT_MAX_FRAME_BYTES",
+]
+
+DEFAULT_MAX_FRAME_BYTES: Final[int]
+QUOTE_FIELDS: Final[tuple[str, str, str, str, str, str]]
+
+_Buffer = bytes | bytearray | memoryview
+_Ints = Sequence[int] | npt.NDArray[np.integer[Any]]
+_Floats = Sequence[float] | npt.NDArray[np.floating[Any]]
+_KeyInfo = tuple[str, int, int]
+_Candle = tuple[str, int, int, float, float, float, float, int, bool]
+"""``(key, timeframe_ms, start_ms, open, high, low, close, ticks, is_open)``"""
+
+class TopicRecord:
+    """One record of a topic: event time, routing key, payload; ``seq`` 0 until stored."""
+
+    ts_ms: int
+    key: str
+    data: Any
+    seq: int
+    __hash__: None  # type: ignore[assignment]
+    def __init__(self, ts_ms: int, key: str, data: Any, seq: int = 0) -> None: ...
+    def with_seq(self, seq: int) -> TopicRecord: ...
+    def as_dict(self) -> dict[str, Any]: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+class LineDecoder:
+    """Incremental ``lines`` decoder; raises FrameTooLarge past ``max_frame_bytes``."""
+
+    @property
+    def max_frame_bytes(self) -> int: ...
+    @property
+    def buffered(self) -> int: ...
+    def __init__(self, max_frame_bytes: int = ...) -> None: ...
+    def feed(self, chunk: _Buffer) -> list[bytes]: ...
+
+class LengthPrefixedDecoder:
+    """Incremental ``length-prefixed`` decoder (u32 big-endian length, payload)."""
+
+    @property
+    def max_frame_bytes(self) -> int: ...
+    @property
+    def buffered(self) -> int: ...
+    def __init__(self, max_frame_bytes: int = ...) -> None: ...
+    def feed(self, chunk: _Buffer) -> list[bytes]: ...
+
+def encode_lines(payloads: Sequence[_Buffer]) -> bytes: ...
+def encode_length_prefixed(payloads: Sequence[_Buffer]) -> bytes: ...
+
+class _RingIndex:
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def first_seq(self) -> int: ...
+    @property
+    def last_seq(self) -> int: ...
+    def __len__(self) -> int: ...
+    def query(
+        self,
+        key: str | None = None,
+        from_ms: int | None = None,
+        to_ms: int | None = None,
+        since_seq: int | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[TopicRecord], bool]: ...
+    def latest(self, key: str | None = None) -> list[TopicRecord]: ...
+    def keys(self) -> list[_KeyInfo]: ...
+
+class RecordRing(_RingIndex):
+    """Fixed-capacity store of any records, consecutive seqs; the oldest is overwritten."""
+
+    def __init__(self, capacity: int) -> None: ...
+    def append(self, records: Sequence[TopicRecord]) -> None: ...
+
+class QuoteRing(_RingIndex):
+    """Columnar ring of quotes (52 bytes a quote, key included)."""
+
+    def __init__(self, capacity: int) -> None: ...
+    @property
+    def nbytes(self) -> int: ...
+    def append(self, records: Sequence[TopicRecord]) -> None: ...
+    def append_columns(
+        self,
+        first_seq: int,
+        keys: Sequence[str],
+        ts_ms: _Ints,
+        bid: _Floats,
+        ask: _Floats,
+        bid_size: _Floats,
+        ask_size: _Floats,
+    ) -> None: ...
+
+class OhlcAggregator:
+    """Mid-price OHLC candles per (key, timeframe) with ``hold_buckets`` open to late quotes."""
+
+    @property
+    def timeframes_ms(self) -> list[int]: ...
+    @property
+    def hold_buckets(self) -> int: ...
+    @property
+    def late_counts(self) -> list[int]: ...
+    def __init__(self, timeframes_ms: Sequence[int], hold_buckets: int = 2) -> None: ...
+    def update(
+        self, keys: Sequence[str], ts_ms: _Ints, bids: _Floats, asks: _Floats
+    ) -> tuple[list[_Candle], list[tuple[int, int]]]: ...
+    def update_records(self, records: Sequence[TopicRecord]) -> tuple[list[_Candle], list[tuple[int, int]]]: ...
+    def candle(self, key: str, timeframe_ms: int, start_ms: int) -> tuple[float, float, float, float, int] | None: ...
