@@ -11,9 +11,8 @@ records they answer queries from. It keeps
   or for upsert topics ``(ts_ms, key)``, which stays the same when a new
   version of a candle replaces the old one, so an update costs a few dict
   operations and no re-sorting (PERF: the candle path stores several
-  thousand updates a second).
-
-Ties in ``ts_ms`` are ordered by ``seq`` (by key in upsert topics).
+  thousand updates a second). Answers order ties in ``ts_ms`` by ``seq``
+  all the same: a query sorts the boundary group of equal ``ts_ms``.
 
 Bounds: ``capacity`` records overall (oldest ``seq`` evicted first),
 ``max_per_key`` per key and ``retention_ms`` per key (both evict the oldest
@@ -23,7 +22,6 @@ Bounds: ``capacity`` records overall (oldest ``seq`` evicted first),
 from __future__ import annotations
 
 from collections import OrderedDict
-from itertools import islice
 from typing import Any, Iterable
 
 from sortedcontainers import SortedList
@@ -34,6 +32,10 @@ from gauss.records import KeyInfo
 __all__ = ["RecordIndex"]
 
 RecordId = tuple[int, Any]
+
+
+def _by_time(record: TopicRecord) -> tuple[int, int]:
+    return (record.ts_ms, record.seq)
 
 
 class RecordIndex:
@@ -173,7 +175,14 @@ class RecordIndex:
         resolve = self._resolve
         if since_seq is None or since_seq < 1:
             truncated = hi - lo > limit
-            return [resolve(rid) for rid in ordered.islice(max(lo, hi - limit), hi)], truncated
+            start = max(lo, hi - limit)
+            if not self.upsert:
+                return [resolve(rid) for rid in ordered.islice(start, hi)], truncated
+            # Ties in ts_ms are ordered by key here, but answers order them by seq:
+            # take the whole group of the boundary ts_ms, then sort (nearly sorted: cheap).
+            start = max(lo, ordered.bisect_left((ordered[start][0],)))
+            picked = sorted(map(resolve, ordered.islice(start, hi)), key=_by_time)
+            return picked[max(0, len(picked) - limit) :], truncated
         if since_seq >= self._last_seq:
             return [], False
         if self._last_seq - since_seq < hi - lo:
@@ -186,23 +195,26 @@ class RecordIndex:
                 if (key is None or record.key == key) and (from_ms is None or record.ts_ms >= from_ms):
                     if to_ms is None or record.ts_ms < to_ms:
                         found.append(record)
-            found.sort(key=self._id)
-            truncated = len(found) > limit
-            return found[len(found) - limit :] if truncated else found, truncated
-        newest_first = (r for r in map(resolve, ordered.islice(lo, hi, reverse=True)) if r.seq > since_seq)
-        picked = list(islice(newest_first, limit + 1))
-        truncated = len(picked) > limit
-        if truncated:
-            picked.pop()
-        picked.reverse()
-        return picked, truncated
+        else:
+            found = []
+            boundary: int | None = None
+            for record in map(resolve, ordered.islice(lo, hi, reverse=True)):
+                if boundary is not None and record.ts_ms != boundary:
+                    break  # the boundary's ts_ms group is complete
+                if record.seq > since_seq:
+                    found.append(record)
+                    if len(found) > limit and boundary is None:
+                        boundary = record.ts_ms
+        found.sort(key=_by_time)
+        truncated = len(found) > limit
+        return found[len(found) - limit :] if truncated else found, truncated
 
     def latest(self, key: str | None = None) -> list[TopicRecord]:
         """The newest record (by ``ts_ms``) of each key, or of ``key``; ascending."""
         if key is not None:
             bucket = self._by_key.get(key)
             return [self._resolve(bucket[-1])] if bucket else []
-        return sorted((self._resolve(bucket[-1]) for bucket in self._by_key.values()), key=self._id)
+        return sorted((self._resolve(bucket[-1]) for bucket in self._by_key.values()), key=_by_time)
 
     def keys(self) -> list[KeyInfo]:
         """``(key, records, last_ts_ms)`` of every key held, sorted by key."""

@@ -18,9 +18,10 @@ class NaiveTopic:
         self.capacity = capacity
         self.records: list[TopicRecord] = []  # ascending seq
 
-    def order(self, record: TopicRecord) -> tuple[int, Any]:
-        """Ascending ``ts_ms``; ties by seq, or by key in upsert topics (one record per key and ts)."""
-        return (record.ts_ms, record.key) if self.upsert else (record.ts_ms, record.seq)
+    @staticmethod
+    def order(record: TopicRecord) -> tuple[int, int]:
+        """Ascending ``ts_ms``, ties by ``seq``."""
+        return (record.ts_ms, record.seq)
 
     def append(self, records: list[TopicRecord]) -> None:
         for record in records:
