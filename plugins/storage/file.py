@@ -113,6 +113,8 @@ class FileStorage:
         """Stored lines found unreadable at open (skipped)."""
         self.dropped = 0
         """Records that could not be written (unserialisable data, or a write failing for too long)."""
+        self.healthy = True
+        """False while the last flush failed to write some key."""
         self._index: RecordIndex | None = None
         self._pending: dict[str, dict[int, TopicRecord] | list[TopicRecord]] = {}
         self._pending_count = 0
@@ -227,6 +229,7 @@ class FileStorage:
                     failed.append(key)
                     self._requeue(key, queued)
                     self._errors.error("file storage %s: cannot write key %r: %s", self.directory, key, exc)
+            self.healthy = not failed
             if failed:
                 raise StorageError(f"file storage {self.directory}: {len(failed)} keys not written; will retry")
         if self._meta_seq != self._index.last_seq:
@@ -305,6 +308,15 @@ class FileStorage:
             self._task = None
         if self._index is not None:
             self.compact()
+
+    def health(self) -> dict[str, float]:
+        """Figures exported to ``/metrics`` as ``gauss_storage_<figure>``."""
+        return {
+            "healthy": 1.0 if self.healthy else 0.0,
+            "buffered_records": float(self._pending_count),
+            "dropped_records": float(self.dropped),
+            "unreadable_records": float(self.corrupt_lines),
+        }
 
     # --- reading -----------------------------------------------------------
 

@@ -134,6 +134,8 @@ class RawFileStorage:
         """Frames found unreadable at open (skipped or cut off)."""
         self.dropped = 0
         """Records that could not be written (unserialisable data, or a write failing for too long)."""
+        self.healthy = True
+        """False while the last flush failed."""
         self._index: RecordIndex | None = None
         self._pending: list[TopicRecord] = []
         self._segment: Path | None = None
@@ -235,7 +237,9 @@ class RawFileStorage:
             data = self._encode(pending)
             try:
                 self._write(data)
+                self.healthy = True
             except OSError as exc:
+                self.healthy = False
                 if len(pending) + len(self._pending) <= 2 * self.max_buffered:
                     self._pending[:0] = pending
                 else:
@@ -274,6 +278,15 @@ class RawFileStorage:
             self._task.stop()
             self._task = None
         self.flush()
+
+    def health(self) -> dict[str, float]:
+        """Figures exported to ``/metrics`` as ``gauss_storage_<figure>``."""
+        return {
+            "healthy": 1.0 if self.healthy else 0.0,
+            "buffered_records": float(len(self._pending)),
+            "dropped_records": float(self.dropped),
+            "unreadable_records": float(self.corrupt_frames),
+        }
 
     def query(self, query: TopicQuery) -> QueryResult:
         records, truncated = self._opened.query(query.key, query.from_ms, query.to_ms, query.since_seq, query.limit)

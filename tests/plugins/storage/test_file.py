@@ -180,8 +180,10 @@ def test_a_failed_write_keeps_the_records_and_retries(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="1 keys not written"):
         storage.flush()
     assert len(lines(tmp_path / "B.jsonl")) == 1
+    assert storage.health() == {"healthy": 0.0, "buffered_records": 1.0, "dropped_records": 0.0, "unreadable_records": 0.0}
     (tmp_path / "A.jsonl").rmdir()
     storage.flush()
+    assert storage.health()["healthy"] == 1.0 and storage.health()["buffered_records"] == 0.0
     assert [line["seq"] for line in lines(tmp_path / "A.jsonl")] == [1]
     storage.close()
 

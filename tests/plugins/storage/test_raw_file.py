@@ -94,6 +94,7 @@ def test_a_torn_last_frame_is_cut_and_appends_continue_cleanly(tmp_path: Path) -
     assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2]
     again, _, last_seq = opened(tmp_path)
     assert last_seq == 2 and again.corrupt_frames == 1
+    assert again.health() == {"healthy": 1.0, "buffered_records": 0.0, "dropped_records": 0.0, "unreadable_records": 1.0}
     again.append([record(3)])
     again.close()
     assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2, 3]
