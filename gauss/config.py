@@ -84,6 +84,8 @@ class ApiSettings:
     bind: str = "127.0.0.1"
     port: int = 9200
     options: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = False
+    """True when the configuration has an ``[api]`` table: only then does the hub serve the API."""
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,7 @@ def _parse(data: Mapping[str, Any], file: str | None, base: Path) -> GaussConfig
     unknown = sorted(set(data) - set(_TOP_KEYS))
     if unknown:
         raise ConfigError(unknown[0], f"unknown section; known: {', '.join(_TOP_KEYS)}")
-    api = _checked("api", _parse_api, data.get("api", {}))
+    api = _checked("api", _parse_api, data["api"]) if "api" in data else ApiSettings()
     hub = _checked("hub", _parse_hub, data.get("hub", {}))
     topics = tuple(_checked(w, _parse_topic, t, base, w) for w, t in _table_list(data, "topics"))
     _check_topic_names(topics)
@@ -321,7 +323,10 @@ def _parse_api(table: Any) -> ApiSettings:
     bind = opts.str("bind", "127.0.0.1")
     port = opts.int("port", 9200, min=0, max=65535)
     options = {k: v for k, v in dict(table).items() if k not in ("bind", "port")}
-    return ApiSettings(bind, port, options)
+    from gauss.http.options import ApiOptions  # the API's own keys, checked now (exit 2 on a mistake)
+
+    ApiOptions.parse(options, environ={})
+    return ApiSettings(bind, port, options, enabled=True)
 
 
 def _parse_hub(table: Any) -> HubSettings:

@@ -148,8 +148,15 @@ class Hub:
         return source
 
     def _start_api(self) -> None:
-        """Start the HTTP/WebSocket API on ``self.api`` (the API engineer fills this in)."""
-        log.info("API on %s:%d: not built yet", self.api.bind, self.api.port)
+        """Start the HTTP REST + WebSocket API on ``self.api`` (see :mod:`gauss.http`)."""
+        if not self.api.enabled:
+            return  # a library hub without an [api] table serves no API
+        from gauss.http import ApiOptions, ApiServer
+
+        options = ApiOptions.parse(self.api.options)
+        server = ApiServer(self, self.api.bind, self.api.port, options)
+        server.start()
+        self._api_server = server
 
     def _stop_api(self, timeout: float) -> None:
         server, self._api_server = self._api_server, None

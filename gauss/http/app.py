@@ -1,0 +1,197 @@
+"""The REST API of SPEC section 4 as a Falcon WSGI app.
+
+Every answer is JSON; every error is ``{"error": "<message>"}`` with a 4xx
+status naming what was wrong (a bad parameter by name, an unknown topic or
+path), never a 500 or a traceback for a client mistake. Record lists are
+streamed in ~64 KiB chunks (:mod:`gauss.http.encoding`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Collection, Mapping
+
+import falcon
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gauss.errors import QueryError, UnknownTopic
+from gauss.http.encoding import dumps, records_message_parts
+from gauss.http.metrics import ApiMetrics
+from gauss.http.middleware import AuthMiddleware, MetricsMiddleware
+from gauss.http.options import ApiOptions
+from gauss.records import TopicQuery
+
+if TYPE_CHECKING:
+    from gauss.hub import Hub
+    from gauss.topics import Topic
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+QUERY_PARAMS = frozenset({"key", "from", "to", "since_seq", "limit"})
+_ALWAYS_ALLOWED = frozenset({"token"})
+
+
+def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics) -> falcon.App:
+    """The Falcon app serving ``hub``'s topics (``/ws`` is routed before it sees the request)."""
+    middleware: list[Any] = [MetricsMiddleware(metrics)]
+    if options.cors_origins:
+        origins: Any = "*" if options.cors_origins == ("*",) else list(options.cors_origins)
+        middleware.append(falcon.CORSMiddleware(allow_origins=origins, expose_headers=["Content-Type"]))
+    if options.token is not None:
+        middleware.append(AuthMiddleware(options.token))
+    app = falcon.App(middleware=middleware)
+    app.req_options.auto_parse_qs_csv = False
+    app.req_options.keep_blank_qs_values = True
+    app.set_error_serializer(_serialize_error)
+    app.add_error_handler(Exception, _internal_error)
+    app.add_error_handler(QueryError, _query_error)
+    app.add_error_handler(UnknownTopic, _unknown_topic)
+    app.add_route("/api/health", Health())
+    app.add_route("/api/topics", TopicList(hub))
+    app.add_route("/api/topics/{name}", TopicRecords(hub))
+    app.add_route("/api/topics/{name}/keys", TopicKeys(hub))
+    app.add_route("/api/topics/{name}/latest", TopicLatest(hub))
+    app.add_route("/metrics", MetricsExposition(hub))
+    app.add_route("/ws", WebSocketOnly())
+    return app
+
+
+# --- errors ------------------------------------------------------------------------
+
+def _serialize_error(req: falcon.Request, resp: falcon.Response, exception: falcon.HTTPError) -> None:
+    message = exception.description
+    if not message:
+        if isinstance(exception, falcon.HTTPNotFound):
+            message = f"not found: {req.path}"
+        elif isinstance(exception, falcon.HTTPMethodNotAllowed):
+            message = f"method {req.method} not allowed on {req.path}"
+        else:
+            message = exception.title or "error"
+    resp.data = dumps({"error": message})
+    resp.content_type = falcon.MEDIA_JSON
+
+
+def _query_error(req: falcon.Request, resp: falcon.Response, exc: QueryError, params: dict[str, Any]) -> None:
+    raise falcon.HTTPBadRequest(description=str(exc))
+
+
+def _unknown_topic(req: falcon.Request, resp: falcon.Response, exc: UnknownTopic, params: dict[str, Any]) -> None:
+    raise falcon.HTTPNotFound(description=str(exc))
+
+
+def _internal_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
+    if isinstance(exc, (falcon.HTTPError, falcon.HTTPStatus)):
+        raise exc
+    log.exception("%s %s failed", req.method, req.path)
+    raise falcon.HTTPInternalServerError(description=f"internal error: {type(exc).__name__}")
+
+
+def checked_params(req: falcon.Request, allowed: Collection[str]) -> dict[str, str]:
+    """The query parameters, each given once and each one this route knows (else 400 naming it)."""
+    params: dict[str, str] = {}
+    for name, value in req.params.items():
+        if name in _ALWAYS_ALLOWED:
+            continue
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise falcon.HTTPBadRequest(description=f"{name}: unknown parameter; known: {known}")
+        if isinstance(value, list):
+            raise falcon.HTTPBadRequest(description=f"{name}: given more than once")
+        params[name] = value
+    return params
+
+
+def _key_param(params: Mapping[str, str]) -> str | None:
+    key = params.get("key")
+    if key is None:
+        return None
+    if not key:
+        raise falcon.HTTPBadRequest(description="key: must be a non-empty string")
+    return key
+
+
+# --- resources ---------------------------------------------------------------------
+
+
+class Health:
+    """``GET /api/health``: open even when a token is configured."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        checked_params(req, ())
+        resp.data = b'{"status":"ok"}'
+        resp.content_type = falcon.MEDIA_JSON
+
+
+class TopicList:
+    """``GET /api/topics``: name, storage, format and record count of every topic."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        checked_params(req, ())
+        answer = [
+            {"name": t.name, "storage": t.storage_type, "format": t.format.value, "records": t.count()}
+            for t in self._hub.registry.topics()
+        ]
+        resp.data = dumps(answer)
+        resp.content_type = falcon.MEDIA_JSON
+
+
+class _TopicResource:
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def topic(self, name: str) -> Topic:
+        return self._hub.registry.get(name)
+
+
+class TopicRecords(_TopicResource):
+    """``GET /api/topics/{name}?key=&from=&to=&since_seq=&limit=``, streamed."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        query = TopicQuery.from_params(checked_params(req, QUERY_PARAMS))
+        result = self.topic(name).query(query)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.stream = records_message_parts({"topic": name}, result.records, {"truncated": result.truncated})
+
+
+class TopicKeys(_TopicResource):
+    """``GET /api/topics/{name}/keys``: the keys a topic holds."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        checked_params(req, ())
+        keys = self.topic(name).keys()
+        resp.data = dumps([{"key": k.key, "records": k.records, "last_ts_ms": k.last_ts_ms} for k in keys])
+        resp.content_type = falcon.MEDIA_JSON
+
+
+class TopicLatest(_TopicResource):
+    """``GET /api/topics/{name}/latest?key=``: the newest record of each key (or of ``key``)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        key = _key_param(checked_params(req, ("key",)))
+        records = self.topic(name).latest(key)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.stream = records_message_parts({"topic": name}, records, {})
+
+
+class MetricsExposition:
+    """``GET /metrics``: the hub's Prometheus registry in the text format."""
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        checked_params(req, ())
+        resp.data = self._hub.metrics.exposition()
+        resp.content_type = CONTENT_TYPE_LATEST
+
+
+class WebSocketOnly:
+    """``/ws`` reached without a WebSocket upgrade."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        raise falcon.HTTPBadRequest(description="/ws: a WebSocket upgrade is required (Upgrade: websocket)")

@@ -1,0 +1,477 @@
+"""The WebSocket API of SPEC section 5: one :class:`WebSocketSession` per connection.
+
+The connection's own greenlet reads client messages and answers them. Each
+subscription is a topic subscriber (kind ``ws``) with a bounded queue and a
+greenlet of its own that replays stored records when asked (``since_seq`` /
+``since_ts``), then pushes the live tail: every take drains all that waits,
+so one message carries every record waiting for this client, and a batch's
+JSON is built once and shared by every client that gets it whole. A watchdog
+disconnects a client whose queues stay overflowed for ``ws_overflow_grace_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import gevent
+import gevent.lock
+import msgspec
+
+from gauss.core import TopicRecord
+from gauss.errors import QueryError, UnknownTopic
+from gauss.http.encoding import dumps, record_chunks, records_message_parts
+from gauss.http.frames import (
+    OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, ConnectionGone, FrameReader, close_frame, frame, frame_header,
+)  # fmt: skip
+from gauss.http.metrics import ApiMetrics
+from gauss.http.options import WS_POLICIES, ApiOptions
+from gauss.ratelimit import RateLimitedLog
+from gauss.records import MAX_QUERY_LIMIT, OverflowPolicy, TopicQuery
+from gauss.subscription import Delivery, Gap, PublishedBatch, Subscription
+
+if TYPE_CHECKING:
+    from gauss.topics import Topic, TopicRegistry
+
+__all__ = ["WebSocketSession"]
+
+log = logging.getLogger(__name__)
+_slow_log = RateLimitedLog(log, interval=10.0)
+
+REPLAY_MESSAGE_RECORDS = 5_000
+"""Replayed records per pushed message."""
+
+_SUBSCRIBE_FIELDS = frozenset({"action", "topic", "key", "policy", "id", "since_seq", "epoch", "since_ts"})
+_UNSUBSCRIBE_FIELDS = frozenset({"action", "topic", "key", "id"})
+_QUERY_FIELDS = frozenset({"action", "topic", "key", "from", "to", "since_seq", "limit", "id"})
+_MISSING = object()
+_decode = msgspec.json.Decoder().decode
+
+
+class ClientError(ValueError):
+    """A client message that cannot be served; answered with an error, the connection stays open."""
+
+
+class _PushKey:
+    """Owner of the cached push message on a :class:`PublishedBatch` (one per topic name)."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, topic: str) -> None:
+        self.prefix = b'{"type":"records","topic":' + dumps(topic) + b',"records":'
+
+
+_push_keys: dict[str, _PushKey] = {}
+
+
+def _push_key(topic: str) -> _PushKey:
+    key = _push_keys.get(topic)
+    if key is None:
+        if len(_push_keys) > 10_000:  # template topics: keep the cache bounded
+            _push_keys.clear()
+        key = _push_keys[topic] = _PushKey(topic)
+    return key
+
+
+def push_message(topic: str, batches: Sequence[PublishedBatch]) -> bytes:
+    """``{"type":"records","topic":T,"records":[...]}`` for ``batches``, from their shared JSON."""
+    owner = _push_key(topic)
+    if len(batches) == 1:
+        batch = batches[0]
+        # PERF: one batch (the usual case) -> the whole message is cached on the
+        # batch, so every client that got it whole sends the very same bytes.
+        return batch.encoded(owner, lambda _records: owner.prefix + batch.records_json() + b"}")
+    inner = b",".join(b.records_json()[1:-1] for b in batches)
+    return owner.prefix + b"[" + inner + b"]}"
+
+
+def records_message(topic: str, records: Sequence[TopicRecord]) -> bytes:
+    """A push message for records that belong to no published batch (replays)."""
+    return _push_key(topic).prefix + b"[" + b"".join(record_chunks(records)) + b"]}"
+
+
+class _Pusher:
+    """One subscription of a connection: optional replay, then the live tail."""
+
+    def __init__(
+        self,
+        session: WebSocketSession,
+        topic: Topic,
+        subscription: Subscription,
+        *,
+        since_seq: int | None,
+        since_ts: int | None,
+    ) -> None:
+        self.session = session
+        self.topic = topic
+        self.subscription = subscription
+        self.key = subscription.key
+        self.since_seq = since_seq
+        self.since_ts = since_ts
+        self.active = True
+        self.seen_dropped = 0
+        self.skip_through = 0
+        self.greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self.greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        """No more pushes: the subscription is closed; a push in progress is not sent."""
+        self.active = False
+        self.subscription.close()
+
+    def _run(self) -> None:
+        try:
+            if self.since_seq is not None or self.since_ts is not None:
+                self._replay()
+            take = self.subscription.take
+            while self.active:
+                delivery = take()
+                if delivery is None:
+                    return
+                self._deliver(delivery)
+        except (ConnectionGone, OSError):
+            self.session.close()
+        except gevent.GreenletExit:
+            raise
+        except Exception:  # noqa: BLE001 - a bug here must end this connection, not the server
+            log.exception("WebSocket push on topic %s failed", self.topic.name)
+            self.session.close()
+
+    def _gap(self, gap: Gap) -> None:
+        message: dict[str, Any] = {"type": "gap", "topic": self.topic.name}
+        if self.key is not None:
+            message["key"] = self.key
+        message.update(dropped=gap.dropped, from_seq=gap.from_seq, to_seq=gap.to_seq)
+        self.session.send(dumps(message), self)
+
+    def _deliver(self, delivery: Delivery) -> None:
+        if delivery.gap is not None:
+            self._gap(delivery.gap)
+        batches = delivery.batches
+        if self.skip_through:
+            self._deliver_after_skip(batches)
+            return
+        n = sum(len(b.records) for b in batches)
+        self.session.send(push_message(self.topic.name, batches), self, records=n)
+
+    def _deliver_after_skip(self, batches: list[PublishedBatch]) -> None:
+        """The client already had records up to ``skip_through`` (its since_seq was ahead)."""
+        records = [r for b in batches for r in b.records if r.seq > self.skip_through]
+        if records and records[0].seq > self.skip_through:
+            self.skip_through = 0
+        if records:
+            self.session.send(records_message(self.topic.name, records), self, records=len(records))
+
+    def _replay(self) -> None:
+        """Send the stored records after the client's point, up to where the live queue starts."""
+        topic, start = self.topic, self.subscription.start_seq
+        since_seq = self.since_seq
+        if since_seq is not None:
+            if since_seq >= start:
+                self.skip_through = since_seq if since_seq > start else 0
+                return
+            query = TopicQuery(key=self.key, since_seq=since_seq, limit=MAX_QUERY_LIMIT)
+        else:
+            query = TopicQuery(key=self.key, from_ms=self.since_ts, limit=MAX_QUERY_LIMIT)
+        result = topic.query(query)
+        records = [r for r in result.records if r.seq <= start]
+        records.sort(key=_seq)
+        gap = self._replay_gap(records, result.truncated, start)
+        if gap is not None:
+            self._gap(gap)
+        for i in range(0, len(records), REPLAY_MESSAGE_RECORDS):
+            chunk = records[i : i + REPLAY_MESSAGE_RECORDS]
+            self.session.send(records_message(topic.name, chunk), self, records=len(chunk))
+
+    def _replay_gap(self, records: list[TopicRecord], truncated: bool, start: int) -> Gap | None:
+        """Records after the client's point that the replay cannot give (evicted or over the limit)."""
+        topic = self.topic
+        first_held = topic.bounds()[0] or start + 1
+        if self.since_seq is not None:
+            after = self.since_seq
+            missing_to = 0
+            # Upsert topics replace records by newer versions: a seq not held
+            # any more was superseded, not lost.
+            if not topic.format.upsert and after + 1 < first_held:
+                missing_to = min(first_held - 1, start)
+            if truncated and records:
+                missing_to = max(missing_to, records[0].seq - 1)
+            if missing_to > after:
+                return Gap(missing_to - after, after + 1, missing_to)
+            return None
+        if truncated and records and records[0].seq > first_held:
+            return Gap(records[0].seq - first_held, first_held, records[0].seq - 1)
+        return None
+
+
+def _seq(record: TopicRecord) -> int:
+    return int(record.seq)
+
+
+class WebSocketSession:
+    """One client connection on ``/ws``: its messages, subscriptions and sends."""
+
+    def __init__(
+        self,
+        read: Callable[[int], bytes],
+        write: Callable[[bytes], Any],
+        shutdown: Callable[[], None],
+        registry: TopicRegistry,
+        options: ApiOptions,
+        metrics: ApiMetrics,
+        *,
+        peer: str = "",
+    ) -> None:
+        self._reader = FrameReader(read, options.max_ws_message_bytes)
+        self._write = write
+        self._shutdown = shutdown
+        self._registry = registry
+        self._options = options
+        self._metrics = metrics
+        self.peer = peer
+        self._lock = gevent.lock.Semaphore()
+        self._pushers: dict[tuple[str, str | None], _Pusher] = {}
+        self._closed = False
+        self._watchdog: gevent.Greenlet | None = None
+        self.slow = False
+        """True once the watchdog disconnected this client for not reading."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # --- the connection's greenlet --------------------------------------------------
+
+    def run(self) -> None:
+        """Serve the connection until the client closes it (or it is closed)."""
+        self._metrics.ws_connections.inc()
+        self._metrics.ws_open.inc()
+        self._watchdog = gevent.spawn(self._watch)
+        try:
+            while not self._closed:
+                message = self._reader.read_message()
+                op = message.opcode
+                if op in (OP_TEXT, OP_BINARY):
+                    self._metrics.ws_messages_in.inc()
+                    if message.oversize:
+                        limit = self._options.max_ws_message_bytes
+                        self._error(_MISSING, f"message too large (limit {limit} bytes)")
+                    else:
+                        self._handle(message.data)
+                elif op == OP_PING:
+                    self._send_raw(frame(message.data, OP_PONG))
+                elif op == OP_CLOSE:
+                    code = int.from_bytes(message.data[:2], "big") if len(message.data) >= 2 else 1000
+                    self._send_raw(close_frame(code if 1000 <= code < 5000 else 1000))
+                    return
+        except (ConnectionGone, OSError) as exc:
+            log.debug("WebSocket %s: %s", self.peer, exc)
+        finally:
+            self.close()
+            self._metrics.ws_open.dec()
+
+    def close(self, code: int | None = None) -> None:
+        """End every subscription and the connection (idempotent; safe from any greenlet).
+
+        With ``code``, a close frame is sent first (when the socket takes it
+        within a second); a slow client gets none: its socket is full.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        current = gevent.getcurrent()
+        pushers = list(self._pushers.values())
+        self._pushers.clear()
+        for pusher in pushers:
+            pusher.stop()
+        others = [p.greenlet for p in pushers if p.greenlet is not None and p.greenlet is not current]
+        if self._watchdog is not None and self._watchdog is not current:
+            others.append(self._watchdog)
+        # Blocking kill: no greenlet may still be inside a write when the close frame goes.
+        gevent.killall(others, block=True, timeout=1.0)
+        if code is not None:
+            try:
+                with gevent.Timeout(1.0, False), self._lock:
+                    self._write(close_frame(code))
+            except OSError:
+                pass
+        self._shutdown()
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send(self, payload: bytes, pusher: _Pusher | None = None, *, records: int = 0) -> None:
+        """Send one text message; a push of a stopped subscription is not sent."""
+        with self._lock:
+            if self._closed or (pusher is not None and not pusher.active):
+                return
+            if len(payload) < 65_536:
+                self._write(frame_header(len(payload)) + payload)
+            else:  # PERF: no copy of a large payload just to put a header before it
+                self._write(frame_header(len(payload)))
+                self._write(payload)
+        if records:
+            self._metrics.ws_records_sent.inc(records)
+
+    def _send_raw(self, data: bytes) -> None:
+        with self._lock:
+            if not self._closed:
+                self._write(data)
+
+    def _answer(self, message: dict[str, Any]) -> None:
+        self.send(dumps(message))
+
+    def _error(self, ident: Any, text: str) -> None:
+        self._metrics.ws_errors.inc()
+        message: dict[str, Any] = {"type": "error"}
+        if ident is not _MISSING:
+            message["id"] = ident
+        message["error"] = text
+        self._answer(message)
+
+    # --- client messages ------------------------------------------------------------------
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            message = _decode(data)
+        except msgspec.DecodeError as exc:
+            self._error(_MISSING, f"malformed JSON: {exc}")
+            return
+        if not isinstance(message, dict):
+            self._error(_MISSING, "a message must be a JSON object")
+            return
+        ident = message.get("id", _MISSING)
+        action = message.get("action")
+        handler = {"subscribe": self._subscribe, "unsubscribe": self._unsubscribe, "query": self._query}.get(
+            action if isinstance(action, str) else ""
+        )
+        if handler is None:
+            what = "missing" if action is None else f"unknown action {action!r}"
+            self._error(ident, f"action: {what}; known: query, subscribe, unsubscribe")
+            return
+        try:
+            handler(message, ident)
+        except (ClientError, QueryError, UnknownTopic) as exc:
+            self._error(ident, str(exc))
+
+    @staticmethod
+    def _check_fields(message: Mapping[str, Any], allowed: frozenset[str]) -> None:
+        for name in message:
+            if name not in allowed:
+                raise ClientError(f"{name}: unknown field; known: {', '.join(sorted(allowed))}")
+
+    @staticmethod
+    def _topic_and_key(message: Mapping[str, Any]) -> tuple[str, str | None]:
+        topic = message.get("topic")
+        if not isinstance(topic, str) or not topic:
+            raise ClientError("topic: must be a non-empty string")
+        key = message.get("key")
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ClientError("key: must be a non-empty string")
+        return topic, key
+
+    @staticmethod
+    def _int_field(message: Mapping[str, Any], name: str, *, minimum: int | None = None) -> int | None:
+        value = message.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+            raise ClientError(f"{name}: must be an integer")
+        if minimum is not None and value < minimum:
+            raise ClientError(f"{name}: must be at least {minimum}")
+        return int(value)
+
+    def _answer_head(self, kind: str, topic: str, key: str | None, ident: Any) -> dict[str, Any]:
+        head: dict[str, Any] = {"type": kind, "topic": topic}
+        if key is not None:
+            head["key"] = key
+        if ident is not _MISSING:
+            head["id"] = ident
+        return head
+
+    def _subscribe(self, message: Mapping[str, Any], ident: Any) -> None:
+        self._check_fields(message, _SUBSCRIBE_FIELDS)
+        name, key = self._topic_and_key(message)
+        policy_name = message.get("policy", OverflowPolicy.DROP.value)
+        try:
+            policy = OverflowPolicy.parse(policy_name)
+        except ValueError:
+            policy = None
+        if policy not in WS_POLICIES:
+            known = ", ".join(p.value for p in WS_POLICIES)
+            raise ClientError(f"policy: {policy_name!r} is not allowed for WebSocket clients; known: {known}")
+        since_seq = self._int_field(message, "since_seq", minimum=0)
+        since_ts = self._int_field(message, "since_ts")
+        epoch = message.get("epoch")
+        if since_seq is not None and since_ts is not None:
+            raise ClientError("since_seq: give since_seq or since_ts, not both")
+        if epoch is not None and (not isinstance(epoch, str) or since_seq is None):
+            raise ClientError("epoch: must be a string, given with since_seq")
+        if (name, key) in self._pushers:
+            raise ClientError(f"topic: already subscribed to {name!r}" + (f" with key {key!r}" if key else ""))
+        if len(self._pushers) >= self._options.max_ws_subscriptions:
+            raise ClientError(f"topic: at most {self._options.max_ws_subscriptions} subscriptions per connection")
+        topic = self._registry.get(name)
+        subscription = topic.subscribe(key=key, policy=policy, capacity=self._options.ws_queue_size, kind="ws")
+        pusher = _Pusher(self, topic, subscription, since_seq=since_seq, since_ts=since_ts)
+        self._pushers[(name, key)] = pusher
+        try:
+            if epoch is not None and epoch != topic.epoch:
+                self._answer({"type": "reset", "topic": name, "epoch": topic.epoch})
+                pusher.since_seq = 0
+            answer = self._answer_head("subscribed", name, key, ident)
+            answer.update(epoch=topic.epoch, first_seq=topic.bounds()[0], last_seq=subscription.start_seq)
+            self._answer(answer)
+        except BaseException:
+            self._pushers.pop((name, key), None)
+            pusher.stop()
+            raise
+        if not self._closed:
+            pusher.start()
+
+    def _unsubscribe(self, message: Mapping[str, Any], ident: Any) -> None:
+        self._check_fields(message, _UNSUBSCRIBE_FIELDS)
+        name, key = self._topic_and_key(message)
+        pusher = self._pushers.pop((name, key), None)
+        if pusher is None:
+            raise ClientError(f"topic: not subscribed to {name!r}" + (f" with key {key!r}" if key else ""))
+        pusher.stop()
+        self._answer(self._answer_head("unsubscribed", name, key, ident))
+
+    def _query(self, message: Mapping[str, Any], ident: Any) -> None:
+        self._check_fields(message, _QUERY_FIELDS)
+        name, key = self._topic_and_key(message)
+        query = TopicQuery.from_params(message)
+        result = self._registry.get(name).query(query)
+        head = self._answer_head("result", name, key, ident)
+        self.send(b"".join(records_message_parts(head, result.records, {"truncated": result.truncated})))
+
+    # --- slow clients ------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        grace = self._options.ws_overflow_grace_s
+        interval = min(0.5, max(0.02, grace / 4))
+        overflowing_since: float | None = None
+        while not self._closed:
+            gevent.sleep(interval)
+            overflowing = False
+            for pusher in list(self._pushers.values()):
+                sub = pusher.subscription
+                dropped = sub.dropped
+                if dropped != pusher.seen_dropped or sub.depth >= sub.capacity:
+                    overflowing = True
+                pusher.seen_dropped = dropped
+            now = time.monotonic()
+            if not overflowing:
+                overflowing_since = None
+                continue
+            if overflowing_since is None:
+                overflowing_since = now
+            if now - overflowing_since >= grace:
+                self.slow = True
+                self._metrics.ws_slow_disconnects.inc()
+                _slow_log("WebSocket client %s disconnected: its queue overflowed for %.1f s", self.peer, now - overflowing_since)
+                self.close()
+                return

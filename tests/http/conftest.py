@@ -1,0 +1,38 @@
+"""API test fixtures (helpers in http_helpers.py, importable from the tests here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from http_helpers import Api, hub_config  # noqa: E402
+
+from gauss.hub import Hub  # noqa: E402
+
+
+@pytest.fixture
+def make_api() -> Iterator[Callable[..., Api]]:
+    """``make_api(api_options...)``: start a hub with its API on a free port (stopped at teardown)."""
+    hubs: list[Hub] = []
+
+    def make(**api: Any) -> Api:
+        hub = Hub.from_config(hub_config(api))
+        hub.start()
+        hubs.append(hub)
+        return Api(hub)
+
+    yield make
+    for hub in hubs:
+        hub.stop(timeout=5)
+
+
+@pytest.fixture
+def api(make_api: Callable[..., Api]) -> Api:
+    return make_api()

@@ -1,0 +1,118 @@
+"""API test helpers: a hub with its API on a free port, and real clients run off the event loop.
+
+The server runs in this process under gevent (no monkey-patching); the
+clients (``requests``, ``websocket-client``) are ordinary blocking libraries
+run in gevent's native thread pool, so the loop keeps serving while they wait.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Iterator, TypeVar
+
+import gevent
+import requests
+import websocket
+
+from gauss.core import TopicRecord
+from gauss.hub import Hub
+
+T = TypeVar("T")
+
+NOW_MS = int(time.time() * 1000)
+
+
+def off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking call in a native thread while the gevent loop keeps running."""
+    return gevent.get_hub().threadpool.spawn(fn, *args, **kwargs).get()  # type: ignore[no-any-return]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        gevent.sleep(0.01)
+
+
+def quote(i: int, symbol: str = "EURUSD", ts_ms: int | None = None) -> TopicRecord:
+    ts = NOW_MS + i if ts_ms is None else ts_ms
+    data = {"symbol": symbol, "bid": 1.0 + i * 1e-5, "ask": 1.0001 + i * 1e-5, "bid_size": 1.0, "ask_size": 2.0, "ts_ms": ts}
+    return TopicRecord(ts, symbol, data)
+
+
+def quotes(n: int, start: int = 0, symbols: tuple[str, ...] = ("EURUSD",)) -> list[TopicRecord]:
+    return [quote(i, symbols[i % len(symbols)]) for i in range(start, start + n)]
+
+
+class Api:
+    """A running hub and its API's base URLs."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        server = hub._api_server
+        assert server is not None
+        self.server = server
+        host, port = server.address
+        self.base = f"http://{host}:{port}"
+        self.ws_url = f"ws://{host}:{port}/ws"
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return off_loop(requests.get, self.base + path, **kwargs)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return off_loop(requests.request, method, self.base + path, **kwargs)
+
+    def ws(self, **kwargs: Any) -> WsClient:
+        return WsClient(self.ws_url, **kwargs)
+
+
+class WsClient:
+    """A real WebSocket client (websocket-client), used from greenlets through the thread pool."""
+
+    def __init__(self, url: str, header: list[str] | None = None, timeout: float = 15.0) -> None:
+        self.conn = off_loop(websocket.create_connection, url, timeout=timeout, header=header or [])
+
+    def send(self, message: Any) -> None:
+        off_loop(self.conn.send, message if isinstance(message, str) else json.dumps(message))
+
+    def recv(self, timeout: float = 15.0) -> dict[str, Any]:
+        self.conn.settimeout(timeout)
+        text = off_loop(self.conn.recv)
+        return json.loads(text)  # type: ignore[no-any-return]
+
+    def request(self, message: Any) -> dict[str, Any]:
+        self.send(message)
+        return self.recv()
+
+    def records_until(self, last_seq: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+        """Every record pushed until one with ``seq >= last_seq`` (fails on anything but records)."""
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while not got or got[-1]["seq"] < last_seq:
+            message = self.recv(max(0.1, deadline - time.monotonic()))
+            assert message["type"] == "records", message
+            got.extend(message["records"])
+        return got
+
+    def close(self) -> None:
+        off_loop(self.conn.close)
+
+
+def hub_config(api: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "hub": {"status_interval": 0},
+        "api": {"bind": "127.0.0.1", "port": 0, **(api or {})},
+        "topics": [
+            {"name": "quotes", "format": "quote", "storage": {"type": "memory", "capacity": 200_000}},
+            {"name": "small", "format": "quote", "storage": {"type": "memory", "capacity": 10}},
+            {"name": "candles", "format": "candle"},
+            {"name": "any.*", "format": "any"},
+        ],
+        **extra,
+    }
+
+
