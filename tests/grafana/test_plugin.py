@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from gauss.grafana.harness import PluginProcess, plugin_context
+from gauss.grafana.harness import PluginProcess, plugin_context, plugin_env, start_plugin
 from gauss.grafana.pluginv2 import backend_pb2 as pb
 from gauss.grafana.pluginv2 import grpc_controller_pb2 as controller_pb
 
@@ -202,3 +203,16 @@ def test_shutdown_within_2_seconds_while_a_stream_runs(plugin: PluginProcess, cl
     assert plugin.process.wait(5) == 0
     assert time.monotonic() - started < 2.0
     assert list(call) == []  # the stream ended with the process (no packet: Gauss was down)
+
+
+def test_console_script_is_the_same_plugin(grafana_env: dict[str, str]) -> None:
+    script = Path(sys.executable).with_name("gauss-grafana-datasource")
+    assert script.is_file()
+    del grafana_env["grafana_plugin_type"]
+    result = subprocess.run([str(script)], env=grafana_env, capture_output=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == b"" and b"This binary is a plugin" in result.stderr
+    plugin = start_plugin([str(script)], plugin_env())
+    try:
+        assert plugin.health.Check(health_pb2.HealthCheckRequest(service="plugin"), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert plugin.kill() < 2.0
