@@ -99,7 +99,12 @@ class WsClient:
         return got
 
     def close(self) -> None:
-        off_loop(self.conn.close)
+        try:
+            off_loop(self.conn.close, timeout=2)
+        except (websocket.WebSocketException, OSError):
+            pass  # the server went first
+        finally:
+            self.conn.shutdown()
 
 
 def hub_config(api: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -116,3 +121,47 @@ def hub_config(api: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any
     }
 
 
+
+
+def stalled_ws(url_host: str, port: int, path: str = "/ws", recv_buffer: int = 4096) -> Any:
+    """A WebSocket client that completes the handshake, subscribes, and then never reads."""
+    import base64
+    import os
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
+    sock.settimeout(15)
+    sock.connect((url_host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: {url_host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        piece = sock.recv(1)
+        if not piece:
+            raise ConnectionError("closed during the handshake")
+        answer += piece
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return sock
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client-to-server text frame (masked, as RFC 6455 requires)."""
+    import os
+    import struct
+
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, 0x80 | n))
+    elif n <= 0xFFFF:
+        header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return header + mask + masked

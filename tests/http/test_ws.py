@@ -1,0 +1,276 @@
+"""The WebSocket API of SPEC section 5 against a running server, with a real WebSocket client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import gevent
+import gevent.event
+import pytest
+import websocket
+from http_helpers import NOW_MS, Api, WsClient, masked_text_frame, off_loop, quote, quotes, stalled_ws, wait_for
+
+from gauss.http.ws import push_message
+from gauss.subscription import PublishedBatch
+
+
+def seqs(records: list[dict[str, Any]]) -> list[int]:
+    return [r["seq"] for r in records]
+
+
+def test_subscribe_answers_with_epoch_and_seq_range_then_pushes(api: Api) -> None:
+    api.hub.publish("quotes", quotes(3))
+    ws = api.ws()
+    answer = ws.request({"action": "subscribe", "topic": "quotes", "id": "s1"})
+    assert answer == {
+        "type": "subscribed", "topic": "quotes", "id": "s1",
+        "epoch": api.hub.topic("quotes").epoch, "first_seq": 1, "last_seq": 3,
+    }  # fmt: skip
+    api.hub.publish("quotes", quotes(2, start=3))
+    push = ws.recv()
+    assert push["type"] == "records" and push["topic"] == "quotes" and set(push) == {"type", "topic", "records"}
+    assert seqs(push["records"]) == [4, 5]
+    assert push["records"][0] == {"ts_ms": NOW_MS + 3, "key": "EURUSD", "data": quote(3).data, "seq": 4}
+    ws.close()
+
+
+def test_key_filter_and_several_subscriptions_on_one_connection(api: Api) -> None:
+    api.hub.publish("any.x", [quote(0, "X")])  # a template's topic exists once published to
+    ws = api.ws()
+    assert ws.request({"action": "subscribe", "topic": "quotes", "key": "GBPUSD"})["key"] == "GBPUSD"
+    other = ws.request({"action": "subscribe", "topic": "any.x", "id": 7})
+    assert other["type"] == "subscribed" and other["id"] == 7 and "key" not in other
+    api.hub.publish("quotes", quotes(6, symbols=("EURUSD", "GBPUSD")))
+    got = ws.recv()
+    assert got["topic"] == "quotes" and seqs(got["records"]) == [2, 4, 6]
+    assert {r["key"] for r in got["records"]} == {"GBPUSD"}
+    api.hub.publish("any.x", [quote(1, "X")])
+    assert ws.recv()["topic"] == "any.x"
+    ws.close()
+
+
+def test_one_push_carries_every_waiting_record(api: Api) -> None:
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "quotes"})
+    for i in range(5):  # five batches published before the client's greenlet can run
+        api.hub.publish("quotes", quotes(10, start=i * 10))
+    push = ws.recv()
+    assert seqs(push["records"]) == list(range(1, 51))
+    ws.close()
+
+
+def test_a_batch_message_is_encoded_once_and_shared() -> None:
+    batch = PublishedBatch("t", [quote(0).with_seq(1), quote(1).with_seq(2)])
+    first = push_message("t", [batch])
+    assert push_message("t", [batch]) is first
+    assert json.loads(first) == {"type": "records", "topic": "t", "records": [r.as_dict() for r in batch.records]}
+    two = PublishedBatch("t", [quote(2).with_seq(3)])
+    assert seqs(json.loads(push_message("t", [batch, two]))["records"]) == [1, 2, 3]
+
+
+def test_unsubscribe_stops_pushes(api: Api) -> None:
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "quotes", "key": "EURUSD"})
+    answer = ws.request({"action": "unsubscribe", "topic": "quotes", "key": "EURUSD", "id": "u"})
+    assert answer == {"type": "unsubscribed", "topic": "quotes", "key": "EURUSD", "id": "u"}
+    api.hub.publish("quotes", quotes(3))
+    gevent.sleep(0.05)
+    # Messages arrive in order: the next one is the query's result, not a push.
+    assert ws.request({"action": "query", "topic": "quotes", "limit": 1})["type"] == "result"
+    assert api.hub.topic("quotes").subscriptions == ()
+    ws.close()
+
+
+def test_query_follows_the_rest_rules(api: Api) -> None:
+    api.hub.publish("quotes", quotes(10, symbols=("EURUSD", "GBPUSD")))
+    ws = api.ws()
+    answer = ws.request({"action": "query", "topic": "quotes", "key": "EURUSD", "limit": 2, "id": 1})
+    assert answer["type"] == "result" and answer["id"] == 1 and answer["topic"] == "quotes"
+    assert seqs(answer["records"]) == [7, 9] and answer["truncated"] is True
+    window = ws.request({"action": "query", "topic": "quotes", "from": NOW_MS + 2, "to": NOW_MS + 4, "since_seq": 3})
+    assert seqs(window["records"]) == [4] and window["truncated"] is False and "id" not in window
+    ws.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("not json", "malformed JSON"),
+        ("[1, 2]", "JSON object"),
+        ({"topic": "quotes"}, "action: missing"),
+        ({"action": "dance", "id": 3}, "action: unknown action 'dance'"),
+        ({"action": "subscribe", "topic": "nope"}, "unknown topic 'nope'"),
+        ({"action": "subscribe"}, "topic:"),
+        ({"action": "subscribe", "topic": "quotes", "key": 5}, "key:"),
+        ({"action": "subscribe", "topic": "quotes", "policy": "back_pressure"}, "policy:"),
+        ({"action": "subscribe", "topic": "quotes", "policy": "sometimes"}, "policy:"),
+        ({"action": "subscribe", "topic": "quotes", "since_seq": -1}, "since_seq:"),
+        ({"action": "subscribe", "topic": "quotes", "since_seq": 1, "since_ts": 1}, "since_seq:"),
+        ({"action": "subscribe", "topic": "quotes", "epoch": "abc"}, "epoch:"),
+        ({"action": "subscribe", "topic": "quotes", "sinse_seq": 1}, "sinse_seq: unknown field"),
+        ({"action": "unsubscribe", "topic": "quotes"}, "not subscribed"),
+        ({"action": "query", "topic": "quotes", "limit": 0}, "limit:"),
+        ({"action": "query", "topic": "quotes", "from": 5, "to": 1}, "from:"),
+        ({"action": "query", "topic": "quotes", "limit": "many"}, "limit:"),
+        ({"action": "query", "topic": "nope"}, "unknown topic"),
+    ],
+)
+def test_mistakes_get_an_error_and_the_connection_stays_open(api: Api, message: Any, expected: str) -> None:
+    ws = api.ws()
+    answer = ws.request(message)
+    assert answer["type"] == "error" and expected in answer["error"], answer
+    if isinstance(message, dict) and "id" in message:
+        assert answer["id"] == message["id"]
+    else:
+        assert "id" not in answer
+    assert ws.request({"action": "query", "topic": "quotes", "id": "still"})["id"] == "still"
+    ws.close()
+
+
+def test_double_subscription_and_oversize_message_are_errors(make_api: Callable[..., Api]) -> None:
+    api = make_api(max_ws_message_bytes=2048, max_ws_subscriptions=2)
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "quotes"})
+    assert "already subscribed" in ws.request({"action": "subscribe", "topic": "quotes"})["error"]
+    ws.request({"action": "subscribe", "topic": "quotes", "key": "A"})
+    assert "at most 2" in ws.request({"action": "subscribe", "topic": "quotes", "key": "B"})["error"]
+    big = ws.request({"action": "query", "topic": "quotes", "key": "x" * 5000})
+    assert big["type"] == "error" and "too large" in big["error"]
+    assert ws.request({"action": "query", "topic": "quotes"})["type"] == "result"
+    ws.close()
+
+
+def test_policy_is_chosen_per_subscription(api: Api) -> None:
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "quotes", "policy": "conflate"})
+    ws.request({"action": "subscribe", "topic": "quotes", "key": "EURUSD", "policy": "drop_oldest"})
+    ws.request({"action": "subscribe", "topic": "candles"})
+    policies = sorted((s.topic, s.key or "", s.policy.value, s.kind) for t in api.hub.registry.topics() for s in t.subscriptions)
+    assert policies == [
+        ("candles", "", "drop", "ws"), ("quotes", "", "conflate", "ws"), ("quotes", "EURUSD", "drop_oldest", "ws"),
+    ]  # fmt: skip
+    ws.close()
+    wait_for(lambda: all(not t.subscriptions for t in api.hub.registry.topics()), what="subscriptions closed")
+
+
+def test_gap_message_comes_before_the_next_push(make_api: Callable[..., Api]) -> None:
+    api = make_api(ws_queue_size=50)
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "quotes", "id": 1})
+    api.hub.publish("quotes", quotes(200))  # one batch: 50 fit, 150 are shed
+    assert ws.recv() == {"type": "gap", "topic": "quotes", "dropped": 150, "from_seq": 51, "to_seq": 200}
+    assert seqs(ws.recv()["records"]) == list(range(1, 51))
+    ws.close()
+
+
+def test_resume_since_seq_replays_then_live_without_gap_or_duplicate(api: Api) -> None:
+    epoch = api.hub.topic("quotes").epoch
+    stop = gevent.event.Event()
+
+    def publisher() -> None:
+        i = 0
+        while not stop.is_set():
+            api.hub.publish("quotes", quotes(7, start=i))
+            i += 7
+            gevent.sleep(0.0005)
+
+    worker = gevent.spawn(publisher)
+    try:
+        wait_for(lambda: api.hub.topic("quotes").last_seq > 2000, what="records flowing")
+        ws = api.ws()
+        answer = ws.request({"action": "subscribe", "topic": "quotes", "since_seq": 1000, "epoch": epoch})
+        assert answer["type"] == "subscribed" and answer["last_seq"] > 2000
+        target = api.hub.topic("quotes").last_seq + 3000
+        got = ws.records_until(target)
+    finally:
+        stop.set()
+        worker.join()
+    assert seqs(got) == list(range(1001, got[-1]["seq"] + 1))
+    ws.close()
+
+
+def test_resume_since_ts_replays_from_that_time(api: Api) -> None:
+    api.hub.publish("quotes", quotes(20))
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "quotes", "since_ts": NOW_MS + 15})
+    assert seqs(ws.recv()["records"]) == [16, 17, 18, 19, 20]
+    api.hub.publish("quotes", quotes(1, start=20))
+    assert seqs(ws.recv()["records"]) == [21]
+    ws.close()
+
+
+def test_wrong_epoch_resets_and_replays_from_the_oldest_record(api: Api) -> None:
+    api.hub.publish("quotes", quotes(5))
+    ws = api.ws()
+    ws.send({"action": "subscribe", "topic": "quotes", "since_seq": 3, "epoch": "an-old-epoch", "id": "r"})
+    assert ws.recv() == {"type": "reset", "topic": "quotes", "epoch": api.hub.topic("quotes").epoch}
+    assert ws.recv()["type"] == "subscribed"
+    assert seqs(ws.recv()["records"]) == [1, 2, 3, 4, 5]
+    ws.close()
+
+
+def test_records_no_longer_held_are_reported_as_a_gap(api: Api) -> None:
+    api.hub.publish("small", quotes(30))  # capacity 10: seqs 21..30 are held
+    ws = api.ws()
+    epoch = api.hub.topic("small").epoch
+    answer = ws.request({"action": "subscribe", "topic": "small", "since_seq": 5, "epoch": epoch})
+    assert answer["first_seq"] == 21 and answer["last_seq"] == 30
+    assert ws.recv() == {"type": "gap", "topic": "small", "dropped": 15, "from_seq": 6, "to_seq": 20}
+    assert seqs(ws.recv()["records"]) == list(range(21, 31))
+    ws.close()
+
+
+def test_resume_ahead_of_the_topic_skips_what_the_client_had(api: Api) -> None:
+    api.hub.publish("quotes", quotes(3))
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "quotes", "since_seq": 5, "epoch": api.hub.topic("quotes").epoch})
+    api.hub.publish("quotes", quotes(4, start=3))  # seqs 4..7; the client says it has up to 5
+    assert seqs(ws.recv()["records"]) == [6, 7]
+    ws.close()
+
+
+def test_slow_client_is_dropped_while_a_fast_one_keeps_every_record(make_api: Callable[..., Api]) -> None:
+    api = make_api(ws_queue_size=2000, ws_overflow_grace_s=0.5)
+    host, port = api.server.address
+    slow = off_loop(stalled_ws, host, port)
+    off_loop(slow.sendall, masked_text_frame(b'{"action":"subscribe","topic":"quotes"}'))
+    fast = api.ws()
+    fast.request({"action": "subscribe", "topic": "quotes"})
+    wait_for(lambda: len(api.hub.topic("quotes").subscriptions) == 2, what="both subscribed")
+    total = 60_000
+    received: list[int] = []
+
+    def read_all() -> None:
+        fast.conn.settimeout(30)
+        while not received or received[-1] < total:
+            message = json.loads(fast.conn.recv())
+            assert message["type"] == "records", message
+            received.extend(r["seq"] for r in message["records"])
+
+    reader = gevent.get_hub().threadpool.spawn(read_all)
+    for i in range(0, total, 100):
+        api.hub.publish("quotes", quotes(100, start=i))
+        gevent.sleep(0.001)
+    reader.get(timeout=60)
+    assert received == list(range(1, total + 1))
+    metrics = api.hub.metrics
+    wait_for(lambda: metrics.value("gauss_ws_slow_disconnects_total") == 1, what="slow client disconnected")
+    assert metrics.value("gauss_subscriber_dropped_records_total", topic="quotes", kind="ws") > 0
+    wait_for(lambda: len(api.hub.topic("quotes").subscriptions) == 1, what="slow subscription removed")
+    assert api.server.websocket_sessions == 1
+    fast.close()
+    slow.close()
+
+
+def test_server_stop_closes_websockets(make_api: Callable[..., Api]) -> None:
+    api = make_api()
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "quotes"})
+    api.hub.stop(timeout=5)
+    try:
+        ws.conn.settimeout(5)
+        opcode, data = off_loop(ws.conn.recv_data, True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 1001
+    finally:
+        ws.close()
