@@ -19,11 +19,11 @@ from gauss.hub import Hub  # noqa: E402
 
 @pytest.fixture
 def make_api() -> Iterator[Callable[..., Api]]:
-    """``make_api(api_options...)``: start a hub with its API on a free port (stopped at teardown)."""
+    """``make_api(sources=[...], **api_options)``: start a hub with its API on a free port (stopped at teardown)."""
     hubs: list[Hub] = []
 
-    def make(**api: Any) -> Api:
-        hub = Hub.from_config(hub_config(api))
+    def make(*, sources: list[dict[str, Any]] | None = None, **api: Any) -> Api:
+        hub = Hub.from_config(hub_config(api, sources=sources or []))
         hub.start()
         hubs.append(hub)
         return Api(hub)
