@@ -62,12 +62,16 @@ class QuoteCheck:
         self.max_future_ms = max_future_ms
         self.check_prices = check_prices
 
+    def horizon(self) -> int | None:
+        """The latest ``ts_ms`` accepted now (None when the clock check is lifted)."""
+        return None if self.max_future_ms is None else int(time.time() * 1000) + self.max_future_ms
+
     def check(self, records: Sequence[TopicRecord]) -> tuple[list[TopicRecord], list[Rejected]]:
         """Return the good records (``data`` reduced to the six fields) and the rejects.
 
         A reject's ``raw`` is the decoded payload re-encoded as JSON.
         """
-        horizon = None if self.max_future_ms is None else int(time.time() * 1000) + self.max_future_ms
+        horizon = self.horizon()
         check_prices = self.check_prices
         good: list[TopicRecord] = []
         bad: list[Rejected] = []

@@ -12,24 +12,52 @@ Decoding the whole batch as one array gains nothing for untyped decoding
 (340 vs 343 ns) and can mis-assign values when a bad frame holds unbalanced
 brackets that a later bad frame closes, so each frame is decoded on its
 own: one bad frame costs nothing for the others, by construction.
+
+PERF: :meth:`JsonCodec.decode_quotes` is the fused path a source takes for
+a quote topic: a typed ``msgspec`` decoder (:class:`QuoteStruct`) checks the
+field types in C (192 ns a quote against 395 ns untyped, and no per-field
+Python afterwards), then only the finite/positive/future checks run here.
+A frame the typed decoder or those checks refuse goes through the generic
+path (:meth:`JsonCodec.decode` + :class:`~gauss.quotes.QuoteCheck`), which
+decides and explains, so both paths accept and reject exactly the same
+frames and the reject reasons stay those of the generic path.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Sequence
 
 import msgspec
 
 from gauss.core import TopicRecord
 from gauss.errors import DecodeError
+from gauss.quotes import QuoteCheck
 from gauss.records import Rejected
 from gauss.registry import Options
 from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
 
-__all__ = ["JsonCodec", "create"]
+__all__ = ["JsonCodec", "QuoteStruct", "create"]
 
 log = logging.getLogger(__name__)
+
+_isfinite = math.isfinite
+
+
+class QuoteStruct(msgspec.Struct, gc=False):
+    """A quote as the typed decoder reads it: extra fields ignored, ints accepted as floats.
+
+    ``ts_ms`` as ``1.0`` or a float bid of ``1e400`` fail here and take the
+    generic path, which accepts or rejects them as SPEC section 1 says.
+    """
+
+    symbol: str
+    bid: float
+    ask: float
+    ts_ms: int
+    bid_size: float = 0.0
+    ask_size: float = 0.0
 
 
 class JsonCodec:
@@ -42,6 +70,7 @@ class JsonCodec:
         self.key_field = key_field
         self.ts_field = ts_field
         self._decode = msgspec.json.Decoder().decode
+        self._decode_quote = msgspec.json.Decoder(QuoteStruct).decode
         self._encode = msgspec.json.Encoder().encode
         self._encode_failures = EncodeFailureLog(log, self.name)
 
@@ -72,6 +101,63 @@ class JsonCodec:
             except ValueError as exc:
                 rejected.append(Rejected(bytes(payload), str(exc)))
         return records, rejected
+
+    def decode_quotes(
+        self, payloads: Sequence[bytes], check: QuoteCheck
+    ) -> tuple[list[TopicRecord], list[Rejected], list[Rejected]]:
+        """Quote records of the good payloads: ``(records, bad frames, refused quotes)``.
+
+        The same result as :meth:`decode` followed by ``check.check``, in
+        arrival order, at a fraction of the cost.
+        """
+        if self.key_field != "symbol" or self.ts_field != "ts_ms":
+            decoded, not_decoded = self.decode(payloads)
+            checked, not_checked = check.check(decoded) if decoded else ([], [])
+            return checked, not_decoded, not_checked
+        decode = self._decode_quote
+        horizon = check.horizon()
+        if horizon is None:
+            horizon = 1 << 64  # above every int msgspec decodes (uint64 at most)
+        check_prices = check.check_prices
+        isfinite = _isfinite
+        records: list[TopicRecord] = []
+        bad: list[Rejected] = []
+        refused: list[Rejected] = []
+        append = records.append
+        for payload in payloads:
+            try:
+                q = decode(payload)
+            except ValueError:  # msgspec.DecodeError / ValidationError: the generic path explains
+                q = None
+            if q is not None:
+                symbol = q.symbol
+                ts = q.ts_ms
+                bid = q.bid
+                ask = q.ask
+                if (
+                    symbol
+                    and ts
+                    and ts <= horizon
+                    and (not check_prices or (bid > 0.0 and ask > 0.0 and isfinite(bid) and isfinite(ask)))
+                ):
+                    data = {
+                        "symbol": symbol,
+                        "bid": bid,
+                        "ask": ask,
+                        "bid_size": q.bid_size,
+                        "ask_size": q.ask_size,
+                        "ts_ms": ts,
+                    }
+                    append(TopicRecord(ts, symbol, data))
+                    continue
+            decoded, rejected = self.decode((payload,))
+            if rejected:
+                bad.extend(rejected)
+                continue
+            good, refusals = check.check(decoded)
+            records.extend(good)
+            refused.extend(refusals)
+        return records, bad, refused
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """The JSON of each record's ``data``; a record that cannot be encoded is logged and skipped."""
