@@ -38,6 +38,7 @@ __all__ = ["WebSocketSession"]
 
 log = logging.getLogger(__name__)
 _slow_log = RateLimitedLog(log, interval=10.0)
+_server_error_log = RateLimitedLog(log, interval=10.0, level=logging.ERROR)
 
 REPLAY_MESSAGE_RECORDS = 5_000
 """Replayed records per pushed message."""
@@ -355,6 +356,13 @@ class WebSocketSession:
             handler(message, ident)
         except (ClientError, QueryError, UnknownTopic) as exc:
             self._error(ident, str(exc))
+        except (ConnectionGone, gevent.GreenletExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a storage failure answers this request, not the connection
+            if self._closed:
+                raise
+            _server_error_log("WebSocket %s: %s failed: %r", self.peer, action, exc)
+            self._error(ident, f"server error: {type(exc).__name__}: {exc}")
 
     @staticmethod
     def _check_fields(message: Mapping[str, Any], allowed: frozenset[str]) -> None:

@@ -219,3 +219,16 @@ def test_answers_are_json_with_content_type(api: Api) -> None:
         response = api.get(path)
         assert response.headers["Content-Type"].startswith("application/json"), path
         json.loads(response.content)
+
+
+def test_a_failing_storage_is_a_500_with_a_json_error_not_a_traceback(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gauss.errors import StorageError
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("disk on fire")
+
+    monkeypatch.setattr(api.hub.topic("quotes"), "query", broken)
+    response = api.get("/api/topics/quotes")
+    assert response.status_code == 500
+    assert error_of(response) == "internal error: StorageError"
+    assert api.get("/api/health").status_code == 200

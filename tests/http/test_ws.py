@@ -274,3 +274,22 @@ def test_server_stop_closes_websockets(make_api: Callable[..., Api]) -> None:
         assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 1001
     finally:
         ws.close()
+
+
+def test_a_failing_storage_answers_with_an_error_and_keeps_the_connection(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gauss.errors import StorageError
+
+    topic = api.hub.topic("quotes")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise StorageError("disk on fire")
+
+    ws = api.ws()
+    monkeypatch.setattr(topic, "query", broken)
+    answer = ws.request({"action": "query", "topic": "quotes", "id": 9})
+    assert answer["type"] == "error" and answer["id"] == 9 and "disk on fire" in answer["error"]
+    monkeypatch.undo()
+    assert ws.request({"action": "query", "topic": "quotes"})["type"] == "result"
+    rest = api.get("/api/topics/quotes")
+    assert rest.status_code == 200
+    ws.close()
