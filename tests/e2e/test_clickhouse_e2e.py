@@ -17,12 +17,14 @@ import socket
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 E2E = str(Path(__file__).resolve().parent)
@@ -433,6 +435,11 @@ def test_clickhouse_outage_mid_stream_loses_no_accepted_quote(tmp_path: Path, cl
         wait_until(lambda: feeder.sent >= at_stop + 1000 or not feeder.is_alive(), "quotes during the outage")
         health = storage_health(api)
         assert health[("healthy", "quotes.ch")] == 0.0 and health[("buffered_records", "quotes.ch")] > 0
+        # Meanwhile a query of the ClickHouse topic fails cleanly; the memory topic still answers.
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            get_json(api, "/api/topics/quotes.ch", limit=10)
+        assert failed.value.code >= 500 and "error" in json.loads(failed.value.read())
+        assert len(get_json(api, "/api/topics/quotes.raw", limit=10)["records"]) == 10
         clickhouse.start()
         at_start = feeder.sent
         wait_until(lambda: feeder.sent >= at_start + 1000 or not feeder.is_alive(), "quotes after the outage")
