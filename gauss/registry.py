@@ -8,6 +8,7 @@ plugins are Python entry points in one group per kind (``gauss.codecs``,
 
 from __future__ import annotations
 
+import builtins
 import contextvars
 import importlib
 import math
@@ -102,9 +103,9 @@ class Options:
         if not isinstance(table, Mapping):
             raise ConfigError("", "must be a table")
         self._table = dict(table)
-        self._used: set[str] = set()
+        self._used: set[builtins.str] = set()
 
-    def _get(self, name: str, default: Any) -> Any:
+    def _get(self, name: builtins.str, default: Any) -> Any:
         self._used.add(name)
         if name in self._table:
             return self._table[name]
@@ -112,11 +113,11 @@ class Options:
             raise ConfigError(name, "missing (required)")
         return default
 
-    def has(self, name: str) -> bool:
+    def has(self, name: builtins.str) -> builtins.bool:
         return name in self._table
 
     def str(
-        self, name: str, default: Any = _REQUIRED, *, choices: Sequence[str] | None = None, empty: bool = False
+        self, name: builtins.str, default: Any = _REQUIRED, *, choices: Sequence[builtins.str] | None = None, empty: bool = False
     ) -> Any:
         value = self._get(name, default)
         if value is default and name not in self._table:
@@ -129,7 +130,7 @@ class Options:
             raise ConfigError(name, f"unknown value {value!r}; known: {', '.join(choices)}")
         return value
 
-    def int(self, name: str, default: Any = _REQUIRED, *, min: int | None = None, max: int | None = None) -> Any:
+    def int(self, name: builtins.str, default: Any = _REQUIRED, *, min: builtins.int | None = None, max: builtins.int | None = None) -> Any:
         value = self._get(name, default)
         if value is default and name not in self._table:
             return value
@@ -142,7 +143,7 @@ class Options:
         return value
 
     def float(
-        self, name: str, default: Any = _REQUIRED, *, min: float | None = None, max: float | None = None
+        self, name: builtins.str, default: Any = _REQUIRED, *, min: builtins.float | None = None, max: builtins.float | None = None
     ) -> Any:
         value = self._get(name, default)
         if value is default and name not in self._table:
@@ -155,7 +156,7 @@ class Options:
             raise ConfigError(name, f"must be at most {max}, got {value}")
         return float(value)
 
-    def bool(self, name: str, default: Any = _REQUIRED) -> Any:
+    def bool(self, name: builtins.str, default: Any = _REQUIRED) -> Any:
         value = self._get(name, default)
         if value is default and name not in self._table:
             return value
@@ -163,7 +164,7 @@ class Options:
             raise ConfigError(name, f"must be true or false, got {value!r}")
         return value
 
-    def str_list(self, name: str, default: Any = _REQUIRED) -> Any:
+    def str_list(self, name: builtins.str, default: Any = _REQUIRED) -> Any:
         value = self._get(name, default)
         if value is default and name not in self._table:
             return value
@@ -171,12 +172,12 @@ class Options:
             raise ConfigError(name, f"must be a list of non-empty strings, got {value!r}")
         return list(value)
 
-    def path(self, name: str, default: Any = _REQUIRED) -> Any:
+    def path(self, name: builtins.str, default: Any = _REQUIRED) -> Any:
         """A filesystem path; relative ones resolve against the config file's directory."""
         value = self.str(name, default)
         return None if value is None else _resolve(Path(value))
 
-    def table(self, name: str, default: Any = _REQUIRED) -> Any:
+    def table(self, name: builtins.str, default: Any = _REQUIRED) -> Any:
         value = self._get(name, default)
         if value is default and name not in self._table:
             return value
@@ -184,7 +185,7 @@ class Options:
             raise ConfigError(name, f"must be a table, got {value!r}")
         return dict(value)
 
-    def raw(self, name: str, default: Any = _REQUIRED) -> Any:
+    def raw(self, name: builtins.str, default: Any = _REQUIRED) -> Any:
         """The value as written, unchecked (the caller checks it)."""
         return self._get(name, default)
 
