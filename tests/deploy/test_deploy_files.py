@@ -135,6 +135,17 @@ def test_container_config_binds_everything_to_all_interfaces_and_takes_the_token
             spec.build_storage(name)
 
 
+def test_container_api_token_comes_from_gauss_api_token_and_fails_closed_without_it() -> None:
+    from gauss.http.options import TOKEN_ENV, ApiOptions
+
+    config = load_config(ROOT / "config.container.toml")  # the loader checks [api] with the API's own parser
+    assert config.api.enabled
+    with_token = ApiOptions.parse(config.api.options, environ={TOKEN_ENV: "s3cret"})
+    assert with_token.token == "s3cret" and with_token.token_env == TOKEN_ENV
+    without = ApiOptions.parse(config.api.options, environ={})
+    assert without.token == "", "no GAUSS_API_TOKEN must lock the API (empty token), not open it"
+
+
 def test_clickhouse_example_config_stores_one_minute_candles_and_up_in_clickhouse() -> None:
     config = load_config(ROOT / "config.clickhouse.toml")
     storage_of: dict[str, str] = {}
