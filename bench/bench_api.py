@@ -237,9 +237,8 @@ def bench_rest(hub: Any, api_base: str, n: int) -> list[str]:
     import msgspec
     from gevent.pywsgi import WSGIServer
 
-    from gauss.records import TopicQuery
-
     from gauss.core import TopicRecord
+    from gauss.records import TopicQuery
 
     now = int(time.time() * 1000)
     records = [

@@ -28,10 +28,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gauss_plugins.storage.clickhouse import ClickHouseClient, create, layout_for
+
 from gauss.core import TopicRecord
 from gauss.records import DataFormat
 from gauss.topics import TopicRegistry
-from gauss_plugins.storage.clickhouse import ClickHouseClient, create, layout_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

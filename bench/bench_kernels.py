@@ -128,7 +128,7 @@ def bench_ring_columns(kernels: ModuleType, batches: list, quotes: int) -> Calla
 
     def run() -> int:
         seq = next_seq[0]
-        for (keys, ts, bid, ask), size in zip(batches, sizes):
+        for (keys, ts, bid, ask), size in zip(batches, sizes, strict=True):
             ring.append_columns(seq, keys, ts, bid, ask, size, size)
             seq += len(keys)
         next_seq[0] = seq

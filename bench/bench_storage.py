@@ -20,10 +20,11 @@ import tempfile
 import time
 from typing import Sequence
 
-from gauss.core import CORE, OhlcAggregator, TopicRecord
-from gauss.records import DataFormat
 from gauss_plugins.stage.ohlc import DEFAULT_TIMEFRAMES, OhlcProcessor, parse_timeframe
 from gauss_plugins.storage.file import FileStorage
+
+from gauss.core import CORE, OhlcAggregator, TopicRecord
+from gauss.records import DataFormat
 
 
 def make_batches(count: int, symbols: int, batch: int) -> list[list[TopicRecord]]:

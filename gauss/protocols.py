@@ -51,9 +51,11 @@ class Transport(Protocol):
     """Human-readable endpoint, e.g. ``tcp-server 127.0.0.1:9100``."""
 
     def serve(self, handler: Callable[[Connection], None]) -> None:
-        """Start without blocking: run ``handler(conn)`` in its own greenlet
-        for every connection. A dialing transport reconnects (with capped
-        back-off) whenever ``handler`` returns or the connection fails."""
+        """Start without blocking: run ``handler(conn)`` in its own greenlet per connection.
+
+        A dialing transport reconnects (with capped back-off) whenever
+        ``handler`` returns or the connection fails.
+        """
         ...
 
     def close(self) -> None:
@@ -89,8 +91,11 @@ class Middleware(Protocol):
     name: str
 
     def decode(self, payloads: Sequence[bytes], max_bytes: int) -> tuple[list[bytes], list[Rejected]]:
-        """Undo the transform; a payload that is corrupt or would grow past
-        ``max_bytes`` is rejected, never expanded."""
+        """Undo the transform of each payload.
+
+        A payload that is corrupt or would grow past ``max_bytes`` is
+        rejected, never expanded.
+        """
         ...
 
     def encode(self, payloads: Sequence[bytes]) -> list[bytes]: ...
@@ -141,8 +146,11 @@ class TopicStorage(Protocol):
         ...
 
     def append(self, records: Sequence[TopicRecord]) -> None:
-        """Store a batch of numbered records. For ``DataFormat.CANDLE`` a
-        record replaces the stored one with the same ``(key, ts_ms)``."""
+        """Store a batch of numbered records.
+
+        For ``DataFormat.CANDLE`` a record replaces the stored one with the
+        same ``(key, ts_ms)``.
+        """
         ...
 
     def query(self, query: TopicQuery) -> QueryResult: ...

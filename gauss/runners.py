@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+
 import gevent
 
 from gauss.metrics import Metrics

@@ -237,7 +237,7 @@ def test_out_of_tree_plugin_distribution_is_used_by_name(tmp_path: Path) -> None
         [sys.executable, "-c", CHECK, name], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
     )
     assert check.returncode == 0, check.stderr
-    assert f"refused: bogus: unknown option; known: key_field" in check.stdout
+    assert "refused: bogus: unknown option; known: key_field" in check.stdout
     assert check.stdout.strip().endswith(f"ok {package}")
 
     # Without the distribution on the path the name is unknown again.

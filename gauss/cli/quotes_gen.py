@@ -115,7 +115,7 @@ class QuoteWalk:
         }
 
     def quotes(self, count: int, ts_ms: Iterable[int]) -> list[dict[str, Any]]:
-        return [self.quote(ts) for ts, _ in zip(ts_ms, range(count))]
+        return [self.quote(ts) for ts, _ in zip(ts_ms, range(count), strict=False)]
 
 
 def _start_mid(symbol: str) -> float:

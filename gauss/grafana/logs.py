@@ -12,8 +12,8 @@ import logging
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any, TextIO
 
 __all__ = ["HclogFormatter", "RateLimitedLog", "configure"]

@@ -23,7 +23,15 @@ from gauss.grafana.frames import candle_frame, quote_frame, to_arrow
 from gauss.grafana.gauss_api import GaussClient, GaussRejected, GaussUnavailable, normalize_base_url
 from gauss.grafana.pluginv2 import backend_pb2 as pb
 from gauss.grafana.pluginv2 import backend_pb2_grpc as pb_grpc
-from gauss.grafana.queries import TIMEFRAMES, BadQuery, CandleQuery, QuoteQuery, StreamPath, parse_query, parse_stream_path
+from gauss.grafana.queries import (
+    TIMEFRAMES,
+    BadQuery,
+    CandleQuery,
+    QuoteQuery,
+    StreamPath,
+    parse_query,
+    parse_stream_path,
+)
 from gauss.grafana.streams import stream_packets
 
 __all__ = ["DatasourceSettings", "PluginMetrics", "DiagnosticsService", "DataService", "StreamService", "ResourceService"]

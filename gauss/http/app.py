@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gauss.errors import QueryError, UnknownTopic
+from gauss.errors import QueryError, StorageError, UnknownTopic
 from gauss.http.encoding import dumps, records_message_parts
 from gauss.http.metrics import ApiMetrics
 from gauss.http.middleware import AuthMiddleware, MetricsMiddleware
 from gauss.http.options import ApiOptions
+from gauss.ratelimit import RateLimitedLog
 from gauss.records import TopicQuery
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+_storage_failures = RateLimitedLog(log)
 
 QUERY_PARAMS = frozenset({"key", "from", "to", "since_seq", "limit"})
 _ALWAYS_ALLOWED = frozenset({"token"})
@@ -48,6 +50,7 @@ def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics) -> falcon.App
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(QueryError, _query_error)
     app.add_error_handler(UnknownTopic, _unknown_topic)
+    app.add_error_handler(StorageError, _storage_error)
     app.add_route("/api/health", Health())
     app.add_route("/api/topics", TopicList(hub))
     app.add_route("/api/topics/{name}", TopicRecords(hub))
@@ -79,6 +82,12 @@ def _query_error(req: falcon.Request, resp: falcon.Response, exc: QueryError, pa
 
 def _unknown_topic(req: falcon.Request, resp: falcon.Response, exc: UnknownTopic, params: dict[str, Any]) -> None:
     raise falcon.HTTPNotFound(description=str(exc))
+
+
+def _storage_error(req: falcon.Request, resp: falcon.Response, exc: StorageError, params: dict[str, Any]) -> None:
+    """A storage that cannot answer (ClickHouse down, say): a 500 that says so, one log line per 10 s."""
+    _storage_failures("%s %s: storage unavailable: %s", req.method, req.path, exc)
+    raise falcon.HTTPInternalServerError(description=f"storage unavailable: {exc}")
 
 
 def _internal_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:

@@ -23,7 +23,16 @@ from gauss.core import TopicRecord
 from gauss.errors import QueryError, UnknownTopic
 from gauss.http.encoding import dumps, record_chunks, records_message_parts
 from gauss.http.frames import (
-    OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, ConnectionGone, FrameReader, close_frame, frame, frame_header,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    ConnectionGone,
+    FrameReader,
+    close_frame,
+    frame,
+    frame_header,
 )  # fmt: skip
 from gauss.http.metrics import ApiMetrics
 from gauss.http.options import WS_POLICIES, ApiOptions

@@ -17,13 +17,13 @@ from typing import Any, Sequence
 
 import fastavro
 from fastavro.schema import SchemaParseException, UnknownType
+from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, DecodeError
 from gauss.records import Rejected
 from gauss.registry import Options
 from gauss.resources import resource_path
-from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
 
 __all__ = ["AvroCodec", "create", "load_schema"]
 

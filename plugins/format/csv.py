@@ -16,11 +16,12 @@ import csv as _csv
 import logging
 from typing import Any, Sequence
 
+from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
+
 from gauss.core import QUOTE_FIELDS, TopicRecord
 from gauss.errors import ConfigError, DecodeError
 from gauss.records import Rejected
 from gauss.registry import Options
-from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
 
 __all__ = ["CsvCodec", "create", "DEFAULT_COLUMNS"]
 
@@ -108,7 +109,7 @@ class CsvCodec:
             raise DecodeError(f"bad UTF-8: {exc}") from None
         except (ValueError, _csv.Error) as exc:
             raise DecodeError(f"bad CSV: {exc}") from None
-        data = {column: _number_or_text(text) for column, text in zip(self.columns, fields) if text}
+        data = {column: _number_or_text(text) for column, text in zip(self.columns, fields, strict=True) if text}
         key_field = self.key_field
         if key_field in data:
             data[key_field] = fields[self._key_index]

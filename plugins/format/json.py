@@ -30,13 +30,13 @@ import math
 from typing import Any, Sequence
 
 import msgspec
+from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
 
 from gauss.core import TopicRecord
 from gauss.errors import DecodeError
 from gauss.quotes import QuoteCheck
 from gauss.records import Rejected
 from gauss.registry import Options
-from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
 
 __all__ = ["JsonCodec", "QuoteStruct", "create"]
 

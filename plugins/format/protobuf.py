@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
@@ -24,7 +25,6 @@ from gauss.errors import ConfigError, DecodeError
 from gauss.records import Rejected
 from gauss.registry import Options
 from gauss.resources import resource_path
-from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
 
 __all__ = ["ProtobufCodec", "create", "load_message_class", "DEFAULT_MESSAGE"]
 

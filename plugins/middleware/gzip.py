@@ -6,9 +6,10 @@ import gzip as _gzip
 import zlib
 from typing import Any, Sequence
 
+from gauss_plugins.middleware._common import BombError, decode_each
+
 from gauss.records import Rejected
 from gauss.registry import Options
-from gauss_plugins.middleware._common import BombError, decode_each
 
 __all__ = ["GzipMiddleware", "create"]
 

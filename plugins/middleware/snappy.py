@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import snappy as _snappy
+from gauss_plugins.middleware._common import BombError, decode_each
 
 from gauss.records import Rejected
 from gauss.registry import Options
-from gauss_plugins.middleware._common import BombError, decode_each
 
 __all__ = ["SnappyMiddleware", "create", "uncompressed_length"]
 

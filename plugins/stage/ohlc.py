@@ -24,12 +24,12 @@ import re
 from typing import Any, Sequence
 
 import numpy as np
+from gauss_plugins.storage._support import RateLimitedLog
 
 from gauss.core import CORE, OhlcAggregator, TopicRecord
 from gauss.errors import ConfigError
 from gauss.protocols import PublishContext
 from gauss.registry import Options
-from gauss_plugins.storage._support import RateLimitedLog
 
 __all__ = ["OhlcProcessor", "create", "parse_timeframe", "DEFAULT_TIMEFRAMES"]
 
@@ -101,7 +101,7 @@ class OhlcProcessor:
     @property
     def late_counts(self) -> dict[str, int]:
         """Quotes too late for any held bucket, per timeframe label (for metrics)."""
-        return dict(zip(self.labels, self._aggregator.late_counts))
+        return dict(zip(self.labels, self._aggregator.late_counts, strict=True))
 
     def start(self, context: PublishContext) -> None:
         """Nothing to prepare: buckets open as quotes arrive."""

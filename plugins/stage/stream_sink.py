@@ -161,8 +161,11 @@ class StreamSink:
 
 
 def create(table: dict[str, Any]) -> StreamSink:
-    """``stream`` sink: ``transport`` (required), ``framing`` (default lines), ``codec`` (default json),
-    ``middleware`` (default none)."""
+    """Create a ``stream`` sink from its table.
+
+    Options: ``transport`` (required), ``framing`` (default lines), ``codec``
+    (default json), ``middleware`` (default none).
+    """
     opts = Options(table)
     transport = create_plugin("transport", opts.raw("transport"), where="transport")
     framing = create_plugin("framing", opts.raw("framing", "lines"), where="framing")

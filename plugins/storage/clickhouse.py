@@ -43,12 +43,12 @@ from urllib.parse import quote as _url_quote
 
 import msgspec
 import requests
+from gauss_plugins.storage._support import new_epoch
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, StorageError
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.registry import Options
-from gauss_plugins.storage._support import new_epoch
 
 __all__ = ["ClickHouseStorage", "ClickHouseClient", "ClickHouseError", "RowLayout", "layout_for", "create"]
 

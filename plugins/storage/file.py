@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import msgspec
+from gauss_plugins.storage._index import RecordIndex
+from gauss_plugins.storage._keys import KEY_FILE_SUFFIX, key_file_name
+from gauss_plugins.storage._support import PeriodicTask, RateLimitedLog, new_epoch, write_atomic
 
 from gauss.core import TopicRecord
 from gauss.errors import StorageError
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.registry import Options
-from gauss_plugins.storage._index import RecordIndex
-from gauss_plugins.storage._keys import KEY_FILE_SUFFIX, key_file_name
-from gauss_plugins.storage._support import PeriodicTask, RateLimitedLog, new_epoch, write_atomic
 
 __all__ = ["FileStorage", "create", "META_FILE", "encode_records", "decode_record"]
 

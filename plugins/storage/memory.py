@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from gauss_plugins.storage._index import RecordIndex
+from gauss_plugins.storage._support import new_epoch
+
 from gauss.core import QuoteRing, RecordRing, TopicRecord
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.registry import Options
-from gauss_plugins.storage._index import RecordIndex
-from gauss_plugins.storage._support import new_epoch
 
 __all__ = ["MemoryStorage", "create", "DEFAULT_QUOTE_CAPACITY", "DEFAULT_CAPACITY"]
 

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import msgspec
+from gauss_plugins.storage._index import RecordIndex
+from gauss_plugins.storage._support import PeriodicTask, RateLimitedLog, new_epoch, write_atomic
+from gauss_plugins.storage.file import decode_record
 
 from gauss.core import LengthPrefixedDecoder, TopicRecord, encode_length_prefixed
 from gauss.errors import FrameTooLarge, StorageError
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.registry import Options
-from gauss_plugins.storage._index import RecordIndex
-from gauss_plugins.storage._support import PeriodicTask, RateLimitedLog, new_epoch, write_atomic
-from gauss_plugins.storage.file import decode_record
 
 __all__ = ["RawFileStorage", "create", "iter_raw_log", "segments", "SEGMENT_SUFFIX", "main"]
 

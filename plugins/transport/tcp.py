@@ -310,8 +310,11 @@ def _buffer_options(opts: Options) -> dict[str, Any]:
 
 
 def create_server(table: dict[str, Any]) -> TcpServer:
-    """``tcp-server``: ``bind`` (default 127.0.0.1), ``port`` (required; 0 = any free), ``max_connections``,
-    ``backlog``, ``nodelay``, ``recv_buffer``, ``send_buffer``."""
+    """Create a ``tcp-server`` transport from its table.
+
+    Options: ``bind`` (default 127.0.0.1), ``port`` (required; 0 = any free),
+    ``max_connections``, ``backlog``, ``nodelay``, ``recv_buffer``, ``send_buffer``.
+    """
     opts = Options(table)
     server = TcpServer(
         opts.str("bind", "127.0.0.1"),
@@ -325,8 +328,11 @@ def create_server(table: dict[str, Any]) -> TcpServer:
 
 
 def create_client(table: dict[str, Any]) -> TcpClient:
-    """``tcp-client``: ``host`` (default 127.0.0.1), ``port`` (required), ``reconnect_min``, ``reconnect_max``,
-    ``connect_timeout``, ``nodelay``, ``recv_buffer``, ``send_buffer``."""
+    """Create a ``tcp-client`` transport from its table.
+
+    Options: ``host`` (default 127.0.0.1), ``port`` (required), ``reconnect_min``,
+    ``reconnect_max``, ``connect_timeout``, ``nodelay``, ``recv_buffer``, ``send_buffer``.
+    """
     opts = Options(table)
     reconnect_min = opts.float("reconnect_min", 0.1, min=0.001)
     client = TcpClient(

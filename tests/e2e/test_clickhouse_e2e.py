@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import socket
-import sys
 import threading
 import time
 import urllib.error
@@ -25,13 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import serve_helpers as serve
 from prometheus_client.parser import text_string_to_metric_families
-
-E2E = str(Path(__file__).resolve().parent)
-if E2E not in sys.path:  # the subprocess helpers of test_serve.py, imported as a module (not re-collected)
-    sys.path.insert(0, E2E)
-
-import test_serve as serve  # noqa: E402
 
 MINUTE = 60_000
 SYMBOLS = ["EURUSD", "USDJPY", "BTC/USD"]
@@ -263,7 +257,7 @@ def test_clickhouse_answers_like_memory_and_file_and_keeps_one_row_per_candle(
             answers = [get_json(api, f"/api/topics/{t}", **params) for t in QUOTE_TOPICS]
             reference = answers[0]
             assert reference["records"] or params.get("from") == now + MINUTE, params
-            for topic, answer in zip(QUOTE_TOPICS[1:], answers[1:]):
+            for topic, answer in zip(QUOTE_TOPICS[1:], answers[1:], strict=True):
                 assert answer["records"] == reference["records"], (topic, params)
                 assert answer["truncated"] == reference["truncated"], (topic, params)
         assert get_json(api, "/api/topics/quotes.raw")["truncated"] is True

@@ -7,7 +7,6 @@ import json
 import time
 from typing import Any, Iterator
 
-import gevent
 import pytest
 from engine_plugins import connect, lines, quote, read_lines, wait_until
 

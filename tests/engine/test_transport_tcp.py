@@ -8,10 +8,10 @@ import gevent
 import gevent.socket
 import pytest
 from engine_plugins import connect, wait_until
+from gauss_plugins.transport.tcp import TcpClient, TcpConnection, TcpServer
 
 from gauss.errors import ConfigError
 from gauss.registry import create
-from gauss_plugins.transport.tcp import TcpClient, TcpConnection, TcpServer
 
 
 def echo(conn: TcpConnection) -> None:

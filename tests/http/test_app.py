@@ -230,5 +230,15 @@ def test_a_failing_storage_is_a_500_with_a_json_error_not_a_traceback(api: Api, 
     monkeypatch.setattr(api.hub.topic("quotes"), "query", broken)
     response = api.get("/api/topics/quotes")
     assert response.status_code == 500
-    assert error_of(response) == "internal error: StorageError"
+    assert error_of(response) == "storage unavailable: disk on fire"
     assert api.get("/api/health").status_code == 200
+
+
+def test_an_unexpected_failure_is_a_500_naming_only_the_error_type(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(api.hub.topic("quotes"), "query", broken)
+    response = api.get("/api/topics/quotes")
+    assert response.status_code == 500
+    assert error_of(response) == "internal error: RuntimeError"

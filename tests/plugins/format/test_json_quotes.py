@@ -38,7 +38,7 @@ def generic(codec: Any, payloads: list[bytes], check: QuoteCheck) -> tuple[list[
 
 def assert_same(fast: tuple[list[Any], list[Any], list[Any]], slow: tuple[list[Any], list[Any], list[Any]]) -> None:
     assert fast == slow
-    for a, b in zip(fast[0], slow[0]):  # equal values of the same types (1 == 1.0 is not enough)
+    for a, b in zip(fast[0], slow[0], strict=True):  # equal values of the same types (1 == 1.0 is not enough)
         assert [type(v) for v in a.data.values()] == [type(v) for v in b.data.values()]
         assert type(a.ts_ms) is type(b.ts_ms) is int
 

@@ -50,7 +50,7 @@ def quotes(alphabet: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, Any]
 
 def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:])]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
 
 
 def _round_trip(framing_name: str, codec_name: str, middleware_name: str | None, batch: list[dict], cuts: list[int]):

@@ -7,11 +7,11 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
+from gauss_plugins.stage.ohlc import DEFAULT_TIMEFRAMES, OhlcProcessor, create, parse_timeframe
 
 from gauss import registry
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
-from gauss_plugins.stage.ohlc import DEFAULT_TIMEFRAMES, OhlcProcessor, create, parse_timeframe
 
 
 def quote(symbol: str, ts: int, bid: float, ask: float | None = None) -> TopicRecord:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from gauss_plugins.storage.clickhouse import ClickHouseStorage, create
 
 from gauss import registry
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, StorageError
 from gauss.records import DataFormat, TopicQuery
-from gauss_plugins.storage.clickhouse import ClickHouseStorage, create
 
 KEYS = ["EURUSD", "BTC/USD", "ÄÖÜ", "it's", "back\\slash", "tab\there", "new\nline"]
 

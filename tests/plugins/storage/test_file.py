@@ -10,6 +10,8 @@ from typing import Any
 
 import gevent
 import pytest
+from gauss_plugins.storage._keys import decode_key, encode_key, key_file_name
+from gauss_plugins.storage.file import META_FILE, FileStorage, create
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +19,6 @@ from gauss import registry
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, StorageError
 from gauss.records import DataFormat, TopicQuery
-from gauss_plugins.storage._keys import decode_key, encode_key, key_file_name
-from gauss_plugins.storage.file import META_FILE, FileStorage, create
 
 
 def candle(seq: int, key: str, ts: int, close: float = 1.0) -> TopicRecord:

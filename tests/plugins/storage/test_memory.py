@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from gauss_plugins.storage.memory import MemoryStorage, create
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,6 @@ from gauss import registry
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
 from gauss.records import DataFormat, TopicQuery
-from gauss_plugins.storage.memory import MemoryStorage, create
 
 KEYS = ["EURUSD", "BTC/USD", "ÄÖÜ", "X"]
 

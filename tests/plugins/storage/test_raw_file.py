@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gauss_plugins.storage.raw_file import RawFileStorage, create, iter_raw_log, main, segments
 
 from gauss import registry
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
 from gauss.records import DataFormat, TopicQuery
-from gauss_plugins.storage.raw_file import RawFileStorage, create, iter_raw_log, main, segments
 
 
 def record(seq: int, key: str = "EURUSD", ts: int | None = None) -> TopicRecord:
