@@ -5,8 +5,8 @@ One invocation measures, each beside a baseline in the same run:
 1. REST: p50/p99 latency of ``GET /api/topics/bench?limit=10000`` (10,000 quotes), against
    a Falcon-free baseline: a bare gevent WSGI app that runs the same storage query and
    encodes the whole answer with one ``msgspec`` call.
-2. WebSocket fan-out: 100 clients subscribed to one topic while 10,000 records/s are
-   published into it (100 every 10 ms); records/s delivered in total. Baseline: a naive
+2. WebSocket fan-out: 100 clients subscribed to one topic while ``--fanout-rate`` records/s
+   (default 20,000) are published into it; records/s delivered in total. Baseline: a naive
    server that sends each record as its own message, encoded per client (``json.dumps``).
 3. End to end: quotes sent as JSON lines to a TCP source at 100,000 quotes/s, received by a
    WebSocket subscriber of the source's topic; p50/p99 of (received - sent).
@@ -337,8 +337,6 @@ def bench_fanout(hub: Any, host: str, port: int, clients: int, rate: int, second
 
     from gauss.core import TopicRecord
 
-    seq_counter = [0]
-
     def publish(batch: list[TopicRecord]) -> None:
         hub.publish("fan", batch)
 
@@ -348,7 +346,6 @@ def bench_fanout(hub: Any, host: str, port: int, clients: int, rate: int, second
     published, elapsed = publish_loop(publish, rate, seconds)
     gauss = finish_client(proc)
     dropped = sum(s.dropped for s in hub.topic("fan").subscriptions)
-    del seq_counter
 
     server, naive_publish = naive_fanout_server()
     proc = spawn_client("fanout", host, str(server.server_port), "/", str(clients), str(seconds))
@@ -381,6 +378,7 @@ def bench_e2e(host: str, source_port: int, api_port: int, rate: int, seconds: fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--fanout-rate", type=int, default=20_000, help="records/s published into the fan-out topic")
     parser.add_argument("--client", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -426,7 +424,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|")
     for row in bench_rest(hub, f"http://{host}:{port}", 50 if args.quick else 200):
         print(row, flush=True)
-    for row in bench_fanout(hub, host, port, 100, 10_000, seconds):
+    for row in bench_fanout(hub, host, port, 100, args.fanout_rate, seconds):
         print(row, flush=True)
     for row in bench_e2e(host, hub.sources[0].address[1], port, 100_000, seconds):
         print(row, flush=True)
