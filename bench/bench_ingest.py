@@ -155,13 +155,15 @@ def run_naive(path: Path, n: int) -> dict[str, float]:
 def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str, float]:
     import gevent
 
+    from gauss.cli.serve import tune_gc
     from gauss.hub import Hub
 
     text = config_file.read_text()
     ports = {}
 
-    def repl(match: re.Match[str]) -> str:
-        ports[match.group(1)] = free_port()
+    def repl(match: re.Match[str]) -> str:  # the same port twice (a loopback's sink and client) stays paired
+        if match.group(1) not in ports:
+            ports[match.group(1)] = free_port()
         return f"port = {ports[match.group(1)]}"
 
     text = re.sub(r"port = (\d+)", repl, text)
@@ -170,6 +172,7 @@ def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str,
     config.write_text(text)
     hub = Hub.from_config(config)
     hub.start()
+    tune_gc()  # as gauss-serve does after start-up
     topic = hub.topic("quotes.raw")
     source = hub.sources[0]
     gevent.sleep(0.1)
