@@ -24,11 +24,11 @@ import re
 from typing import Any, Sequence
 
 import numpy as np
-from gauss_plugins.storage._support import RateLimitedLog
 
 from gauss.core import CORE, OhlcAggregator, TopicRecord
 from gauss.errors import ConfigError
 from gauss.protocols import PublishContext
+from gauss.ratelimit import RateLimitedLog
 from gauss.registry import Options
 
 __all__ = ["OhlcProcessor", "create", "parse_timeframe", "DEFAULT_TIMEFRAMES"]
@@ -92,7 +92,7 @@ class OhlcProcessor:
         """Output topic of each timeframe, in configuration order."""
         self.invalid_quotes = 0
         """Input records without a usable bid and ask (skipped)."""
-        self._invalid_log = RateLimitedLog(log)
+        self._invalid_log = RateLimitedLog(log, level=logging.ERROR)
         self._aggregator = OhlcAggregator(widths, hold_buckets)
         self._tf_index = {width: t for t, width in enumerate(widths)}
         # (key, tf_index) -> the newest version of its open candle, not yet published.
@@ -181,7 +181,7 @@ class OhlcProcessor:
                 usable.append(record)
         skipped = len(records) - len(usable)
         self.invalid_quotes += skipped
-        self._invalid_log.error("ohlc: skipped %d records without a numeric bid and ask (%d so far)", skipped, self.invalid_quotes)
+        self._invalid_log("ohlc: skipped %d records without a numeric bid and ask (%d so far)", skipped, self.invalid_quotes)
         return usable
 
     def _record(self, candle: Candle, t: int) -> TopicRecord:

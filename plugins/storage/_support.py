@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import time
 from pathlib import Path
 from typing import Callable
 
 import gevent
 
-__all__ = ["new_epoch", "write_atomic", "PeriodicTask", "RateLimitedLog"]
+from gauss.ratelimit import RateLimitedLog
+
+__all__ = ["new_epoch", "write_atomic", "PeriodicTask"]
 
 
 def new_epoch() -> str:
@@ -30,28 +31,6 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
     os.replace(tmp, path)
 
 
-class RateLimitedLog:
-    """Log a recurring error at most once per ``interval`` seconds, with the count suppressed."""
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._last = float("-inf")
-        self._suppressed = 0
-
-    def error(self, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self._interval:
-            self._suppressed += 1
-            return
-        if self._suppressed:
-            message += " (%d similar suppressed)"
-            args = (*args, self._suppressed)
-        self._last = now
-        self._suppressed = 0
-        self._logger.error(message, *args)
-
-
 class PeriodicTask:
     """Run ``action`` every ``interval`` seconds in a greenlet until :meth:`stop`.
 
@@ -62,7 +41,7 @@ class PeriodicTask:
     def __init__(self, interval: float, action: Callable[[], None], logger: logging.Logger, what: str) -> None:
         self._interval = interval
         self._action = action
-        self._errors = RateLimitedLog(logger)
+        self._errors = RateLimitedLog(logger, level=logging.ERROR)
         self._what = what
         self._greenlet: gevent.Greenlet | None = gevent.spawn(self._run)
 
@@ -72,7 +51,7 @@ class PeriodicTask:
             try:
                 self._action()
             except Exception as exc:  # noqa: BLE001 - keep flushing; the next round may succeed
-                self._errors.error("%s failed: %s", self._what, exc)
+                self._errors("%s failed: %s", self._what, exc)
 
     def stop(self) -> None:
         greenlet, self._greenlet = self._greenlet, None

@@ -30,10 +30,11 @@ from typing import Any, Iterable, Sequence
 import msgspec
 from gauss_plugins.storage._index import RecordIndex
 from gauss_plugins.storage._keys import KEY_FILE_SUFFIX, key_file_name
-from gauss_plugins.storage._support import PeriodicTask, RateLimitedLog, new_epoch, write_atomic
+from gauss_plugins.storage._support import PeriodicTask, new_epoch, write_atomic
 
 from gauss.core import TopicRecord
 from gauss.errors import StorageError
+from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.registry import Options
 
@@ -122,7 +123,7 @@ class FileStorage:
         self._meta_seq = -1
         self._last_compact = time.monotonic()
         self._task: PeriodicTask | None = None
-        self._errors = RateLimitedLog(log)
+        self._errors = RateLimitedLog(log, level=logging.ERROR)
 
     # --- opening -----------------------------------------------------------
 
@@ -183,7 +184,7 @@ class FileStorage:
                     records.append(decode_record(line))
                 except ValueError as exc:
                     self.corrupt_lines += 1
-                    self._errors.error("file storage %s:%d: skipped unreadable line: %s", path, number, exc)
+                    self._errors("file storage %s:%d: skipped unreadable line: %s", path, number, exc)
         return records
 
     # --- writing -----------------------------------------------------------
@@ -228,7 +229,7 @@ class FileStorage:
                 except OSError as exc:
                     failed.append(key)
                     self._requeue(key, queued)
-                    self._errors.error("file storage %s: cannot write key %r: %s", self.directory, key, exc)
+                    self._errors("file storage %s: cannot write key %r: %s", self.directory, key, exc)
             self.healthy = not failed
             if failed:
                 raise StorageError(f"file storage {self.directory}: {len(failed)} keys not written; will retry")
@@ -240,7 +241,7 @@ class FileStorage:
         if self._pending_count + count > 2 * self.max_buffered:
             # NOTE: the disk has failed for a while; keeping everything would exhaust memory.
             self.dropped += count
-            self._errors.error("file storage %s: dropped %d unwritten records of %r", self.directory, count, key)
+            self._errors("file storage %s: dropped %d unwritten records of %r", self.directory, count, key)
             return
         self._pending[key] = queued
         self._pending_count += count
@@ -255,7 +256,7 @@ class FileStorage:
                     parts.append(encode_records([record]))
                 except (TypeError, msgspec.EncodeError) as exc:
                     self.dropped += 1
-                    self._errors.error("file storage %s: record seq %d not stored: %s", self.directory, record.seq, exc)
+                    self._errors("file storage %s: record seq %d not stored: %s", self.directory, record.seq, exc)
             return b"".join(parts)
 
     def _write_lines(self, name: str, data: bytes) -> None:

@@ -27,11 +27,12 @@ from typing import Any, Iterator, Sequence
 
 import msgspec
 from gauss_plugins.storage._index import RecordIndex
-from gauss_plugins.storage._support import PeriodicTask, RateLimitedLog, new_epoch, write_atomic
+from gauss_plugins.storage._support import PeriodicTask, new_epoch, write_atomic
 from gauss_plugins.storage.file import decode_record
 
 from gauss.core import LengthPrefixedDecoder, TopicRecord, encode_length_prefixed
 from gauss.errors import FrameTooLarge, StorageError
+from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.registry import Options
 
@@ -142,7 +143,7 @@ class RawFileStorage:
         self._segment_size = 0
         self._meta_seq = -1
         self._task: PeriodicTask | None = None
-        self._errors = RateLimitedLog(log)
+        self._errors = RateLimitedLog(log, level=logging.ERROR)
 
     def open(self, topic: str, data_format: DataFormat) -> tuple[str, int]:
         self.topic = topic
@@ -192,7 +193,7 @@ class RawFileStorage:
                     records.append(decode_record(frame))
                 except ValueError as exc:
                     self.corrupt_frames += 1
-                    self._errors.error("raw log %s: skipped a frame that is not a record: %s", file, exc)
+                    self._errors("raw log %s: skipped a frame that is not a record: %s", file, exc)
             collected.append(records)
             total += len(frames)
             if position == 0:
@@ -225,7 +226,7 @@ class RawFileStorage:
                 payloads.append(_encoder.encode({"ts_ms": r.ts_ms, "key": r.key, "data": r.data, "seq": r.seq}))
             except (TypeError, msgspec.EncodeError) as exc:
                 self.dropped += 1
-                self._errors.error("raw-file storage %s: record seq %d not stored: %s", self.path, r.seq, exc)
+                self._errors("raw-file storage %s: record seq %d not stored: %s", self.path, r.seq, exc)
         return encode_length_prefixed(payloads)
 
     def flush(self) -> None:
