@@ -9,7 +9,6 @@ also what processors publish through (the ``PublishContext`` protocol).
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import gevent.lock
@@ -17,6 +16,7 @@ import gevent.lock
 from gauss.core import TopicRecord
 from gauss.errors import UnknownTopic
 from gauss.protocols import TopicStorage
+from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, OverflowPolicy, QueryResult, TopicQuery
 from gauss.subscription import DEFAULT_CAPACITY, PublishedBatch, Subscription
 
@@ -27,20 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["Topic", "TopicRegistry"]
 
 log = logging.getLogger(__name__)
-
-
-def _seq_is_writable() -> bool:
-    probe = TopicRecord(1, "k", None)
-    try:
-        probe.seq = 1
-    except (AttributeError, TypeError):
-        return False
-    return probe.seq == 1
-
-
-# PERF: numbering records the caller owns in place saves one object per
-# record on the ingest path (sources build fresh records for every frame).
-_SEQ_WRITABLE = _seq_is_writable()
 
 
 class Topic:
@@ -75,8 +61,7 @@ class Topic:
         self._metrics = metrics
         self._published_counter = metrics.topic_published(name) if metrics else None
         self._stored_counter = metrics.topic_stored(name) if metrics else None
-        self._next_error_log = 0.0
-        self._errors_not_logged = 0
+        self._store_errors = RateLimitedLog(log, level=logging.ERROR)
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r}, format={self.format.value!r}, storage={self.storage_type!r}, last_seq={self.last_seq})"
@@ -94,7 +79,7 @@ class Topic:
             return None
         with self._lock:
             seq = self.last_seq
-            if owned and _SEQ_WRITABLE:
+            if owned:  # PERF: numbering in place saves one object per record on the ingest path
                 numbered = records if type(records) is list else list(records)
                 for record in numbered:
                     seq += 1
@@ -123,14 +108,9 @@ class Topic:
             self.write_errors += 1
             if self._metrics is not None:
                 self._metrics.storage_write_errors(self.name).inc()
-            now = time.monotonic()
-            if now >= self._next_error_log:
-                more = f" ({self._errors_not_logged} more failures since the last report)" if self._errors_not_logged else ""
-                log.error("topic %s: storage %s failed to store %d records: %s%s", self.name, self.storage_type, len(records), exc, more)
-                self._next_error_log = now + 10.0
-                self._errors_not_logged = 0
-            else:
-                self._errors_not_logged += 1
+            self._store_errors(
+                "topic %s: storage %s failed to store %d records: %s", self.name, self.storage_type, len(records), exc
+            )
             return
         if self._stored_counter is not None:
             self._stored_counter.inc(len(records))
