@@ -8,10 +8,13 @@ time. Plugins are created by a factory from their TOML table (see
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 from gauss.core import TopicRecord
 from gauss.records import DataFormat, KeyInfo, QueryResult, Rejected, TopicQuery
+
+if TYPE_CHECKING:
+    from gauss.quotes import QuoteCheck
 
 __all__ = [
     "Connection",
@@ -21,6 +24,7 @@ __all__ = [
     "Middleware",
     "FormatSerializer",
     "Codec",
+    "QuoteCodec",
     "TopicStorage",
     "PublishContext",
     "TopicProcessor",
@@ -127,6 +131,21 @@ class Codec(Protocol):
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """Encode each record's ``data`` (a sink sends the payload, not the record)."""
+        ...
+
+
+@runtime_checkable
+class QuoteCodec(Codec, Protocol):
+    """A codec with a fused fast path for quote topics (optional; the json codec has one).
+
+    A source feeding a ``DataFormat.QUOTE`` topic prefers it to ``decode``
+    followed by ``check.check``; it must give the same result, in order.
+    """
+
+    def decode_quotes(
+        self, payloads: Sequence[bytes], check: QuoteCheck
+    ) -> tuple[list[TopicRecord], list[Rejected], list[Rejected]]:
+        """``(records, bad frames, refused quotes)`` of a batch of payloads."""
         ...
 
 

@@ -7,10 +7,10 @@ as one batch. Good records go to the source's bounded queue; one greenlet
 per source drains that queue and publishes everything waiting as one batch,
 so several connections feed their topic in big batches and in order.
 
-PERF: for a quote topic the source prefers the codec's optional
-``decode_quotes(payloads, check) -> (records, bad frames, refused quotes)``,
-which fuses decoding and :class:`~gauss.quotes.QuoteCheck` (the json codec
-has one); any other codec decodes, then the check runs on its records.
+PERF: for a quote topic the source prefers a codec's optional
+``decode_quotes`` (:class:`~gauss.protocols.QuoteCodec`), which fuses
+decoding and :class:`~gauss.quotes.QuoteCheck` (the json codec has one); any
+other codec decodes, then the check runs on its records.
 
 Bad input (SPEC section 6) never stops a connection: a bad frame or
 rejected quote is dropped, counted and, when the source names a
