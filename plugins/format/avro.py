@@ -4,6 +4,17 @@ The writer schema is ``schema`` (a ``.avsc`` path; default the shipped
 ``schemas/quote.avsc``, record ``gauss.Quote``). Both ends must use the same
 schema: a schemaless datum does not carry it. A datum must be consumed to
 its last byte; trailing bytes make the payload bad.
+
+PERF: when the schema's binary layout is exactly the shipped quote schema
+(a record of ``symbol`` string, ``bid``/``ask``/``bid_size``/``ask_size``
+double, ``ts_ms`` long, in that order), :class:`QuoteLayout` encodes and
+decodes datums with ``struct`` and a varint helper instead of fastavro's
+per-datum call (bench/README.md, Codecs). It only takes the plain cases
+(a dict with exactly typed values, a varint of at most 9 bytes, strict
+UTF-8, no trailing bytes); anything else goes to fastavro, which decides and
+explains, so both paths give the same bytes, the same datums and the same
+rejections (tests/plugins/format/test_avro_quotes.py checks it against
+fastavro with hypothesis).
 """
 
 from __future__ import annotations
@@ -25,12 +36,154 @@ from gauss.records import Rejected
 from gauss.registry import Options
 from gauss.resources import resource_path
 
-__all__ = ["AvroCodec", "create", "load_schema"]
+__all__ = ["AvroCodec", "QuoteLayout", "create", "load_schema"]
 
 log = logging.getLogger(__name__)
 
 # What fastavro raises on a corrupt or truncated datum.
 _READ_ERRORS = (EOFError, ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error, MemoryError)
+
+
+# The binary layout of schemas/quote.avsc: (field name, Avro type) in order.
+QUOTE_FIELDS = (
+    ("symbol", "string"),
+    ("bid", "double"),
+    ("ask", "double"),
+    ("bid_size", "double"),
+    ("ask_size", "double"),
+    ("ts_ms", "long"),
+)
+
+_LONG_MIN = -(1 << 63)
+_LONG_MAX = (1 << 63) - 1
+_PRICES = struct.Struct("<4d")
+_unpack_prices = _PRICES.unpack_from
+_pack_prices = _PRICES.pack
+# Zigzag varints of 0..63 and -64..-1, the string lengths of nearly every symbol.
+# _HIGH_BITS[k]: the high bit of each of the first k bytes (little-endian int).
+_HIGH_BITS = [int.from_bytes(b"\x80" * k, "little") for k in range(9)]
+_SMALL_VARINTS = {n: bytes([((n << 1) ^ (n >> 63)) & 0xFF]) for n in range(-64, 64)}
+
+
+def is_quote_schema(schema: Any) -> bool:
+    """Whether ``schema`` (parsed) has exactly the binary layout of the shipped quote schema."""
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return False
+    fields = schema.get("fields")
+    if not isinstance(fields, list) or len(fields) != len(QUOTE_FIELDS):
+        return False
+    return all(
+        isinstance(field, dict) and field.get("name") == name and field.get("type") == kind
+        for field, (name, kind) in zip(fields, QUOTE_FIELDS, strict=True)
+    )
+
+
+def _varint(n: int) -> bytes:
+    """The zigzag varint of the Avro long ``n`` (``_LONG_MIN <= n <= _LONG_MAX``)."""
+    small = _SMALL_VARINTS.get(n)
+    if small is not None:
+        return small
+    z = ((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+class QuoteLayout:
+    """Encoder and decoder of quote-schema datums without fastavro (the plain cases only)."""
+
+    @staticmethod
+    def encode(data: Any) -> bytes | None:
+        """The datum of ``data``, or ``None`` when fastavro must decide (odd types, out of range)."""
+        if type(data) is not dict:
+            return None
+        get = data.get
+        symbol = get("symbol")
+        bid = get("bid")
+        ask = get("ask")
+        bid_size = get("bid_size")
+        ask_size = get("ask_size")
+        ts = get("ts_ms")
+        if (
+            type(symbol) is not str
+            or type(bid) is not float
+            or type(ask) is not float
+            or type(bid_size) is not float
+            or type(ask_size) is not float
+            or type(ts) is not int
+            or not _LONG_MIN <= ts <= _LONG_MAX
+        ):
+            return None
+        try:
+            raw = symbol.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: fastavro's error
+            return None
+        size = len(raw)
+        head = _SMALL_VARINTS.get(size) or _varint(size)
+        return head + raw + _pack_prices(bid, ask, bid_size, ask_size) + _varint(ts)
+
+    @staticmethod
+    def decode(payload: bytes) -> dict[str, Any] | None:
+        """The datum of ``payload``, or ``None`` when fastavro must decide (bad, truncated, long varints)."""
+        end = len(payload)
+        if not end:
+            return None
+        # string length: zigzag varint (one byte for any symbol under 64 bytes)
+        b = payload[0]
+        if b < 0x80:
+            size = (b >> 1) ^ -(b & 1)
+            pos = 1
+        else:
+            got = _read_varint(payload, 0, end)
+            if got is None:
+                return None
+            size, pos = got
+        if size < 0:
+            return None
+        stop = pos + size
+        if stop + 33 > end:  # 4 doubles and at least one varint byte must follow
+            return None
+        try:
+            symbol = str(payload[pos:stop], "utf-8")
+        except UnicodeDecodeError:
+            return None
+        bid, ask, bid_size, ask_size = _unpack_prices(payload, stop)
+        start = stop + 32
+        tail = end - start
+        if tail <= 8:
+            # the varint must fill the tail: every byte but the last has its high bit set
+            x = int.from_bytes(payload[start:end], "little")
+            if x & _HIGH_BITS[tail] != _HIGH_BITS[tail - 1]:
+                return None
+            x &= 0x7F7F7F7F7F7F7F7F  # 7-bit groups, packed together in three steps
+            x = (x & 0x007F007F007F007F) | ((x & 0x7F007F007F007F00) >> 1)
+            x = (x & 0x00003FFF00003FFF) | ((x & 0x3FFF00003FFF0000) >> 2)
+            n = (x & 0x0FFFFFFF) | ((x & 0x0FFFFFFF00000000) >> 4)
+            ts = (n >> 1) ^ -(n & 1)
+        else:
+            got = _read_varint(payload, start, end)
+            if got is None or got[1] != end:
+                return None
+            ts = got[0]
+        return {"symbol": symbol, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size, "ts_ms": ts}
+
+
+def _read_varint(payload: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """``(value, next position)`` of the zigzag varint at ``pos``; ``None`` if truncated or over 9 bytes."""
+    n = 0
+    shift = 0
+    limit = min(end, pos + 9)
+    while pos < limit:
+        b = payload[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+    return None
 
 
 def load_schema(path: Path) -> Any:
@@ -58,9 +211,18 @@ class AvroCodec:
         self.key_field = key_field
         self.ts_field = ts_field
         self._encode_failures = EncodeFailureLog(log, self.name)
+        self.quote_layout = is_quote_schema(schema)
 
     def deserialize(self, payload: bytes) -> Any:
         """The datum of one payload; raises ``DecodeError``."""
+        if self.quote_layout:
+            datum = QuoteLayout.decode(payload)
+            if datum is not None:
+                return datum
+        return self._read(payload)
+
+    def _read(self, payload: bytes) -> Any:
+        """The datum of one payload by fastavro; raises ``DecodeError``."""
         stream = io.BytesIO(payload)
         try:
             datum = fastavro.schemaless_reader(stream, self.schema, None)
@@ -77,9 +239,20 @@ class AvroCodec:
         rejected: list[Rejected] = []
         key_field = self.key_field
         ts_field = self.ts_field
+        fast = self.quote_layout and key_field == "symbol" and ts_field == "ts_ms"
+        fast_decode = QuoteLayout.decode
+        append = records.append
         for payload in payloads:
+            if fast:
+                datum = fast_decode(payload)
+                if datum is not None:
+                    symbol = datum["symbol"]
+                    ts = datum["ts_ms"]
+                    if symbol and ts:
+                        append(TopicRecord(ts, symbol, datum))
+                        continue
             try:
-                records.append(make_record(self.deserialize(payload), key_field, ts_field))
+                append(make_record(self.deserialize(payload), key_field, ts_field))
             except ValueError as exc:
                 rejected.append(Rejected(bytes(payload), str(exc)))
         return records, rejected
@@ -93,7 +266,13 @@ class AvroCodec:
         write = fastavro.schemaless_writer
         out: list[bytes] = []
         stream = io.BytesIO()
+        fast_encode = QuoteLayout.encode if self.quote_layout else None
         for data in datas:
+            if fast_encode is not None:
+                datum = fast_encode(data)
+                if datum is not None:
+                    out.append(datum)
+                    continue
             stream.seek(0)
             stream.truncate()
             try:
