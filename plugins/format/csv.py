@@ -8,6 +8,14 @@ string. Floats are written with ``repr`` so they round-trip exactly.
 Quoting follows RFC 4180 (the ``csv`` module's rules): a field holding a
 comma, a quote or a line break is quoted. A line break inside a field
 cannot ride on ``lines`` framing; use ``length-prefixed`` for such data.
+
+PERF: with the default columns, key and timestamp fields, plain rows take a
+fast path: a quote of exact types (str symbol needing no quoting, float
+prices, int ``ts_ms``) is written with one f-string, and a row of six
+non-empty unquoted fields whose prices hold a ``.`` and whose ``ts_ms`` is
+ASCII digits is read with ``str.split``, ``float`` and ``int``. Anything
+else takes the general path, so both give the same bytes, payloads and
+rejections (tests/plugins/format/test_csv_quotes.py checks it).
 """
 
 from __future__ import annotations
@@ -73,6 +81,76 @@ def _format(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as a CSV field")
 
 
+def _read_quote(payload: bytes) -> TopicRecord | None:
+    """The record of a plain default-column row, or ``None`` for the general path to decide."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if '"' in text or "\n" in text or "\r" in text:
+        return None
+    fields = text.split(",")
+    if len(fields) != 6:
+        return None
+    symbol, bid, ask, bid_size, ask_size, ts_text = fields
+    if (
+        not symbol
+        or "." not in bid
+        or "." not in ask
+        or "." not in bid_size
+        or "." not in ask_size
+        or not ts_text.isascii()
+        or not ts_text.isdigit()
+    ):
+        return None
+    try:
+        prices = (float(bid), float(ask), float(bid_size), float(ask_size))
+        ts = int(ts_text)
+    except ValueError:
+        return None
+    if not ts:
+        return None
+    data = {
+        "symbol": symbol,
+        "bid": prices[0],
+        "ask": prices[1],
+        "bid_size": prices[2],
+        "ask_size": prices[3],
+        "ts_ms": ts,
+    }
+    return TopicRecord(ts, symbol, data)
+
+
+def _write_quote(data: Any) -> bytes | None:
+    """The row of a quote of exact types needing no quoting, or ``None`` for the general path."""
+    if type(data) is not dict:
+        return None
+    get = data.get
+    symbol = get("symbol")
+    bid = get("bid")
+    ask = get("ask")
+    bid_size = get("bid_size")
+    ask_size = get("ask_size")
+    ts = get("ts_ms")
+    if (
+        type(symbol) is not str
+        or type(bid) is not float
+        or type(ask) is not float
+        or type(bid_size) is not float
+        or type(ask_size) is not float
+        or type(ts) is not int
+        or "," in symbol
+        or '"' in symbol
+        or "\n" in symbol
+        or "\r" in symbol
+    ):
+        return None
+    try:
+        return f"{symbol},{bid!r},{ask!r},{bid_size!r},{ask_size!r},{ts}".encode()
+    except UnicodeEncodeError:
+        return None
+
+
 class CsvCodec:
     """Codec and FormatSerializer for CSV rows."""
 
@@ -86,6 +164,7 @@ class CsvCodec:
         self.key_field = key_field
         self.ts_field = ts_field
         self._key_index = self.columns.index(key_field)
+        self.quote_layout = self.columns == DEFAULT_COLUMNS and key_field == "symbol" and ts_field == "ts_ms"
         self._encode_failures = EncodeFailureLog(log, self.name)
 
     def _split(self, payload: bytes) -> list[str]:
@@ -121,9 +200,16 @@ class CsvCodec:
         rejected: list[Rejected] = []
         key_field = self.key_field
         ts_field = self.ts_field
+        fast = self.quote_layout
+        append = records.append
         for payload in payloads:
+            if fast:
+                record = _read_quote(payload)
+                if record is not None:
+                    append(record)
+                    continue
             try:
-                records.append(make_record(self.deserialize(payload), key_field, ts_field))
+                append(make_record(self.deserialize(payload), key_field, ts_field))
             except ValueError as exc:  # DecodeError is a ValueError
                 rejected.append(Rejected(bytes(payload), str(exc)))
         return records, rejected
@@ -135,7 +221,13 @@ class CsvCodec:
     def serialize(self, datas: Sequence[Any]) -> list[bytes]:
         columns = self.columns
         out: list[bytes] = []
+        fast = self.quote_layout
         for data in datas:
+            if fast:
+                row = _write_quote(data)
+                if row is not None:
+                    out.append(row)
+                    continue
             try:
                 get = data.get
                 out.append(",".join([_format(get(column)) for column in columns]).encode("utf-8"))
