@@ -987,6 +987,7 @@ cdef class OhlcAggregator:
     cdef int64_t* _late
     cdef dict _key_ids
     cdef list _key_names
+    cdef list _free_ids  # ids of forgotten keys, reused before new ones
     cdef Py_ssize_t _kalloc
     cdef _Bucket* _buckets  # [key][tf][hold], ascending by start
     cdef int32_t* _nb  # buckets held per (key, tf)
@@ -1034,6 +1035,7 @@ cdef class OhlcAggregator:
             self._late[t] = 0
         self._key_ids = {}
         self._key_names = []
+        self._free_ids = []
         self._gen = 0
         self._nchanges = 0
 
@@ -1049,6 +1051,14 @@ cdef class OhlcAggregator:
         cdef int32_t* nb
         if found != NULL:
             return <int32_t><object>found
+        if self._free_ids:
+            kid = self._free_ids.pop()
+            first = kid * self._ntf
+            for i in range(first, first + self._ntf):
+                self._nb[i] = 0
+            self._key_ids[key] = kid
+            self._key_names[kid] = key
+            return <int32_t>kid
         kid = len(self._key_names)
         if kid >= self._kalloc:
             n = max(16, self._kalloc * 2)
@@ -1223,6 +1233,23 @@ cdef class OhlcAggregator:
             [r.data["bid"] for r in records],
             [r.data["ask"] for r in records],
         )
+
+    @property
+    def key_count(self):
+        """Keys whose buckets are held."""
+        return len(self._key_ids)
+
+    def forget(self, key):
+        """Drop every bucket held for ``key`` (True if it had any); its next quote starts afresh."""
+        cdef PyObject* found = PyDict_GetItem(self._key_ids, key)
+        cdef Py_ssize_t kid
+        if found == NULL:
+            return False
+        kid = <Py_ssize_t><object>found
+        del self._key_ids[key]
+        self._key_names[kid] = None
+        self._free_ids.append(kid)
+        return True
 
     def candle(self, key, timeframe_ms, start_ms):
         """The held candle ``(open, high, low, close, ticks)``, or None."""

@@ -492,6 +492,7 @@ class OhlcAggregator:
         self.late_counts = [0] * len(self.timeframes_ms)
         # (key, tf_index) -> buckets ascending by start
         self._state: dict[tuple[str, int], list[_Bucket]] = {}
+        self._held_keys: set[str] = set()
 
     def update(
         self,
@@ -525,6 +526,7 @@ class OhlcAggregator:
                 if buckets is None:
                     bucket = _Bucket(start, ts, price)
                     state[(key, t)] = [bucket]
+                    self._held_keys.add(key)
                     changed[(key, t, start)] = bucket
                     continue
                 newest = buckets[-1].start
@@ -561,6 +563,19 @@ class OhlcAggregator:
             [r.data["bid"] for r in records],
             [r.data["ask"] for r in records],
         )
+
+    @property
+    def key_count(self) -> int:
+        """Keys whose buckets are held."""
+        return len(self._held_keys)
+
+    def forget(self, key: str) -> bool:
+        """Drop every bucket held for ``key`` (True if it had any); its next quote starts afresh."""
+        slots = [(key, t) for t in range(len(self.timeframes_ms)) if (key, t) in self._state]
+        for slot in slots:
+            del self._state[slot]
+        self._held_keys.discard(key)
+        return bool(slots)
 
     def candle(self, key: str, timeframe_ms: int, start_ms: int) -> tuple[float, float, float, float, int] | None:
         """The held candle ``(open, high, low, close, ticks)``, or None."""

@@ -193,3 +193,43 @@ def test_ohlc_refuses_bad_arguments(kernels: ModuleType) -> None:
         agg.candle("A", MINUTE, 0)
     assert agg.update([], [], [], []) == ([], [])
     assert agg.timeframes_ms == [SECOND] and agg.hold_buckets == 2
+
+
+class ForgettingNaiveOhlc(NaiveOhlc):
+    def forget(self, key: str) -> bool:
+        held = any(k == key for k, _ in self.newest)
+        self.quotes = {slot: q for slot, q in self.quotes.items() if slot[0] != key}
+        self.newest = {slot: n for slot, n in self.newest.items() if slot[0] != key}
+        return held
+
+
+@PROPERTY
+@given(
+    timeframes=st.lists(st.sampled_from(TIMEFRAMES), min_size=1, max_size=3, unique=True),
+    hold=st.integers(min_value=1, max_value=3),
+    raw=quote_batches,
+    forgets=st.lists(st.sampled_from(["EURUSD", "BTC/USD", "X", "NEVER"]), max_size=8),
+)
+def test_forgotten_key_starts_afresh_and_others_are_untouched(
+    kernels: ModuleType, timeframes: list[int], hold: int, raw: list[Any], forgets: list[str]
+) -> None:
+    agg = kernels.OhlcAggregator(timeframes, hold_buckets=hold)
+    model = ForgettingNaiveOhlc(timeframes, hold)
+    for i, batch in enumerate(as_quotes(raw, 1_732_406_400_000)):
+        assert feed(agg, batch) == model.update(batch)
+        if i < len(forgets):
+            assert agg.forget(forgets[i]) == model.forget(forgets[i])
+        assert agg.key_count == len({key for key, _ in model.newest})
+
+
+def test_forgotten_key_ids_are_reused_without_mixing_state(twins: tuple[ModuleType, ModuleType]) -> None:
+    for kernels in twins:
+        agg = kernels.OhlcAggregator([SECOND], hold_buckets=1)
+        for n in range(50):
+            key = f"S{n}"
+            agg.update([key], [1_732_406_400_000 + n], [1.0 + n], [1.0 + n])
+            if n:
+                assert agg.forget(f"S{n - 1}") is True
+        assert agg.key_count == 1
+        assert agg.forget("S0") is False
+        assert agg.candle("S49", SECOND, 1_732_406_400_000) == (50.0, 50.0, 50.0, 50.0, 1)
