@@ -1,4 +1,4 @@
-"""ClickHouse storage: a topic's records in a ClickHouse table, over the HTTP interface.
+"""The ClickHouse storage: a topic's records in a ClickHouse table, over the HTTP interface.
 
 Why it looks the way it does:
 
@@ -27,6 +27,7 @@ patches with gevent at start-up) it is cooperative; the worker is a
 not, so ingest never waits on it either way.
 """
 
+
 from __future__ import annotations
 
 import logging
@@ -36,21 +37,22 @@ import struct
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-from urllib.parse import quote as _url_quote
 
-import msgspec
-import requests
 from gauss_plugins.storage._support import new_epoch
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, StorageError
+from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.registry import Options
 
-__all__ = ["ClickHouseStorage", "ClickHouseClient", "ClickHouseError", "RowLayout", "layout_for", "create"]
+from .client import ClickHouseClient, ClickHouseError, sql_name, sql_string
+from .rowbinary import _ANY, layout_for, read_string
+from .spool import Spool, file_name
+
+__all__ = ["ClickHouseStorage", "create"]
 
 log = logging.getLogger(__name__)
 
@@ -63,394 +65,6 @@ DEFAULT_SPOOL_DIR = "data/clickhouse-spool"
 # ClickHouse error codes the worker repairs itself instead of retrying blindly.
 _UNKNOWN_TABLE = 60
 _UNKNOWN_DATABASE = 81
-
-
-# --- HTTP client -------------------------------------------------------------
-
-
-class ClickHouseError(StorageError):
-    """ClickHouse refused a statement or could not be reached; ``code`` is its error code (0 if none)."""
-
-    def __init__(self, message: str, code: int = 0) -> None:
-        self.code = code
-        super().__init__(message)
-
-
-class ClickHouseClient:
-    """Statements over ClickHouse's HTTP interface with one pooled ``requests`` session."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        user: str = "default",
-        password: str = "",
-        connect_timeout: float = 5.0,
-        timeout: float = 30.0,
-    ) -> None:
-        self.url = url.rstrip("/") + "/"
-        self._timeout = (connect_timeout, timeout)
-        self._session = requests.Session()
-        self._session.headers["X-ClickHouse-User"] = user
-        if password:
-            self._session.headers["X-ClickHouse-Key"] = password
-
-    def execute(self, sql: str, body: bytes | None = None) -> bytes:
-        """Run ``sql`` (with ``body`` as the data of an ``INSERT``); return the raw answer."""
-        try:
-            if body is None:
-                response = self._session.post(self.url, data=sql.encode(), timeout=self._timeout)
-            else:
-                response = self._session.post(self.url, params={"query": sql}, data=body, timeout=self._timeout)
-        except requests.RequestException as exc:
-            raise ClickHouseError(f"clickhouse {self.url}: {type(exc).__name__}: {exc}") from None
-        if response.status_code != 200:
-            text = response.text.strip()
-            code = 0
-            if text.startswith("Code: "):
-                try:
-                    code = int(text[6:].split(",", 1)[0])
-                except ValueError:
-                    code = 0
-            raise ClickHouseError(f"clickhouse {self.url}: HTTP {response.status_code}: {text[:500]}", code)
-        return response.content
-
-    def ping(self) -> bool:
-        try:
-            return self._session.get(self.url + "ping", timeout=self._timeout).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def close(self) -> None:
-        self._session.close()
-
-
-def sql_string(value: str) -> str:
-    """A ClickHouse string literal (every byte that could end or bend it escaped)."""
-    escaped = (
-        value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r").replace("\0", "\\0")
-    )
-    return f"'{escaped}'"
-
-
-def sql_name(value: str) -> str:
-    """A quoted identifier."""
-    return "`" + value.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
-# --- RowBinary rows ----------------------------------------------------------
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _string(value: str) -> bytes:
-    raw = value.encode("utf-8", "surrogatepass")
-    return _varint(len(raw)) + raw
-
-
-def _read_string(buf: bytes, pos: int) -> tuple[str, int]:
-    shift = 0
-    length = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-    end = pos + length
-    return buf[pos:end].decode("utf-8", "surrogatepass"), end
-
-
-_json_encode = msgspec.json.Encoder().encode
-_json_decode = msgspec.json.Decoder().decode
-
-
-@dataclass(frozen=True)
-class _Field:
-    name: str
-    kind: str
-    """``key`` (equals the record's key), ``ts`` (equals its ts_ms), ``f64``, ``i64`` or ``str``."""
-
-
-class RowLayout:
-    """How one data format maps to table columns, and RowBinary both ways.
-
-    Every table has ``topic, key, ts_ms, seq``, the typed columns of its
-    format, then ``typed`` (1 when the payload fitted the typed columns) and
-    ``payload`` (JSON: the fields beyond the typed ones, or the whole payload
-    when ``typed`` is 0). A payload thus always comes back exactly as it went
-    in, and SQL users still get plain columns for quotes and candles.
-    """
-
-    def __init__(self, data_format: DataFormat, fields: Sequence[_Field]) -> None:
-        self.format = data_format
-        self.fields = tuple(fields)
-        self.numeric = tuple(f for f in fields if f.kind in ("f64", "i64"))
-        self.strings = tuple(f for f in fields if f.kind == "str")
-        self._known = frozenset(f.name for f in fields)
-        self._struct = struct.Struct("<qQ" + "".join("d" if f.kind == "f64" else "q" for f in self.numeric))
-        self._head = struct.Struct("<qQ")
-        self._checks: tuple[tuple[str, type], ...] = tuple(
-            (f.name, float if f.kind == "f64" else int) for f in self.numeric
-        )
-
-    @property
-    def columns(self) -> list[tuple[str, str]]:
-        cols = [("topic", "String"), ("key", "String"), ("ts_ms", "Int64"), ("seq", "UInt64")]
-        cols += [(f.name, "Float64" if f.kind == "f64" else "Int64") for f in self.numeric]
-        cols += [(f.name, "String") for f in self.strings]
-        cols += [("typed", "UInt8"), ("payload", "String")]
-        return cols
-
-    def _fits(self, record: TopicRecord) -> bool:
-        data = record.data
-        if type(data) is not dict:
-            return False
-        for f in self.fields:
-            if f.name not in data:
-                return False
-            value = data[f.name]
-            if f.kind == "key":
-                if value != record.key or type(value) is not str:
-                    return False
-            elif f.kind == "ts":
-                if type(value) is not int or value != record.ts_ms:
-                    return False
-            elif f.kind == "f64":
-                if type(value) is not float:
-                    return False
-            elif f.kind == "i64":
-                if type(value) is not int or not -(1 << 63) <= value < (1 << 63):
-                    return False
-            elif type(value) is not str:
-                return False
-        return True
-
-    def encode(self, topic: str, records: Iterable[TopicRecord]) -> bytes:
-        """The RowBinary body inserting ``records`` (of ``topic``)."""
-        topic_bytes = _string(topic)
-        pack = self._struct.pack
-        head = self._head.pack
-        numeric = [f.name for f in self.numeric]
-        strings = [f.name for f in self.strings]
-        known = self._known
-        zeros = [0.0 if f.kind == "f64" else 0 for f in self.numeric]
-        key_cache: dict[str, bytes] = {}
-        parts: list[bytes] = []
-        append = parts.append
-        for record in records:
-            key = record.key
-            key_bytes = key_cache.get(key)
-            if key_bytes is None:
-                key_bytes = _string(key)
-                if len(key_cache) < 10_000:
-                    key_cache[key] = key_bytes
-            append(topic_bytes)
-            append(key_bytes)
-            if self.fields and self._fits(record):
-                data = record.data
-                append(pack(record.ts_ms, record.seq, *[data[n] for n in numeric]))
-                for name in strings:
-                    append(_string(data[name]))
-                extra = {k: v for k, v in data.items() if k not in known} if len(data) != len(known) else None
-                append(b"\x01")
-                append(_string(_json_encode(extra).decode()) if extra else b"\x00")
-            else:
-                append(pack(record.ts_ms, record.seq, *zeros) if self.numeric else head(record.ts_ms, record.seq))
-                for _ in strings:
-                    append(b"\x00")
-                append(b"\x00")
-                append(_string(_json_encode(record.data).decode()))
-        return b"".join(parts)
-
-    def decode(self, buf: bytes) -> list[TopicRecord]:
-        """Records from a RowBinary answer to ``SELECT <select_list>``."""
-        out: list[TopicRecord] = []
-        unpack = self._struct.unpack_from
-        size = self._struct.size
-        numeric = self.numeric
-        strings = self.strings
-        fields = self.fields
-        pos = 0
-        end = len(buf)
-        while pos < end:
-            key, pos = _read_string(buf, pos)
-            values = unpack(buf, pos)
-            pos += size
-            str_values = []
-            for _ in strings:
-                value, pos = _read_string(buf, pos)
-                str_values.append(value)
-            typed = buf[pos]
-            pos += 1
-            payload, pos = _read_string(buf, pos)
-            ts_ms, seq = values[0], values[1]
-            if typed:
-                by_name: dict[str, Any] = {f.name: values[2 + i] for i, f in enumerate(numeric)}
-                by_name.update((f.name, str_values[i]) for i, f in enumerate(strings))
-                data: dict[str, Any] = {}
-                for f in fields:
-                    if f.kind == "key":
-                        data[f.name] = key
-                    elif f.kind == "ts":
-                        data[f.name] = ts_ms
-                    else:
-                        data[f.name] = by_name[f.name]
-                if payload:
-                    data.update(_json_decode(payload))
-                out.append(TopicRecord(ts_ms, key, data, seq))
-            else:
-                out.append(TopicRecord(ts_ms, key, _json_decode(payload), seq))
-        return out
-
-    @property
-    def select_list(self) -> str:
-        """The columns :meth:`decode` reads, in order."""
-        return ", ".join(sql_name(name) for name, _ in self.columns[1:])
-
-
-_QUOTE = RowLayout(
-    DataFormat.QUOTE,
-    [
-        _Field("symbol", "key"),
-        _Field("bid", "f64"),
-        _Field("ask", "f64"),
-        _Field("bid_size", "f64"),
-        _Field("ask_size", "f64"),
-        _Field("ts_ms", "ts"),
-    ],
-)
-_CANDLE = RowLayout(
-    DataFormat.CANDLE,
-    [
-        _Field("symbol", "key"),
-        _Field("timeframe", "str"),
-        _Field("ts_ms", "ts"),
-        _Field("open", "f64"),
-        _Field("high", "f64"),
-        _Field("low", "f64"),
-        _Field("close", "f64"),
-        _Field("ticks", "i64"),
-    ],
-)
-_ANY = RowLayout(DataFormat.ANY, [])
-
-
-def layout_for(data_format: DataFormat) -> RowLayout:
-    """The column layout of a data format's table."""
-    return {DataFormat.QUOTE: _QUOTE, DataFormat.CANDLE: _CANDLE, DataFormat.ANY: _ANY}[DataFormat(data_format)]
-
-
-# --- disk spool --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _SpoolFile:
-    path: Path
-    first_seq: int
-    last_seq: int
-    records: int
-    size: int
-
-
-def _file_name(text: str) -> str:
-    """A file name for any string (SPEC's percent-encoding rule of the file storage)."""
-    encoded = _url_quote(text, safe="-_.")
-    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded
-
-
-class _Spool:
-    """Encoded insert bodies waiting on disk, oldest first; bounded by ``max_bytes``."""
-
-    def __init__(self, directory: Path, max_bytes: int) -> None:
-        self.directory = directory
-        self.max_bytes = max_bytes
-        self.files: deque[_SpoolFile] = deque()
-        self.bytes = 0
-        self.records = 0
-
-    def load(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        found = []
-        for path in self.directory.iterdir():
-            if path.suffix == ".tmp":
-                path.unlink(missing_ok=True)
-                continue
-            if path.suffix != ".rowbinary":
-                continue
-            try:
-                first, last, count = (int(part) for part in path.stem.split("-"))
-            except ValueError:
-                log.warning("clickhouse spool: ignoring unexpected file %s", path)
-                continue
-            found.append(_SpoolFile(path, first, last, count, path.stat().st_size))
-        for item in sorted(found, key=lambda f: f.first_seq):
-            self.files.append(item)
-            self.bytes += item.size
-            self.records += item.records
-
-    @property
-    def last_seq(self) -> int:
-        return max((f.last_seq for f in self.files), default=0)
-
-    def room(self, size: int) -> bool:
-        return self.bytes + size <= self.max_bytes
-
-    def put(self, records: Sequence[TopicRecord], body: bytes) -> None:
-        first, last = records[0].seq, records[-1].seq
-        path = self.directory / f"{first:020d}-{last:020d}-{len(records)}.rowbinary"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        self.files.append(_SpoolFile(path, first, last, len(records), len(body)))
-        self.bytes += len(body)
-        self.records += len(records)
-
-    def oldest(self) -> tuple[_SpoolFile, bytes] | None:
-        if not self.files:
-            return None
-        item = self.files[0]
-        return item, item.path.read_bytes()
-
-    def remove(self, item: _SpoolFile) -> None:
-        item.path.unlink(missing_ok=True)
-        self.files.remove(item)
-        self.bytes -= item.size
-        self.records -= item.records
-
-
-class _RateLimited:
-    """At most one log line per ``interval`` seconds, counting the ones held back."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self._next = 0.0
-        self._held = 0
-
-    def __call__(self, level: int, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now < self._next:
-            self._held += 1
-            return
-        if self._held:
-            message += f" ({self._held} similar since the last report)"
-        self._held = 0
-        self._next = now + self.interval
-        log.log(level, message, *args)
-
-
-# --- the storage -------------------------------------------------------------
 
 
 class ClickHouseStorage:
@@ -508,7 +122,7 @@ class ClickHouseStorage:
         self.layout = _ANY
         self.table = ""
         self._qualified = ""
-        self._spool: _Spool | None = None
+        self._spool: Spool | None = None
 
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -529,7 +143,7 @@ class ClickHouseStorage:
         self.insert_errors = 0
         self.dropped = 0
         self.last_error = ""
-        self._warn = _RateLimited()
+        self._warn = RateLimitedLog(log, level=logging.ERROR)
 
     # -- health ---------------------------------------------------------------
 
@@ -568,7 +182,7 @@ class ClickHouseStorage:
         self.table = self.table_option or DEFAULT_TABLES[self.format]
         self._qualified = f"{sql_name(self.database)}.{sql_name(self.table)}"
         if self.spool_dir is not None:
-            self._spool = _Spool(self.spool_dir / _file_name(self.table) / _file_name(topic), self.max_spool_bytes)
+            self._spool = Spool(self.spool_dir / file_name(self.table) / file_name(topic), self.max_spool_bytes)
             self._spool.load()
 
         deadline = time.monotonic() + self.startup_timeout
@@ -657,7 +271,6 @@ class ClickHouseStorage:
             wake = self._memory_records >= self.batch_size
         if over:
             self._warn(
-                logging.ERROR,
                 "clickhouse storage %s: buffer full (%d records in memory, %d bytes spooled): dropped %d records "
                 "(%d in all)",
                 self.topic,
@@ -803,7 +416,7 @@ class ClickHouseStorage:
             if self.healthy:
                 log.error("clickhouse storage %s: insert of %d records failed, will retry: %s", self.topic, count, exc)
             else:
-                self._warn(logging.WARNING, "clickhouse storage %s: still failing: %s", self.topic, exc)
+                self._warn("clickhouse storage %s: still failing: %s", self.topic, exc)
             self.healthy = False
             return False
         if not self.healthy:
@@ -830,7 +443,6 @@ class ClickHouseStorage:
             if not self._spool.room(len(body)):
                 if everything:
                     self._warn(
-                        logging.ERROR,
                         "clickhouse storage %s: spool %s full (%d bytes); %d records stay in memory only",
                         self.topic,
                         self._spool.directory,
@@ -841,7 +453,7 @@ class ClickHouseStorage:
             try:
                 self._spool.put(batch, body)
             except OSError as exc:
-                self._warn(logging.ERROR, "clickhouse storage %s: cannot write spool: %s", self.topic, exc)
+                self._warn("clickhouse storage %s: cannot write spool: %s", self.topic, exc)
                 return
             with self._lock:
                 if self._memory and self._memory[0] is batch:
@@ -938,7 +550,7 @@ class ClickHouseStorage:
             )
             pos = 0
             while pos < len(answer):
-                key, pos = _read_string(answer, pos)
+                key, pos = read_string(answer, pos)
                 (ts,) = struct.unpack_from("<q", answer, pos)
                 pos += 8
                 present.add((key, ts))
@@ -953,7 +565,7 @@ class ClickHouseStorage:
         info: dict[str, list[int]] = {}
         pos = 0
         while pos < len(raw):
-            key, pos = _read_string(raw, pos)
+            key, pos = read_string(raw, pos)
             count, last = struct.unpack_from("<Qq", raw, pos)
             pos += 16
             info[key] = [count, last]

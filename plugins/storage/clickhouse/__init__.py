@@ -1,0 +1,15 @@
+"""``clickhouse`` storage: a topic's records in a ClickHouse table (docs/clickhouse.md).
+
+One module a job: :mod:`.client` (the HTTP interface and its errors),
+:mod:`.rowbinary` (rows both ways), :mod:`.spool` (batches waiting on disk)
+and :mod:`.storage` (the storage itself, and ``create``, its factory, which
+the ``clickhouse`` entry point names).
+"""
+
+from __future__ import annotations
+
+from .client import ClickHouseClient, ClickHouseError
+from .rowbinary import RowLayout, layout_for
+from .storage import ClickHouseStorage, create
+
+__all__ = ["ClickHouseStorage", "ClickHouseClient", "ClickHouseError", "RowLayout", "layout_for", "create"]
