@@ -122,7 +122,11 @@ setup(
     + ["gauss_plugins"]
     + ["gauss_plugins." + p for p in find_packages("plugins")],
     package_dir={"gauss": "gauss", "gauss_plugins": "plugins"},
-    package_data={"gauss": ["py.typed", "*.pyi", "*.pyx"], "gauss.grafana.pluginv2": ["*.proto", "*.pyi"]},
+    package_data={
+        "gauss": ["py.typed", "*.pyi", "*.pyx"],
+        "gauss.grafana.pluginv2": ["*.proto", "*.pyi"],
+        "gauss.http": ["static/*", "static/*/*"],  # the dashboard (docs/dashboard.md)
+    },
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithData},
     install_requires=[

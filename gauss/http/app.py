@@ -15,6 +15,7 @@ import falcon
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gauss.errors import QueryError, StorageError, UnknownTopic
+from gauss.http.dashboard import add_dashboard_routes
 from gauss.http.encoding import dumps, records_message_parts
 from gauss.http.metrics import ApiMetrics
 from gauss.http.middleware import AuthMiddleware, MetricsMiddleware
@@ -58,6 +59,7 @@ def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics) -> falcon.App
     app.add_route("/api/topics/{name}/latest", TopicLatest(hub))
     app.add_route("/metrics", MetricsExposition(hub))
     app.add_route("/ws", WebSocketOnly())
+    add_dashboard_routes(app)  # GET / and /static/*: SPEC section 8
     return app
 
 

@@ -15,8 +15,10 @@ from gauss.http.metrics import ApiMetrics
 
 __all__ = ["OPEN_ROUTES", "AuthMiddleware", "MetricsMiddleware", "token_matches", "bearer_token"]
 
-OPEN_ROUTES = frozenset({"/api/health"})
-"""Routes that stay open when a token is configured."""
+OPEN_ROUTES = frozenset({"/api/health", "/", "/index.html"})
+"""Routes that stay open when a token is configured (the dashboard page asks for the token itself)."""
+OPEN_PREFIXES = ("/static/",)
+"""Path prefixes that stay open: the dashboard's static files (no data in them)."""
 
 
 def bearer_token(authorization: str | None, query_token: str | None) -> str | None:
@@ -48,7 +50,7 @@ class AuthMiddleware:
         self._token = token
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        if req.path in OPEN_ROUTES:
+        if req.path in OPEN_ROUTES or req.path.startswith(OPEN_PREFIXES):
             return
         if req.method == "OPTIONS" and req.get_header("Access-Control-Request-Method"):
             return  # CORS preflight: browsers never send credentials with it

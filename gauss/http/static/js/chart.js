@@ -1,0 +1,103 @@
+// The candlestick chart and its ticks histogram (TradingView Lightweight Charts,
+// vendored: window.LightweightCharts from the standalone build).
+//
+// One bar per candle: a candle topic republishes the open bucket as it changes
+// (SPEC section 1), and each version replaces the bar of its bucket in place.
+
+const UP = "#26a69a";
+const DOWN = "#ef5350";
+
+function precisionFor(price) {
+  if (!(price > 0)) return 2;
+  if (price < 10) return 5;
+  if (price < 1000) return 3;
+  return 2;
+}
+
+export class CandleChart {
+  constructor(element) {
+    const LWC = window.LightweightCharts;
+    this.chart = LWC.createChart(element, {
+      autoSize: true,
+      layout: {
+        background: { type: "solid", color: "#131722" },
+        textColor: "#d1d4dc",
+        // NOTE: the logo injects a <style> element, which the page's CSP refuses;
+        // the attribution TradingView asks for is in the page's footer instead.
+        attributionLogo: false,
+      },
+      grid: { vertLines: { color: "#1f2433" }, horzLines: { color: "#1f2433" } },
+      timeScale: { timeVisible: true, secondsVisible: true, borderColor: "#2a2e39" },
+      rightPriceScale: { borderColor: "#2a2e39" },
+    });
+    this.candles = this.chart.addSeries(LWC.CandlestickSeries, {
+      upColor: UP, downColor: DOWN, borderVisible: false, wickUpColor: UP, wickDownColor: DOWN,
+    });
+    this.ticks = this.chart.addSeries(LWC.HistogramSeries, { priceFormat: { type: "volume" }, title: "ticks" }, 1);
+    const panes = this.chart.panes();
+    if (panes.length > 1) {
+      panes[0].setStretchFactor(4);
+      panes[1].setStretchFactor(1);
+    }
+    this.byTime = new Map(); // bar time (s) -> candle payload
+    this.lastTime = null;
+    this.precision = null;
+  }
+
+  static bar(candle) {
+    return { time: candle.ts_ms / 1000, open: candle.open, high: candle.high, low: candle.low, close: candle.close };
+  }
+
+  static volume(candle) {
+    return { time: candle.ts_ms / 1000, value: candle.ticks, color: candle.close >= candle.open ? UP + "80" : DOWN + "80" };
+  }
+
+  setPrecision(price) {
+    const precision = precisionFor(price);
+    if (precision === this.precision) return;
+    this.precision = precision;
+    this.candles.applyOptions({ priceFormat: { type: "price", precision, minMove: 10 ** -precision } });
+  }
+
+  /** Replace everything with `candles` (payloads, any order). */
+  setHistory(candles) {
+    this.byTime = new Map(candles.map((c) => [c.ts_ms / 1000, c]));
+    this.redraw();
+    this.chart.timeScale().fitContent();
+  }
+
+  clear() {
+    this.setHistory([]);
+  }
+
+  redraw() {
+    const sorted = [...this.byTime.values()].sort((a, b) => a.ts_ms - b.ts_ms);
+    if (sorted.length) this.setPrecision(sorted[sorted.length - 1].close);
+    this.candles.setData(sorted.map(CandleChart.bar));
+    this.ticks.setData(sorted.map(CandleChart.volume));
+    this.lastTime = sorted.length ? sorted[sorted.length - 1].ts_ms / 1000 : null;
+  }
+
+  /** One candle version: updates its bar in place, or adds the bar of a new bucket. */
+  apply(candle) {
+    const time = candle.ts_ms / 1000;
+    this.byTime.set(time, candle);
+    if (this.lastTime === null || time >= this.lastTime) {
+      if (this.lastTime === null) this.setPrecision(candle.close);
+      this.candles.update(CandleChart.bar(candle));
+      this.ticks.update(CandleChart.volume(candle));
+      this.lastTime = time;
+    } else {
+      this.redraw(); // a late version of an older bucket: rare, rebuild the series
+    }
+  }
+
+  /** The bars the chart's candlestick series holds (read back from the series itself). */
+  bars() {
+    return this.candles.data().map((b) => ({ time: b.time, open: b.open, high: b.high, low: b.low, close: b.close }));
+  }
+
+  volumes() {
+    return this.ticks.data().map((b) => ({ time: b.time, value: b.value }));
+  }
+}
