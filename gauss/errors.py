@@ -16,6 +16,7 @@ __all__ = [
     "QueryError",
     "UnknownTopic",
     "StorageError",
+    "StorageUnavailable",
     "ConnectionClosed",
 ]
 
@@ -94,6 +95,14 @@ class UnknownTopic(GaussError, KeyError):
 
 class StorageError(GaussError, OSError):
     """A storage could not read or write."""
+
+
+class StorageUnavailable(StorageError):
+    """A storage cannot answer right now (its server is down, say); asking again later may succeed.
+
+    The API answers it with 503 and the listing shows the topic with
+    ``"records": null`` and the message (SPEC section 4).
+    """
 
 
 class ConnectionClosed(GaussError, ConnectionError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gauss.errors import QueryError, StorageError, UnknownTopic
+from gauss.errors import QueryError, StorageError, StorageUnavailable, UnknownTopic
 from gauss.http.dashboard import add_dashboard_routes
 from gauss.http.encoding import dumps, records_message_parts
 from gauss.http.metrics import ApiMetrics
@@ -87,9 +87,12 @@ def _unknown_topic(req: falcon.Request, resp: falcon.Response, exc: UnknownTopic
 
 
 def _storage_error(req: falcon.Request, resp: falcon.Response, exc: StorageError, params: dict[str, Any]) -> None:
-    """A storage that cannot answer (ClickHouse down, say): a 500 that says so, one log line per 10 s."""
-    _storage_failures("%s %s: storage unavailable: %s", req.method, req.path, exc)
-    raise falcon.HTTPInternalServerError(description=f"storage unavailable: {exc}")
+    """A storage that cannot answer: 503 when it may later (ClickHouse down, say), else 500; one log line per 10 s."""
+    if isinstance(exc, StorageUnavailable):
+        _storage_failures("%s %s: storage unavailable: %s", req.method, req.path, exc)
+        raise falcon.HTTPServiceUnavailable(description=f"storage unavailable: {exc}")
+    _storage_failures("%s %s: storage failed: %s", req.method, req.path, exc)
+    raise falcon.HTTPInternalServerError(description=f"storage failed: {exc}")
 
 
 def _internal_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
@@ -143,12 +146,20 @@ class TopicList:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         checked_params(req, ())
-        answer = [
-            {"name": t.name, "storage": t.storage_type, "format": t.format.value, "records": t.count()}
-            for t in self._hub.registry.topics()
-        ]
-        resp.data = dumps(answer)
+        resp.data = dumps([_listing_entry(t) for t in self._hub.registry.topics()])
         resp.content_type = falcon.MEDIA_JSON
+
+
+def _listing_entry(topic: Topic) -> dict[str, Any]:
+    """One topic of the listing; a storage that cannot count gives ``"records": null`` and ``"error"`` (SPEC 4)."""
+    entry: dict[str, Any] = {"name": topic.name, "storage": topic.storage_type, "format": topic.format.value}
+    try:
+        entry["records"] = topic.count()
+    except StorageError as exc:
+        _storage_failures("GET /api/topics: topic %s: %s", topic.name, exc)
+        entry["records"] = None
+        entry["error"] = f"storage unavailable: {exc}"
+    return entry
 
 
 class _TopicResource:

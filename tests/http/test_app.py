@@ -230,8 +230,30 @@ def test_a_failing_storage_is_a_500_with_a_json_error_not_a_traceback(api: Api, 
     monkeypatch.setattr(api.hub.topic("quotes"), "query", broken)
     response = api.get("/api/topics/quotes")
     assert response.status_code == 500
-    assert error_of(response) == "storage unavailable: disk on fire"
+    assert error_of(response) == "storage failed: disk on fire"
     assert api.get("/api/health").status_code == 200
+
+
+def test_a_storage_that_cannot_answer_now_is_a_503_and_a_null_in_the_listing(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gauss.errors import StorageUnavailable
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise StorageUnavailable("server away")
+
+    topic = api.hub.topic("quotes")
+    for method in ("query", "keys", "latest", "count"):
+        monkeypatch.setattr(topic, method, down)
+    for path in ("/api/topics/quotes", "/api/topics/quotes/keys", "/api/topics/quotes/latest"):
+        response = api.get(path)
+        assert response.status_code == 503, path
+        assert error_of(response) == "storage unavailable: server away", path
+    listing = api.get("/api/topics")
+    assert listing.status_code == 200
+    entry = next(t for t in listing.json() if t["name"] == "quotes")
+    assert entry["records"] is None and entry["error"] == "storage unavailable: server away"
+    assert all(isinstance(t["records"], int) for t in listing.json() if t["name"] != "quotes")
 
 
 def test_an_unexpected_failure_is_a_500_naming_only_the_error_type(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
