@@ -16,13 +16,21 @@ records they answer queries from. It keeps
 
 Bounds: ``capacity`` records overall (oldest ``seq`` evicted first),
 ``max_per_key`` per key and ``retention_ms`` per key (both evict the oldest
-``ts_ms`` first; ``retention_ms`` keeps ``ts_ms > newest - retention_ms``).
+``ts_ms`` first; ``retention_ms`` keeps ``ts_ms > newest - retention_ms``),
+and ``max_keys`` keys (the key added to longest ago is dropped whole, counted
+in ``evicted_keys`` and reported to ``on_evict``; issue 11 item 3).
+
+Adding is idempotent (issue 10 item 3): a ``seq`` already held is a no-op,
+and for upsert topics a version older than the one held never replaces it,
+so replaying records twice, or in any order, leaves the same index. Records
+older than the newest seq (a key reloaded from disk, say) may come after
+newer ones: the seq order is then restored lazily, when something needs it.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sortedcontainers import SortedList
 
@@ -48,18 +56,27 @@ class RecordIndex:
         capacity: int | None = None,
         max_per_key: int | None = None,
         retention_ms: int | None = None,
+        max_keys: int | None = None,
+        on_evict: Callable[[str], None] | None = None,
     ) -> None:
-        for name, value in (("capacity", capacity), ("max_per_key", max_per_key), ("retention_ms", retention_ms)):
+        limits = (("capacity", capacity), ("max_per_key", max_per_key), ("retention_ms", retention_ms), ("max_keys", max_keys))
+        for name, value in limits:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
         self.upsert = upsert
         self.capacity = capacity
         self.max_per_key = max_per_key
         self.retention_ms = retention_ms
+        self.max_keys = max_keys
+        self.evicted_keys = 0
+        """Keys dropped whole because more than ``max_keys`` were held."""
+        self._on_evict = on_evict
         self._by_seq: OrderedDict[int, TopicRecord] = OrderedDict()
+        self._unordered = False  # _by_seq holds a seq below a later one: sort before reading it in order
         self._current: dict[RecordId, TopicRecord] = {}  # upsert: (ts_ms, key) -> current version
         self._all: SortedList = SortedList()
         self._by_key: dict[str, SortedList] = {}
+        self._idle: OrderedDict[str, None] = OrderedDict()  # max_keys: keys, least recently added to first
         self._last_seq = 0
 
     def __len__(self) -> int:
@@ -77,7 +94,11 @@ class RecordIndex:
         return self._current[rid] if self.upsert else self._by_seq[rid[1]]
 
     def add(self, records: Iterable[TopicRecord]) -> None:
-        """Index numbered records (ascending ``seq``), then apply the bounds."""
+        """Index numbered records, then apply the bounds.
+
+        A seq already held is skipped, and so is an upsert version older
+        than the one held: adding is idempotent.
+        """
         touched: set[str] = set()
         by_seq = self._by_seq
         by_key = self._by_key
@@ -85,17 +106,33 @@ class RecordIndex:
         upsert = self.upsert
         last_seq = self._last_seq
         for record in records:
+            seq = record.seq
+            if seq in by_seq:
+                continue
             key = record.key
-            rid = (record.ts_ms, key) if upsert else (record.ts_ms, record.seq)
-            by_seq[record.seq] = record
-            if record.seq > last_seq:
-                last_seq = record.seq
             if upsert:
+                rid: RecordId = (record.ts_ms, key)
                 old = current.get(rid)
-                current[rid] = record
                 if old is not None:
+                    if old.seq > seq:
+                        continue  # an older version of a candle held newer
                     del by_seq[old.seq]
+                    current[rid] = record
+                    by_seq[seq] = record
+                    if seq > last_seq:
+                        last_seq = seq
+                    else:
+                        self._unordered = True
+                    touched.add(key)
                     continue
+                current[rid] = record
+            else:
+                rid = (record.ts_ms, seq)
+            by_seq[seq] = record
+            if seq > last_seq:
+                last_seq = seq
+            else:
+                self._unordered = True
             self._all.add(rid)
             bucket = by_key.get(key)
             if bucket is None:
@@ -106,10 +143,46 @@ class RecordIndex:
         if self.max_per_key is not None or self.retention_ms is not None:
             for key in touched:
                 self._trim_key(key)
-        if self.capacity is not None:
-            while len(by_seq) > self.capacity:
-                _, oldest = by_seq.popitem(last=False)
+        if self.max_keys is not None:
+            self._evict_idle(touched)
+        if self.capacity is not None and len(self._by_seq) > self.capacity:
+            self._ensure_order()
+            while len(self._by_seq) > self.capacity:
+                _, oldest = self._by_seq.popitem(last=False)
                 self._unlink(oldest, in_seq=False)
+
+    def _evict_idle(self, touched: set[str]) -> None:
+        idle = self._idle
+        for key in touched:
+            if key in self._by_key:
+                idle[key] = None
+                idle.move_to_end(key)
+        while len(self._by_key) > self.max_keys:  # type: ignore[operator]
+            key, _ = idle.popitem(last=False)
+            self.drop_key(key)
+            self.evicted_keys += 1
+            if self._on_evict is not None:
+                self._on_evict(key)
+
+    def drop_key(self, key: str) -> int:
+        """Forget every record of ``key``; return how many there were."""
+        bucket = self._by_key.pop(key, None)
+        self._idle.pop(key, None)
+        if bucket is None:
+            return 0
+        resolve = self._resolve
+        for rid in bucket:
+            record = resolve(rid)
+            del self._by_seq[record.seq]
+            self._all.remove(rid)
+            if self.upsert:
+                del self._current[rid]
+        return len(bucket)
+
+    def _ensure_order(self) -> None:
+        if self._unordered:
+            self._by_seq = OrderedDict(sorted(self._by_seq.items()))
+            self._unordered = False
 
     def _unlink(self, record: TopicRecord, *, in_seq: bool = True) -> None:
         if in_seq:
@@ -120,6 +193,7 @@ class RecordIndex:
         bucket.remove(rid)
         if not bucket:
             del self._by_key[record.key]
+            self._idle.pop(record.key, None)
         if self.upsert:
             del self._current[rid]
 
@@ -139,12 +213,16 @@ class RecordIndex:
 
     def records(self) -> Iterable[TopicRecord]:
         """Every record held, ascending by ``seq``."""
+        self._ensure_order()
         return self._by_seq.values()
 
     def records_of(self, key: str) -> list[TopicRecord]:
         """The records of ``key``, ascending by ``ts_ms``."""
         resolve = self._resolve
         return [resolve(rid) for rid in self._by_key.get(key, ())]
+
+    def has_key(self, key: str) -> bool:
+        return key in self._by_key
 
     def key_count(self, key: str) -> int:
         bucket = self._by_key.get(key)
@@ -186,6 +264,7 @@ class RecordIndex:
         if since_seq >= self._last_seq:
             return [], False
         if self._last_seq - since_seq < hi - lo:
+            self._ensure_order()
             # NOTE: fewer new seqs than records in the time range: read the newest by seq.
             found = []
             for seq in reversed(self._by_seq):
@@ -224,4 +303,5 @@ class RecordIndex:
         """Oldest and newest ``seq`` held; ``(0, 0)`` when empty."""
         if not self._by_seq:
             return (0, 0)
+        self._ensure_order()
         return (next(iter(self._by_seq)), next(reversed(self._by_seq)))

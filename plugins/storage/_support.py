@@ -1,23 +1,66 @@
-"""Small helpers the storages share: epochs, atomic writes, periodic flushing, quiet logs."""
+"""Small helpers the durable storages share.
+
+Epochs, atomic writes, whole writes with roll-back, the ``fsync`` policy,
+the ``_meta.json`` file and the decision, at open, of which epoch and seq to
+continue from (SPEC section 1 "Seq is a promise", section 6 "Durability").
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import gevent
+import msgspec
 
+from gauss.errors import ConfigError
 from gauss.ratelimit import RateLimitedLog
+from gauss.registry import Options
 
-__all__ = ["new_epoch", "write_atomic", "PeriodicTask"]
+__all__ = [
+    "new_epoch",
+    "write_atomic",
+    "write_all",
+    "fsync_paths",
+    "fsync_dir",
+    "PeriodicTask",
+    "FSYNC_POLICIES",
+    "fsync_option",
+    "boot_id",
+    "read_meta",
+    "meta_record",
+    "resume_point",
+    "seqs_in",
+    "move_aside",
+    "CORRUPT_SUFFIX",
+    "MAX_FSYNC_INTERVAL",
+]
+
+FSYNC_POLICIES = ("always", "interval", "never")
+MAX_FSYNC_INTERVAL = 1.0
+"""SPEC section 6: with ``fsync = "interval"`` data reaches the disk at most this many seconds after it was written."""
+CORRUPT_SUFFIX = ".corrupt"
+"""Damaged bytes found at open are appended to ``<file>.corrupt`` beside the file, never deleted."""
+
+_SEQ_FIELD = re.compile(rb'"seq":(\d{1,19})')
 
 
 def new_epoch() -> str:
     """A short random epoch (SPEC section 1): 12 hex digits."""
     return secrets.token_hex(6)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries (a new or renamed file) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
@@ -29,13 +72,161 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
             handle.flush()
             os.fsync(handle.fileno())
     os.replace(tmp, path)
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a short write is retried from where it stopped)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_each(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # removed by compaction or retention since: nothing left to sync
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def fsync_paths(paths: Iterable[Path]) -> None:
+    """fsync files by path in gevent's thread pool: the event loop keeps running meanwhile.
+
+    fsync flushes a file's pages whichever descriptor wrote them, so opening
+    the path afresh is enough (and safe against descriptors closed meanwhile).
+    """
+    todo = list(paths)
+    if todo:
+        gevent.get_hub().threadpool.apply(_fsync_each, (todo,))
+
+
+def fsync_option(opts: Options) -> str:
+    """The ``fsync`` option of a durable storage: ``always``, ``interval`` (default) or ``never``.
+
+    ``true`` and ``false`` (the older boolean form) mean ``always`` and ``never``.
+    """
+    value = opts.raw("fsync", "interval")
+    if value is True:
+        return "always"
+    if value is False:
+        return "never"
+    if value not in FSYNC_POLICIES:
+        raise ConfigError("fsync", f"unknown value {value!r}; known: {', '.join(FSYNC_POLICIES)}")
+    return str(value)
+
+
+_BOOT_ID: list[str | None] = []
+
+
+def boot_id() -> str | None:
+    """This machine's boot id (Linux), or None: a crash across a reboot may have lost unsynced data."""
+    if not _BOOT_ID:
+        try:
+            _BOOT_ID.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None)
+        except OSError:
+            _BOOT_ID.append(None)
+    return _BOOT_ID[0]
+
+
+def move_aside(path: Path, damaged: bytes, logger: logging.Logger) -> Path:
+    """Append ``damaged`` bytes to ``<path>.corrupt`` (created when missing) and return that path."""
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    with open(target, "ab") as handle:
+        handle.write(damaged)
+        handle.flush()
+        os.fsync(handle.fileno())
+    logger.error("%s: moved %d damaged bytes aside to %s", path, len(damaged), target.name)
+    return target
+
+
+def seqs_in(damaged: bytes) -> list[int]:
+    """The ``"seq":N`` values still legible in damaged record bytes."""
+    return [int(m.group(1)) for m in _SEQ_FIELD.finditer(damaged)]
+
+
+def read_meta(path: Path, logger: logging.Logger) -> dict[str, Any]:
+    """The meta file as a dict; ``{}`` when missing; an unreadable one is moved aside and counts as missing."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        meta = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        meta = None
+        logger.error("%s: unreadable (%s)", path, exc)
+    if not isinstance(meta, dict):
+        move_aside(path, raw, logger)
+        path.unlink()
+        return {}
+    return meta
+
+
+def meta_record(*, epoch: str, last_seq: int, topic: str, data_format: str, fsync: str, clean: bool) -> bytes:
+    """The bytes of a ``_meta.json``.
+
+    ``clean`` is true only when written by ``close()`` after everything else:
+    a meta that is not clean at open means the process died while running.
+    """
+    meta = {
+        "epoch": epoch,
+        "last_seq": last_seq,
+        "topic": topic,
+        "format": data_format,
+        "clean": clean,
+        "fsync": fsync,
+        "boot_id": boot_id(),
+    }
+    return msgspec.json.encode(meta)
+
+
+def resume_point(meta: Mapping[str, Any], data_last_seq: int, *, data_doubtful: bool, has_data: bool, logger: logging.Logger, what: str) -> tuple[str, int]:
+    """The epoch and last seq a durable storage continues from at open.
+
+    ``data_last_seq`` is the highest seq found in the data itself;
+    ``data_doubtful`` says the data's tail was damaged so that a higher seq
+    may have existed. The epoch is kept only when the storage can prove it
+    continues above every seq it handed out:
+
+    - a clean meta (written by ``close()``) records the exact last seq;
+    - after a crash on the same boot, everything handed out was written to
+      the operating system before anyone saw it, so the data tells;
+    - after a reboot (power loss), that holds only if every write was
+      fsynced (``fsync = "always"``).
+
+    Otherwise (meta missing, damage that hides seqs, a reboot with unsynced
+    data) a new epoch starts: resuming clients then get ``reset``.
+    """
+    epoch = meta.get("epoch")
+    meta_seq = meta.get("last_seq")
+    last_seq = max(meta_seq if type(meta_seq) is int and meta_seq > 0 else 0, data_last_seq)
+    if not isinstance(epoch, str) or not epoch:
+        if has_data:
+            logger.warning("%s: no epoch on record (meta file missing); starting a new epoch after seq %d", what, last_seq)
+        return new_epoch(), last_seq
+    if meta.get("clean") is True:
+        return epoch, last_seq
+    if data_doubtful:
+        logger.warning("%s: damaged tail after a crash hides the last seq; starting a new epoch after seq %d", what, last_seq)
+        return new_epoch(), last_seq
+    if meta.get("fsync") != "always" and (meta.get("boot_id") is None or meta.get("boot_id") != boot_id()):
+        logger.warning("%s: the machine restarted since the crash and data was not always fsynced; new epoch after seq %d", what, last_seq)
+        return new_epoch(), last_seq
+    return epoch, last_seq
 
 
 class PeriodicTask:
     """Run ``action`` every ``interval`` seconds in a greenlet until :meth:`stop`.
 
-    The storages use it to flush buffered writes on time even when no new
-    records arrive. An exception is logged (rate-limited) and the loop goes on.
+    The storages use it to fsync and record their state on time even when no
+    new records arrive. An exception is logged (rate-limited) and the loop goes on.
     """
 
     def __init__(self, interval: float, action: Callable[[], None], logger: logging.Logger, what: str) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
+import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +36,19 @@ def opened(path: Path, fmt: DataFormat = DataFormat.QUOTE, **options: Any) -> tu
     return storage, epoch, last_seq
 
 
-def test_the_log_is_length_prefixed_record_json(tmp_path: Path) -> None:
+def test_the_log_is_length_and_checksum_prefixed_record_json_written_through(tmp_path: Path) -> None:
     storage, _, _ = opened(tmp_path)
     storage.append([record(1), record(2, "BTC/USD")])
-    storage.flush()
-    (segment,) = segments(tmp_path)
+    (segment,) = segments(tmp_path)  # on the OS side as soon as append returns: no flush
     raw = segment.read_bytes()
     frames = []
     pos = 0
     while pos < len(raw):
-        (size,) = struct.unpack(">I", raw[pos : pos + 4])
-        frames.append(json.loads(raw[pos + 4 : pos + 4 + size]))
-        pos += 4 + size
+        size, crc = struct.unpack(">II", raw[pos : pos + 8])
+        payload = raw[pos + 8 : pos + 8 + size]
+        assert zlib.crc32(payload) == crc
+        frames.append(json.loads(payload))
+        pos += 8 + size
     assert frames == [record(1).as_dict(), record(2, "BTC/USD").as_dict()]
     storage.close()
 
@@ -89,28 +93,33 @@ def test_a_torn_last_frame_is_cut_and_appends_continue_cleanly(tmp_path: Path) -
     storage.append([record(1), record(2)])
     storage.close()
     (segment,) = segments(tmp_path)
+    size = segment.stat().st_size
     with open(segment, "ab") as handle:
-        handle.write(b"\x00\x00\x01\x00{\"ts_ms\"")  # a crash mid-write
+        handle.write(b"\x00\x00\x01\x00\x00\x00\x00\x00{\"ts_ms\"")  # a write cut short
     assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2]
     again, _, last_seq = opened(tmp_path)
     assert last_seq == 2 and again.corrupt_frames == 1
-    assert again.health() == {"healthy": 1.0, "buffered_records": 0.0, "dropped_records": 0.0, "unreadable_records": 1.0}
+    assert again.health() == {"healthy": 1.0, "dropped_records": 0.0, "write_failures": 0.0, "unreadable_records": 1.0}
+    assert segment.stat().st_size == size
+    assert (tmp_path / "00000001.glog.corrupt").read_bytes() == b"\x00\x00\x01\x00\x00\x00\x00\x00{\"ts_ms\""
     again.append([record(3)])
     again.close()
     assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2, 3]
 
 
-def test_a_frame_that_is_not_a_record_is_skipped(tmp_path: Path) -> None:
+def test_an_intact_frame_that_is_not_a_record_is_skipped_and_stays(tmp_path: Path) -> None:
     storage, _, _ = opened(tmp_path)
     storage.append([record(1)])
-    storage.flush()
+    storage.close()
     with open(segments(tmp_path)[0], "ab") as handle:
-        handle.write(b"\x00\x00\x00\x05hello")
+        handle.write(struct.pack(">II", 5, zlib.crc32(b"hello")) + b"hello")
+    storage, _, _ = opened(tmp_path)
     storage.append([record(2)])
     storage.close()
     assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2]
     again, _, _ = opened(tmp_path)
     assert again.corrupt_frames == 1 and again.count() == 2
+    assert not (tmp_path / "00000001.glog.corrupt").exists()
     again.close()
 
 
@@ -124,12 +133,28 @@ def test_candle_topic_tail_keeps_one_version_per_candle(tmp_path: Path) -> None:
     again.close()
 
 
-def test_flushes_when_max_buffered_records_wait(tmp_path: Path) -> None:
-    storage, _, _ = opened(tmp_path, max_buffered=3, flush_interval=3600)
-    storage.append([record(1), record(2)])
-    assert segments(tmp_path) == []
-    storage.append([record(3)])
-    assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2, 3]
+def test_replay_since_seq_skips_whole_segments_and_keeps_seq_order(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, max_file_bytes=400)
+    for seq in range(1, 31):
+        storage.append([record(seq)])
+    assert len(segments(tmp_path)) > 5
+    assert [r.seq for r in storage.replay()] == list(range(1, 31))
+    assert [r.seq for r in storage.replay(since_seq=17)] == list(range(18, 31))
+    assert list(storage.replay(since_seq=30)) == []
+    storage.close()
+
+
+def test_age_retention_deletes_old_segments_but_never_the_current(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, max_file_bytes=400, max_age_s=3600)
+    for seq in range(1, 11):
+        storage.append([record(seq)])
+    files = segments(tmp_path)
+    old = time.time() - 7200
+    for file in files:
+        os.utime(file, (old, old))
+    storage.flush()
+    assert segments(tmp_path) == files[-1:]
+    assert [r.seq for r in iter_raw_log(tmp_path)][-1] == 10
     storage.close()
 
 
@@ -155,6 +180,13 @@ def test_factory_options(tmp_path: Path) -> None:
         registry.config_dir.reset(token)
     assert isinstance(storage, RawFileStorage)
     assert storage.path == tmp_path / "raw/quotes" and storage.max_file_bytes == 1024 and storage.max_files == 2
+    assert storage.fsync == "interval" and storage.flush_interval == 1.0
+    assert create({"path": "x", "fsync": "always"}).fsync == "always"
+    assert create({"path": "x", "fsync": False, "max_buffered": 10}).fsync == "never"
+    with pytest.raises(ConfigError, match="fsync: unknown value 'sometimes'; known: always, interval, never"):
+        create({"path": "x", "fsync": "sometimes"})
+    with pytest.raises(ConfigError, match="flush_interval: must be at most 1.0"):
+        create({"path": "x", "flush_interval": 5})
     with pytest.raises(ConfigError, match="path: missing"):
         create({})
     with pytest.raises(ConfigError, match="tail_records: must be at least 1"):
