@@ -2,10 +2,22 @@
 
 Both hand each connection to the stage's handler in its own greenlet. The
 server binds synchronously in :meth:`TcpServer.serve` (so a port in use
-fails at start) and refuses connections beyond ``max_connections``. The
-client reconnects with capped exponential back-off and logs once per
-outage, not once per attempt. Sockets get TCP_NODELAY (quotes are small and
-latency matters) and large kernel buffers (ingest reads 256 KiB at a time).
+fails at start). The client reconnects with capped exponential back-off and
+logs once per outage, not once per attempt. Sockets get TCP_NODELAY (quotes
+are small and latency matters) and large kernel buffers (ingest reads
+256 KiB at a time).
+
+Hostile or careless clients (issue 11): a server at ``max_connections``
+closes its longest-idle connection to admit the new one, so idle sockets can
+never lock a real feeder out (refusing the newcomer would let 1,024 silent
+sockets keep every feeder away). ``idle_timeout_s`` (off by default: a feed
+may be silent for a while) closes connections that have been silent that
+long; ``max_connections_per_peer`` (off by default: feeds often share one
+address) makes a peer at its limit give up its own longest-idle connection,
+so one address cannot push out everyone else. A descriptor limit reached in
+``accept`` is treated like ``max_connections``. None of this logs per
+connection: the server counts (:attr:`TcpServer.closed_by`,
+:attr:`TcpServer.accepted`) and the hub's status line reports the counts.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket as _stdsocket
+import time
 from typing import Any, Callable
 
 import gevent
@@ -21,14 +34,19 @@ import gevent.socket
 from gauss.ratelimit import RateLimitedLog
 from gauss.registry import Options
 
-__all__ = ["TcpConnection", "TcpServer", "TcpClient", "create_server", "create_client"]
+__all__ = ["TcpConnection", "TcpServer", "TcpClient", "create_server", "create_client", "CLOSE_REASONS"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUFFER = 1 << 20
 DEFAULT_MAX_CONNECTIONS = 1024
 
+CLOSE_REASONS = ("max_connections", "per_peer", "idle_timeout", "descriptors")
+"""Why a ``tcp-server`` closed a connection itself (keys of :attr:`TcpServer.closed_by`)."""
+
 Handler = Callable[["TcpConnection"], None]
+
+_monotonic = time.monotonic
 
 
 def _tune(sock: Any, nodelay: bool, recv_buffer: int, send_buffer: int) -> None:
@@ -41,13 +59,20 @@ def _tune(sock: Any, nodelay: bool, recv_buffer: int, send_buffer: int) -> None:
 
 
 class TcpConnection:
-    """One TCP connection (the ``Connection`` protocol)."""
+    """One TCP connection (the ``Connection`` protocol).
 
-    __slots__ = ("sock", "peer", "_closed")
+    ``last_active`` is the ``time.monotonic()`` of the last chunk received or
+    sent (of the connect, before any): what "longest idle" is measured by.
+    """
 
-    def __init__(self, sock: Any, peer: str) -> None:
+    __slots__ = ("sock", "peer", "host", "last_active", "_closed")
+
+    def __init__(self, sock: Any, peer: str, host: str = "") -> None:
         self.sock = sock
         self.peer = peer
+        self.host = host
+        """The peer's address without the port (what ``max_connections_per_peer`` counts by)."""
+        self.last_active = _monotonic()
         self._closed = False
 
     def recv(self, max_bytes: int = 65536) -> bytes:
@@ -55,14 +80,18 @@ class TcpConnection:
         if self._closed:
             return b""
         try:
-            return self.sock.recv(max_bytes)  # type: ignore[no-any-return]
+            data: bytes = self.sock.recv(max_bytes)
         except OSError:
             if self._closed:
                 return b""
             raise
+        if data:
+            self.last_active = _monotonic()
+        return data
 
     def sendall(self, data: bytes) -> None:
         self.sock.sendall(data)
+        self.last_active = _monotonic()
 
     def close(self) -> None:
         """Close; a greenlet blocked in recv or sendall on it wakes up."""
@@ -85,6 +114,8 @@ class _Connections:
 
     def __init__(self) -> None:
         self.open: dict[TcpConnection, gevent.Greenlet] = {}
+        self.ended = 0
+        """Connections whose handler has returned, so far."""
 
     def spawn(self, handler: Handler, conn: TcpConnection, description: str) -> gevent.Greenlet:
         greenlet = gevent.spawn(self._run, handler, conn, description)
@@ -95,11 +126,14 @@ class _Connections:
         try:
             handler(conn)
         except OSError as exc:
-            log.info("%s: connection %s ended: %s", description, conn.peer, exc)
+            # NOTE: not one INFO line per connection: 2,000 short-lived connections wrote
+            # thousands of lines (issue 11); the status line counts them instead.
+            log.debug("%s: connection %s ended: %s", description, conn.peer, exc)
         except Exception:  # noqa: BLE001 - one connection's failure must not affect others
             log.exception("%s: handler failed on connection %s", description, conn.peer)
         finally:
             conn.close()
+            self.ended += 1
             self.open.pop(conn, None)
 
     def close_all(self, timeout: float) -> None:
@@ -120,6 +154,8 @@ class TcpServer:
         port: int = 0,
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_peer: int = 0,
+        idle_timeout_s: float | None = None,
         backlog: int = 128,
         nodelay: bool = True,
         recv_buffer: int = DEFAULT_BUFFER,
@@ -128,16 +164,26 @@ class TcpServer:
         self.bind = bind
         self.port = port
         self.max_connections = max_connections
+        self.max_connections_per_peer = max_connections_per_peer
+        """Connections one address may hold (0: no limit)."""
+        self.idle_timeout_s = idle_timeout_s
+        """Seconds without a byte in or out after which a connection is closed (None: never)."""
         self.backlog = backlog
         self.nodelay = nodelay
         self.recv_buffer = recv_buffer
         self.send_buffer = send_buffer
         self._listener: Any = None
         self._acceptor: gevent.Greenlet | None = None
+        self._reaper: gevent.Greenlet | None = None
         self._connections = _Connections()
-        self._refused_log = RateLimitedLog(log)
-        self.refused = 0
-        """Connections refused because ``max_connections`` were open."""
+        self._per_peer: dict[str, int] = {}
+        self._accept_log = RateLimitedLog(log)
+        self.accepted = 0
+        """Connections accepted so far."""
+        self.closed_by: dict[str, int] = dict.fromkeys(CLOSE_REASONS, 0)
+        """Connections the server closed itself, by reason (:data:`CLOSE_REASONS`)."""
+        self.on_close: Callable[[str], None] | None = None
+        """Called with the reason each time the server closes a connection itself (for metrics)."""
 
     @property
     def description(self) -> str:
@@ -151,6 +197,11 @@ class TcpServer:
     @property
     def connections(self) -> int:
         return len(self._connections.open)
+
+    @property
+    def ended(self) -> int:
+        """Connections that have ended so far (for whatever reason)."""
+        return self._connections.ended
 
     def serve(self, handler: Handler) -> None:
         """Bind and listen now (raises OSError, e.g. port in use), accept in a greenlet."""
@@ -168,9 +219,45 @@ class TcpServer:
         self.port = listener.getsockname()[1]
         self._listener = listener
         self._acceptor = gevent.spawn(self._accept, handler)
+        if self.idle_timeout_s is not None:
+            self._reaper = gevent.spawn(self._reap, self.idle_timeout_s)
+
+    # --- admission -----------------------------------------------------------------
+
+    def _evict(self, reason: str, host: str | None = None) -> bool:
+        """Close the longest-idle connection (of ``host`` when given); False when there is none."""
+        open_ = self._connections.open
+        if host is None:
+            candidates: Any = open_
+        else:
+            candidates = [c for c in open_ if c.host == host]
+        if not candidates:
+            return False
+        victim = min(candidates, key=_last_active)
+        # Forget it now (its handler greenlet finishes later), so the count admits the newcomer.
+        open_.pop(victim, None)
+        self._forget_peer(victim)
+        victim.close()
+        self._count_close(reason)
+        return True
+
+    def _count_close(self, reason: str) -> None:
+        self.closed_by[reason] += 1
+        if self.on_close is not None:
+            self.on_close(reason)
+
+    def _forget_peer(self, conn: TcpConnection) -> None:
+        if not self.max_connections_per_peer:
+            return
+        left = self._per_peer.get(conn.host, 0) - 1
+        if left > 0:
+            self._per_peer[conn.host] = left
+        else:
+            self._per_peer.pop(conn.host, None)
 
     def _accept(self, handler: Handler) -> None:
         listener = self._listener
+        per_peer = self.max_connections_per_peer
         while True:
             try:
                 sock, addr = listener.accept()
@@ -178,36 +265,71 @@ class TcpServer:
                 if self._listener is None:
                     return
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._refused_log("%s: accept failed: %s; retrying", self.description, exc)
+                    # Out of descriptors: an idle connection must not keep the next feeder out.
+                    if exc.errno in (errno.EMFILE, errno.ENFILE) and self._evict("descriptors"):
+                        continue
+                    self._accept_log("%s: accept failed: %s; retrying", self.description, exc)
                     gevent.sleep(0.1)
                     continue
                 log.error("%s: accept failed: %s; no longer accepting", self.description, exc)
                 return
-            peer = f"{addr[0]}:{addr[1]}"
+            host = str(addr[0])
+            conn = TcpConnection(sock, f"{host}:{addr[1]}", host)
+            if per_peer and self._per_peer.get(host, 0) >= per_peer:
+                self._evict("per_peer", host)
             if len(self._connections.open) >= self.max_connections:
-                self.refused += 1
-                self._refused_log(
-                    "%s: refused %s: %d connections open (max_connections)", self.description, peer, self.max_connections
-                )
-                sock.close()
-                continue
+                self._evict("max_connections")
             try:
                 _tune(sock, self.nodelay, self.recv_buffer, self.send_buffer)
             except OSError as exc:
-                log.info("%s: connection %s lost at setup: %s", self.description, peer, exc)
+                log.debug("%s: connection %s lost at setup: %s", self.description, conn.peer, exc)
                 sock.close()
                 continue
-            self._connections.spawn(handler, TcpConnection(sock, peer), self.description)
+            self.accepted += 1
+            if per_peer:
+                self._per_peer[host] = self._per_peer.get(host, 0) + 1
+            self._connections.spawn(self._serve_one(handler), conn, self.description)
+
+    def _serve_one(self, handler: Handler) -> Handler:
+        if not self.max_connections_per_peer:
+            return handler
+
+        def counted(conn: TcpConnection) -> None:
+            try:
+                handler(conn)
+            finally:
+                # An evicted connection was forgotten already (it is no longer open).
+                if conn in self._connections.open:
+                    self._forget_peer(conn)
+
+        return counted
+
+    def _reap(self, idle_timeout: float) -> None:
+        interval = min(1.0, max(0.01, idle_timeout / 4))
+        open_ = self._connections.open
+        while True:
+            gevent.sleep(interval)
+            cutoff = _monotonic() - idle_timeout
+            for conn in [c for c in open_ if c.last_active < cutoff]:
+                if open_.pop(conn, None) is not None:
+                    self._forget_peer(conn)
+                    conn.close()
+                    self._count_close("idle_timeout")
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop accepting, close every connection and wait (up to ``timeout``) for their handlers."""
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
-        if self._acceptor is not None:
-            self._acceptor.kill(block=True, timeout=timeout)
-            self._acceptor = None
+        for greenlet in (self._acceptor, self._reaper):
+            if greenlet is not None:
+                greenlet.kill(block=True, timeout=timeout)
+        self._acceptor = self._reaper = None
         self._connections.close_all(timeout)
+
+
+def _last_active(conn: TcpConnection) -> float:
+    return conn.last_active
 
 
 class TcpClient:
@@ -313,13 +435,19 @@ def create_server(table: dict[str, Any]) -> TcpServer:
     """Create a ``tcp-server`` transport from its table.
 
     Options: ``bind`` (default 127.0.0.1), ``port`` (required; 0 = any free),
-    ``max_connections``, ``backlog``, ``nodelay``, ``recv_buffer``, ``send_buffer``.
+    ``max_connections`` (default 1024; when full, the longest-idle connection
+    is closed to admit a new one), ``max_connections_per_peer`` (default 0:
+    no limit), ``idle_timeout_s`` (default none), ``backlog``, ``nodelay``,
+    ``recv_buffer``, ``send_buffer``.
     """
     opts = Options(table)
+    idle_timeout = opts.float("idle_timeout_s", None, min=0.001)
     server = TcpServer(
         opts.str("bind", "127.0.0.1"),
         opts.int("port", min=0, max=65535),
         max_connections=opts.int("max_connections", DEFAULT_MAX_CONNECTIONS, min=1),
+        max_connections_per_peer=opts.int("max_connections_per_peer", 0, min=0),
+        idle_timeout_s=None if idle_timeout is None else float(idle_timeout),
         backlog=opts.int("backlog", 128, min=1),
         **_buffer_options(opts),
     )

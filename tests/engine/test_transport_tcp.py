@@ -1,8 +1,10 @@
-"""TCP transports: accept many connections, limit them, dial and reconnect."""
+"""TCP transports: accept many connections, limit them (longest idle out first), dial and reconnect."""
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
 import gevent
 import gevent.socket
@@ -39,22 +41,135 @@ def test_server_serves_each_connection_in_its_own_greenlet() -> None:
     b.close()
 
 
-def test_server_refuses_connections_beyond_the_limit() -> None:
-    server = TcpServer("127.0.0.1", 0, max_connections=1)
+def peer_socket(address: tuple[str, int], source_ip: str = "127.0.0.1") -> Any:
+    """A connection from ``source_ip`` (any 127.0.0.0/8 address is this host on Linux)."""
+    sock = gevent.socket.socket()
+    sock.settimeout(10)
+    sock.bind((source_ip, 0))
+    sock.connect(address)
+    return sock
+
+
+def is_closed_by_server(sock: Any, timeout: float = 5.0) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(10) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_server_at_its_limit_closes_the_longest_idle_connection_to_admit_a_new_one() -> None:
+    server = TcpServer("127.0.0.1", 0, max_connections=2)
     server.serve(echo)
     try:
-        first = connect(server.address)
+        idle = connect(server.address)
         wait_until(lambda: server.connections == 1)
-        second = connect(server.address)
-        second.settimeout(10)
-        assert second.recv(10) == b""  # closed at once
-        assert server.refused == 1
-        first.sendall(b"ok")
-        assert first.recv(10) == b"ok"
-        first.close()
-        second.close()
+        gevent.sleep(0.02)
+        active = connect(server.address)
+        active.sendall(b"ping")  # younger and busy: the silent one is the longest idle
+        assert active.recv(10) == b"ping"
+        newcomer = connect(server.address)
+        assert is_closed_by_server(idle)
+        newcomer.sendall(b"hello")
+        assert newcomer.recv(10) == b"hello"
+        active.sendall(b"still")
+        assert active.recv(10) == b"still"
+        assert server.closed_by["max_connections"] == 1
+        assert server.connections == 2 and server.accepted == 3
+        for sock in (idle, active, newcomer):
+            sock.close()
     finally:
         server.close()
+
+
+def test_a_flood_of_idle_connections_never_locks_out_an_active_one() -> None:
+    server = TcpServer("127.0.0.1", 0, max_connections=16)
+    server.serve(echo)
+    closed: list[str] = []
+    server.on_close = closed.append
+    try:
+        feeder = connect(server.address)
+        flood = []
+        for i in range(200):
+            flood.append(connect(server.address))
+            if i % 10 == 0:
+                feeder.sendall(b"q")
+                assert feeder.recv(10) == b"q"
+        wait_until(lambda: server.accepted == 201, what="every connection accepted")
+        assert server.connections <= 16
+        feeder.sendall(b"last")
+        assert feeder.recv(10) == b"last"
+        assert server.closed_by["max_connections"] == 201 - 16
+        assert closed == ["max_connections"] * (201 - 16)
+        for sock in [feeder, *flood]:
+            sock.close()
+    finally:
+        server.close()
+
+
+def test_idle_timeout_closes_silent_connections_only() -> None:
+    server = TcpServer("127.0.0.1", 0, idle_timeout_s=0.3)
+    server.serve(echo)
+    try:
+        silent, talking = connect(server.address), connect(server.address)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            talking.sendall(b"x")
+            assert talking.recv(10) == b"x"
+            gevent.sleep(0.05)
+        assert is_closed_by_server(silent, timeout=0.1)
+        talking.sendall(b"y")
+        assert talking.recv(10) == b"y"
+        assert server.closed_by["idle_timeout"] == 1
+        silent.close()
+        talking.close()
+    finally:
+        server.close()
+
+
+def test_no_idle_timeout_by_default() -> None:
+    server = create("transport", {"type": "tcp-server", "port": 0})
+    assert server.idle_timeout_s is None and server.max_connections_per_peer == 0
+
+
+def test_a_peer_at_its_limit_gives_up_its_own_longest_idle_connection() -> None:
+    server = TcpServer("127.0.0.1", 0, max_connections_per_peer=2)
+    server.serve(echo)
+    try:
+        other = peer_socket(server.address, "127.0.0.1")
+        first = peer_socket(server.address, "127.0.0.2")
+        wait_until(lambda: server.connections == 2)
+        gevent.sleep(0.02)
+        other.sendall(b"o")  # the other peer's connection is not idle-younger: it must survive anyway
+        assert other.recv(10) == b"o"
+        gevent.sleep(0.02)
+        second = peer_socket(server.address, "127.0.0.2")
+        third = peer_socket(server.address, "127.0.0.2")
+        assert is_closed_by_server(first)
+        for sock, data in ((second, b"2"), (third, b"3"), (other, b"o")):
+            sock.sendall(data)
+            assert sock.recv(10) == data
+        assert server.closed_by["per_peer"] == 1 and server.closed_by["max_connections"] == 0
+        for sock in (other, first, second, third):
+            sock.close()
+        wait_until(lambda: server.connections == 0)
+        assert server._per_peer == {}  # the per-peer counts follow the closes
+    finally:
+        server.close()
+
+
+def test_connection_churn_is_not_logged_per_connection(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG - 1)
+    caplog.set_level(logging.INFO, logger="gauss_plugins")
+    server = TcpServer("127.0.0.1", 0, max_connections=8)
+    server.serve(echo)
+    try:
+        for _ in range(100):
+            connect(server.address).close()
+        wait_until(lambda: server.ended == 100, what="every connection ended")
+    finally:
+        server.close()
+    assert [r.message for r in caplog.records if r.levelno >= logging.INFO] == []
 
 
 def test_port_in_use_fails_at_serve() -> None:
@@ -101,5 +216,9 @@ def test_factories_check_their_options() -> None:
     assert isinstance(create("transport", {"type": "tcp-client", "port": 9}), TcpClient)
     with pytest.raises(ConfigError, match="port: missing"):
         create("transport", {"type": "tcp-server"})
+    with pytest.raises(ConfigError, match="idle_timeout_s: must be at least"):
+        create("transport", {"type": "tcp-server", "port": 0, "idle_timeout_s": 0})
+    with pytest.raises(ConfigError, match="max_connections_per_peer: must be an integer"):
+        create("transport", {"type": "tcp-server", "port": 0, "max_connections_per_peer": "2"})
     with pytest.raises(ConfigError, match="reconnect_max: must be at least"):
         create("transport", {"type": "tcp-client", "port": 9, "reconnect_min": 2.0, "reconnect_max": 1.0})
