@@ -39,10 +39,14 @@ __all__ = [
     "SinkSpec",
     "load_config",
     "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_MAX_INFLATE_BYTES",
 ]
 
 DEFAULT_QUEUE_SIZE = 100_000
 """Records a source, processor or sink-client queue holds by default."""
+
+DEFAULT_MAX_INFLATE_BYTES = 4 << 20
+"""Bytes a source's middleware may inflate the frames of one read to (issue 11: 248 MiB from one 256 KiB read)."""
 
 Table = Mapping[str, Any]
 
@@ -150,6 +154,7 @@ class SourceSpec:
     name: str | None = None
     base_dir: Path | None = None
     where: str = ""
+    max_inflate_bytes: int = DEFAULT_MAX_INFLATE_BYTES
 
     def _create(self, kind: str, table: Table, key: str) -> Any:
         with _config_dir(self.base_dir):
@@ -392,6 +397,7 @@ def _parse_source(table: dict[str, Any], base: Path, where: str) -> SourceSpec:
     queue_size = opts.int("queue_size", DEFAULT_QUEUE_SIZE, min=1)
     policy = _parse_policy(opts, OverflowPolicy.BACK_PRESSURE)
     max_frame_bytes = opts.int("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES, min=1)
+    max_inflate_bytes = opts.int("max_inflate_bytes", DEFAULT_MAX_INFLATE_BYTES, min=1)
     max_future_raw = opts.raw("max_future_ms", DEFAULT_MAX_FUTURE_MS)
     if max_future_raw is False:
         max_future_ms = None
@@ -405,7 +411,7 @@ def _parse_source(table: dict[str, Any], base: Path, where: str) -> SourceSpec:
     opts.done()
     return SourceSpec(
         topic, transport, framing, codec, middleware, queue_size, policy, max_frame_bytes,
-        max_future_ms, check_prices, dead_letter, name, base, where,
+        max_future_ms, check_prices, dead_letter, name, base, where, max_inflate_bytes,
     )  # fmt: skip
 
 

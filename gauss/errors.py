@@ -11,6 +11,7 @@ __all__ = [
     "ConfigError",
     "UnknownPluginError",
     "FrameTooLarge",
+    "InflateBudgetExceeded",
     "DecodeError",
     "RejectedQuote",
     "QueryError",
@@ -63,6 +64,10 @@ class UnknownPluginError(ConfigError, LookupError):
 
 class FrameTooLarge(GaussError, ValueError):
     """A frame exceeded ``max_frame_bytes``; the connection must be closed."""
+
+
+class InflateBudgetExceeded(GaussError, ValueError):
+    """The payloads of one read would inflate past ``max_inflate_bytes``; the connection must be closed."""
 
 
 class DecodeError(GaussError, ValueError):

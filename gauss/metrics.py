@@ -111,6 +111,18 @@ class Metrics:
         )
         self._sink_clients = Gauge("gauss_sink_clients", "Connected sink clients", ["sink"], registry=r)
         self._sink_sent = Counter("gauss_sink_records_sent", "Records written to sink connections", ["sink"], registry=r)
+        self._source_closed = Counter(
+            "gauss_source_closed_connections",
+            "Connections a source closed itself: max_connections, per_peer, idle_timeout, descriptors, inflate_budget",
+            ["source", "reason"],
+            registry=r,
+        )
+        self._sink_disconnects = Counter(
+            "gauss_sink_disconnects",
+            "Sink clients disconnected by the server: write_timeout, slow, max_connections, per_peer, idle_timeout, descriptors",
+            ["sink", "reason"],
+            registry=r,
+        )
         self._topics: TopicRegistry | None = None
         r.register(_SubscriberCollector(lambda: self._topics))
         r.register(_StorageHealthCollector(lambda: self._topics))
@@ -163,6 +175,12 @@ class Metrics:
 
     def sink_sent(self, sink: str) -> Counter:
         return self._sink_sent.labels(sink)
+
+    def source_closed(self, source: str, reason: str) -> Counter:
+        return self._source_closed.labels(source, reason)
+
+    def sink_disconnects(self, sink: str, reason: str) -> Counter:
+        return self._sink_disconnects.labels(sink, reason)
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's current value (0 when absent); for tests and the status line."""

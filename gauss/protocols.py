@@ -94,11 +94,15 @@ class Middleware(Protocol):
 
     name: str
 
-    def decode(self, payloads: Sequence[bytes], max_bytes: int) -> tuple[list[bytes], list[Rejected]]:
+    def decode(
+        self, payloads: Sequence[bytes], max_bytes: int, budget: int | None = None
+    ) -> tuple[list[bytes], list[Rejected]]:
         """Undo the transform of each payload.
 
         A payload that is corrupt or would grow past ``max_bytes`` is
-        rejected, never expanded.
+        rejected, never expanded. ``budget`` (None: none) caps the bytes all
+        payloads of the call may grow to together; a payload that would pass
+        it is not expanded and ``InflateBudgetExceeded`` is raised.
         """
         ...
 

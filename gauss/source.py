@@ -16,7 +16,16 @@ Bad input (SPEC section 6) never stops a connection: a bad frame or
 rejected quote is dropped, counted and, when the source names a
 ``dead_letter`` topic, published there with its reason and raw bytes
 (base64). Only a frame longer than ``max_frame_bytes`` closes its
-connection (the stream cannot be re-synchronised).
+connection (the stream cannot be re-synchronised), and so does a read whose
+frames the middleware would inflate past ``max_inflate_bytes`` (default
+4 MiB; issue 11: one 256 KiB read of small gzip bombs inflated to 248 MiB
+and held the loop for 0.68 s). The budget is per read and the reader yields
+after every read, so no connection holds the loop longer than inflating
+one budget takes.
+
+Connections are not logged one line each (2,000 empty connections wrote
+thousands of lines, issue 11): they are counted, and the hub's status line
+reports the counts.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import gevent
 
 from gauss.config import SourceSpec
 from gauss.core import TopicRecord
-from gauss.errors import FrameTooLarge
+from gauss.errors import FrameTooLarge, InflateBudgetExceeded
 from gauss.metrics import Metrics
 from gauss.protocols import Codec, Connection, Framing, Middleware, Transport
 from gauss.quotes import QuoteCheck
@@ -75,6 +84,7 @@ class Source:
         # PERF: a codec may fuse decoding and the quote checks (the json codec does).
         self._decode_quotes = getattr(self.codec, "decode_quotes", None) if self.check is not None else None
         self.max_frame_bytes = spec.max_frame_bytes
+        self.max_inflate_bytes = spec.max_inflate_bytes
         self.name = spec.name or f"{spec.topic}@{self.transport.description}"
         self._metrics = metrics
         label = spec.name or spec.topic
@@ -96,6 +106,9 @@ class Source:
         self.bad_frames = 0
         self.rejected_quotes = 0
         self.oversize = 0
+        self.inflate_closed = 0
+        """Connections closed because one read would inflate past ``max_inflate_bytes``."""
+        self._closed_metrics: dict[str, Any] = {}
         if metrics is not None:
             self._m_connections = metrics.source_connections(label)
             self._m_open = metrics.source_open(label)
@@ -106,6 +119,9 @@ class Source:
             self._m_rejected = metrics.decode_errors(label, "rejected_quote")
             self._m_oversize = metrics.decode_errors(label, "oversize_frame")
         self._bad_log = RateLimitedLog(log)
+        self._close_log = RateLimitedLog(log)
+        if hasattr(self.transport, "on_close"):
+            self.transport.on_close = self._count_closed
         self._pump: gevent.Greenlet | None = None
 
     @property
@@ -153,6 +169,15 @@ class Source:
             except Exception:  # noqa: BLE001 - keep publishing later batches
                 log.exception("source %s: publishing to %s failed", self.name, self.topic.name)
 
+    def _count_closed(self, reason: str) -> None:
+        """A connection the source (or its transport) closed itself, counted by reason."""
+        if self._metrics is None:
+            return
+        counter = self._closed_metrics.get(reason)
+        if counter is None:
+            counter = self._closed_metrics[reason] = self._metrics.source_closed(self.label, reason)
+        counter.inc()
+
     # --- one connection ----------------------------------------------------------
 
     def _handle(self, conn: Connection) -> None:
@@ -162,7 +187,7 @@ class Source:
         if metrics is not None:
             self._m_connections.inc()
             self._m_open.inc()
-        log.info("source %s: connection from %s", self.name, conn.peer)
+        log.debug("source %s: connection from %s", self.name, conn.peer)
         decoder = self.framing.decoder()
         recv = conn.recv
         feed = decoder.feed
@@ -181,10 +206,16 @@ class Source:
                     self.oversize += 1
                     if metrics is not None:
                         self._m_oversize.inc()
-                    log.warning("source %s: closing connection %s: %s", self.name, conn.peer, exc)
+                    self._close_log("source %s: closing connection %s: %s", self.name, conn.peer, exc)
                     return
                 if frames:
-                    self.ingest(frames, conn.peer)
+                    try:
+                        self.ingest(frames, conn.peer)
+                    except InflateBudgetExceeded as exc:
+                        self.inflate_closed += 1
+                        self._count_closed("inflate_budget")
+                        self._close_log("source %s: closing connection %s: %s", self.name, conn.peer, exc)
+                        return
                 # PERF: let the publisher and the subscribers run after every chunk. A
                 # socket with data waiting never yields, so the reader would otherwise
                 # fill the whole queue first; shallow queues keep records young, and the
@@ -194,17 +225,24 @@ class Source:
         finally:
             if metrics is not None:
                 self._m_open.dec()
-            log.info("source %s: connection %s closed", self.name, conn.peer)
+            log.debug("source %s: connection %s closed", self.name, conn.peer)
 
     def ingest(self, frames: list[bytes], peer: str = "") -> None:
-        """Decode a batch of frames and queue the good records (bad ones are counted)."""
+        """Decode a batch of frames and queue the good records (bad ones are counted).
+
+        Raises :class:`InflateBudgetExceeded` (and queues nothing of the
+        batch) when the middleware would inflate it past ``max_inflate_bytes``.
+        """
         self.frames += len(frames)
         if self._metrics is not None:
             self._m_frames.inc(len(frames))
         payloads: Sequence[bytes] = frames
         bad: list[Rejected] = []
+        budget = self.max_inflate_bytes
         for middleware in self.middleware:
-            payloads, rejected = middleware.decode(payloads, self.max_frame_bytes)
+            payloads, rejected = middleware.decode(payloads, self.max_frame_bytes, budget)
+            # One budget for the whole chain: what a layer produced is spent.
+            budget = max(budget - sum(map(len, payloads)), 0)
             if rejected:
                 bad.extend(rejected)
         refused: list[Rejected] = []
@@ -235,7 +273,7 @@ class Source:
     def _reject(self, rejected: list[Rejected], peer: str, what: str) -> None:
         first = rejected[0]
         self._bad_log(
-            "source %s: dropped %d %s(s) from %s, e.g. %s: %.120r", self.name, len(rejected), what, peer, first.reason, first.raw
+            "source %s: dropped %d %s(s) from %s, e.g. %s: %.120r", self.name, len(rejected), what, peer, first.reason, first.raw[:120]
         )
         if self.dead_letter is None:
             return

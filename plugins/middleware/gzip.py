@@ -42,8 +42,10 @@ class GzipMiddleware:
     def __init__(self, level: int = 6) -> None:
         self.level = level
 
-    def decode(self, payloads: Sequence[bytes], max_bytes: int) -> tuple[list[bytes], list[Rejected]]:
-        return decode_each(self.name, payloads, max_bytes, inflate)
+    def decode(
+        self, payloads: Sequence[bytes], max_bytes: int, budget: int | None = None
+    ) -> tuple[list[bytes], list[Rejected]]:
+        return decode_each(self.name, payloads, max_bytes, inflate, budget)
 
     def encode(self, payloads: Sequence[bytes]) -> list[bytes]:
         # mtime=0: the same payload always compresses to the same bytes.

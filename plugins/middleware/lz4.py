@@ -32,8 +32,10 @@ class Lz4Middleware:
     def __init__(self, level: int = 0) -> None:
         self.level = level
 
-    def decode(self, payloads: Sequence[bytes], max_bytes: int) -> tuple[list[bytes], list[Rejected]]:
-        return decode_each(self.name, payloads, max_bytes, inflate)
+    def decode(
+        self, payloads: Sequence[bytes], max_bytes: int, budget: int | None = None
+    ) -> tuple[list[bytes], list[Rejected]]:
+        return decode_each(self.name, payloads, max_bytes, inflate, budget)
 
     def encode(self, payloads: Sequence[bytes]) -> list[bytes]:
         compress = lz4.frame.compress

@@ -37,8 +37,10 @@ def inflate(payload: bytes, max_bytes: int) -> bytes:
 class SnappyMiddleware:
     name = "snappy"
 
-    def decode(self, payloads: Sequence[bytes], max_bytes: int) -> tuple[list[bytes], list[Rejected]]:
-        return decode_each(self.name, payloads, max_bytes, inflate)
+    def decode(
+        self, payloads: Sequence[bytes], max_bytes: int, budget: int | None = None
+    ) -> tuple[list[bytes], list[Rejected]]:
+        return decode_each(self.name, payloads, max_bytes, inflate, budget)
 
     def encode(self, payloads: Sequence[bytes]) -> list[bytes]:
         compress = _snappy.compress

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from typing import Any, Iterator
 
+import gevent
 import pytest
 from engine_plugins import connect, lines, quote, read_lines, wait_until
 
+from gauss.core import encode_length_prefixed
 from gauss.hub import Hub
 
 NOW = int(time.time() * 1000)
@@ -126,3 +129,97 @@ def test_stop_publishes_what_the_source_queued(make_hub: Any) -> None:
         wait_until(lambda: hub.sources[0].records == 500)
     hub.stop()
     assert hub.topic("quotes.raw").last_seq == 500
+
+
+# --- hostile clients (issue 11) -------------------------------------------------------------
+
+BOMB_FRAME = 1 << 20  # each bomb frame inflates to exactly max_frame_bytes: no single frame is too big
+
+
+class Ticker:
+    """The longest the loop ran without giving a greenlet that sleeps 5 ms its turn.
+
+    Measured in this thread's CPU time (``time.thread_time``) as well as wall time: on a
+    shared, loaded machine the wall-clock gaps include time the OS gave to other processes,
+    which no code of ours can prevent; the CPU time between two ticks is the work the loop
+    did without yielding.
+    """
+
+    def __init__(self) -> None:
+        self.longest_cpu = 0.0
+        self.longest_wall = 0.0
+        self._greenlet = gevent.spawn(self._tick)
+
+    def _tick(self) -> None:
+        last_cpu, last_wall = time.thread_time(), time.perf_counter()
+        while True:
+            gevent.sleep(0.005)
+            cpu, wall = time.thread_time(), time.perf_counter()
+            self.longest_cpu = max(self.longest_cpu, cpu - last_cpu)
+            self.longest_wall = max(self.longest_wall, wall - last_wall - 0.005)
+            last_cpu, last_wall = cpu, wall
+
+    def stop(self) -> float:
+        """The longest stall in CPU seconds."""
+        self._greenlet.kill()
+        return self.longest_cpu
+
+
+def compressed_config(name: str, **source_options: Any) -> dict[str, Any]:
+    cfg = config(framing="length-prefixed", middleware=[name], **source_options)
+    cfg["sinks"] = []
+    return cfg
+
+
+@pytest.mark.parametrize(("name", "budget"), [("gzip", None), ("lz4", None), ("snappy", 2 << 20)])
+def test_compression_bombs_in_small_frames_close_their_connection_without_stalling_the_loop(
+    make_hub: Any, name: str, budget: int | None
+) -> None:
+    # Snappy inflates at most ~21x, so a short read may stay under the default 4 MiB: a smaller budget shows the same rule.
+    hub = make_hub(compressed_config(name, **({"max_inflate_bytes": budget} if budget else {})))
+    source = hub.sources[0]
+    middleware = source.middleware[0]
+    bomb = encode_length_prefixed(middleware.encode([bytes(BOMB_FRAME)]) * 248)
+    good_quotes = [quote("EURUSD", 1.1, 1.2, NOW + i) for i in range(20)]
+    good_frames = encode_length_prefixed(middleware.encode([json.dumps(q).encode() for q in good_quotes]))
+    ticker = Ticker()
+    with connect(source.address) as feed, connect(source.address) as attacker:
+        feed.sendall(good_frames[: len(good_frames) // 2])
+        attacker.settimeout(10)
+        closed = False
+        deadline = time.monotonic() + 10
+        while not closed and time.monotonic() < deadline:  # a steady sender, until the server hangs up
+            try:
+                attacker.sendall(bomb)
+            except OSError:
+                closed = True
+        assert closed, "the bomb sender was never cut off"
+        feed.sendall(good_frames[len(good_frames) // 2 :])
+        wait_until(lambda: hub.topic("quotes.raw").last_seq == 20, what="the good quotes on the other connection")
+    longest = ticker.stop()
+    assert source.inflate_closed == 1
+    assert hub.metrics.value("gauss_source_closed_connections_total", source="quotes.raw", reason="inflate_budget") == 1
+    assert [r.data for r in hub.query("quotes.raw", limit=100).records] == good_quotes
+    print(f"{name}: longest stall {longest * 1000:.1f} ms CPU, {ticker.longest_wall * 1000:.1f} ms wall")
+    assert longest < 0.1, f"the loop stalled {longest * 1000:.0f} ms"
+
+
+def test_connection_churn_is_counted_not_logged_per_connection(make_hub: Any, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config()
+    cfg["sources"][0]["transport"]["max_connections"] = 20
+    hub = make_hub(cfg)
+    caplog.set_level(logging.INFO)
+    idle = [connect(hub.sources[0].address) for _ in range(200)]  # 180 of them pushed out again
+    for sock in idle[:50]:
+        sock.close()
+    with connect(hub.sources[0].address) as feed:
+        feed.sendall(lines([quote("EURUSD", 1.1, 1.2, NOW)]))
+        wait_until(lambda: hub.topic("quotes.raw").last_seq == 1, what="the feeder's quote")
+    transport = hub.sources[0].transport
+    wait_until(lambda: transport.accepted == 201)
+    assert transport.closed_by["max_connections"] >= 180
+    assert hub.metrics.value("gauss_source_closed_connections_total", source="quotes.raw", reason="max_connections") >= 180
+    chatter = [r.getMessage() for r in caplog.records if r.name.startswith(("gauss", "gauss_plugins"))]
+    assert len(chatter) <= 2, chatter
+    for sock in idle:
+        sock.close()

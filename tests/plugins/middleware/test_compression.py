@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 import zlib
 
 import lz4.frame
 import pytest
 import snappy
 
-from gauss.errors import ConfigError
+from gauss.errors import ConfigError, InflateBudgetExceeded
 from gauss.protocols import Middleware
 from gauss.registry import create
 
@@ -88,6 +89,36 @@ def test_decompression_bomb_is_refused_not_expanded(name: str, compress, zeros: 
     decoded, rejected = middleware.decode([bomb], MAX)
     assert decoded == []
     assert len(rejected) == 1 and "max_frame_bytes" in rejected[0].reason
+
+
+def test_payloads_within_the_budget_are_all_expanded(middleware: Middleware) -> None:
+    payloads = [bytes(1000)] * 8
+    decoded, rejected = middleware.decode(middleware.encode(payloads), MAX, 8000)
+    assert decoded == payloads and rejected == []
+
+
+def test_a_call_past_its_budget_raises_before_expanding_the_payload_that_passes_it(middleware: Middleware) -> None:
+    encoded = middleware.encode([bytes(1000)] * 8)
+    with pytest.raises(InflateBudgetExceeded, match=r"max_inflate_bytes \(7999\); 7000 bytes inflated before this one"):
+        middleware.decode(encoded, MAX, 7999)
+
+
+def test_a_bomb_frame_within_the_budget_is_only_rejected(middleware: Middleware) -> None:
+    # Past max_frame_bytes but not past the read's budget: the frame is bad input, not a reason to close.
+    big, small = middleware.encode([bytes(5000), b"ok"])
+    decoded, rejected = middleware.decode([big, small], 4096, 1 << 20)
+    assert decoded == [b"ok"] and "max_frame_bytes" in rejected[0].reason
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_read_of_small_bombs_stops_at_the_budget_quickly(name: str) -> None:
+    # Issue 11: 248 frames of 1 MiB zeros each fit in one 256 KiB read and inflated to 248 MiB.
+    middleware = create("middleware", name)
+    frames = middleware.encode([bytes(MAX)]) * 248
+    started = time.perf_counter()
+    with pytest.raises(InflateBudgetExceeded):
+        middleware.decode(frames, MAX, 8 * MAX)
+    assert time.perf_counter() - started < 0.5  # 8 MiB inflated, not 248 (a loaded machine: generous)
 
 
 def test_gzip_accepts_several_members_within_the_limit() -> None:
