@@ -145,6 +145,7 @@ setup(
         "requests>=2.31",
     ],
     extras_require={
+        "browser": ["playwright>=1.40"],  # tests/browser: drives Debian's chromium, downloads no browser
         "grafana": ["grpcio>=1.85.1", "grpcio-health-checking>=1.85.1", "protobuf>=7.35.1", "pyarrow>=15", "websocket-client>=1.7"],
         "test": [
             "pytest>=8",

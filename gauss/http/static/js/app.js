@@ -178,12 +178,18 @@ async function loadView() {
     onError: (text) => showError(`${topic}: ${text}`),
   });
   if (state.topics.some((t) => t.name === QUOTES_TOPIC)) {
-    const latest = await getJSON(topicPath(QUOTES_TOPIC, "/latest", { key }));
+    // The newest quote from REST, then every change over /ws (conflated: a ticker needs only the last).
+    const latestQuote = async () => {
+      const latest = await getJSON(topicPath(QUOTES_TOPIC, "/latest", { key }));
+      if (view !== state.view || !latest.records.length) return;
+      const q = latest.records[0].data;
+      if (!state.quote || q.ts_ms >= state.quote.ts_ms) {
+        state.quote = q;
+        renderQuote();
+      }
+    };
+    await latestQuote();
     if (view !== state.view) return;
-    if (latest.records.length && !state.quote) {
-      state.quote = latest.records[0].data;
-      renderQuote();
-    }
     state.quoteSub = live.subscribe({
       topic: QUOTES_TOPIC,
       key,
@@ -192,6 +198,7 @@ async function loadView() {
         state.quote = records[records.length - 1].data;
         renderQuote();
       },
+      onReconnect: () => latestQuote().catch(handleFailure), // quotes sent while the socket was down
       onError: (text) => showError(`${QUOTES_TOPIC}: ${text}`),
     });
   }

@@ -54,7 +54,10 @@ export class Live {
       this.backoff = MIN_BACKOFF_MS;
       this.connects += 1;
       this.onState("open");
-      for (const sub of this.subs.values()) this.sendSubscribe(sub);
+      for (const sub of this.subs.values()) {
+        this.sendSubscribe(sub);
+        if (this.connects > 1) sub.handlers.onReconnect?.();
+      }
     };
     ws.onmessage = (event) => {
       if (this.ws === ws) this.dispatch(event.data);
@@ -77,7 +80,8 @@ export class Live {
    * Subscribe to `topic` (only `key`). With `resume`, the first subscribe asks
    * for the records after `sinceSeq` and every reconnect for those after the
    * last seq seen, under the epoch the server named.
-   * Handlers: onRecords(records), onReset(epoch), onGap(message), onError(text).
+   * Handlers: onRecords(records), onReset(epoch), onGap(message), onError(text),
+   * onReconnect() (subscribed again after the socket was lost).
    */
   subscribe({ topic, key, policy, resume = false, sinceSeq = null, ...handlers }) {
     const previous = this.subs.get(topic);

@@ -1,0 +1,197 @@
+"""The dashboard at ``/`` in headless Chromium against a real ``gauss-serve`` fed over TCP (issue 15)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from browser_helpers import MINUTE, Dashboard, Page, history, quote, wait_until
+
+SYMBOLS = ["EURUSD", "USDJPY", "BTC/USD"]
+TOKEN = "dash-s3cret"
+
+
+def _minute_start(minutes_back: int) -> int:
+    now = int(time.time() * 1000)
+    return now - now % MINUTE - minutes_back * MINUTE
+
+
+def _fed(make_dashboard: Callable[..., Dashboard], minutes: int = 20, token: str | None = None) -> tuple[Dashboard, int]:
+    """A server holding ``minutes`` one-minute buckets of quotes for SYMBOLS, the last one ending a minute ago."""
+    dashboard = make_dashboard(token=token)
+    start = _minute_start(minutes)
+    dashboard.feed(history(SYMBOLS, start, minutes))
+    wait_until(lambda: len(dashboard.candles("ohlc.1m", "EURUSD")) == minutes, what="candles stored")
+    return dashboard, start
+
+
+def _shows_rest_candles(page: Page, dashboard: Dashboard, topic: str, key: str) -> None:
+    """The chart's series holds exactly REST's candles of (topic, key), same OHLC values."""
+    expected = dashboard.candles(topic, key)
+    assert expected
+    wait_until(lambda: page.bars() == expected, timeout=10, what=f"chart == REST for {topic} {key}")
+    volumes = page.call("volumes()")
+    ticks = [r["data"]["ticks"] for r in dashboard.get(f"/api/topics/{topic}", key=key, limit=100000)["records"]]
+    assert [v["value"] for v in volumes] == ticks
+
+
+def _mid(q: dict[str, Any]) -> float:
+    """The candle price of a quote, computed as the server does."""
+    return (q["bid"] + q["ask"]) / 2  # type: ignore[no-any-return]
+
+
+def _text(page: Page, selector: str) -> str:
+    return str(page.page.text_content(selector) or "").strip()
+
+
+def test_page_loads_clean_lists_symbols_and_charts_what_rest_holds(
+    make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
+) -> None:
+    dashboard, _ = _fed(make_dashboard)
+    page = open_page(dashboard.base + "/")
+    page.wait("d.status().loads > 0 && d.bars().length > 0")
+
+    assert page.page.eval_on_selector_all("#symbol option", "els => els.map(e => e.value)") == sorted(SYMBOLS)
+    assert page.page.eval_on_selector_all("#timeframe option", "els => els.map(e => e.value)") == ["ohlc.1m", "ohlc.5m"]
+    # No hash: ohlc.1m and the first symbol, written into the URL (a '/' in a key is encoded).
+    assert page.call("view()") == {"topic": "ohlc.1m", "key": "BTC/USD"}
+    assert page.page.url.endswith("/#ohlc.1m/BTC%2FUSD")
+    _shows_rest_candles(page, dashboard, "ohlc.1m", "BTC/USD")
+
+    # The ticker starts from the newest quote of the symbol.
+    last = [q for q in history(SYMBOLS, 0, 20) if q["symbol"] == "BTC/USD"][-1]
+    assert _text(page, "#ticker-bid") == f"{last['bid']:.3f}"
+    # Topics table and health, refreshed every few seconds (rates after the second refresh).
+    wait_until(lambda: _text(page, "#health") == "health: ok", what="health shown")
+    rows = page.page.eval_on_selector_all("#topics tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
+    by_name = {row[0]: row for row in rows}
+    assert set(by_name) == {"quotes.raw", "ohlc.1m", "ohlc.5m"}
+    assert by_name["quotes.raw"][1:4] == ["memory", "quote", f"{dashboard.records('quotes.raw'):,}"]
+    assert by_name["ohlc.1m"][1:3] == ["file", "candle"]
+    page.wait("document.querySelector('#topics tbody td.num:last-child').textContent !== '–'", timeout_s=10)
+    page.screenshot("01-loaded")
+
+    # The symbol picker changes the view and the URL; the URL opens the same view elsewhere.
+    page.page.select_option("#symbol", "EURUSD")
+    page.wait("d.view().key === 'EURUSD' && d.status().loads >= 2")
+    assert page.page.url.endswith("/#ohlc.1m/EURUSD")
+    _shows_rest_candles(page, dashboard, "ohlc.1m", "EURUSD")
+    linked = open_page(dashboard.base + "/#ohlc.5m/USDJPY")
+    linked.wait("d.status().loads > 0")
+    assert linked.call("view()") == {"topic": "ohlc.5m", "key": "USDJPY"}
+    assert _text(linked, "#timeframe option:checked") == "5m"
+    _shows_rest_candles(linked, dashboard, "ohlc.5m", "USDJPY")
+    linked.screenshot("02-linked-5m-USDJPY")
+
+    for p in (page, linked):
+        assert p.console_errors == []
+        assert p.failed_requests == []
+
+
+def test_a_new_high_moves_the_live_bar_in_place_and_the_next_bucket_adds_one_bar(
+    make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
+) -> None:
+    dashboard, start = _fed(make_dashboard)
+    page = open_page(dashboard.base + "/#ohlc.1m/EURUSD")
+    page.wait("d.status().ws === 'open' && d.status().loads > 0 && d.bars().length === 20")
+    before = page.bars()
+    last = before[-1]
+    page.screenshot("03-before-live-quote")
+
+    live_ts = start + 19 * MINUTE + 59_000  # still the last (open) bucket
+    new_high = quote("EURUSD", last["high"] + 0.01, live_ts)
+    high = _mid(new_high)
+    dashboard.feed([new_high])
+    sent = time.monotonic()
+    page.wait(f"d.bars().length > 0 && d.bars()[d.bars().length - 1].high === {high!r}", timeout_s=2.0)
+    assert time.monotonic() - sent < 2.0
+    after = page.bars()
+    assert len(after) == len(before), "an update of the open bucket must not add a bar"
+    assert after[:-1] == before[:-1]
+    assert after[-1] == {**last, "high": high, "close": high}
+    page.wait(f"d.quote() && d.quote().ts_ms === {live_ts}", timeout_s=2.0)
+    assert _text(page, "#ticker-bid") == f"{new_high['bid']:.5f}"
+    assert _text(page, "#ticker-spread") == "0.00020"
+    page.screenshot("04-new-high")
+
+    next_quote = quote("EURUSD", high - 0.005, start + 20 * MINUTE + 1_000)
+    next_mid = _mid(next_quote)
+    dashboard.feed([next_quote])
+    page.wait(f"d.bars().length === {len(before) + 1}", timeout_s=2.0)
+    time.sleep(0.5)  # a second bar (a duplicate) would show up by now
+    final = page.bars()
+    assert len(final) == len(before) + 1
+    assert final[-1] == {"time": (start + 20 * MINUTE) / 1000, "open": next_mid, "high": next_mid, "low": next_mid, "close": next_mid}
+    _shows_rest_candles(page, dashboard, "ohlc.1m", "EURUSD")
+    page.screenshot("05-next-bucket")
+    assert page.console_errors == [] and page.failed_requests == []
+
+
+def test_server_restart_under_the_page_reconnects_and_catches_up_without_duplicate_or_missing_bars(
+    make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
+) -> None:
+    dashboard, start = _fed(make_dashboard)
+    page = open_page(dashboard.base + "/#ohlc.1m/EURUSD")
+    page.wait("d.status().ws === 'open' && d.bars().length === 20")
+    epoch = page.call("status()")["epoch"]
+    assert epoch
+
+    dashboard.stop()
+    page.wait("d.status().ws !== 'open'", timeout_s=10)
+    page.screenshot("06-server-down")
+    dashboard.start()
+    # While the page is still waiting to reconnect: two new buckets and an update of the old last one.
+    later = [quote("EURUSD", 1.3, start + 19 * MINUTE + 59_500)]
+    later += [quote("EURUSD", 1.2 + i / 1000, start + (20 + i // 3) * MINUTE + (i % 3) * 1000) for i in range(6)]
+    later += [quote("USDJPY", 101.0, start + 21 * MINUTE)]
+    dashboard.feed(later)
+    wait_until(lambda: len(dashboard.candles("ohlc.1m", "EURUSD")) == 22, what="candles after restart")
+
+    page.wait("d.status().ws === 'open' && d.status().connects >= 2", timeout_s=15)
+    expected = dashboard.candles("ohlc.1m", "EURUSD")
+    wait_until(lambda: page.bars() == expected, timeout=5, what="page caught up with REST")
+    bars = page.bars()
+    times = [b["time"] for b in bars]
+    assert len(times) == len(set(times)) == 22, "no duplicate bar"
+    assert times == [(start + i * MINUTE) / 1000 for i in range(22)], "no missing bar"
+    status = page.call("status()")
+    assert status["epoch"] == epoch, "a file-stored candle topic keeps its epoch: a resume, not a reset"
+    assert status["loads"] == 1, "caught up over /ws (since_seq + epoch), not by reloading the history"
+    # The ticker shows the newest quote, sent while the page was disconnected.
+    page.wait(f"d.quote() && d.quote().ts_ms === {later[-2]['ts_ms']}", timeout_s=5)
+    page.screenshot("07-after-restart")
+    # Only the outage may have logged errors (refused connections while the server was down).
+    assert all("ERR_CONNECTION_REFUSED" in e or "WebSocket" in e for e in page.console_errors), page.console_errors
+
+
+def test_with_a_token_the_prompt_refuses_a_wrong_token_and_the_right_one_shows_the_chart(
+    make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
+) -> None:
+    dashboard, _ = _fed(make_dashboard, minutes=5, token=TOKEN)
+    page = open_page(dashboard.base + "/#ohlc.1m/USDJPY")
+    page.page.wait_for_selector("#token-dialog[open]", timeout=10_000)
+    assert page.call("status()")["authNeeded"] is True
+    assert page.bars() == []
+    page.screenshot("08-token-prompt")
+
+    page.page.fill("#token-input", "wrong-token")
+    page.page.click("#token-submit")
+    page.page.wait_for_selector("#token-message:not([hidden])", timeout=10_000)
+    assert _text(page, "#token-message") == "That token was refused."
+    assert page.page.is_visible("#token-dialog")
+    assert page.bars() == []
+    page.screenshot("09-token-refused")
+
+    page.page.fill("#token-input", TOKEN)
+    page.page.click("#token-submit")
+    page.wait("!d.status().authNeeded && d.status().ws === 'open' && d.bars().length === 5")
+    assert not page.page.is_visible("#token-dialog")
+    assert page.page.evaluate("() => sessionStorage.getItem('gauss.token')") == TOKEN
+    _shows_rest_candles(page, dashboard, "ohlc.1m", "USDJPY")
+    # Live pushes arrive over /ws?token=: a quote in the open bucket moves the bar.
+    last: Any = page.bars()[-1]
+    higher = quote("USDJPY", last["high"] + 1, int(last["time"] * 1000) + 59_000)
+    dashboard.feed([higher])
+    page.wait(f"d.bars()[d.bars().length - 1].high === {_mid(higher)!r}", timeout_s=2.0)
+    page.screenshot("10-token-accepted")
+    assert all("401" in e for e in page.console_errors), page.console_errors
