@@ -2,21 +2,38 @@
 
 Layout (SPEC section 2): ``<dir>/<encoded key>.jsonl``, one record per line,
 ``{"ts_ms":..,"key":..,"data":{..},"seq":N}``; ``<dir>/_meta.json`` keeps the
-topic's epoch and last seq (written atomically), so after a restart ``seq``
-continues and the epoch stays.
+topic's epoch and last seq (written atomically; ``clean`` once ``close()``
+wrote it last).
 
-Writes are buffered: :meth:`FileStorage.append` only indexes the batch in
-memory and queues it; a flush (every ``flush_interval`` seconds, when
-``max_buffered`` records wait, and at close) appends each key's queued lines
-with one write. Candle topics upsert: on disk the file is append-only and the
-newest version (highest seq) of each ``(key, ts_ms)`` wins on load; versions
-replaced before a flush are never written, and every ``compact_interval``
-seconds a file with more dead lines than live ones is rewritten (tmp file,
-then rename). Compaction also drops what retention removed.
+Writes go through (SPEC section 6): :meth:`FileStorage.append` appends each
+key's lines of the batch to its file with ``os.write`` before it returns, so
+whatever a query or a subscriber sees is on the operating system's side. A
+write failing part-way (disk full) cuts every file of the batch back to its
+last good size and raises :class:`~gauss.errors.StorageError`: a record is
+on disk once or not at all. ``fsync`` is ``always`` (before ``append``
+returns), ``interval`` (every ``flush_interval``, at most a second, in
+gevent's thread pool) or ``never``. A batch over many keys yields to other
+greenlets every few milliseconds (issue 11 item 3).
 
-Queries are answered from an in-memory index of the records held, bounded by
-retention: ``max_records_per_key`` (oldest ``ts_ms`` first) and optionally
-``retention_ms`` (per key, records older than the newest minus this).
+Candle topics upsert: on disk a file is append-only and the newest version
+(highest seq) of each ``(key, ts_ms)`` wins on load; every
+``compact_interval`` seconds a file with more dead lines than live ones is
+rewritten (tmp file, then rename). Compaction also drops what retention removed.
+
+Queries are answered from an in-memory index, bounded by retention
+(``max_records_per_key``, ``retention_ms``) and by ``max_keys``: past that
+many keys the longest-idle key leaves the index (its file stays; the next
+record or keyed query of it reads it back). Key files are read lazily: at
+open only ``_meta.json`` (and, after a crash, the last line of every file,
+to find the last seq) is read; a background greenlet then loads the newest
+``max_keys`` files while the server already runs. Keyed queries load their
+key on demand; unkeyed ones (and ``keys``, ``count``, ``bounds``) wait for
+the background load.
+
+Opening never fails on a directory the storage wrote: an unreadable line or
+a torn last line is moved to ``<file>.corrupt`` (counted, logged) and the
+file rewritten without it; an unreadable ``_meta.json`` is moved aside too
+and the storage continues on a new epoch.
 """
 
 from __future__ import annotations
@@ -24,13 +41,30 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import gevent
+import gevent.event
+import gevent.lock
 import msgspec
 from gauss_plugins.storage._index import RecordIndex
 from gauss_plugins.storage._keys import KEY_FILE_SUFFIX, key_file_name
-from gauss_plugins.storage._support import PeriodicTask, new_epoch, write_atomic
+from gauss_plugins.storage._support import (
+    MAX_FSYNC_INTERVAL,
+    PeriodicTask,
+    fsync_dir,
+    fsync_option,
+    fsync_paths,
+    meta_record,
+    move_aside,
+    read_meta,
+    resume_point,
+    seqs_in,
+    write_all,
+    write_atomic,
+)
 
 from gauss.core import TopicRecord
 from gauss.errors import StorageError
@@ -43,10 +77,14 @@ __all__ = ["FileStorage", "create", "META_FILE", "encode_records", "decode_recor
 log = logging.getLogger(__name__)
 
 META_FILE = "_meta.json"
-DEFAULT_MAX_BUFFERED = 100_000
 DEFAULT_MAX_RECORDS_PER_KEY = 100_000
+DEFAULT_MAX_KEYS = 10_000
+DEFAULT_MAX_OPEN_FILES = 64
 COMPACT_MIN_DEAD_LINES = 256
 """A file is rewritten only when it has at least this many dead lines (and more dead than live)."""
+SLICE_S = 0.005
+"""PERF: work over many keys yields to other greenlets after this long (issue 11: no flush may hold the loop ~20 ms)."""
+_TAIL_READ = 4096
 
 
 def _enc_hook(value: Any) -> Any:
@@ -78,6 +116,32 @@ def decode_record(line: bytes) -> TopicRecord:
     return TopicRecord(ts, key, obj.get("data"), seq)
 
 
+class _Slicer:
+    """Yield to other greenlets once ``SLICE_S`` has passed since the last yield."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter()
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        if now - self._since >= SLICE_S:
+            gevent.sleep(0)
+            self._since = time.perf_counter()
+
+
+class _KeyFile:
+    """What the storage knows of one loaded key file: its good size and its lines (live or dead)."""
+
+    __slots__ = ("size", "lines", "torn")
+
+    def __init__(self, size: int, lines: int) -> None:
+        self.size = size
+        self.lines = lines
+        self.torn = False  # a failed write could not be cut back yet: cut before writing again
+
+
 class FileStorage:
     """Durable JSON-lines storage of one topic under ``directory``."""
 
@@ -88,40 +152,50 @@ class FileStorage:
         self,
         directory: Path | str,
         *,
-        flush_interval: float = 1.0,
-        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        flush_interval: float = MAX_FSYNC_INTERVAL,
         max_records_per_key: int | None = DEFAULT_MAX_RECORDS_PER_KEY,
         retention_ms: int | None = None,
         compact_interval: float = 60.0,
-        fsync: bool = False,
+        fsync: str = "interval",
+        max_keys: int | None = DEFAULT_MAX_KEYS,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
     ) -> None:
         if flush_interval <= 0 or compact_interval <= 0:
             raise ValueError("flush_interval and compact_interval must be positive")
-        if max_buffered < 1:
-            raise ValueError("max_buffered must be at least 1")
+        if fsync not in ("always", "interval", "never"):
+            raise ValueError(f"fsync must be always, interval or never, not {fsync!r}")
+        if max_open_files < 1 or (max_keys is not None and max_keys < 1):
+            raise ValueError("max_keys and max_open_files must be at least 1")
         self.directory = Path(directory)
         self.flush_interval = flush_interval
-        self.max_buffered = max_buffered
         self.max_records_per_key = max_records_per_key
         self.retention_ms = retention_ms
         self.compact_interval = compact_interval
         self.fsync = fsync
+        self.max_keys = max_keys
+        self.max_open_files = max_open_files
         self.topic = ""
         self.epoch = ""
         self.format = DataFormat.ANY
         self.upsert = False
         self.corrupt_lines = 0
-        """Stored lines found unreadable at open (skipped)."""
+        """Stored lines found unreadable or torn at open (moved to ``<file>.corrupt``)."""
         self.dropped = 0
-        """Records that could not be written (unserialisable data, or a write failing for too long)."""
+        """Records not stored: data that cannot be JSON, or batches whose write failed."""
+        self.write_failures = 0
+        """Appends that failed (every file of the batch cut back, the batch raised)."""
         self.healthy = True
-        """False while the last flush failed to write some key."""
+        """False while the last write failed."""
         self._index: RecordIndex | None = None
-        self._pending: dict[str, dict[int, TopicRecord] | list[TopicRecord]] = {}
-        self._pending_count = 0
-        self._lines_on_disk: dict[str, int] = {}  # file name -> lines written (live or dead)
+        self._files: dict[str, _KeyFile] = {}  # loaded key files by name (bounded by max_keys via eviction)
+        self._fds: OrderedDict[str, int] = OrderedDict()  # open append descriptors, least recently used first
+        self._dirty: set[str] = set()  # written since the last interval fsync
+        self._new_entries = False  # files created since the directory was last fsynced
         self._meta_seq = -1
         self._last_compact = time.monotonic()
+        self._lock = gevent.lock.RLock()
+        self._ready = gevent.event.Event()
+        self._loader: gevent.Greenlet | None = None
         self._task: PeriodicTask | None = None
         self._errors = RateLimitedLog(log, level=logging.ERROR)
 
@@ -132,60 +206,166 @@ class FileStorage:
         self.topic = topic
         self.format = fmt
         self.upsert = fmt.upsert
+        self._index = RecordIndex(
+            upsert=self.upsert,
+            max_per_key=self.max_records_per_key,
+            retention_ms=self.retention_ms,
+            max_keys=self.max_keys,
+            on_evict=self._forget,
+        )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            meta = self._read_meta()
-            self._index = RecordIndex(
-                upsert=self.upsert, max_per_key=self.max_records_per_key, retention_ms=self.retention_ms
-            )
-            loaded = self._load()
+            meta = read_meta(self.directory / META_FILE, log)
+            names = self._names()
+            if meta.get("clean") is True:
+                data_last_seq, doubtful = 0, False  # close() wrote the exact last seq after everything else
+            else:
+                data_last_seq, doubtful = self._scan_tails(names)
         except OSError as exc:
             raise StorageError(f"file storage {self.directory}: cannot open: {exc}") from exc
-        loaded.sort(key=lambda r: r.seq)
-        self._index.add(loaded)
         stored_format = meta.get("format")
         if stored_format not in (None, fmt.value):
             log.warning("file storage %s: held %s records, now opened as %s", self.directory, stored_format, fmt.value)
-        epoch = meta.get("epoch")
-        self.epoch = epoch if isinstance(epoch, str) and epoch else new_epoch()
-        meta_seq = meta.get("last_seq")
-        last_seq = max(meta_seq if type(meta_seq) is int else 0, self._index.last_seq)
-        self._write_meta(last_seq)
-        self._task = PeriodicTask(self.flush_interval, self._tick, log, f"file storage {self.directory}: flush")
+        self.epoch, last_seq = resume_point(
+            meta, data_last_seq, data_doubtful=doubtful, has_data=bool(names), logger=log, what=f"file storage {self.directory}"
+        )
+        self._write_meta(last_seq, clean=False)
+        self._loader = gevent.spawn(self._load_all, names)
+        interval = min(self.flush_interval, MAX_FSYNC_INTERVAL) if self.fsync == "interval" else self.flush_interval
+        self._task = PeriodicTask(interval, self._tick, log, f"file storage {self.directory}: flush")
         return self.epoch, last_seq
 
-    def _read_meta(self) -> dict[str, Any]:
-        path = self.directory / META_FILE
-        try:
-            meta = _decoder.decode(path.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except msgspec.DecodeError as exc:
-            raise StorageError(f"file storage {path}: unreadable ({exc}); fix or remove it") from None
-        return meta if isinstance(meta, dict) else {}
+    def _names(self) -> list[str]:
+        with os.scandir(self.directory) as entries:
+            return [e.name for e in entries if e.name.endswith(KEY_FILE_SUFFIX) and e.is_file()]
 
-    def _load(self) -> list[TopicRecord]:
-        records: list[TopicRecord] = []
-        for path in sorted(self.directory.glob("*" + KEY_FILE_SUFFIX)):
+    def _scan_tails(self, names: list[str]) -> tuple[int, bool]:
+        """After a crash: the highest seq in the last lines of every file, and whether damage may hide a higher one.
+
+        Each file is append-only in seq order, so its last intact line holds its highest seq.
+        """
+        highest = 0
+        doubtful = False
+        slicer = _Slicer()
+        for name in names:
+            seq, hidden = self._tail_seq(self.directory / name)
+            highest = max(highest, seq)
+            doubtful = doubtful or hidden
+            slicer()
+        return highest, doubtful
+
+    @staticmethod
+    def _tail_seq(path: Path) -> tuple[int, bool]:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return 0, False
+        try:
+            size = os.fstat(fd).st_size
+            want = _TAIL_READ
+            while True:
+                start = max(0, size - want)
+                chunk = os.pread(fd, size - start, start)
+                lines = chunk.split(b"\n")
+                if start > 0:
+                    lines = lines[1:]  # the first piece may be the end of a longer line
+                if len(lines) > 1 or start == 0:
+                    break
+                want *= 4
+        finally:
+            os.close(fd)
+        # A torn last piece (no newline) was never acknowledged: append() had
+        # not returned, so no one saw it. Only a complete line that is
+        # unreadable and shows no seq can hide a seq someone saw.
+        legible = seqs_in(lines.pop())
+        damaged = False
+        for line in reversed(lines):
+            if not line.strip():
+                continue
+            try:
+                seq = decode_record(line).seq
+            except ValueError:
+                found = seqs_in(line)
+                legible.extend(found)
+                damaged = damaged or not found
+                continue
+            return max([seq, *legible]), damaged
+        return max(legible, default=0), damaged
+
+    def _load_all(self, names: list[str]) -> None:
+        """Load the newest ``max_keys`` key files into the index, oldest of them first, yielding as it goes."""
+        try:
+            if self.max_keys is not None and len(names) > self.max_keys:
+                stamped = []
+                for name in names:
+                    try:
+                        stamped.append(((self.directory / name).stat().st_mtime_ns, name))
+                    except FileNotFoundError:
+                        continue
+                stamped.sort()
+                names = [name for _, name in stamped[-self.max_keys :]]
+            slicer = _Slicer()
+            for name in names:
+                with self._lock:
+                    if name not in self._files:
+                        self._load_file(name)
+                slicer()
+        except Exception as exc:  # noqa: BLE001 - keyed queries still load their key on demand
+            log.error("file storage %s: background load failed: %s", self.directory, exc)
+        finally:
+            self._ready.set()
+
+    def _load_file(self, name: str) -> None:
+        """Read one key file into the index (the caller holds the lock); repair a damaged one."""
+        path = self.directory / name
+        try:
             content = path.read_bytes()
-            if content and not content.endswith(b"\n"):
-                # A write cut short (a crash): drop the partial line so later appends start clean.
-                cut = content.rfind(b"\n") + 1
-                log.warning("file storage %s: dropping a partial last line of %d bytes", path, len(content) - cut)
-                os.truncate(path, cut)
-                content = content[:cut]
-                self.corrupt_lines += 1
-            lines = content.splitlines()
-            self._lines_on_disk[path.name] = len(lines)
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(decode_record(line))
-                except ValueError as exc:
-                    self.corrupt_lines += 1
-                    self._errors("file storage %s:%d: skipped unreadable line: %s", path, number, exc)
-        return records
+        except FileNotFoundError:
+            self._files[name] = _KeyFile(0, 0)
+            return
+        lines = content.split(b"\n")
+        torn = lines.pop()  # b"" when the file ends with a newline
+        good: list[bytes] = []
+        records: list[TopicRecord] = []
+        damaged: list[bytes] = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                records.append(decode_record(line))
+            except ValueError as exc:
+                damaged.append(line)
+                self._errors("file storage %s: unreadable line moved aside: %s", path, exc)
+                continue
+            good.append(line)
+        if torn:
+            damaged.append(torn)
+        size = len(content)
+        if damaged:
+            self.corrupt_lines += len(damaged)
+            move_aside(path, b"\n".join(damaged) + b"\n", log)
+            self._close_fd(name)
+            repaired = b"".join(line + b"\n" for line in good)
+            write_atomic(path, repaired, fsync=self.fsync != "never")
+            size = len(repaired)
+        self._files[name] = _KeyFile(size, len(good))
+        records.sort(key=_by_seq)
+        self._opened.add(records)
+
+    def _ensure_loaded(self, name: str) -> _KeyFile:
+        file = self._files.get(name)
+        if file is None:
+            self._load_file(name)
+            file = self._files.get(name)
+            if file is None:  # its records were evicted at once (more keys in one batch than max_keys)
+                file = self._files[name] = _KeyFile((self.directory / name).stat().st_size, 0)
+        return file
+
+    def _forget(self, key: str) -> None:
+        """The index let ``key`` go (``max_keys``): its file stays on disk, read again when needed."""
+        name = key_file_name(key)
+        self._files.pop(name, None)
+        self._close_fd(name)
 
     # --- writing -----------------------------------------------------------
 
@@ -196,57 +376,92 @@ class FileStorage:
         return self._index
 
     def append(self, records: Sequence[TopicRecord]) -> None:
-        self._opened.add(records)
-        pending = self._pending
-        if self.upsert:
-            for record in records:
-                versions = pending.get(record.key)
-                if versions is None:
-                    versions = pending[record.key] = {}
-                versions[record.ts_ms] = record  # type: ignore[index,call-overload]
-        else:
-            for record in records:
-                queued = pending.get(record.key)
-                if queued is None:
-                    queued = pending[record.key] = []
-                queued.append(record)  # type: ignore[union-attr]
-        self._pending_count += len(records)
-        if self._pending_count >= self.max_buffered:
-            self.flush()
+        """Write the batch through to the key files (and fsync them with ``always``), then index it.
 
-    def flush(self) -> None:
-        """Append every queued record to its key's file, then record the last seq."""
-        if self._index is None:
-            return
-        if self._pending:
-            pending, self._pending = self._pending, {}
-            self._pending_count = 0
-            failed: list[str] = []
-            for key, queued in pending.items():
-                records = sorted(queued.values(), key=_by_seq) if isinstance(queued, dict) else queued
-                try:
-                    self._write_lines(key_file_name(key), self._encode(records))
-                except OSError as exc:
-                    failed.append(key)
-                    self._requeue(key, queued)
-                    self._errors("file storage %s: cannot write key %r: %s", self.directory, key, exc)
-            self.healthy = not failed
-            if failed:
-                raise StorageError(f"file storage {self.directory}: {len(failed)} keys not written; will retry")
-        if self._meta_seq != self._index.last_seq:
-            self._write_meta(self._index.last_seq)
+        Raises :class:`StorageError` with every file cut back to where it was
+        and nothing indexed when a write fails.
+        """
+        index = self._opened
+        groups: dict[str, list[TopicRecord]] = {}
+        for record in records:
+            group = groups.get(record.key)
+            if group is None:
+                group = groups[record.key] = []
+            group.append(record)
+        dropped: set[int] = set()
+        written: list[tuple[str, _KeyFile, int, int]] = []
+        slicer = _Slicer()
+        with self._lock:
+            try:
+                for key, group in groups.items():
+                    name = key_file_name(key)
+                    file = self._ensure_loaded(name)
+                    if self.upsert and len(group) > 1:
+                        newest = {r.ts_ms: r for r in group}  # versions replaced within the batch are never written
+                        group = sorted(newest.values(), key=_by_seq) if len(newest) < len(group) else group
+                    data = self._encode(group, dropped)
+                    if not data:
+                        continue
+                    fd = self._fd(name)
+                    if file.torn:
+                        os.ftruncate(fd, file.size)
+                        file.torn = False
+                    written.append((name, file, file.size, file.lines))
+                    write_all(fd, data)
+                    file.size += len(data)
+                    file.lines += data.count(b"\n")
+                    slicer()
+                if self.fsync == "always" and written:
+                    if self._new_entries:
+                        fsync_dir(self.directory)
+                        self._new_entries = False
+                    fsync_paths([self.directory / name for name, _, _, _ in written])
+            except OSError as exc:
+                self._roll_back(written)
+                self.write_failures += 1
+                self.dropped += len(records) - len(dropped)
+                self.healthy = False
+                raise StorageError(f"file storage {self.directory}: write failed, batch of {len(records)} not stored: {exc}") from exc
+            self.healthy = True
+            if self.fsync == "interval":
+                self._dirty.update(name for name, _, _, _ in written)
+            index.add(records if not dropped else [r for r in records if r.seq not in dropped])
 
-    def _requeue(self, key: str, queued: dict[int, TopicRecord] | list[TopicRecord]) -> None:
-        count = len(queued)
-        if self._pending_count + count > 2 * self.max_buffered:
-            # NOTE: the disk has failed for a while; keeping everything would exhaust memory.
-            self.dropped += count
-            self._errors("file storage %s: dropped %d unwritten records of %r", self.directory, count, key)
-            return
-        self._pending[key] = queued
-        self._pending_count += count
+    def _roll_back(self, written: list[tuple[str, _KeyFile, int, int]]) -> None:
+        """Cut every file this batch wrote to back to its size before the batch."""
+        for name, file, size, lines in reversed(written):
+            file.size, file.lines = size, lines
+            try:
+                os.truncate(self.directory / name, size)
+            except OSError as exc:
+                file.torn = True
+                self._errors("file storage %s: cannot cut %s back (%s); will before its next write", self.directory, name, exc)
 
-    def _encode(self, records: list[TopicRecord]) -> bytes:
+    def _fd(self, name: str) -> int:
+        fds = self._fds
+        fd = fds.get(name)
+        if fd is not None:
+            fds.move_to_end(name)
+            return fd
+        path = self.directory / name
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            fd = os.open(path, flags | os.O_CREAT, 0o644)
+            self._new_entries = True
+        fds[name] = fd
+        while len(fds) > self.max_open_files:
+            _, old = fds.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def _close_fd(self, name: str) -> None:
+        fd = self._fds.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _encode(self, records: list[TopicRecord], dropped: set[int]) -> bytes:
         try:
             return encode_records(records)
         except (TypeError, msgspec.EncodeError):
@@ -256,22 +471,29 @@ class FileStorage:
                     parts.append(encode_records([record]))
                 except (TypeError, msgspec.EncodeError) as exc:
                     self.dropped += 1
+                    dropped.add(record.seq)
                     self._errors("file storage %s: record seq %d not stored: %s", self.directory, record.seq, exc)
             return b"".join(parts)
 
-    def _write_lines(self, name: str, data: bytes) -> None:
-        if not data:
+    def flush(self) -> None:
+        """fsync the files written since the last flush (``interval``; in the thread pool), then record the last seq."""
+        if self._index is None:
             return
-        with open(self.directory / name, "ab") as handle:
-            handle.write(data)
-            if self.fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        self._lines_on_disk[name] = self._lines_on_disk.get(name, 0) + data.count(b"\n")
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            new_entries, self._new_entries = self._new_entries, False
+        if self.fsync != "never":
+            fsync_paths([self.directory / name for name in dirty])
+            if new_entries:
+                fsync_dir(self.directory)
+        if self._meta_seq != self._index.last_seq:
+            self._write_meta(self._index.last_seq, clean=False)
 
-    def _write_meta(self, last_seq: int) -> None:
-        meta = {"epoch": self.epoch, "last_seq": last_seq, "topic": self.topic, "format": self.format.value}
-        write_atomic(self.directory / META_FILE, msgspec.json.encode(meta), fsync=self.fsync)
+    def _write_meta(self, last_seq: int, *, clean: bool) -> None:
+        data = meta_record(
+            epoch=self.epoch, last_seq=last_seq, topic=self.topic, data_format=self.format.value, fsync=self.fsync, clean=clean
+        )
+        write_atomic(self.directory / META_FILE, data, fsync=self.fsync != "never")
         self._meta_seq = last_seq
 
     def _tick(self) -> None:
@@ -280,66 +502,99 @@ class FileStorage:
             self.compact()
 
     def compact(self, *, force: bool = False) -> int:
-        """Rewrite the files with more dead lines than live ones (all with ``force``); return how many."""
-        self.flush()
+        """Rewrite the loaded files with more dead lines than live ones (all with ``force``); return how many."""
         index = self._opened
         self._last_compact = time.monotonic()
-        live: dict[str, str] = {key_file_name(info.key): info.key for info in index.keys()}
         rewritten = 0
-        for name, lines in list(self._lines_on_disk.items()):
-            key = live.get(name)
-            alive = 0 if key is None else index.key_count(key)
-            dead = lines - alive
-            if dead <= 0 or not (force or (dead >= COMPACT_MIN_DEAD_LINES and dead > alive)):
-                continue
-            path = self.directory / name
-            if key is None:
-                path.unlink(missing_ok=True)
-                del self._lines_on_disk[name]
-            else:
-                records = sorted(index.records_of(key), key=_by_seq)
-                write_atomic(path, self._encode(records), fsync=self.fsync)
-                self._lines_on_disk[name] = len(records)
-            rewritten += 1
+        slicer = _Slicer()
+        with self._lock:
+            live: dict[str, str] = {key_file_name(info.key): info.key for info in index.keys()}
+            for name, file in list(self._files.items()):
+                key = live.get(name)
+                alive = 0 if key is None else index.key_count(key)
+                dead = file.lines - alive
+                if dead <= 0 or not (force or (dead >= COMPACT_MIN_DEAD_LINES and dead > alive)):
+                    continue
+                path = self.directory / name
+                self._close_fd(name)  # the descriptor would keep appending to the replaced file
+                if key is None:
+                    path.unlink(missing_ok=True)
+                    del self._files[name]
+                else:
+                    data = self._encode(sorted(index.records_of(key), key=_by_seq), set())
+                    write_atomic(path, data, fsync=self.fsync != "never")
+                    file.size, file.lines, file.torn = len(data), data.count(b"\n"), False
+                self._dirty.discard(name)
+                rewritten += 1
+                slicer()
         return rewritten
 
     def close(self) -> None:
         if self._task is not None:
             self._task.stop()
             self._task = None
-        if self._index is not None:
-            self.compact()
+        if self._loader is not None:
+            self._loader.kill()
+            self._loader = None
+            self._ready.set()
+        if self._index is None:
+            return
+        self.compact()
+        self.flush()
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            self._write_meta(self._index.last_seq, clean=True)
 
     def health(self) -> dict[str, float]:
         """Figures exported to ``/metrics`` as ``gauss_storage_<figure>``."""
+        index = self._index
         return {
             "healthy": 1.0 if self.healthy else 0.0,
-            "buffered_records": float(self._pending_count),
             "dropped_records": float(self.dropped),
+            "write_failures": float(self.write_failures),
             "unreadable_records": float(self.corrupt_lines),
+            "evicted_keys": float(index.evicted_keys if index is not None else 0),
         }
 
     # --- reading -----------------------------------------------------------
 
+    def _all_loaded(self) -> RecordIndex:
+        index = self._opened
+        self._ready.wait()
+        return index
+
+    def _key_loaded(self, key: str) -> RecordIndex:
+        index = self._opened
+        name = key_file_name(key)
+        if name not in self._files and (self.directory / name).exists():
+            with self._lock:
+                if name not in self._files:
+                    self._load_file(name)
+        return index
+
     def query(self, query: TopicQuery) -> QueryResult:
-        records, truncated = self._opened.query(query.key, query.from_ms, query.to_ms, query.since_seq, query.limit)
+        index = self._all_loaded() if query.key is None else self._key_loaded(query.key)
+        records, truncated = index.query(query.key, query.from_ms, query.to_ms, query.since_seq, query.limit)
         return QueryResult(records, truncated)
 
     def latest(self, key: str | None = None) -> list[TopicRecord]:
-        return self._opened.latest(key)
+        index = self._all_loaded() if key is None else self._key_loaded(key)
+        return index.latest(key)
 
     def keys(self) -> list[KeyInfo]:
-        return self._opened.keys()
+        return self._all_loaded().keys()
 
     def count(self) -> int:
-        return len(self._opened)
+        return len(self._all_loaded())
 
     def bounds(self) -> tuple[int, int]:
-        return self._opened.bounds()
+        return self._all_loaded().bounds()
 
     def records(self) -> Iterable[TopicRecord]:
         """Every record held, ascending by seq (for tools and tests)."""
-        return self._opened.records()
+        return self._all_loaded().records()
 
 
 def _by_seq(record: TopicRecord) -> int:
@@ -349,19 +604,22 @@ def _by_seq(record: TopicRecord) -> int:
 def create(table: dict[str, Any]) -> FileStorage:
     opts = Options(table)
     directory = opts.path("dir")
-    flush_interval = opts.float("flush_interval", 1.0, min=0.001)
-    max_buffered = opts.int("max_buffered", DEFAULT_MAX_BUFFERED, min=1)
+    flush_interval = opts.float("flush_interval", MAX_FSYNC_INTERVAL, min=0.001, max=MAX_FSYNC_INTERVAL)
+    opts.int("max_buffered", 0, min=1)  # NOTE: accepted for older configs; appends write through, nothing is buffered
     max_records_per_key = opts.int("max_records_per_key", DEFAULT_MAX_RECORDS_PER_KEY, min=1)
     retention_ms = opts.int("retention_ms", None, min=1)
     compact_interval = opts.float("compact_interval", 60.0, min=0.001)
-    fsync = opts.bool("fsync", False)
+    fsync = fsync_option(opts)
+    max_keys = opts.int("max_keys", DEFAULT_MAX_KEYS, min=1)
+    max_open_files = opts.int("max_open_files", DEFAULT_MAX_OPEN_FILES, min=1)
     opts.done()
     return FileStorage(
         directory,
         flush_interval=flush_interval,
-        max_buffered=max_buffered,
         max_records_per_key=max_records_per_key,
         retention_ms=retention_ms,
         compact_interval=compact_interval,
         fsync=fsync,
+        max_keys=max_keys,
+        max_open_files=max_open_files,
     )

@@ -40,11 +40,12 @@ def opened(directory: Path, fmt: DataFormat = DataFormat.CANDLE, **options: Any)
     return storage, epoch, last_seq
 
 
-def test_records_are_json_lines_per_key_with_seq(tmp_path: Path) -> None:
+def test_records_are_json_lines_per_key_with_seq_written_through(tmp_path: Path) -> None:
     storage, epoch, last_seq = opened(tmp_path, DataFormat.ANY)
     assert last_seq == 0 and epoch
     storage.append([TopicRecord(1000, "BTC/USD", {"p": 1.5}, 1), TopicRecord(1001, "EURUSD", {"p": 2}, 2)])
     storage.append([TopicRecord(1002, "BTC/USD", {"p": 3}, 3)])
+    assert (tmp_path / "BTC%2FUSD.jsonl").read_bytes().count(b"\n") == 2, "on the OS side when append returns"
     storage.flush()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["BTC%2FUSD.jsonl", "EURUSD.jsonl", META_FILE]
     assert (tmp_path / "BTC%2FUSD.jsonl").read_text() == (
@@ -73,9 +74,7 @@ def test_candle_versions_append_on_disk_and_the_newest_wins_on_load(tmp_path: Pa
     storage, _, _ = opened(tmp_path)
     storage.append([candle(1, "EURUSD", 60_000, 1.0), candle(2, "EURUSD", 120_000, 1.0)])
     storage.flush()
-    storage.append([candle(3, "EURUSD", 60_000, 2.0)])
-    storage.append([candle(4, "EURUSD", 60_000, 3.0)])  # replaced before any flush: never written
-    storage.flush()
+    storage.append([candle(3, "EURUSD", 60_000, 2.0), candle(4, "EURUSD", 60_000, 3.0)])  # 3 replaced in its batch: never written
     on_disk = lines(tmp_path / "EURUSD.jsonl")
     assert [(line["ts_ms"], line["seq"]) for line in on_disk] == [(60_000, 1), (120_000, 2), (60_000, 4)]
     result = storage.query(TopicQuery(key="EURUSD"))
@@ -107,23 +106,16 @@ def test_compaction_rewrites_only_files_mostly_dead(tmp_path: Path) -> None:
     storage.close()
 
 
-def test_flushes_when_max_buffered_records_wait(tmp_path: Path) -> None:
-    storage, _, _ = opened(tmp_path, DataFormat.ANY, max_buffered=10, flush_interval=3600)
-    storage.append([TopicRecord(i, "A", {}, i) for i in range(1, 10)])
-    assert not (tmp_path / "A.jsonl").exists()
-    storage.append([TopicRecord(10, "A", {}, 10)])
-    assert len(lines(tmp_path / "A.jsonl")) == 10
-    storage.close()
-
-
-def test_flushes_on_its_interval_without_new_records(tmp_path: Path) -> None:
+def test_records_its_last_seq_on_its_interval_without_new_records(tmp_path: Path) -> None:
     storage, _, _ = opened(tmp_path, DataFormat.ANY, flush_interval=0.02)
     storage.append([TopicRecord(1, "A", {}, 1)])
     deadline = time.monotonic() + 10
-    while not (tmp_path / "A.jsonl").exists() and time.monotonic() < deadline:
+    while json.loads((tmp_path / META_FILE).read_text())["last_seq"] != 1 and time.monotonic() < deadline:
         gevent.sleep(0.01)
-    assert len(lines(tmp_path / "A.jsonl")) == 1
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    assert meta["last_seq"] == 1 and meta["clean"] is False and meta["fsync"] == "interval"
     storage.close()
+    assert json.loads((tmp_path / META_FILE).read_text())["clean"] is True
 
 
 def test_retention_bounds_records_per_key_in_memory_and_on_disk(tmp_path: Path) -> None:
@@ -156,7 +148,7 @@ def test_a_key_whose_records_all_expired_loses_its_file(tmp_path: Path) -> None:
     storage.close()
 
 
-def test_a_partial_last_line_from_a_crash_is_dropped_and_later_appends_stay_clean(tmp_path: Path) -> None:
+def test_damaged_lines_are_moved_aside_and_later_appends_stay_clean(tmp_path: Path) -> None:
     storage, epoch, _ = opened(tmp_path, DataFormat.ANY)
     storage.append([TopicRecord(1, "A", {"i": 1}, 1), TopicRecord(2, "A", {"i": 2}, 2)])
     storage.close()
@@ -164,27 +156,31 @@ def test_a_partial_last_line_from_a_crash_is_dropped_and_later_appends_stay_clea
         handle.write(b'not json\n{"ts_ms":3,"key":"A","da')
     again, epoch2, last_seq = opened(tmp_path, DataFormat.ANY)
     assert (epoch2, last_seq) == (epoch, 2)
+    assert [r.data["i"] for r in again.query(TopicQuery()).records] == [1, 2]
     assert again.corrupt_lines == 2
+    assert (tmp_path / "A.jsonl.corrupt").read_bytes() == b'not json\n{"ts_ms":3,"key":"A","da\n'
     again.append([TopicRecord(4, "A", {"i": 4}, 3)])
     again.close()
     third, _, last_seq = opened(tmp_path, DataFormat.ANY)
-    assert last_seq == 3 and third.corrupt_lines == 1  # the "not json" line; compaction had no reason to run
+    assert last_seq == 3 and third.corrupt_lines == 0
     assert [r.data["i"] for r in third.query(TopicQuery()).records] == [1, 2, 4]
     third.close()
 
 
-def test_a_failed_write_keeps_the_records_and_retries(tmp_path: Path) -> None:
+def test_a_failed_write_leaves_nothing_of_the_batch_and_the_next_batch_goes_on(tmp_path: Path) -> None:
     storage, _, _ = opened(tmp_path, DataFormat.ANY)
-    (tmp_path / "A.jsonl").mkdir()  # appending to it fails
-    storage.append([TopicRecord(1, "A", {}, 1), TopicRecord(2, "B", {}, 2)])
-    with pytest.raises(StorageError, match="1 keys not written"):
-        storage.flush()
-    assert len(lines(tmp_path / "B.jsonl")) == 1
-    assert storage.health() == {"healthy": 0.0, "buffered_records": 1.0, "dropped_records": 0.0, "unreadable_records": 0.0}
+    storage.append([TopicRecord(1, "B", {}, 1)])
+    (tmp_path / "A.jsonl").mkdir()  # opening it for appending fails
+    with pytest.raises(StorageError, match="write failed, batch of 2 not stored"):
+        storage.append([TopicRecord(2, "B", {}, 2), TopicRecord(3, "A", {}, 3)])
+    assert [line["seq"] for line in lines(tmp_path / "B.jsonl")] == [1], "B's part of the failed batch was cut back"
+    assert storage.query(TopicQuery()).records == [TopicRecord(1, "B", {}, 1)]
+    assert storage.health() == {"healthy": 0.0, "dropped_records": 2.0, "write_failures": 1.0, "unreadable_records": 0.0, "evicted_keys": 0.0}
     (tmp_path / "A.jsonl").rmdir()
-    storage.flush()
-    assert storage.health()["healthy"] == 1.0 and storage.health()["buffered_records"] == 0.0
-    assert [line["seq"] for line in lines(tmp_path / "A.jsonl")] == [1]
+    storage.append([TopicRecord(2, "B", {}, 2), TopicRecord(3, "A", {}, 3)])  # the topic numbers the next batch from 2 again
+    assert storage.health()["healthy"] == 1.0
+    assert [line["seq"] for line in lines(tmp_path / "A.jsonl")] == [3]
+    assert [line["seq"] for line in lines(tmp_path / "B.jsonl")] == [1, 2]
     storage.close()
 
 
@@ -287,10 +283,20 @@ def test_factory_options_and_relative_dir(tmp_path: Path) -> None:
         create({"dir": "x", "max_buffered": 0})
     with pytest.raises(ConfigError, match="retention: unknown option"):
         create({"dir": "x", "retention": 5})
+    assert create({"dir": "x"}).fsync == "interval"
+    assert create({"dir": "x", "fsync": "never", "max_keys": 5}).max_keys == 5
+    with pytest.raises(ConfigError, match="fsync: unknown value 'yes'"):
+        create({"dir": "x", "fsync": "yes"})
+    with pytest.raises(ConfigError, match="flush_interval: must be at most 1.0"):
+        create({"dir": "x", "flush_interval": 2})
 
 
-def test_unreadable_meta_is_a_clear_error(tmp_path: Path) -> None:
+def test_unreadable_meta_is_moved_aside_and_a_new_epoch_starts(tmp_path: Path) -> None:
+    storage, epoch, _ = opened(tmp_path, DataFormat.ANY)
+    storage.append([TopicRecord(1, "A", {}, 1), TopicRecord(2, "A", {}, 2)])
+    storage.close()
     (tmp_path / META_FILE).write_text("{oops")
-    with pytest.raises(StorageError, match="_meta.json: unreadable"):
-        FileStorage(tmp_path).open("t", DataFormat.ANY)
-    assert os.path.exists(tmp_path / META_FILE)
+    again, epoch2, last_seq = opened(tmp_path, DataFormat.ANY)
+    assert epoch2 != epoch and last_seq == 2
+    assert (tmp_path / (META_FILE + ".corrupt")).read_text() == "{oops"
+    again.close()
