@@ -274,11 +274,12 @@ class FileStorage:
                 want *= 4
         finally:
             os.close(fd)
-        # A torn last piece (no newline) was never acknowledged: append() had
-        # not returned, so no one saw it. Only a complete line that is
-        # unreadable and shows no seq can hide a seq someone saw.
-        legible = seqs_in(lines.pop())
-        damaged = False
+        # NOTE: a torn last piece after SIGKILL was never acknowledged (append
+        # had not returned), but damage from outside (a truncated file) may
+        # have cut a record someone saw: any damage that shows no seq is doubt.
+        torn = lines.pop()
+        legible = seqs_in(torn)
+        damaged = bool(torn.strip()) and not legible
         for line in reversed(lines):
             if not line.strip():
                 continue
