@@ -19,6 +19,8 @@ __all__ = [
     "DataFormat",
     "MAX_QUERY_LIMIT",
     "DEFAULT_QUERY_LIMIT",
+    "INT64_MIN",
+    "INT64_MAX",
 ]
 
 MAX_QUERY_LIMIT = 100_000
@@ -127,10 +129,25 @@ class TopicQuery:
         return True
 
 
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+
+
 def _int_param(params: Mapping[str, Any], name: str, default: int | None = None) -> int | None:
+    value = _int_value(params, name)
+    if value is None:
+        return default
+    # Storages and kernels hold ts_ms and seq as int64: a larger value is a client
+    # mistake to name, not an OverflowError deep in a storage (issue 11).
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise QueryError(name, "must fit in a signed 64-bit integer")
+    return value
+
+
+def _int_value(params: Mapping[str, Any], name: str) -> int | None:
     value = params.get(name)
     if value is None or value == "":
-        return default
+        return None
     if isinstance(value, bool):
         raise QueryError(name, "must be an integer")
     if isinstance(value, int):

@@ -2,7 +2,9 @@
 
 Patches gevent first (the server is one process of greenlets), loads and
 validates the configuration (a bad one exits 2 with one message naming the
-file, the key and the reason), starts everything, logs one line per
+file, the key and the reason), raises the soft open-files limit to the hard
+one (so that connection limits, not descriptors, decide who is served),
+starts everything, logs one line per
 listener and a status line every ``[hub] status_interval`` seconds. A
 signal stops accepting, drains queues, flushes storages and exits 0.
 """
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["main", "default_config_path"]
+__all__ = ["main", "default_config_path", "raise_open_files_limit"]
 
 
 def default_config_path() -> Path:
@@ -63,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gauss-serve: {exc}", file=sys.stderr)
         return 2
     log.info("gauss-serve: configuration %s", path)
+    raise_open_files_limit(log)
     try:
         hub.start()
     except OSError as exc:
@@ -73,6 +76,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         gevent.signal_handler(signum, _on_signal, hub, log, signum)
     hub.serve_forever()
     return 0
+
+
+def raise_open_files_limit(log: logging.Logger) -> tuple[int, int]:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (as Go's runtime does) and log both.
+
+    The common soft default (1024) would otherwise be what refuses clients:
+    ``accept`` fails with EMFILE long before ``[api] max_connections`` or a
+    listener's limit is reached (issue 11). Done by the command, not on
+    ``import gauss``: a library must not change its host process's limits.
+    Returns the (soft, hard) limits in force afterwards.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return (-1, -1)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:  # Linux refuses a soft limit above fs.nr_open
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("gauss-serve: open files: cannot raise the soft limit %d to %d: %s", soft, target, exc)
+            return (soft, hard)
+        log.info("gauss-serve: open files: soft limit raised from %d to %d (hard limit %s)", soft, target, _limit(hard))
+        return (target, hard)
+    log.info("gauss-serve: open files: soft limit %s (hard limit %s)", _limit(soft), _limit(hard))
+    return (soft, hard)
+
+
+def _limit(value: int) -> str:
+    import resource
+
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
 
 
 def tune_gc() -> None:

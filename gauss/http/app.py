@@ -9,6 +9,7 @@ streamed in ~64 KiB chunks (:mod:`gauss.http.encoding`).
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import TYPE_CHECKING, Any, Collection, Mapping
 
 import falcon
@@ -17,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gauss.errors import QueryError, StorageError, StorageUnavailable, UnknownTopic
 from gauss.http.dashboard import add_dashboard_routes
 from gauss.http.encoding import dumps, records_message_parts
+from gauss.http.guard import GuardMiddleware
+from gauss.http.limits import SHARE_KEY, ChargedStream, InflightBudget, InflightLimit, Share
 from gauss.http.metrics import ApiMetrics
 from gauss.http.middleware import AuthMiddleware, MetricsMiddleware
 from gauss.http.options import ApiOptions
@@ -31,14 +34,23 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 _storage_failures = RateLimitedLog(log)
+_internal_failures = RateLimitedLog(log, level=logging.ERROR)
 
 QUERY_PARAMS = frozenset({"key", "from", "to", "since_seq", "limit"})
 _ALWAYS_ALLOWED = frozenset({"token"})
 
 
-def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics) -> falcon.App:
-    """The Falcon app serving ``hub``'s topics (``/ws`` is routed before it sees the request)."""
-    middleware: list[Any] = [MetricsMiddleware(metrics)]
+def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics, *, budget: InflightBudget | None = None) -> falcon.App:
+    """The Falcon app serving ``hub``'s topics (``/ws`` is routed before it sees the request).
+
+    ``budget`` caps the bytes record answers hold at once (the server shares
+    one with its WebSocket sessions; by default one from ``options``).
+    """
+    if budget is None:
+        budget = InflightBudget(
+            options.max_inflight_bytes, options.max_inflight_bytes_per_connection, options.inflight_wait_s
+        )
+    middleware: list[Any] = [MetricsMiddleware(metrics), GuardMiddleware(options, "/ws")]
     if options.cors_origins:
         origins: Any = "*" if options.cors_origins == ("*",) else list(options.cors_origins)
         middleware.append(falcon.CORSMiddleware(allow_origins=origins, expose_headers=["Content-Type"]))
@@ -51,12 +63,13 @@ def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics) -> falcon.App
     app.add_error_handler(Exception, _internal_error)
     app.add_error_handler(QueryError, _query_error)
     app.add_error_handler(UnknownTopic, _unknown_topic)
+    app.add_error_handler(InflightLimit, _inflight_limit)
     app.add_error_handler(StorageError, _storage_error)
     app.add_route("/api/health", Health())
     app.add_route("/api/topics", TopicList(hub))
-    app.add_route("/api/topics/{name}", TopicRecords(hub))
+    app.add_route("/api/topics/{name}", TopicRecords(hub, budget))
     app.add_route("/api/topics/{name}/keys", TopicKeys(hub))
-    app.add_route("/api/topics/{name}/latest", TopicLatest(hub))
+    app.add_route("/api/topics/{name}/latest", TopicLatest(hub, budget))
     app.add_route("/metrics", MetricsExposition(hub))
     app.add_route("/ws", WebSocketOnly())
     add_dashboard_routes(app)  # GET / and /static/*: SPEC section 8
@@ -95,10 +108,16 @@ def _storage_error(req: falcon.Request, resp: falcon.Response, exc: StorageError
     raise falcon.HTTPInternalServerError(description=f"storage failed: {exc}")
 
 
+def _inflight_limit(req: falcon.Request, resp: falcon.Response, exc: InflightLimit, params: dict[str, Any]) -> None:
+    """Answers in flight hold ``max_inflight_bytes`` and none gave way within ``inflight_wait_s``."""
+    raise falcon.HTTPServiceUnavailable(description=str(exc), retry_after=1)
+
+
 def _internal_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
     if isinstance(exc, (falcon.HTTPError, falcon.HTTPStatus)):
         raise exc
-    log.exception("%s %s failed", req.method, req.path)
+    # A bug, not a client mistake; still at most one traceback per 10 s however often it is hit.
+    _internal_failures("%s %s failed: %s", req.method, req.path, traceback.format_exc().rstrip())
     raise falcon.HTTPInternalServerError(description=f"internal error: {type(exc).__name__}")
 
 
@@ -170,14 +189,48 @@ class _TopicResource:
         return self._hub.registry.get(name)
 
 
-class TopicRecords(_TopicResource):
+class _RecordsResource(_TopicResource):
+    """A route answering record lists: each answer holds its bytes of the in-flight budget."""
+
+    def __init__(self, hub: Hub, budget: InflightBudget) -> None:
+        super().__init__(hub)
+        self._budget = budget
+
+    def charged_answer(
+        self, req: falcon.Request, resp: falcon.Response, name: str, expected: int, fetch: Any, tail: Any
+    ) -> None:
+        """Admit an answer of about ``expected`` records (503 when no room), ``fetch()`` it, stream it."""
+        budget = self._budget
+        share = req.env.get(SHARE_KEY) or Share()
+        charge = budget.admit(share, budget.estimate(name, expected))
+        try:
+            records = fetch()
+            charge.resize(budget.estimate(name, len(records)))
+            parts = records_message_parts(
+                {"topic": name}, records, tail(), on_measure=budget.measured(charge, name, len(records))
+            )
+        except BaseException:
+            charge.close()
+            raise
+        resp.content_type = falcon.MEDIA_JSON
+        resp.stream = ChargedStream(parts, charge)
+
+
+class TopicRecords(_RecordsResource):
     """``GET /api/topics/{name}?key=&from=&to=&since_seq=&limit=``, streamed."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         query = TopicQuery.from_params(checked_params(req, QUERY_PARAMS))
-        result = self.topic(name).query(query)
-        resp.content_type = falcon.MEDIA_JSON
-        resp.stream = records_message_parts({"topic": name}, result.records, {"truncated": result.truncated})
+        topic = self.topic(name)
+        truncated = False
+
+        def fetch() -> list[Any]:
+            nonlocal truncated
+            result = topic.query(query)
+            truncated = result.truncated
+            return result.records
+
+        self.charged_answer(req, resp, name, query.limit, fetch, lambda: {"truncated": truncated})
 
 
 class TopicKeys(_TopicResource):
@@ -190,14 +243,14 @@ class TopicKeys(_TopicResource):
         resp.content_type = falcon.MEDIA_JSON
 
 
-class TopicLatest(_TopicResource):
+class TopicLatest(_RecordsResource):
     """``GET /api/topics/{name}/latest?key=``: the newest record of each key (or of ``key``)."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         key = _key_param(checked_params(req, ("key",)))
-        records = self.topic(name).latest(key)
-        resp.content_type = falcon.MEDIA_JSON
-        resp.stream = records_message_parts({"topic": name}, records, {})
+        topic = self.topic(name)
+        expected = 1 if key is not None else 1000  # one per key; the real count resizes the charge
+        self.charged_answer(req, resp, name, expected, lambda: topic.latest(key), dict)
 
 
 class MetricsExposition:

@@ -7,7 +7,7 @@ event loop runs between chunks so ingest keeps flowing while it is written.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import gevent
 import msgspec
@@ -25,11 +25,14 @@ dumps = msgspec.json.Encoder().encode
 """Encode a JSON-compatible object to bytes."""
 
 
-def record_chunks(records: Sequence[TopicRecord], *, yield_between: bool = True) -> Iterator[bytes]:
+def record_chunks(
+    records: Sequence[TopicRecord], *, yield_between: bool = True, on_measure: Callable[[int], Any] | None = None
+) -> Iterator[bytes]:
     """The records' JSON forms, comma-separated, in pieces of about :data:`CHUNK_BYTES`.
 
     Joined with nothing between them and wrapped in ``[`` ``]`` they are the
-    JSON array of ``records``. The chunk size adapts to the records' size.
+    JSON array of ``records``. The chunk size adapts to the records' size;
+    ``on_measure(bytes_per_record)`` is called once, after the first chunk.
     """
     total = len(records)
     start = 0
@@ -45,14 +48,23 @@ def record_chunks(records: Sequence[TopicRecord], *, yield_between: bool = True)
         # PERF: size the next chunk from the bytes per record just measured.
         per_record = max(1, len(encoded) // len(chunk))
         step = max(16, CHUNK_BYTES // per_record)
+        if on_measure is not None:
+            on_measure(per_record)
+            on_measure = None
         if yield_between and start < total:
             gevent.sleep(0)
 
 
-def records_message_parts(head: dict[str, Any], records: Sequence[TopicRecord], tail: dict[str, Any]) -> Iterator[bytes]:
-    """``{**head, "records": [...], **tail}`` as JSON, streamed in chunks."""
+def records_message_parts(
+    head: dict[str, Any],
+    records: Sequence[TopicRecord],
+    tail: dict[str, Any],
+    *,
+    on_measure: Callable[[int], Any] | None = None,
+) -> Iterator[bytes]:
+    """``{**head, "records": [...], **tail}`` as JSON, streamed in chunks (``on_measure``: see :func:`record_chunks`)."""
     opening = dumps(head)
     yield opening[:-1] + (b',"records":[' if len(opening) > 2 else b'"records":[')
-    yield from record_chunks(records)
+    yield from record_chunks(records, on_measure=on_measure)
     closing = dumps(tail)
     yield b"]" + (b"," + closing[1:] if len(closing) > 2 else b"}")

@@ -13,7 +13,7 @@ from typing import Callable
 
 from geventwebsocket.websocket import Header
 
-__all__ = ["OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "Message", "FrameReader", "frame", "frame_header", "close_frame", "ConnectionGone"]
+__all__ = ["OP_CONTINUATION", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "Message", "FrameReader", "frame", "frame_header", "close_frame", "ConnectionGone"]
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -122,9 +122,9 @@ class _Reader:
         self.read = read
 
 
-def frame_header(length: int, opcode: int = OP_TEXT) -> bytes:
-    """The header of an unmasked, final frame of ``length`` payload bytes (server to client)."""
-    first = 0x80 | opcode
+def frame_header(length: int, opcode: int = OP_TEXT, *, fin: bool = True) -> bytes:
+    """The header of an unmasked frame of ``length`` payload bytes (server to client; ``fin``: the last of its message)."""
+    first = (0x80 if fin else 0) | opcode
     if length < 126:
         return bytes((first, length))
     if length <= 0xFFFF:

@@ -48,7 +48,26 @@ class ApiOptions:
     max_ws_message_bytes: int = 65_536
     """Largest message a WebSocket client may send."""
     max_connections: int = 1024
-    """HTTP and WebSocket connections served at once."""
+    """HTTP and WebSocket connections served at once.
+
+    At the limit a new connection closes the longest-idle HTTP connection
+    (one waiting for a request head) to take its place; when none is idle it
+    is answered 503 at once. The accept loop never stops.
+    """
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` names a tokenless API answers besides the loopback ones (``"*"``: any)."""
+    request_timeout_s: float = 10.0
+    """A connection must deliver a whole request head within this many seconds."""
+    keepalive_s: float = 60.0
+    """An idle keep-alive connection is closed after this many seconds without a new request."""
+    write_timeout_s: float = 30.0
+    """A client that takes no bytes of an answer (or a WebSocket push) for this long is cut off."""
+    max_inflight_bytes: int = 256 << 20
+    """Bytes of answers (REST records, WebSocket queries and replays) all connections may hold at once."""
+    max_inflight_bytes_per_connection: int = 32 << 20
+    """The share of ``max_inflight_bytes`` one connection may hold (one answer is always admitted alone)."""
+    inflight_wait_s: float = 1.0
+    """How long a request waits for room under ``max_inflight_bytes`` before it gets 503."""
 
     @classmethod
     def parse(cls, table: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> ApiOptions:
@@ -67,10 +86,23 @@ class ApiOptions:
             max_ws_subscriptions=opts.int("max_ws_subscriptions", cls.max_ws_subscriptions, min=1),
             max_ws_message_bytes=opts.int("max_ws_message_bytes", cls.max_ws_message_bytes, min=1024),
             max_connections=opts.int("max_connections", cls.max_connections, min=1),
+            allowed_hosts=tuple(h.strip().lower() for h in opts.str_list("allowed_hosts", [])),
+            request_timeout_s=opts.float("request_timeout_s", cls.request_timeout_s, min=0.01),
+            keepalive_s=opts.float("keepalive_s", cls.keepalive_s, min=0.01),
+            write_timeout_s=opts.float("write_timeout_s", cls.write_timeout_s, min=0.01),
+            max_inflight_bytes=opts.int("max_inflight_bytes", cls.max_inflight_bytes, min=65_536),
+            max_inflight_bytes_per_connection=opts.int(
+                "max_inflight_bytes_per_connection", cls.max_inflight_bytes_per_connection, min=65_536
+            ),
+            inflight_wait_s=opts.float("inflight_wait_s", cls.inflight_wait_s, min=0.0),
         )
         opts.done()
         if "*" in origins and len(origins) > 1:
             raise ConfigError("cors_origins", "'*' allows every origin; list it alone")
+        if "*" in options.allowed_hosts and len(options.allowed_hosts) > 1:
+            raise ConfigError("allowed_hosts", "'*' allows every host; list it alone")
+        if "" in options.allowed_hosts:
+            raise ConfigError("allowed_hosts", "a host name must not be empty")
         env = os.environ if environ is None else environ
         if token_env is not None:
             options = replace(options, token=env.get(token_env, ""), token_env=token_env)

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import gevent
 import gevent.lock
 import msgspec
 
 from gauss.core import TopicRecord
-from gauss.errors import QueryError, UnknownTopic
-from gauss.http.encoding import dumps, record_chunks, records_message_parts
+from gauss.errors import QueryError, StorageError, UnknownTopic
+from gauss.http.encoding import CHUNK_BYTES, dumps, record_chunks, records_message_parts
 from gauss.http.frames import (
     OP_BINARY,
     OP_CLOSE,
+    OP_CONTINUATION,
     OP_PING,
     OP_PONG,
     OP_TEXT,
@@ -34,10 +35,11 @@ from gauss.http.frames import (
     frame,
     frame_header,
 )  # fmt: skip
+from gauss.http.limits import Charge, InflightBudget, InflightLimit, Share
 from gauss.http.metrics import ApiMetrics
 from gauss.http.options import WS_POLICIES, ApiOptions
 from gauss.ratelimit import RateLimitedLog
-from gauss.records import MAX_QUERY_LIMIT, OverflowPolicy, TopicQuery
+from gauss.records import INT64_MAX, INT64_MIN, MAX_QUERY_LIMIT, OverflowPolicy, TopicQuery
 from gauss.subscription import Delivery, Gap, PublishedBatch, Subscription
 
 if TYPE_CHECKING:
@@ -112,8 +114,10 @@ class _Pusher:
         *,
         since_seq: int | None,
         since_ts: int | None,
+        ident: Any = _MISSING,
     ) -> None:
         self.session = session
+        self.ident = ident
         self.topic = topic
         self.subscription = subscription
         self.key = subscription.key
@@ -144,6 +148,10 @@ class _Pusher:
                 self._deliver(delivery)
         except (ConnectionGone, OSError):
             self.session.close()
+        except InflightLimit as exc:
+            # The replay cannot be had now: say so and end this subscription (the
+            # connection stays open); the client subscribes again later.
+            self.session.end_subscription(self, f"replay of {self.topic.name!r} refused, subscription ended: {exc}")
         except gevent.GreenletExit:
             raise
         except Exception:  # noqa: BLE001 - a bug here must end this connection, not the server
@@ -186,15 +194,19 @@ class _Pusher:
             query = TopicQuery(key=self.key, since_seq=since_seq, limit=MAX_QUERY_LIMIT)
         else:
             query = TopicQuery(key=self.key, from_ms=self.since_ts, limit=MAX_QUERY_LIMIT)
-        result = topic.query(query)
-        records = [r for r in result.records if r.seq <= start]
-        records.sort(key=_seq)
-        gap = self._replay_gap(records, result.truncated, start)
-        if gap is not None:
-            self._gap(gap)
-        for i in range(0, len(records), REPLAY_MESSAGE_RECORDS):
-            chunk = records[i : i + REPLAY_MESSAGE_RECORDS]
-            self.session.send(records_message(topic.name, chunk), self, records=len(chunk))
+        with self.session.charge(topic.name, MAX_QUERY_LIMIT) as charge:
+            result = topic.query(query)
+            records = [r for r in result.records if r.seq <= start]
+            truncated = result.truncated
+            del result
+            records.sort(key=_seq)
+            charge.resize(self.session.budget.estimate(topic.name, len(records)))
+            gap = self._replay_gap(records, truncated, start)
+            if gap is not None:
+                self._gap(gap)
+            for i in range(0, len(records), REPLAY_MESSAGE_RECORDS):
+                chunk = records[i : i + REPLAY_MESSAGE_RECORDS]
+                self.session.send(records_message(topic.name, chunk), self, records=len(chunk))
 
     def _replay_gap(self, records: list[TopicRecord], truncated: bool, start: int) -> Gap | None:
         """Records after the client's point that the replay cannot give (evicted or over the limit)."""
@@ -221,6 +233,25 @@ def _seq(record: TopicRecord) -> int:
     return int(record.seq)
 
 
+class _Charged:
+    """A context manager holding an answer's bytes of the budget (admitted on entry: may raise InflightLimit)."""
+
+    def __init__(self, budget: InflightBudget, share: Share, topic: str, records: int) -> None:
+        self._budget = budget
+        self._share = share
+        self._topic = topic
+        self._records = records
+        self._charge: Charge | None = None
+
+    def __enter__(self) -> Charge:
+        self._charge = self._budget.admit(self._share, self._budget.estimate(self._topic, self._records))
+        return self._charge
+
+    def __exit__(self, *exc: object) -> None:
+        if self._charge is not None:
+            self._charge.close()
+
+
 class WebSocketSession:
     """One client connection on ``/ws``: its messages, subscriptions and sends."""
 
@@ -234,8 +265,14 @@ class WebSocketSession:
         metrics: ApiMetrics,
         *,
         peer: str = "",
+        budget: InflightBudget | None = None,
+        share: Share | None = None,
     ) -> None:
         self._reader = FrameReader(read, options.max_ws_message_bytes)
+        self.budget = budget if budget is not None else InflightBudget(
+            options.max_inflight_bytes, options.max_inflight_bytes_per_connection, options.inflight_wait_s
+        )
+        self._share = share if share is not None else Share()
         self._write = write
         self._shutdown = shutdown
         self._registry = registry
@@ -264,7 +301,10 @@ class WebSocketSession:
             while not self._closed:
                 message = self._reader.read_message()
                 op = message.opcode
-                if op in (OP_TEXT, OP_BINARY):
+                if op == OP_BINARY:
+                    self._metrics.ws_messages_in.inc()
+                    self._error(_MISSING, "binary frames are not accepted: send JSON text frames")
+                elif op == OP_TEXT:
                     self._metrics.ws_messages_in.inc()
                     if message.oversize:
                         limit = self._options.max_ws_message_bytes
@@ -325,6 +365,49 @@ class WebSocketSession:
         if records:
             self._metrics.ws_records_sent.inc(records)
 
+    def send_parts(self, parts: Iterable[bytes]) -> None:
+        """Send one text message made of ``parts`` as a fragmented message, ~64 KiB a frame.
+
+        Nothing holds the whole message: each frame goes out as soon as it is
+        full. Pushes of this connection wait meanwhile (frames of two
+        messages must not interleave); control frames need not.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            opcode = OP_TEXT
+            pending: list[bytes] = []
+            size = 0
+            for part in parts:
+                if size >= CHUNK_BYTES:
+                    self._write_fragment(opcode, pending, size, fin=False)
+                    opcode, pending, size = OP_CONTINUATION, [], 0
+                pending.append(part)
+                size += len(part)
+            self._write_fragment(opcode, pending, size, fin=True)
+
+    def _write_fragment(self, opcode: int, pending: list[bytes], size: int, *, fin: bool) -> None:
+        self._write(frame_header(size, opcode, fin=fin) + b"".join(pending))
+
+    def charge(self, topic: str, records: int) -> _Charged:
+        """``with session.charge(topic, n) as charge:`` hold an answer's bytes of the in-flight budget."""
+        return _Charged(self.budget, self._share, topic, records)
+
+    def end_subscription(self, pusher: _Pusher, text: str) -> None:
+        """End ``pusher``'s subscription from its own greenlet and tell the client why."""
+        for where, held in list(self._pushers.items()):
+            if held is pusher:
+                del self._pushers[where]
+        pusher.stop()
+        self._metrics.ws_errors.inc()
+        message: dict[str, Any] = {"type": "error", "topic": pusher.topic.name}
+        if pusher.key is not None:
+            message["key"] = pusher.key
+        if pusher.ident is not _MISSING:
+            message["id"] = pusher.ident
+        message["error"] = text
+        self._answer(message)
+
     def _send_raw(self, data: bytes) -> None:
         with self._lock:
             if not self._closed:
@@ -363,13 +446,13 @@ class WebSocketSession:
             return
         try:
             handler(message, ident)
-        except (ClientError, QueryError, UnknownTopic) as exc:
+        except (ClientError, QueryError, UnknownTopic, InflightLimit) as exc:
             self._error(ident, str(exc))
         except (ConnectionGone, gevent.GreenletExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a storage failure answers this request, not the connection
-            if self._closed:
-                raise
+            if self._closed or (isinstance(exc, OSError) and not isinstance(exc, StorageError)):
+                raise  # this connection's own socket failed (or timed out): it ends
             _server_error_log("WebSocket %s: %s failed: %r", self.peer, action, exc)
             self._error(ident, f"server error: {type(exc).__name__}: {exc}")
 
@@ -396,6 +479,8 @@ class WebSocketSession:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
             raise ClientError(f"{name}: must be an integer")
+        if not INT64_MIN <= value <= INT64_MAX:  # 1e30 is "an integer" to JSON, not to a storage
+            raise ClientError(f"{name}: must fit in a signed 64-bit integer")
         if minimum is not None and value < minimum:
             raise ClientError(f"{name}: must be at least {minimum}")
         return int(value)
@@ -432,7 +517,7 @@ class WebSocketSession:
             raise ClientError(f"topic: at most {self._options.max_ws_subscriptions} subscriptions per connection")
         topic = self._registry.get(name)
         subscription = topic.subscribe(key=key, policy=policy, capacity=self._options.ws_queue_size, kind="ws")
-        pusher = _Pusher(self, topic, subscription, since_seq=since_seq, since_ts=since_ts)
+        pusher = _Pusher(self, topic, subscription, since_seq=since_seq, since_ts=since_ts, ident=ident)
         self._pushers[(name, key)] = pusher
         try:
             if epoch is not None and epoch != topic.epoch:
@@ -461,9 +546,15 @@ class WebSocketSession:
         self._check_fields(message, _QUERY_FIELDS)
         name, key = self._topic_and_key(message)
         query = TopicQuery.from_params(message)
-        result = self._registry.get(name).query(query)
-        head = self._answer_head("result", name, key, ident)
-        self.send(b"".join(records_message_parts(head, result.records, {"truncated": result.truncated})))
+        topic = self._registry.get(name)
+        with self.charge(name, query.limit) as charge:
+            result = topic.query(query)
+            records, truncated = result.records, result.truncated
+            del result
+            charge.resize(self.budget.estimate(name, len(records)))
+            head = self._answer_head("result", name, key, ident)
+            on_measure = self.budget.measured(charge, name, len(records))
+            self.send_parts(records_message_parts(head, records, {"truncated": truncated}, on_measure=on_measure))
 
     # --- slow clients ------------------------------------------------------------------------
 

@@ -264,3 +264,20 @@ def test_an_unexpected_failure_is_a_500_naming_only_the_error_type(api: Api, mon
     response = api.get("/api/topics/quotes")
     assert response.status_code == 500
     assert error_of(response) == "internal error: RuntimeError"
+
+
+@pytest.mark.parametrize("name", ["from", "to", "since_seq", "limit"])
+@pytest.mark.parametrize("value", [str(1 << 63), str(-(1 << 63) - 1), "1" + "0" * 30, "-" + "9" * 40])
+def test_integers_beyond_int64_are_400_naming_the_parameter(api: Api, name: str, value: str) -> None:
+    api.hub.publish("quotes", quotes(3))
+    response = api.get("/api/topics/quotes", params={name: value})
+    assert response.status_code == 400, response.text
+    assert error_of(response).startswith(f"{name}:")
+    assert api.get("/api/topics/quotes").json()["records"]
+
+
+def test_int64_bounds_themselves_are_accepted(api: Api) -> None:
+    api.hub.publish("quotes", quotes(3))
+    lo, hi = str(-(1 << 63)), str((1 << 63) - 1)
+    assert len(api.get("/api/topics/quotes", params={"from": lo, "to": hi}).json()["records"]) == 3
+    assert api.get("/api/topics/quotes", params={"since_seq": hi}).json()["records"] == []

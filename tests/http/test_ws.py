@@ -293,3 +293,57 @@ def test_a_failing_storage_answers_with_an_error_and_keeps_the_connection(api: A
     rest = api.get("/api/topics/quotes")
     assert rest.status_code == 200
     ws.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "named"),
+    [
+        ({"action": "subscribe", "topic": "quotes", "since_ts": 1e30}, "since_ts"),
+        ({"action": "subscribe", "topic": "quotes", "since_seq": 1 << 64}, "since_seq"),
+        ({"action": "subscribe", "topic": "quotes", "since_ts": -(1 << 63) - 1}, "since_ts"),
+        ({"action": "query", "topic": "quotes", "from": 1e30}, "from"),
+        ({"action": "query", "topic": "quotes", "to": 1 << 63}, "to"),
+        ({"action": "query", "topic": "quotes", "since_seq": 1 << 70}, "since_seq"),
+        ({"action": "query", "topic": "quotes", "limit": 1 << 64}, "limit"),
+    ],
+)
+def test_integers_beyond_int64_are_errors_and_the_connection_stays_open(
+    api: Api, message: dict[str, Any], named: str
+) -> None:
+    api.hub.publish("quotes", quotes(2))
+    ws = api.ws()
+    answer = ws.request({**message, "id": 5})
+    assert answer["type"] == "error" and answer["id"] == 5 and answer["error"].startswith(f"{named}:"), answer
+    assert ws.request({"action": "query", "topic": "quotes"})["type"] == "result"
+    ws.close()
+
+
+def test_a_binary_frame_is_answered_with_an_error_and_the_connection_stays_open(api: Api) -> None:
+    ws = api.ws()
+    off_loop(ws.conn.send_binary, json.dumps({"action": "query", "topic": "quotes"}).encode())
+    answer = ws.recv()
+    assert answer["type"] == "error" and "binary" in answer["error"]
+    off_loop(ws.conn.send_binary, b"\x00\xff" * 100)
+    assert ws.recv()["type"] == "error"
+    assert ws.request({"action": "query", "topic": "quotes"})["type"] == "result"
+    ws.close()
+
+
+def test_a_large_query_is_one_fragmented_message_equal_to_rest(api: Api) -> None:
+    api.hub.publish("quotes", quotes(30_000))
+    ws = api.ws()
+    ws.send({"action": "query", "topic": "quotes", "limit": 30_000, "id": 1})
+    opcode, frames = None, 0
+    parts: list[bytes] = []
+    while True:
+        frame = off_loop(ws.conn.recv_frame)
+        opcode = frame.opcode if opcode is None else opcode
+        frames += 1
+        parts.append(frame.data)
+        if frame.fin:
+            break
+    assert opcode == websocket.ABNF.OPCODE_TEXT and frames > 10  # ~64 KiB frames, never one 4 MB buffer
+    answer = json.loads(b"".join(parts))
+    rest = api.get("/api/topics/quotes", params={"limit": 30_000}).json()
+    assert answer["type"] == "result" and answer["id"] == 1 and answer["records"] == rest["records"]
+    ws.close()
