@@ -98,6 +98,8 @@ class Source:
         )
         # Plain counters (cheap to read for the status line and tests).
         self.connections = 0
+        self.ended = 0
+        """Connections that have ended (for the status line's churn counts)."""
         self.connected_at = 0.0
         """``time.perf_counter()`` of the latest connection (for benchmarks)."""
         self.frames = 0
@@ -223,6 +225,7 @@ class Source:
                 # were a third of the ingest time.
                 sleep(0)
         finally:
+            self.ended += 1
             if metrics is not None:
                 self._m_open.dec()
             log.debug("source %s: connection %s closed", self.name, conn.peer)

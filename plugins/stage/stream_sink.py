@@ -9,6 +9,14 @@ clients (the bytes are cached on the published batch). With ``tcp-client``
 the one downstream connection is a client like any other; records published
 while it is disconnected are not sent.
 
+A client that stops reading is not kept forever (issue 11: it pinned up to
+``queue_size`` records): a write that does not complete within
+``write_timeout_s`` (default 30, like the API's) closes the connection, and
+a watchdog disconnects a client whose queue has overflowed continuously for
+``overflow_grace_s`` (default 10, like the WebSocket one). Both are counted
+in ``gauss_sink_disconnects_total{reason}`` and the hub's status line, and
+logged rate-limited, never one line per client.
+
 A client receives the records published after it connected; a sink sends
 payloads (``data``), not whole records (SPEC section 2).
 """
@@ -25,15 +33,36 @@ from gauss.core import TopicRecord
 from gauss.errors import ConfigError
 from gauss.metrics import Metrics
 from gauss.protocols import Codec, Connection, Framing, Middleware, Transport
+from gauss.ratelimit import RateLimitedLog
 from gauss.records import OverflowPolicy
 from gauss.registry import Options
 from gauss.registry import create as create_plugin
 from gauss.subscription import DEFAULT_CAPACITY, PublishedBatch, Subscription
 from gauss.topics import Topic
 
-__all__ = ["StreamSink", "create"]
+__all__ = ["StreamSink", "create", "DEFAULT_WRITE_TIMEOUT_S", "DEFAULT_OVERFLOW_GRACE_S"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_WRITE_TIMEOUT_S = 30.0
+"""Seconds one write to a client may take before the client is disconnected (the API's default)."""
+
+DEFAULT_OVERFLOW_GRACE_S = 10.0
+"""Seconds a client's queue may stay overflowed before the client is disconnected (the WebSocket default)."""
+
+
+class _Client:
+    """One connected client: its connection, its queue and what the watchdog knows of it."""
+
+    __slots__ = ("conn", "sub", "seen_dropped", "overflowing_since", "cut")
+
+    def __init__(self, conn: Connection, sub: Subscription) -> None:
+        self.conn = conn
+        self.sub = sub
+        self.seen_dropped = 0
+        self.overflowing_since: float | None = None
+        self.cut = ""
+        """Why the sink disconnected it ("" while it has not)."""
 
 
 class StreamSink:
@@ -42,21 +71,36 @@ class StreamSink:
     name = "stream"
 
     def __init__(
-        self, transport: Transport, framing: Framing, codec: Codec, middleware: Sequence[Middleware] = ()
+        self,
+        transport: Transport,
+        framing: Framing,
+        codec: Codec,
+        middleware: Sequence[Middleware] = (),
+        *,
+        write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
+        overflow_grace_s: float = DEFAULT_OVERFLOW_GRACE_S,
     ) -> None:
         self.transport = transport
         self.framing = framing
         self.codec = codec
         self.middleware = list(middleware)
+        self.write_timeout_s = write_timeout_s
+        self.overflow_grace_s = overflow_grace_s
         self.capacity = DEFAULT_CAPACITY
         self.policy = OverflowPolicy.DROP
         self.records_sent = 0
         self.bytes_sent = 0
+        self.disconnects: dict[str, int] = {"write_timeout": 0, "slow": 0}
+        """Clients the sink disconnected itself, by reason."""
         self._topic: Topic | None = None
-        self._clients: set[Subscription] = set()
+        self._clients: dict[Subscription, _Client] = {}
         self._stopping = False
         self._label = ""
         self._metrics: Metrics | None = None
+        self._watchdog: gevent.Greenlet | None = None
+        self._cut_log = RateLimitedLog(log)
+        if hasattr(transport, "on_close"):
+            transport.on_close = self._count_disconnect
 
     @property
     def description(self) -> str:
@@ -75,6 +119,13 @@ class StreamSink:
     @property
     def idle(self) -> bool:
         return all(sub.depth == 0 for sub in self._clients)
+
+    def _count_disconnect(self, reason: str) -> None:
+        """A client the sink (or its transport: max_connections, idle_timeout, ...) disconnected."""
+        if reason in self.disconnects:
+            self.disconnects[reason] += 1
+        if self._metrics is not None:
+            self._metrics.sink_disconnects(self._label, reason).inc()
 
     def attach(
         self,
@@ -95,6 +146,8 @@ class StreamSink:
     def start(self) -> None:
         self._stopping = False
         self.transport.serve(self._serve_client)
+        if self._watchdog is None:
+            self._watchdog = gevent.spawn(self._watch)
 
     def encode(self, records: list[TopicRecord]) -> bytes:
         """The wire bytes of a batch: codec, then middleware, then framing."""
@@ -110,13 +163,16 @@ class StreamSink:
             sub = self._topic.subscribe(policy=self.policy, capacity=self.capacity, kind="sink")
         else:
             sub = Subscription(None, policy=self.policy, capacity=self.capacity, kind="sink")
-        self._clients.add(sub)
+        client = self._clients[sub] = _Client(conn, sub)
         gauge = self._metrics.sink_clients(self._label) if self._metrics is not None else None
         sent = self._metrics.sink_sent(self._label) if self._metrics is not None else None
         if gauge is not None:
             gauge.inc()
-        log.info("%s: client %s connected", self.description, conn.peer)
+        log.debug("%s: client %s connected", self.description, conn.peer)
         encode = self.encode
+        sendall = conn.sendall
+        # One timer per client, restarted for each write (PERF: no new object per batch).
+        timer = gevent.Timeout(self.write_timeout_s)
         try:
             while True:
                 delivery = sub.take()
@@ -125,21 +181,57 @@ class StreamSink:
                 for batch in delivery.batches:
                     data = batch.encoded(self, encode)
                     if data:
-                        conn.sendall(data)
+                        timer.start()
+                        try:
+                            sendall(data)
+                        finally:
+                            timer.cancel()
                         n = len(batch.records)
                         self.records_sent += n
                         self.bytes_sent += len(data)
                         if sent is not None:
                             sent.inc(n)
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            self._cut(client, "write_timeout", f"a write took longer than write_timeout_s ({self.write_timeout_s:g} s)")
         except OSError as exc:
-            log.info("%s: client %s gone: %s", self.description, conn.peer, exc)
+            if not client.cut:
+                log.debug("%s: client %s gone: %s", self.description, conn.peer, exc)
         finally:
-            self._clients.discard(sub)
+            self._clients.pop(sub, None)
             if gauge is not None:
                 gauge.dec()
             if sub.dropped:
-                log.info("%s: client %s lost %d records (too slow)", self.description, conn.peer, sub.dropped)
+                log.debug("%s: client %s lost %d records (too slow)", self.description, conn.peer, sub.dropped)
             sub.close()
+
+    def _cut(self, client: _Client, reason: str, why: str) -> None:
+        if client.cut:
+            return
+        client.cut = reason
+        self._count_disconnect(reason)
+        self._cut_log("%s: disconnected client %s: %s", self.description, client.conn.peer, why)
+        client.conn.close()
+
+    def _watch(self) -> None:
+        """Disconnect clients whose queues stay overflowed (new drops, or full) for ``overflow_grace_s``."""
+        grace = self.overflow_grace_s
+        interval = min(0.5, max(0.02, grace / 4))
+        while True:
+            gevent.sleep(interval)
+            now = time.monotonic()
+            for client in list(self._clients.values()):
+                sub = client.sub
+                dropped = sub.dropped
+                overflowing = dropped != client.seen_dropped or sub.depth >= sub.capacity
+                client.seen_dropped = dropped
+                if not overflowing:
+                    client.overflowing_since = None
+                elif client.overflowing_since is None:
+                    client.overflowing_since = now
+                elif now - client.overflowing_since >= grace:
+                    self._cut(client, "slow", f"its queue overflowed for {now - client.overflowing_since:.1f} s (overflow_grace_s)")
 
     def write(self, records: Sequence[TopicRecord]) -> None:
         """Offer a batch to every client queue (for use without :meth:`attach`); never blocks under ``drop``."""
@@ -157,6 +249,9 @@ class StreamSink:
         deadline = time.monotonic() + timeout
         while self._clients and time.monotonic() < deadline:
             gevent.sleep(0.01)
+        if self._watchdog is not None:
+            self._watchdog.kill(block=False)
+            self._watchdog = None
         self.transport.close()
 
 
@@ -164,9 +259,12 @@ def create(table: dict[str, Any]) -> StreamSink:
     """Create a ``stream`` sink from its table.
 
     Options: ``transport`` (required), ``framing`` (default lines), ``codec``
-    (default json), ``middleware`` (default none).
+    (default json), ``middleware`` (default none), ``write_timeout_s``
+    (default 30), ``overflow_grace_s`` (default 10).
     """
     opts = Options(table)
+    write_timeout_s = opts.float("write_timeout_s", DEFAULT_WRITE_TIMEOUT_S, min=0.001)
+    overflow_grace_s = opts.float("overflow_grace_s", DEFAULT_OVERFLOW_GRACE_S, min=0.0)
     transport = create_plugin("transport", opts.raw("transport"), where="transport")
     framing = create_plugin("framing", opts.raw("framing", "lines"), where="framing")
     middleware_value = opts.raw("middleware", [])
@@ -188,4 +286,6 @@ def create(table: dict[str, Any]) -> StreamSink:
                 f"{framing.name!r} framing carries uncompressed text only (SPEC section 2); "
                 "use length-prefixed framing with middleware",
             )
-    return StreamSink(transport, framing, codec, middleware)
+    return StreamSink(
+        transport, framing, codec, middleware, write_timeout_s=float(write_timeout_s), overflow_grace_s=float(overflow_grace_s)
+    )

@@ -5,15 +5,19 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 from typing import Any, Iterator
 
 import gevent
+import gevent.socket
 import pytest
 from engine_plugins import connect, lines, quote, read_lines, wait_until
 
 from gauss.core import encode_length_prefixed
+from gauss.errors import ConfigError
 from gauss.hub import Hub
+from gauss.registry import create
 
 NOW = int(time.time() * 1000)
 
@@ -204,11 +208,14 @@ def test_compression_bombs_in_small_frames_close_their_connection_without_stalli
     assert longest < 0.1, f"the loop stalled {longest * 1000:.0f} ms"
 
 
-def test_connection_churn_is_counted_not_logged_per_connection(make_hub: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_connection_churn_is_counted_in_the_status_line_not_logged_per_connection(
+    make_hub: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = config()
+    cfg["hub"]["status_interval"] = 0.2
     cfg["sources"][0]["transport"]["max_connections"] = 20
-    hub = make_hub(cfg)
     caplog.set_level(logging.INFO)
+    hub = make_hub(cfg)
     idle = [connect(hub.sources[0].address) for _ in range(200)]  # 180 of them pushed out again
     for sock in idle[:50]:
         sock.close()
@@ -217,9 +224,100 @@ def test_connection_churn_is_counted_not_logged_per_connection(make_hub: Any, ca
         wait_until(lambda: hub.topic("quotes.raw").last_seq == 1, what="the feeder's quote")
     transport = hub.sources[0].transport
     wait_until(lambda: transport.accepted == 201)
-    assert transport.closed_by["max_connections"] >= 180
-    assert hub.metrics.value("gauss_source_closed_connections_total", source="quotes.raw", reason="max_connections") >= 180
-    chatter = [r.getMessage() for r in caplog.records if r.name.startswith(("gauss", "gauss_plugins"))]
-    assert len(chatter) <= 2, chatter
+    evicted = transport.closed_by["max_connections"]
+    assert evicted >= 180
+    assert hub.metrics.value("gauss_source_closed_connections_total", source="quotes.raw", reason="max_connections") == evicted
+
+    def status_total(pattern: str) -> int:
+        return sum(int(n) for r in caplog.records for n in re.findall(pattern, r.getMessage()))
+
+    wait_until(lambda: status_total(r"source max_connections (\d+)") == evicted, what="the evictions in status lines")
+    assert status_total(r"source connections \d+ \(\+(\d+)") == 201
+    chatter = [
+        r.getMessage() for r in caplog.records if r.name.startswith(("gauss", "gauss_plugins")) and "status:" not in r.getMessage()
+    ]
+    assert len(chatter) <= 6, chatter  # start-up lines only, nothing per connection
     for sock in idle:
         sock.close()
+
+
+def sink_config(**sink_options: Any) -> dict[str, Any]:
+    cfg = config()
+    cfg["sinks"][0].update(sink_options)
+    cfg["sinks"][0]["transport"]["send_buffer"] = 16384  # so a stalled client's backlog reaches the sink soon
+    return cfg
+
+
+def stalled_client(address: tuple[str, int]) -> Any:
+    """A client that never reads, with a small receive buffer."""
+    sock = gevent.socket.socket()
+    sock.setsockopt(gevent.socket.SOL_SOCKET, gevent.socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(address)
+    return sock
+
+
+def hung_up(sock: Any, timeout: float = 10.0) -> bool:
+    """Read what the server had sent until it closed the connection (False on a timeout)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def feed_until(hub: Hub, reader: Any, done: Any, timeout: float = 20.0) -> int:
+    """Feed padded quotes in lock step with ``reader`` until ``done()``; the number of quotes sent."""
+    padding = "x" * 5000
+    sent = 0
+    deadline = time.monotonic() + timeout
+    with connect(hub.sources[0].address) as feed:
+        while not done():
+            assert time.monotonic() < deadline, "the stalled client was never disconnected"
+            feed.sendall(lines([quote("EURUSD", 1.1, 1.2, NOW + sent + i, note=padding) for i in range(50)]))
+            got = read_lines(reader, 50, timeout=30)
+            assert [json.loads(line)["ts_ms"] for line in got] == [NOW + sent + i for i in range(50)]
+            sent += 50
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"write_timeout_s": 0.5, "overflow_grace_s": 600, "queue_size": 100_000}, "write_timeout"),
+        ({"write_timeout_s": 600, "overflow_grace_s": 0.3, "queue_size": 200}, "slow"),
+    ],
+)
+def test_sink_client_that_stops_reading_is_disconnected(make_hub: Any, options: dict[str, Any], reason: str) -> None:
+    # write_timeout: one write blocks past write_timeout_s; slow: the queue stays overflowed past overflow_grace_s.
+    hub = make_hub(sink_config(**options))
+    sink = hub.sinks[0]
+    stalled = stalled_client(sink.address)
+    reader = connect(sink.address)
+    wait_until(lambda: sink.clients == 2)
+    started = time.monotonic()
+    sent = feed_until(hub, reader, lambda: sink.disconnects[reason] == 1)
+    assert time.monotonic() - started < 10
+    assert hung_up(stalled)
+    wait_until(lambda: sink.clients == 1, what="the stalled client gone")
+    assert sink.disconnects == {"write_timeout": 0, "slow": 0, reason: 1}
+    assert hub.metrics.value("gauss_sink_disconnects_total", sink="quotes.raw", reason=reason) == 1
+    with connect(hub.sources[0].address) as feed:  # the reader is still served
+        feed.sendall(lines([quote("EURUSD", 1.1, 1.2, NOW + sent)]))
+        assert json.loads(read_lines(reader, 1)[0])["ts_ms"] == NOW + sent
+    stalled.close()
+    reader.close()
+
+
+def test_sink_options_are_checked() -> None:
+    table = {"type": "stream", "transport": {"type": "tcp-server", "port": 0}}
+    sink = create("sink", table)
+    assert (sink.write_timeout_s, sink.overflow_grace_s) == (30.0, 10.0)
+    with pytest.raises(ConfigError, match="write_timeout_s: must be at least"):
+        create("sink", {**table, "write_timeout_s": 0})
+    with pytest.raises(ConfigError, match="overflow_grace_s: must be a number"):
+        create("sink", {**table, "overflow_grace_s": "soon"})
