@@ -156,6 +156,7 @@ setup(
             "mypy>=1.10",
             "grpcio-tools>=1.60",
             "pyyaml>=6.0",
+            "atheris>=2.3; sys_platform == 'linux' and platform_machine == 'x86_64'",  # tests/fuzz (tox -e fuzz)
         ],
     },
     entry_points=PLUGINS,
