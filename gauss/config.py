@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from gauss import registry
 from gauss.core import DEFAULT_MAX_FRAME_BYTES
 from gauss.errors import ConfigError
+from gauss.protocols import ReplayableStorage
 from gauss.quotes import DEFAULT_MAX_FUTURE_MS
 from gauss.records import DataFormat, OverflowPolicy
 from gauss.registry import Options
@@ -113,6 +114,8 @@ class TopicSpec:
     """Names of a template's topics to create at start (so they are queryable before any publish)."""
     base_dir: Path | None = None
     where: str = ""
+    journal: Table | None = None
+    """A durable storage every batch is written to before ``storage`` (a tick log); the topic is rebuilt from it at start."""
 
     @property
     def is_template(self) -> bool:
@@ -130,10 +133,16 @@ class TopicSpec:
 
     def build_storage(self, name: str) -> Any:
         """A new storage for topic ``name`` (``{name}``/``{suffix}`` substituted in string values)."""
+        return self._build("storage", self.storage, name)
+
+    def build_journal(self, name: str) -> Any:
+        """A new journal for topic ``name``, or None when the topic keeps none."""
+        return None if self.journal is None else self._build("journal", self.journal, name)
+
+    def _build(self, key: str, table: Table, name: str) -> Any:
         suffix = name[len(self.name) - 1 :] if self.is_template else name
-        table = _substitute(self.storage, name, suffix)
         with _config_dir(self.base_dir):
-            return registry.create("storage", table, where=f"{self.where}.storage" if self.where else "storage")
+            return registry.create("storage", _substitute(table, name, suffix), where=f"{self.where}.{key}" if self.where else key)
 
 
 @dataclass(frozen=True)
@@ -313,7 +322,11 @@ def _parse(data: Mapping[str, Any], file: str | None, base: Path) -> GaussConfig
         sinks.append(spec)
     # Build every plugin once so that each one's own option checks run now.
     for topic in topics:
-        topic.build_storage(topic.create[0] if topic.create else topic.name)
+        first = topic.create[0] if topic.create else topic.name
+        topic.build_storage(first)
+        journal = topic.build_journal(first)
+        if journal is not None and not isinstance(journal, ReplayableStorage):
+            raise ConfigError(f"{topic.where}.journal.type", f"storage {topic.journal['type']!r} cannot replay its records, so it cannot be a journal")
     for source in sources:
         _check_source_plugins(source)
     for processor in processors:
@@ -362,8 +375,10 @@ def _parse_topic(table: dict[str, Any], base: Path, where: str) -> TopicSpec:
     data_format = _parse_format(opts)
     storage = _plugin_table(opts.raw("storage", {"type": "memory"}), "storage", "storage")
     create = tuple(opts.str_list("create", []))
+    journal_table = opts.raw("journal", None)
+    journal = None if journal_table is None else _plugin_table(journal_table, "storage", "journal")
     opts.done()
-    spec = TopicSpec(name, data_format, storage, create, base, where)
+    spec = TopicSpec(name, data_format, storage, create, base, where, journal)
     if create and not spec.is_template:
         raise ConfigError("create", "only a template (a name ending in '*') lists topics to create")
     for i, made in enumerate(create):

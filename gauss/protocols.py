@@ -8,7 +8,7 @@ time. Plugins are created by a factory from their TOML table (see
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from gauss.core import TopicRecord
 from gauss.records import DataFormat, KeyInfo, QueryResult, Rejected, TopicQuery
@@ -26,8 +26,11 @@ __all__ = [
     "Codec",
     "QuoteCodec",
     "TopicStorage",
+    "ReplayableStorage",
     "PublishContext",
+    "RecoveryContext",
     "TopicProcessor",
+    "RecoveringProcessor",
     "TopicSink",
 ]
 
@@ -197,10 +200,25 @@ class TopicStorage(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class ReplayableStorage(TopicStorage, Protocol):
+    """A durable storage that reads its records back in seq order: what a topic's journal must be."""
+
+    def replay(self, since_seq: int = 0) -> Iterator[TopicRecord]:
+        """Every record held with ``seq > since_seq``, ascending by seq."""
+        ...
+
+
 class PublishContext(Protocol):
     """What processors publish through (the topic registry)."""
 
     def publish(self, topic: str, records: Sequence[TopicRecord]) -> None: ...
+
+
+class RecoveryContext(PublishContext, Protocol):
+    """A publish context that also reads topics (the topic registry)."""
+
+    def query(self, topic: str, query: TopicQuery, /) -> QueryResult: ...
 
 
 @runtime_checkable
@@ -220,6 +238,19 @@ class TopicProcessor(Protocol):
         ...
 
     def stop(self, context: PublishContext) -> None: ...
+
+
+@runtime_checkable
+class RecoveringProcessor(TopicProcessor, Protocol):
+    """A processor that rebuilds its state from its topic's history when it starts (after a crash, say)."""
+
+    def recover(self, history: Iterator[TopicRecord], context: RecoveryContext) -> None:
+        """Replay ``history`` (the input topic in seq order) before the live tail.
+
+        Publish what the replay derives that differs from what the output
+        topics kept (``context.query``).
+        """
+        ...
 
 
 @runtime_checkable

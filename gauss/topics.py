@@ -1,21 +1,23 @@
 """Topics: numbered, stored streams of records, and the registry that holds them.
 
-Publishing a batch to a :class:`Topic` numbers its records (``seq``), saves
-them to the topic's storage, then offers the batch to every subscriber's
-bounded queue (see :mod:`gauss.subscription`). The :class:`TopicRegistry` is
+Publishing a batch to a :class:`Topic` numbers its records (``seq``), writes
+them to the topic's journal (a tick log, when it has one) and its storage,
+then offers the batch to every subscriber's bounded queue (see
+:mod:`gauss.subscription`): nothing is visible before it is stored, and a
+batch that could not be stored gives its seqs back. The :class:`TopicRegistry` is
 also what processors publish through (the ``PublishContext`` protocol).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import gevent.lock
 
 from gauss.core import TopicRecord
 from gauss.errors import UnknownTopic
-from gauss.protocols import TopicStorage
+from gauss.protocols import ReplayableStorage, TopicStorage
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, OverflowPolicy, QueryResult, TopicQuery
 from gauss.subscription import DEFAULT_CAPACITY, PublishedBatch, Subscription
@@ -28,13 +30,17 @@ __all__ = ["Topic", "TopicRegistry"]
 
 log = logging.getLogger(__name__)
 
+_RESTORE_BATCH = 10_000
+"""Records per append while a storage is rebuilt from its journal."""
+
 
 class Topic:
     """A named stream of records: numbered, stored, fanned out to subscribers.
 
     ``epoch`` and ``last_seq`` come from the storage when the topic opens: a
     durable storage keeps them across restarts, a volatile one starts a new
-    epoch at seq 0.
+    epoch at seq 0. With a ``journal`` they come from the journal, and the
+    storage is rebuilt from it (a memory topic that survives a crash).
     """
 
     def __init__(
@@ -45,12 +51,16 @@ class Topic:
         *,
         storage_type: str | None = None,
         metrics: Metrics | None = None,
+        journal: ReplayableStorage | None = None,
     ) -> None:
         self.name = name
         self.format = DataFormat(data_format)
         self.storage = storage
         self.storage_type = storage_type or str(getattr(storage, "name", type(storage).__name__))
+        self.journal = journal
         epoch, last_seq = storage.open(name, self.format)
+        if journal is not None:
+            epoch, last_seq = self._restore(journal, str(epoch), int(last_seq))
         self.epoch: str = str(epoch)
         self.last_seq: int = int(last_seq)
         self.published = 0
@@ -62,6 +72,33 @@ class Topic:
         self._published_counter = metrics.topic_published(name) if metrics else None
         self._stored_counter = metrics.topic_stored(name) if metrics else None
         self._store_errors = RateLimitedLog(log, level=logging.ERROR)
+
+    def _restore(self, journal: ReplayableStorage, epoch: str, last_seq: int) -> tuple[str, int]:
+        """Open the journal and bring the storage up to it; the journal's epoch and seq are the topic's."""
+        journal_epoch, journal_seq = journal.open(self.name, self.format)
+        since = last_seq if self.storage.durable and epoch == journal_epoch else 0
+        restored = 0
+        batch: list[TopicRecord] = []
+        for record in journal.replay(since):
+            batch.append(record)
+            if len(batch) == _RESTORE_BATCH:
+                self.storage.append(batch)
+                restored += len(batch)
+                batch = []
+        if batch:
+            self.storage.append(batch)
+            restored += len(batch)
+        if restored:
+            log.info("topic %s: %d records restored from its journal (epoch %s, last seq %d)", self.name, restored, journal_epoch, journal_seq)
+        return str(journal_epoch), int(journal_seq)
+
+    def history(self) -> Iterator[TopicRecord]:
+        """The records this topic can read back in seq order (its journal's, or a replayable storage's)."""
+        if self.journal is not None:
+            return self.journal.replay(0)
+        if isinstance(self.storage, ReplayableStorage):
+            return self.storage.replay(0)
+        return iter(())
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r}, format={self.format.value!r}, storage={self.storage_type!r}, last_seq={self.last_seq})"
@@ -90,30 +127,48 @@ class Topic:
                 for record in records:
                     seq += 1
                     append(record.with_seq(seq))
+            if not self._store(numbered):
+                return None
             self.last_seq = seq
             n = len(numbered)
             self.published += n
             if self._published_counter is not None:
                 self._published_counter.inc(n)
-            self._store(numbered)
             batch = PublishedBatch(self.name, numbered)  # type: ignore[arg-type]
             for subscription in self._subscriptions:
                 subscription.offer(batch)
             return batch
 
-    def _store(self, records: Sequence[TopicRecord]) -> None:
+    def _store(self, records: Sequence[TopicRecord]) -> bool:
+        """Journal, then store a numbered batch; False when it was not kept (its seqs are free again).
+
+        A batch the journal took is kept even if the storage then fails: it
+        is durable, and the storage gets it back from the journal at restart.
+        Whatever part of a failed batch a storage did keep stays numbered
+        (``last_seq`` moves past it), so one bad batch never wedges the topic.
+        """
+        if self.journal is not None:
+            try:
+                self.journal.append(records)
+            except Exception as exc:  # noqa: BLE001 - a failing storage must not stop the stream
+                self._store_failed("journal", records, exc)
+                return False
         try:
             self.storage.append(records)
         except Exception as exc:  # noqa: BLE001 - a failing storage must not stop the stream
-            self.write_errors += 1
-            if self._metrics is not None:
-                self._metrics.storage_write_errors(self.name).inc()
-            self._store_errors(
-                "topic %s: storage %s failed to store %d records: %s", self.name, self.storage_type, len(records), exc
-            )
-            return
+            self._store_failed(self.storage_type, records, exc)
+            if self.journal is None:
+                self.last_seq = max(self.last_seq, self.storage.bounds()[1])
+                return False
         if self._stored_counter is not None:
             self._stored_counter.inc(len(records))
+        return True
+
+    def _store_failed(self, what: str, records: Sequence[TopicRecord], exc: Exception) -> None:
+        self.write_errors += 1
+        if self._metrics is not None:
+            self._metrics.storage_write_errors(self.name).inc()
+        self._store_errors("topic %s: %s failed to store %d records: %s", self.name, what, len(records), exc)
 
     # --- subscribing ---------------------------------------------------------
 
@@ -167,15 +222,19 @@ class Topic:
     # --- lifecycle -----------------------------------------------------------
 
     def flush(self) -> None:
+        if self.journal is not None:
+            self.journal.flush()
         self.storage.flush()
 
     def close(self) -> None:
-        """Flush and close the storage; seal every subscription (they drain, then end)."""
+        """Flush and close the journal and the storage; seal every subscription (they drain, then end)."""
         for subscription in self._subscriptions:
             subscription.seal()
         try:
-            self.storage.flush()
+            self.flush()
         finally:
+            if self.journal is not None:
+                self.journal.close()
             self.storage.close()
 
 
@@ -209,7 +268,8 @@ class TopicRegistry:
 
     def _from_spec(self, spec: TopicSpec, name: str) -> Topic:
         storage = spec.build_storage(name)
-        topic = Topic(name, spec.format, storage, storage_type=spec.storage_type, metrics=self._metrics)
+        journal = spec.build_journal(name)
+        topic = Topic(name, spec.format, storage, storage_type=spec.storage_type, metrics=self._metrics, journal=journal)
         self._topics[name] = topic
         log.debug("topic %s created (%s, %s storage, epoch %s, last seq %d)", name, spec.format.value, spec.storage_type, topic.epoch, topic.last_seq)
         return topic
@@ -280,6 +340,10 @@ class TopicRegistry:
         """Publish ``records`` to ``topic`` (created from its template on first publish)."""
         if records:
             self.resolve(topic).publish(records)
+
+    def query(self, topic: str, query: TopicQuery, /) -> QueryResult:
+        """Stored records of ``topic`` (created from its template if needed): the ``RecoveryContext`` read."""
+        return self.resolve(topic).query(query)
 
     def flush(self) -> None:
         for topic in self._topics.values():

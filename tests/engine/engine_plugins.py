@@ -9,7 +9,7 @@ upsert), so engine tests do not depend on the storage engineer's plugins;
 from __future__ import annotations
 
 import uuid
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from gauss.core import TopicRecord
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
@@ -21,9 +21,12 @@ _DURABLE: dict[str, tuple[str, list[TopicRecord]]] = {}
 class ListStorage:
     name = "list"
 
-    def __init__(self, durable: bool = False, fail: bool = False) -> None:
+    def __init__(self, durable: bool = False, fail: bool = False, fail_appends: Sequence[int] = ()) -> None:
         self.durable = durable
         self.fail = fail
+        self.fail_appends = set(fail_appends)
+        """Numbers (from 1) of the append calls that fail."""
+        self.appends = 0
         self.records: list[TopicRecord] = []
         self.flushed = 0
         self.closed = False
@@ -43,7 +46,8 @@ class ListStorage:
         return epoch, 0
 
     def append(self, records: Sequence[TopicRecord]) -> None:
-        if self.fail:
+        self.appends += 1
+        if self.fail or self.appends in self.fail_appends:
             raise OSError("disk on fire")
         if self._format.upsert:
             for record in records:
@@ -58,6 +62,9 @@ class ListStorage:
         matched = sorted((r for r in self.records if query.matches(r)), key=lambda r: (r.ts_ms, r.seq))
         truncated = len(matched) > query.limit
         return QueryResult(matched[-query.limit :], truncated)
+
+    def replay(self, since_seq: int = 0) -> Iterator[TopicRecord]:
+        return iter(sorted((r for r in self.records if r.seq > since_seq), key=lambda r: r.seq))
 
     def latest(self, key: str | None = None) -> list[TopicRecord]:
         best: dict[str, TopicRecord] = {}

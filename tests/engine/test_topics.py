@@ -4,14 +4,34 @@ from __future__ import annotations
 
 import gevent
 import pytest
-from engine_plugins import ListStorage
+from engine_plugins import ListStorage, wait_until
 
 from gauss.config import TopicSpec
 from gauss.core import TopicRecord
 from gauss.errors import UnknownTopic
 from gauss.metrics import Metrics
 from gauss.records import DataFormat, OverflowPolicy, TopicQuery
+from gauss.runners import ProcessorRunner
 from gauss.topics import Topic, TopicRegistry
+
+
+class Recording:
+    """A processor that keeps every record it is given."""
+
+    name = "recording"
+    flush_interval = None
+
+    def __init__(self, seen: list[TopicRecord]) -> None:
+        self.seen = seen
+
+    def start(self, context: object) -> None: ...
+
+    def process(self, topic: str, records: list[TopicRecord], context: object) -> None:
+        self.seen.extend(records)
+
+    def flush(self, context: object) -> None: ...
+
+    def stop(self, context: object) -> None: ...
 
 
 def quotes(n: int, start: int = 0, keys: str = "AB") -> list[TopicRecord]:
@@ -130,16 +150,58 @@ def test_closed_subscription_is_detached() -> None:
     assert sub.take(timeout=0) is None
 
 
-def test_failing_storage_is_counted_and_subscribers_still_get_the_records(caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_storage_shows_nothing_gives_its_seqs_back_and_is_counted(caplog: pytest.LogCaptureFixture) -> None:
     metrics = Metrics()
     topic = Topic("t", "any", ListStorage(fail=True), metrics=metrics)
     sub = topic.subscribe()
-    topic.publish(quotes(2))
-    topic.publish(quotes(2))
-    assert len(sub.take(timeout=1).records) == 4  # type: ignore[union-attr]
-    assert topic.write_errors == 2
+    assert topic.publish(quotes(2)) is None
+    assert topic.publish(quotes(2)) is None
+    assert sub.take(timeout=0.1) is None  # SPEC 6: nothing is shown that was not stored
+    assert topic.last_seq == 0 and topic.write_errors == 2
     assert metrics.value("gauss_storage_write_errors_total", topic="t") == 2
     assert sum("failed to store" in r.message for r in caplog.records) == 1  # rate-limited
+
+
+def test_batches_a_storage_refuses_cost_only_themselves() -> None:
+    storage = ListStorage(fail_appends=[2, 4, 5])
+    registry = TopicRegistry()
+    topic = registry.create("t", storage=storage)
+    seen: list[TopicRecord] = []
+    runner = ProcessorRunner(Recording(seen), topic, registry, capacity=100)
+    runner.start()
+    for i in range(7):
+        topic.publish(quotes(3, start=3 * i))
+    wait_until(lambda: len(seen) == 12, timeout=5, what="the stored batches processed")
+    runner.stop()
+    assert [r.seq for r in storage.records] == list(range(1, 13))
+    assert [r.data["i"] for r in storage.records] == [*range(0, 3), *range(6, 9), *range(15, 21)]
+    assert [(r.seq, r.data) for r in seen] == [(r.seq, r.data) for r in storage.records]
+    assert topic.last_seq == 12 and topic.write_errors == 3
+
+
+def test_journal_takes_every_batch_first_and_rebuilds_a_volatile_storage() -> None:
+    journal = ListStorage(durable=True)
+    first = Topic("journaled.t", "any", ListStorage(), journal=journal)
+    first.publish(quotes(3))
+    first.publish(quotes(2, start=3))
+    assert [r.seq for r in journal.records] == [1, 2, 3, 4, 5]
+    again = Topic("journaled.t", "any", ListStorage(), journal=ListStorage(durable=True))
+    assert (again.epoch, again.last_seq) == (first.epoch, 5)
+    assert [(r.seq, r.data) for r in again.query(limit=10).records] == [(r.seq, r.data) for r in journal.records]
+    assert [r.seq for r in again.history()] == [1, 2, 3, 4, 5]
+    again.publish(quotes(1, start=5))
+    assert again.last_seq == 6
+
+
+def test_a_batch_the_journal_refuses_is_not_stored_nor_shown() -> None:
+    storage = ListStorage()
+    topic = Topic("journal.fails", "any", storage, journal=ListStorage(fail_appends=[1]))
+    sub = topic.subscribe()
+    assert topic.publish(quotes(2)) is None
+    topic.publish(quotes(2, start=2))
+    assert [(r.seq, r.data["i"]) for r in storage.records] == [(1, 2), (2, 3)]
+    delivery = sub.take(timeout=1)
+    assert delivery is not None and [r.seq for r in delivery.records] == [1, 2]
 
 
 def test_durable_storage_keeps_seq_and_epoch_across_restarts() -> None:
