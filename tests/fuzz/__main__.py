@@ -169,10 +169,12 @@ def run_target(name: str, seconds: int, engine: str, corpus_root: Path, artifact
     wall = time.monotonic() - start
     output = log_path.read_text(errors="replace")
     runs = [int(n) for n in re.findall(r"stat::number_of_executed_units: (\d+)", output)]
+    done = re.findall(r"Done \d+ runs in (\d+) second", output)  # libFuzzer: the time spent fuzzing
     crashes = sorted(p for p in artifacts.iterdir() if re.match(r"(crash|timeout|oom|leak)-", p.name) and p.name not in _seen)
     _seen.update(p.name for p in crashes)
     known = json.loads(known_path.read_text()) if known_path.exists() else {}
-    return {"name": name, "rc": rc, "runs": runs[-1] if runs else 0, "wall": wall, "crashes": crashes,
+    return {"name": name, "rc": rc, "runs": runs[-1] if runs else 0, "wall": wall,
+            "fuzz_s": max(int(done[-1]), 1) if done else seconds, "crashes": crashes,
             "known": known, "output": output, "corpus": len(list(corpus.iterdir())) if corpus.exists() else 0}  # fmt: skip
 
 
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             crashed = bool(result["crashes"]) or result["rc"] != 0
             known = ", ".join(f"{k} x{v}+" for k, v in sorted(result["known"].items())) or "-"  # type: ignore[attr-defined]
-            rate = result["runs"] / per_target  # type: ignore[operator]
+            rate = result["runs"] / result["fuzz_s"]  # type: ignore[operator]
             print(f"| {name:16} | {result['runs']:>10,} | {rate:>8,.0f} | {result['corpus']:>6} | "
                   f"{len(result['crashes']) or int(crashed):>7} | {known} |", flush=True)  # type: ignore[arg-type]  # fmt: skip
     finally:
@@ -249,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nknown defects met (reported, not yet fixed; see tests/fuzz/fuzz_known.py):")
         for issue in sorted(met):
             print(f"- {issue}: {fuzz_known.ISSUES[issue]}")
-    print(f"\nfuzz: {total:,} executions, {sum(len(r['crashes']) or int(r['rc'] != 0) for r in results)} crashes")  # type: ignore[arg-type, misc]
+    crashes = sum(len(r["crashes"]) or int(r["rc"] != 0) for r in results)  # type: ignore[arg-type, misc]
+    wall = sum(r["wall"] for r in results)  # type: ignore[misc]
+    print(f"\nfuzz: {total:,} executions, {crashes} crashes, {wall:.0f} s wall clock (start-up included)")
     if not failed and not any(artifacts.iterdir()):
         artifacts.rmdir()
     return 1 if failed else 0
