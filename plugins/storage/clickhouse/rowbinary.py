@@ -145,8 +145,8 @@ class RowLayout:
                 append(_string(_json_encode(record.data).decode()))
         return b"".join(parts)
 
-    def decode(self, buf: bytes) -> list[TopicRecord]:
-        """Records from a RowBinary answer to ``SELECT <select_list>``."""
+    def decode(self, buf: bytes, *, with_topic: bool = False) -> list[TopicRecord]:
+        """Records from a RowBinary answer to ``SELECT <select_list>`` (``with_topic``: from an insert body)."""
         out: list[TopicRecord] = []
         unpack = self._struct.unpack_from
         size = self._struct.size
@@ -156,6 +156,8 @@ class RowLayout:
         pos = 0
         end = len(buf)
         while pos < end:
+            if with_topic:
+                _, pos = read_string(buf, pos)
             key, pos = read_string(buf, pos)
             values = unpack(buf, pos)
             pos += size

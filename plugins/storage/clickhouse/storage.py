@@ -2,14 +2,23 @@
 
 Why it looks the way it does:
 
-- ``append`` only enqueues. A background worker inserts batches (``batch_size``
-  records or every ``flush_interval`` seconds, one HTTP request per batch), so
-  a slow or absent ClickHouse never slows ingest.
-- While ClickHouse is down the worker retries with capped exponential
-  back-off and moves what waits in memory to a spool directory on disk; a
-  restart re-sends the spool. Past ``max_buffer_records`` in memory with a
-  full spool (``max_spool_bytes``), new records are dropped and counted in
-  ``dropped`` and logged, never silently.
+- ``append`` writes the batch to the local spool (:mod:`.spool`) and returns:
+  handed to the OS before any client sees it (SPEC section 6), fsynced
+  per ``fsync``; it never waits on ClickHouse. A background worker inserts
+  from the spool (``batch_size`` records or every ``flush_interval``
+  seconds, one HTTP request per batch) and deletes what ClickHouse took.
+- A failure is either retryable (ClickHouse away, busy, ``TOO_MANY_PARTS``:
+  :mod:`.client` lists them), retried with capped, jittered back-off, or
+  permanent for the batch (a type or parse error, an unknown column): the
+  batch is split to find the frames ClickHouse refuses, those go to the
+  dead-letter directory beside the spool (counted, logged), and the topic
+  goes on with the next batch. Nothing is resent forever.
+- On open the last seq comes from the data: ``max(seq)`` in ClickHouse, in
+  the spool and in the dead letters, and the high-water mark the spool's
+  state file keeps. Where the spool cannot prove it holds every batch that
+  was visible (no state file, a machine restart after an unclean stop
+  without ``fsync = "always"``, no spool at all), the topic starts a new
+  epoch above every seq it may have handed out (SPEC "Seq is a promise").
 - Tables are ``ReplacingMergeTree``: quotes keyed by ``(topic, key, ts_ms, seq)``,
   so a retried insert that had in fact landed never duplicates a quote;
   candles keyed by ``(topic, key, ts_ms)`` with ``seq`` as the version, so a
@@ -27,7 +36,6 @@ patches with gevent at start-up) it is cooperative; the worker is a
 not, so ingest never waits on it either way.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -40,17 +48,24 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from gauss_plugins.storage._support import new_epoch
+from gauss_plugins.storage._support import (
+    FSYNC_POLICIES,
+    MAX_FSYNC_INTERVAL,
+    boot_id,
+    fsync_option,
+    new_epoch,
+    resume_point,
+)
 
 from gauss.core import TopicRecord
-from gauss.errors import ConfigError, StorageError
+from gauss.errors import ConfigError, StorageError, StorageUnavailable
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.registry import Options
 
-from .client import ClickHouseClient, ClickHouseError, sql_name, sql_string
+from .client import ClickHouseClient, ClickHouseError, ClickHouseUnavailable, sql_name, sql_string
 from .rowbinary import _ANY, layout_for, read_string
-from .spool import Spool, file_name
+from .spool import DeadLetter, DiskSpool, Frame, MemorySpool, SpoolFull, file_name
 
 __all__ = ["ClickHouseStorage", "create"]
 
@@ -62,7 +77,7 @@ DEFAULT_TABLES = {DataFormat.QUOTE: "quotes", DataFormat.CANDLE: "candles", Data
 DEFAULT_META_TABLE = "gauss_topics"
 DEFAULT_SPOOL_DIR = "data/clickhouse-spool"
 
-# ClickHouse error codes the worker repairs itself instead of retrying blindly.
+# ClickHouse error codes the worker repairs itself (creating the table again) before judging a failure.
 _UNKNOWN_TABLE = 60
 _UNKNOWN_DATABASE = 81
 
@@ -71,9 +86,10 @@ class ClickHouseStorage:
     """A durable :class:`~gauss.protocols.TopicStorage` in ClickHouse, one instance per topic.
 
     Health, for ``/metrics`` and logs: :attr:`healthy`, :attr:`buffered`
-    (records accepted and not yet confirmed by ClickHouse, in memory and on
-    disk), :attr:`spooled_bytes`, :attr:`inserted`, :attr:`insert_errors`,
-    :attr:`dropped`; :meth:`health` returns them as one dict.
+    (records accepted and not yet delivered), :attr:`spooled_bytes`,
+    :attr:`inserted`, :attr:`insert_errors`, :attr:`dropped` (refused by a
+    full spool), :attr:`dead_letter_records` / ``_batches`` (refused by
+    ClickHouse for good); :meth:`health` returns them as one dict.
     """
 
     name = "clickhouse"
@@ -99,7 +115,11 @@ class ClickHouseStorage:
         max_buffer_records: int = 1_000_000,
         spool_dir: Path | None = None,
         max_spool_bytes: int = 1 << 30,
+        max_dead_letter_bytes: int = 1 << 30,
+        fsync: str = "interval",
     ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, got {fsync!r}")
         self.url = url
         self.database = database
         self.table_option = table
@@ -113,6 +133,9 @@ class ClickHouseStorage:
         self.max_buffer_records = max_buffer_records
         self.spool_dir = spool_dir
         self.max_spool_bytes = max_spool_bytes
+        self.max_dead_letter_bytes = max_dead_letter_bytes
+        self.fsync = fsync
+        self.durable = spool_dir is not None
         client_args = {"user": user, "password": password, "connect_timeout": connect_timeout, "timeout": timeout}
         self._writer = ClickHouseClient(url, **client_args)  # type: ignore[arg-type]
         self._reader = ClickHouseClient(url, **client_args)  # type: ignore[arg-type]
@@ -122,18 +145,24 @@ class ClickHouseStorage:
         self.layout = _ANY
         self.table = ""
         self._qualified = ""
-        self._spool: Spool | None = None
+        self._columns = ""
+        self._spool: DiskSpool | MemorySpool = MemorySpool(max_spool_bytes)
+        self._dead = DeadLetter(None, max_dead_letter_bytes)
+        self.epoch = ""
+        self._last_seq = 0
 
         self._lock = threading.Lock()
+        """Guards the spool and the read cache (append, the worker, the syncer, flush and close)."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._progress = threading.Condition(self._lock)
-        self._spool_lock = threading.Lock()
-        """Serialises spool changes (the worker, ``flush`` and ``close`` all spill)."""
-        self._memory: deque[list[TopicRecord]] = deque()
-        self._memory_records = 0
-        self._inflight: list[TopicRecord] = []
+        self._cache: deque[tuple[int, list[TopicRecord]]] = deque()
+        """Pending batches ``(last seq, records)`` that queries merge with ClickHouse's answer."""
+        self._cache_records = 0
+        self._uncached_upto = 0
+        """Pending batches up to this seq are on disk only (the cache was full): cache again only past it."""
         self._worker: threading.Thread | None = None
+        self._syncer: threading.Thread | None = None
         self._closing = False
         self._closed = False
         self._flush_wanted = False
@@ -144,18 +173,26 @@ class ClickHouseStorage:
         self.dropped = 0
         self.last_error = ""
         self._warn = RateLimitedLog(log, level=logging.ERROR)
+        self._refused = RateLimitedLog(log, level=logging.ERROR)
 
     # -- health ---------------------------------------------------------------
 
     @property
     def buffered(self) -> int:
-        """Records accepted and not yet confirmed by ClickHouse (memory and disk)."""
-        spooled = self._spool.records if self._spool is not None else 0
-        return self._memory_records + len(self._inflight) + spooled
+        """Records accepted and not yet delivered to ClickHouse (in the spool)."""
+        return self._spool.pending_records
 
     @property
     def spooled_bytes(self) -> int:
-        return self._spool.bytes if self._spool is not None else 0
+        return self._spool.pending_bytes
+
+    @property
+    def dead_letter_records(self) -> int:
+        return self._dead.records
+
+    @property
+    def dead_letter_batches(self) -> int:
+        return self._dead.batches
 
     def health(self) -> dict[str, float]:
         """The health figures, by name (exported to ``/metrics``)."""
@@ -166,12 +203,15 @@ class ClickHouseStorage:
             "inserted_records": float(self.inserted),
             "insert_errors": float(self.insert_errors),
             "dropped_records": float(self.dropped),
+            "dead_letter_records": float(self._dead.records),
+            "dead_letter_batches": float(self._dead.batches),
+            "spool_corrupt_bytes": float(self._spool.corrupt_bytes),
         }
 
     # -- lifecycle ------------------------------------------------------------
 
     def open(self, topic: str, data_format: DataFormat) -> tuple[str, int]:
-        """Create the database and tables if missing; return the kept ``(epoch, last_seq)``.
+        """Create the database and tables if missing; return ``(epoch, last_seq)`` (see the module notes).
 
         Waits up to ``startup_timeout`` seconds for ClickHouse, then raises
         :class:`~gauss.errors.StorageError` naming the URL.
@@ -181,16 +221,26 @@ class ClickHouseStorage:
         self.layout = layout_for(self.format)
         self.table = self.table_option or DEFAULT_TABLES[self.format]
         self._qualified = f"{sql_name(self.database)}.{sql_name(self.table)}"
+        self._columns = ", ".join(sql_name(name) for name, _ in self.layout.columns)
+        state: dict[str, Any] | None = None
         if self.spool_dir is not None:
-            self._spool = Spool(self.spool_dir / file_name(self.table) / file_name(topic), self.max_spool_bytes)
-            self._spool.load()
+            directory = self.spool_dir / file_name(self.table) / file_name(topic)
+            self._spool = DiskSpool(directory, self.max_spool_bytes, self.fsync)
+            self._dead = DeadLetter(directory / "dead-letter", self.max_dead_letter_bytes)
+            try:
+                state = self._spool.read_state()
+                acked = state.get("acked_seq", 0) if state else 0
+                self._spool.load(acked if isinstance(acked, int) else 0)
+                self._dead.load()
+            except OSError as exc:
+                raise StorageError(f"clickhouse storage for topic {topic!r}: cannot open spool: {exc}") from exc
 
         deadline = time.monotonic() + self.startup_timeout
         delay = self.retry_min
         while True:
             try:
                 self._ensure_schema(self._reader)
-                epoch, last_seq = self._open_meta()
+                self.epoch, self._last_seq = self._recover(state)
                 break
             except ClickHouseError as exc:
                 if exc.code or time.monotonic() + delay > deadline:
@@ -198,10 +248,15 @@ class ClickHouseStorage:
                 log.warning("clickhouse storage %s: waiting for %s: %s", topic, self.url, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
+        self._write_state(clean=False)
+        self._cache_spool()
         self.healthy = True
         self._worker = threading.Thread(target=self._run, name=f"clickhouse-{topic}", daemon=True)
         self._worker.start()
-        return epoch, last_seq
+        if self.fsync == "interval" and self._spool.durable:
+            self._syncer = threading.Thread(target=self._sync_loop, name=f"clickhouse-sync-{topic}", daemon=True)
+            self._syncer.start()
+        return self.epoch, self._last_seq
 
     def _ensure_schema(self, client: ClickHouseClient) -> None:
         client.execute(f"CREATE DATABASE IF NOT EXISTS {sql_name(self.database)}")
@@ -217,10 +272,11 @@ class ClickHouseStorage:
             f"PARTITION BY toYYYYMM(toDateTime(intDiv(ts_ms, 1000), 'UTC')) ORDER BY {order}"
         )
         found = client.execute(
-            f"SELECT name, type FROM system.columns WHERE database = {sql_string(self.database)} "
+            f"SELECT name, type, default_kind FROM system.columns WHERE database = {sql_string(self.database)} "
             f"AND table = {sql_string(self.table)} FORMAT TabSeparated"
         ).decode()
-        have = [tuple(line.split("\t")) for line in found.splitlines() if line]
+        # Columns an operator added with a DEFAULT, MATERIALIZED or ALIAS expression are theirs; inserts name ours.
+        have = [(name, kind) for name, kind, default in (line.split("\t") for line in found.splitlines() if line) if not default]
         if have != self.layout.columns:
             want = ", ".join(f"{n} {t}" for n, t in self.layout.columns)
             got = ", ".join(f"{n} {t}" for n, t in have)
@@ -234,18 +290,36 @@ class ClickHouseStorage:
             "ENGINE = MergeTree() ORDER BY (topic, created_ms)"
         )
 
-    def _open_meta(self) -> tuple[str, int]:
+    def _recover(self, state: dict[str, Any] | None) -> tuple[str, int]:
+        """The epoch and last seq to go on with, from the data itself (SPEC "Seq is a promise")."""
         where = f"topic = {sql_string(self.topic)}"
         answer = self._reader.execute(f"SELECT max(seq) FROM {self._qualified} WHERE {where} FORMAT TabSeparated")
-        last_seq = max(int(answer.strip() or 0), self._spool.last_seq if self._spool else 0)
+        stored = int(answer.strip() or 0)
+        kept = state.get("last_seq", 0) if state else 0
+        last_seq = max(stored, self._spool.last_seq, self._dead.last_seq, kept if isinstance(kept, int) else 0)
         meta = f"{sql_name(self.database)}.{sql_name(self.meta_table)}"
         answer = self._reader.execute(
             f"SELECT argMax(epoch, created_ms), count() FROM {meta} WHERE {where} "
             f"AND table = {sql_string(self.table)} FORMAT TabSeparated"
         )
         epoch, rows = answer.decode().rstrip("\n").split("\t")
+        what = f"clickhouse storage {self.topic}"
         if last_seq == 0 or int(rows) == 0:
-            # NOTE: nothing held means the sequence restarts at 1, so SPEC 1 wants a new epoch.
+            fresh = True  # NOTE: nothing held means the sequence restarts at 1, so SPEC 1 wants a new epoch
+        elif not self._spool.durable:
+            log.warning("%s: no spool_dir, so batches waiting in memory at the last stop are unaccounted for; "
+                        "new epoch after seq %d", what, last_seq)  # fmt: skip
+            fresh = True
+        elif state is not None and state.get("epoch") != epoch:
+            log.warning("%s: the spool belongs to epoch %r, ClickHouse names %r; new epoch after seq %d",
+                        what, state.get("epoch"), epoch, last_seq)  # fmt: skip
+            fresh = True
+        else:
+            resumed, last_seq = resume_point(
+                state or {}, last_seq, data_doubtful=self._spool.corrupt_bytes > 0, has_data=True, logger=log, what=what
+            )
+            fresh = resumed != epoch
+        if fresh:
             epoch = new_epoch()
             row = f"{self.topic}\t{self.table}\t{epoch}\t{int(time.time() * 1000)}\n"
             self._reader.execute(
@@ -254,51 +328,87 @@ class ClickHouseStorage:
             )
         return epoch, last_seq
 
+    def _write_state(self, *, clean: bool) -> None:
+        """Record, beside the spool, what a later open needs to trust it (called with the lock or alone)."""
+        try:
+            self._spool.write_state(
+                {
+                    "epoch": self.epoch,
+                    "last_seq": self._last_seq,
+                    "acked_seq": self._acked_seq(),
+                    "clean": clean,
+                    "fsync": self.fsync,
+                    "boot_id": boot_id(),
+                }
+            )
+        except OSError as exc:
+            self._warn("clickhouse storage %s: cannot write spool state: %s", self.topic, exc)
+
+    def _acked_seq(self) -> int:
+        """Every seq up to this was delivered or dead-lettered."""
+        frames = self._spool.read(1) if self._spool.pending_records else []
+        return frames[0].first_seq - 1 if frames else self._last_seq
+
+    def _cache_spool(self) -> None:
+        """After a restart: what still waits in the spool, into the read cache (as far as it fits)."""
+        if not self._spool.pending_records:
+            return
+        with self._lock:
+            frames = self._spool.read(self.max_buffer_records)
+            for frame in frames:
+                self._cache.append((frame.last_seq, self.layout.decode(frame.body, with_topic=True)))
+                self._cache_records += frame.records
+            if sum(f.records for f in frames) < self._spool.pending_records:
+                self._uncached_upto = self._spool.last_seq
+
     def append(self, records: Sequence[TopicRecord]) -> None:
-        """Queue a numbered batch for insertion; never waits on ClickHouse."""
+        """Write a numbered batch to the spool (handed to the OS) and return; never waits on ClickHouse.
+
+        Raises :class:`~gauss.errors.StorageError` when the spool is full
+        or the write fails (nothing of the batch is kept then).
+        """
         if not records:
             return
+        frame = Frame(records[0].seq, records[-1].seq, len(records), self.layout.encode(self.topic, records))
         with self._lock:
             if self._closed:
                 raise StorageError(f"clickhouse storage for topic {self.topic!r} is closed")
-            if self._memory_records + len(records) > self.max_buffer_records:
+            try:
+                self._spool.append(frame)
+            except SpoolFull as exc:
                 self.dropped += len(records)
-                over = True
+                self._warn("clickhouse storage %s: dropped %d records (%d in all): %s", self.topic, len(records), self.dropped, exc)
+                raise
+            except StorageError as exc:
+                self.dropped += len(records)
+                self._warn("clickhouse storage %s: dropped %d records: %s", self.topic, len(records), exc)
+                raise
+            self._last_seq = max(self._last_seq, frame.last_seq)
+            if self._cache_records + len(records) <= self.max_buffer_records and self._uncached_upto < frame.first_seq:
+                self._cache.append((frame.last_seq, list(records)))
+                self._cache_records += len(records)
             else:
-                self._memory.append(list(records))
-                self._memory_records += len(records)
-                over = False
-            wake = self._memory_records >= self.batch_size
-        if over:
-            self._warn(
-                "clickhouse storage %s: buffer full (%d records in memory, %d bytes spooled): dropped %d records "
-                "(%d in all)",
-                self.topic,
-                self._memory_records,
-                self.spooled_bytes,
-                len(records),
-                self.dropped,
-            )
-        elif wake:
+                self._uncached_upto = frame.last_seq
+            wake = self._spool.pending_records >= self.batch_size
+        if wake:
             self._wake.set()
 
     def flush(self) -> None:
-        """Insert everything queued; what ClickHouse does not take within ``flush_timeout`` goes to the spool."""
+        """Deliver everything spooled, waiting up to ``flush_timeout`` (what is left stays in the spool)."""
         if self._worker is None:
             return
         deadline = time.monotonic() + self.flush_timeout
         with self._lock:
             self._flush_wanted = True
             self._wake.set()
-            while (self._memory_records or self._inflight) and self.healthy:
+            while self._spool.pending_records and self.healthy:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._progress.wait(min(left, 0.2))
                 self._wake.set()
             self._flush_wanted = False
-        if self._memory_records or self._inflight:
-            self._spill(everything=True)
+            self._sync_locked()
 
     def close(self) -> None:
         if self._closed:
@@ -309,169 +419,171 @@ class ClickHouseStorage:
             self._closed = True
         self._stop.set()
         self._wake.set()
-        if self._worker is not None:
-            self._worker.join(timeout=self.flush_timeout + 5)
-        self._spill(everything=True)
-        if self.buffered and self._spool is None:
-            log.error(
-                "clickhouse storage %s: closed with %d records not delivered and no spool_dir: they are lost",
-                self.topic,
-                self.buffered,
-            )
+        for thread in (self._worker, self._syncer):
+            if thread is not None:
+                thread.join(timeout=self.flush_timeout + 5)
+        with self._lock:
+            if self.buffered and not self._spool.durable:
+                log.error(
+                    "clickhouse storage %s: closed with %d records not delivered and no spool_dir: they are lost",
+                    self.topic,
+                    self.buffered,
+                )
+            self._spool.close()
+            self._write_state(clean=True)
         self._writer.close()
         self._reader.close()
 
     # -- the worker -----------------------------------------------------------
 
-    def _take(self) -> list[TopicRecord]:
-        """Move up to ``batch_size`` records from memory to in-flight (under the lock)."""
-        batch: list[TopicRecord] = []
-        while self._memory and len(batch) < self.batch_size:
-            head = self._memory[0]
-            room = self.batch_size - len(batch)
-            if len(head) <= room:
-                batch.extend(self._memory.popleft())
-            else:
-                batch.extend(head[:room])
-                self._memory[0] = head[room:]
-        self._memory_records -= len(batch)
-        self._inflight = batch
-        return batch
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(MAX_FSYNC_INTERVAL):
+            with self._lock:
+                self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        try:
+            self._spool.sync()
+        except OSError as exc:
+            self._warn("clickhouse storage %s: cannot fsync the spool: %s", self.topic, exc)
 
     def _run(self) -> None:
         delay = self.retry_min
-        next_flush = time.monotonic() + self.flush_interval
         while True:
-            if not self.healthy:
+            if self.healthy:
+                self._wake.wait(self.flush_interval)
+            else:
                 # Back off whatever arrives meanwhile: a busy feed must not hammer a sick server.
                 self._stop.wait(delay)
-            else:
-                self._wake.wait(max(0.0, next_flush - time.monotonic()))
             self._wake.clear()
             if self._closing:
                 return
-            now = time.monotonic()
-            due = now >= next_flush or self._flush_wanted or self._memory_records >= self.batch_size
-            if not due and self.healthy:
-                continue
-            ok = self._deliver_once()
-            if ok:
+            while not self._closing:
+                try:
+                    with self._lock:
+                        frames = self._spool.read(self.batch_size)
+                except (OSError, StorageError) as exc:
+                    self._warn("clickhouse storage %s: cannot read the spool: %s", self.topic, exc)
+                    self.healthy = False
+                    break
+                if not frames:
+                    break
+                handled, ok = self._deliver(frames)
+                if handled:
+                    self._ack(frames[:handled])
+                if not ok:
+                    self.healthy = False
+                    delay = min(max(delay * 2, self.retry_min), self.retry_max) * (0.8 + 0.4 * random.random())
+                    break
+                if not self.healthy:
+                    log.info("clickhouse storage %s: ClickHouse is back; %d records waiting", self.topic, self.buffered)
+                self.healthy = True
                 delay = self.retry_min
-                with self._lock:
-                    more = self._memory_records >= self.batch_size or (
-                        self._flush_wanted and self._memory_records > 0
-                    )
-                    more = more or (self._spool is not None and bool(self._spool.files))
-                if more:
-                    self._wake.set()
-                else:
-                    next_flush = time.monotonic() + self.flush_interval
-            else:
-                self._spill(everything=False)
-                delay = min(max(delay * 2, self.retry_min), self.retry_max) * (0.8 + 0.4 * random.random())
+                if self._spool.pending_records < self.batch_size and not self._flush_wanted:
+                    break  # a partial batch waits for the next flush_interval
 
-    def _deliver_once(self) -> bool:
-        """Send the oldest spool file, else one batch from memory; True on success or nothing to do."""
-        spool = self._spool
-        if spool is not None:
-            with self._spool_lock:
-                spooled = spool.oldest()
-            if spooled is not None:
-                item, body = spooled
-                if not self._insert(body, item.records):
-                    return False
-                with self._spool_lock:
-                    spool.remove(item)
-                with self._lock:
-                    self._progress.notify_all()
-                return True
-        with self._lock:
-            batch = self._take()
-        if not batch:
-            return True
-        body = self.layout.encode(self.topic, batch)
-        ok = self._insert(body, len(batch))
-        with self._lock:
-            if not ok:
-                self._memory.appendleft(batch)
-                self._memory_records += len(batch)
-            self._inflight = []
-            self._progress.notify_all()
-        return ok
+    def _deliver(self, frames: list[Frame]) -> tuple[int, bool]:
+        """Insert ``frames``; ``(how many from the front are done with, False if a retry is due)``.
 
-    def _insert(self, body: bytes, count: int) -> bool:
-        columns = ", ".join(sql_name(name) for name, _ in self.layout.columns)
+        A permanent refusal splits the batch in halves until the refused
+        frames stand alone; each of those is dead-lettered.
+        """
         try:
-            try:
-                self._writer.execute(f"INSERT INTO {self._qualified} ({columns}) FORMAT RowBinary", body)
-            except ClickHouseError as exc:
-                if exc.code not in (_UNKNOWN_TABLE, _UNKNOWN_DATABASE):
-                    raise
-                log.warning("clickhouse storage %s: table gone (%s); creating it again", self.topic, exc)
-                self._ensure_schema(self._writer)
-                self._writer.execute(f"INSERT INTO {self._qualified} ({columns}) FORMAT RowBinary", body)
-        except (ClickHouseError, StorageError) as exc:
+            self._insert(b"".join(f.body for f in frames))
+        except ClickHouseUnavailable as exc:
             self.insert_errors += 1
             self.last_error = str(exc)
             if self.healthy:
-                log.error("clickhouse storage %s: insert of %d records failed, will retry: %s", self.topic, count, exc)
+                log.error("clickhouse storage %s: insert failed, will retry: %s", self.topic, exc)
             else:
                 self._warn("clickhouse storage %s: still failing: %s", self.topic, exc)
-            self.healthy = False
-            return False
-        if not self.healthy:
-            log.info("clickhouse storage %s: ClickHouse is back; %d records waiting", self.topic, self.buffered)
-        self.healthy = True
-        self.inserted += count
-        return True
+            return 0, False
+        except ClickHouseError as exc:
+            self.insert_errors += 1
+            self.last_error = str(exc)
+            if len(frames) == 1:
+                self._dead_letter(frames, exc)
+                return 1, True
+            half = len(frames) // 2
+            done, ok = self._deliver(frames[:half])
+            if not ok:
+                return done, False
+            more, ok = self._deliver(frames[half:])
+            return done + more, ok
+        self.inserted += sum(f.records for f in frames)
+        return len(frames), True
 
-    def _spill(self, *, everything: bool) -> None:
-        """Move waiting batches from memory to the disk spool (as far as it has room)."""
-        if self._spool is None:
-            return
-        with self._spool_lock:
-            self._spill_locked(everything)
-
-    def _spill_locked(self, everything: bool) -> None:
-        assert self._spool is not None
-        while True:
-            with self._lock:
-                if not self._memory:
-                    return
-                batch = self._memory[0]
-            body = self.layout.encode(self.topic, batch)
-            if not self._spool.room(len(body)):
-                if everything:
-                    self._warn(
-                        "clickhouse storage %s: spool %s full (%d bytes); %d records stay in memory only",
-                        self.topic,
-                        self._spool.directory,
-                        self._spool.bytes,
-                        self._memory_records,
-                    )
-                return
+    def _insert(self, body: bytes) -> None:
+        sql = f"INSERT INTO {self._qualified} ({self._columns}) FORMAT RowBinary"
+        try:
+            self._writer.execute(sql, body)
+        except ClickHouseError as exc:
+            if exc.code not in (_UNKNOWN_TABLE, _UNKNOWN_DATABASE):
+                raise
+            log.warning("clickhouse storage %s: table gone (%s); creating it again", self.topic, exc)
             try:
-                self._spool.put(batch, body)
-            except OSError as exc:
-                self._warn("clickhouse storage %s: cannot write spool: %s", self.topic, exc)
-                return
-            with self._lock:
-                if self._memory and self._memory[0] is batch:
-                    self._memory.popleft()
-                    self._memory_records -= len(batch)
-                self._progress.notify_all()
+                self._ensure_schema(self._writer)
+            except ClickHouseError:
+                raise
+            except StorageError as mismatch:  # someone made the table anew in another shape
+                raise ClickHouseError(str(mismatch)) from None
+            self._writer.execute(sql, body)
+
+    def _dead_letter(self, frames: list[Frame], exc: ClickHouseError) -> None:
+        records = sum(f.records for f in frames)
+        note = {
+            "topic": self.topic,
+            "error": str(exc),
+            "code": exc.code,
+            "insert": f"INSERT INTO {self.database}.{self.table} ({self._columns}) FORMAT RowBinary",
+            "time_ms": int(time.time() * 1000),
+        }
+        try:
+            where = self._dead.put(frames, note)
+        except OSError as failure:
+            where = None
+            self._warn("clickhouse storage %s: cannot write the dead-letter file: %s", self.topic, failure)
+        if where is None:
+            self.dropped += records
+        self._refused(
+            "clickhouse storage %s: ClickHouse refused %d records (seq %d-%d) for good, %s: %s",
+            self.topic,
+            records,
+            frames[0].first_seq,
+            frames[-1].last_seq,
+            f"kept in {where}" if where is not None else "dropped (no room for a dead-letter file)",
+            exc,
+        )
+
+    def _ack(self, frames: list[Frame]) -> None:
+        last = frames[-1].last_seq
+        with self._lock:
+            self._spool.ack(len(frames))
+            while self._cache and self._cache[0][0] <= last:
+                self._cache_records -= len(self._cache.popleft()[1])
+            self._write_state(clean=False)
+            self._progress.notify_all()
 
     # -- reads ----------------------------------------------------------------
 
     def _pending(self) -> list[TopicRecord]:
         with self._lock:
-            out = list(self._inflight)
-            for batch in self._memory:
+            out: list[TopicRecord] = []
+            for _, batch in self._cache:
                 out.extend(batch)
         return out
 
+    def _read(self, sql: str) -> bytes:
+        """Run a read; a table missing (it comes back with the next insert) counts as unavailable."""
+        try:
+            return self._reader.execute(sql)
+        except ClickHouseError as exc:
+            if exc.code in (_UNKNOWN_TABLE, _UNKNOWN_DATABASE):
+                raise StorageUnavailable(f"clickhouse table {self.database}.{self.table} missing: {exc}") from None
+            raise
+
     def _select(self, sql: str) -> list[TopicRecord]:
-        return self.layout.decode(self._reader.execute(sql + " FORMAT RowBinary"))
+        return self.layout.decode(self._read(sql + " FORMAT RowBinary"))
 
     def _where(self, key: str | None = None) -> str:
         where = f"topic = {sql_string(self.topic)}"
@@ -531,7 +643,7 @@ class ClickHouseStorage:
         if not self.format.upsert:
             # Batches land whole and in seq order (spool first, then memory),
             # so what ClickHouse holds of the pending ones is a prefix by seq.
-            answer = self._reader.execute(
+            answer = self._read(
                 f"SELECT max(seq) FROM {self._qualified} WHERE {self._where()} FORMAT TabSeparated"
             )
             stored_max = int(answer.strip() or 0)
@@ -544,7 +656,7 @@ class ClickHouseStorage:
         present: set[tuple[str, int]] = set()
         for start in range(0, len(keys), 1000):
             chunk = ", ".join(sql_string(k) for k in keys[start : start + 1000])
-            answer = self._reader.execute(
+            answer = self._read(
                 f"SELECT key, ts_ms FROM {self._qualified} WHERE {self._where()} AND key IN ({chunk}) "
                 f"AND ts_ms >= {low} GROUP BY key, ts_ms FORMAT RowBinary"
             )
@@ -558,7 +670,7 @@ class ClickHouseStorage:
 
     def keys(self) -> list[KeyInfo]:
         pending = self._pending()
-        raw = self._reader.execute(
+        raw = self._read(
             f"SELECT key, count(), max(ts_ms) FROM {self._qualified} FINAL WHERE {self._where()} "
             "GROUP BY key FORMAT RowBinary"
         )
@@ -580,14 +692,14 @@ class ClickHouseStorage:
 
     def count(self) -> int:
         pending = self._pending()
-        answer = self._reader.execute(
+        answer = self._read(
             f"SELECT count() FROM {self._qualified} FINAL WHERE {self._where()} FORMAT TabSeparated"
         )
         return int(answer.strip() or 0) + len(self._new_pending(pending))
 
     def bounds(self) -> tuple[int, int]:
         pending = self._pending()
-        answer = self._reader.execute(
+        answer = self._read(
             f"SELECT count(), min(seq), max(seq) FROM {self._qualified} FINAL WHERE {self._where()} "
             "FORMAT TabSeparated"
         )
@@ -610,6 +722,8 @@ class ClickHouseStorage:
         if not seqs:
             return low, high
         return min(low, min(seqs)), max(high, max(seqs))
+
+
 
 
 def create(table: dict[str, Any]) -> ClickHouseStorage:
@@ -646,7 +760,9 @@ def create(table: dict[str, Any]) -> ClickHouseStorage:
         retry_max=opts.float("retry_max", 10.0, min=0.001),
         max_buffer_records=opts.int("max_buffer_records", 1_000_000, min=1),
         spool_dir=spool_dir,
-        max_spool_bytes=opts.int("max_spool_bytes", 1 << 30, min=0),
+        max_spool_bytes=opts.int("max_spool_bytes", 1 << 30, min=1),
+        max_dead_letter_bytes=opts.int("max_dead_letter_bytes", 1 << 30, min=0),
+        fsync=fsync_option(opts),
     )
     opts.done()
     if storage.retry_max < storage.retry_min:
