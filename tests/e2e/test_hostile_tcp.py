@@ -12,9 +12,10 @@ import socket
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from engine_plugins import lines, quote
+import pytest
+from engine_plugins import lines, quote, send_until_cut
 from serve_helpers import Server, free_port
 
 from gauss.core import encode_length_prefixed
@@ -87,20 +88,39 @@ def metric(api: int, line_start: str) -> float:
     return 0.0
 
 
-def new_log_lines(server: Server, since: int) -> list[str]:
-    """Log lines after the first ``since``, without the periodic status lines."""
-    return [line for line in server.output().splitlines()[since:] if "status:" not in line]
+class Served:
+    """A running ``gauss-serve`` with its RSS and log length taken once it has settled."""
+
+    def __init__(self, directory: Path) -> None:
+        self.ports = Ports()
+        self.server = Server(write_config(directory, self.ports))
+        time.sleep(0.5)
+        self.rss_before = rss(self.server.proc.pid)
+        self.log_before = len(self.server.output().splitlines())
+
+    def rss_growth(self) -> int:
+        growth = rss(self.server.proc.pid) - self.rss_before
+        assert growth < 100 * MIB, f"RSS grew {growth / MIB:.0f} MiB"
+        return growth
+
+    def chatter(self) -> list[str]:
+        """Log lines since start-up, without the periodic status lines."""
+        return [line for line in self.server.output().splitlines()[self.log_before :] if "status:" not in line]
 
 
-def test_two_thousand_idle_sockets_neither_lock_out_a_feeder_nor_flood_the_log(tmp_path: Path) -> None:
-    ports = Ports()
-    source, api = ports.source, ports.api
-    server = Server(write_config(tmp_path, ports))
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    running = Served(tmp_path)
+    try:
+        yield running
+    finally:
+        assert running.server.terminate() == 0
+
+
+def test_two_thousand_idle_sockets_neither_lock_out_a_feeder_nor_flood_the_log(served: Served) -> None:
+    source, api = served.ports.source, served.ports.api
     idle: list[socket.socket] = []
     try:
-        time.sleep(0.5)
-        before = rss(server.proc.pid)
-        log_lines_before = len(server.output().splitlines())
         for _ in range(IDLE_SOCKETS):  # connect and say nothing
             idle.append(socket.create_connection(("127.0.0.1", source), timeout=10))
         now = int(time.time() * 1000)
@@ -113,90 +133,65 @@ def test_two_thousand_idle_sockets_neither_lock_out_a_feeder_nor_flood_the_log(t
                 time.sleep(0.05)
         latency = time.monotonic() - started
         assert [r["data"] for r in stored(api)] == sent
-        for _ in range(IDLE_SOCKETS):  # and as many connections that open and close at once
-            socket.create_connection(("127.0.0.1", source), timeout=10).close()
-        time.sleep(2.5)  # two status lines
-        growth = rss(server.proc.pid) - before
-        assert growth < 100 * MIB, f"RSS grew {growth / MIB:.0f} MiB"
-        chatter = new_log_lines(server, log_lines_before)
-        assert chatter == [], "\n".join(chatter[:50])
-        assert "closed by the server: source max_connections" in server.output()
-        print(f"feeder served in {latency * 1000:.0f} ms, RSS +{growth / MIB:.1f} MiB")
     finally:
         for sock in idle:
             sock.close()
-        assert server.terminate() == 0
+    for _ in range(IDLE_SOCKETS):  # and as many connections that open and close at once
+        socket.create_connection(("127.0.0.1", source), timeout=10).close()
+    time.sleep(STATUS_INTERVAL + 0.5)  # a status line with the counts
+    growth = served.rss_growth()
+    assert served.chatter() == [], "\n".join(served.chatter()[:50])
+    assert "closed by the server: source max_connections" in served.server.output()
+    print(f"feeder served in {latency * 1000:.0f} ms, RSS +{growth / MIB:.1f} MiB")
 
 
-def test_compression_bombs_close_their_connection_while_the_api_and_other_feeders_go_on(tmp_path: Path) -> None:
-    ports = Ports()
-    server = Server(write_config(tmp_path, ports))
-    try:
-        time.sleep(0.5)
-        before = rss(server.proc.pid)
-        bomb = encode_length_prefixed([gzip.compress(bytes(MIB), mtime=0)] * 248)  # 248 MiB in ~256 KiB
-        now = int(time.time() * 1000)
-        sent = [quote("EURUSD", 1.08, 1.0802, now + i) for i in range(50)]
-        good = encode_length_prefixed([gzip.compress(json.dumps(q).encode(), mtime=0) for q in sent])
-        latencies: list[float] = []
-        with socket.create_connection(("127.0.0.1", ports.gzip_source), timeout=10) as feeder:
-            feeder.sendall(good[: len(good) // 2])
-            attacker = socket.create_connection(("127.0.0.1", ports.gzip_source), timeout=10)
-            cut = False
-            deadline = time.monotonic() + 20
-            while not cut and time.monotonic() < deadline:  # a steady sender, until the server hangs up
-                try:
-                    attacker.sendall(bomb)
-                except OSError:
-                    cut = True
-                started = time.monotonic()
-                assert json.loads(get(ports.api, "/api/health")) == {"status": "ok"}
-                latencies.append(time.monotonic() - started)
-            attacker.close()
-            assert cut, "the bomb sender was never cut off"
-            feeder.sendall(good[len(good) // 2 :])
-            deadline = time.monotonic() + 10
-            while len(stored(ports.api)) < len(sent):
-                assert time.monotonic() < deadline, "the other feeder's quotes did not arrive"
-                time.sleep(0.05)
-        assert [r["data"] for r in stored(ports.api)] == sent
-        closed = 'gauss_source_closed_connections_total{reason="inflate_budget",source="gzip"}'
-        assert metric(ports.api, closed) == 1.0
-        growth = rss(server.proc.pid) - before
-        assert growth < 100 * MIB, f"RSS grew {growth / MIB:.0f} MiB"
-        worst = max(latencies)
-        print(f"{len(latencies)} bomb writes, /api/health worst {worst * 1000:.0f} ms, RSS +{growth / MIB:.1f} MiB")
-        assert worst < 1.0  # a loaded shared machine; the in-process test bounds the loop's CPU stall at 100 ms
-    finally:
-        assert server.terminate() == 0
+def test_compression_bombs_close_their_connection_while_the_api_and_other_feeders_go_on(served: Served) -> None:
+    api = served.ports.api
+    bomb = encode_length_prefixed([gzip.compress(bytes(MIB), mtime=0)] * 248)  # 248 MiB in ~256 KiB
+    now = int(time.time() * 1000)
+    sent = [quote("EURUSD", 1.08, 1.0802, now + i) for i in range(50)]
+    good = encode_length_prefixed([gzip.compress(json.dumps(q).encode(), mtime=0) for q in sent])
+    latencies: list[float] = []
+
+    def health() -> None:
+        started = time.monotonic()
+        assert json.loads(get(api, "/api/health")) == {"status": "ok"}
+        latencies.append(time.monotonic() - started)
+
+    with socket.create_connection(("127.0.0.1", served.ports.gzip_source), timeout=10) as feeder:
+        feeder.sendall(good[: len(good) // 2])
+        with socket.create_connection(("127.0.0.1", served.ports.gzip_source), timeout=10) as attacker:
+            send_until_cut(attacker, bomb, timeout=20, between=health)  # a steady sender
+        feeder.sendall(good[len(good) // 2 :])
+        deadline = time.monotonic() + 10
+        while len(stored(api)) < len(sent):
+            assert time.monotonic() < deadline, "the other feeder's quotes did not arrive"
+            time.sleep(0.05)
+    assert [r["data"] for r in stored(api)] == sent
+    assert metric(api, 'gauss_source_closed_connections_total{reason="inflate_budget",source="gzip"}') == 1.0
+    growth = served.rss_growth()
+    worst = max(latencies, default=0.0)
+    print(f"{len(latencies)} bomb writes, /api/health worst {worst * 1000:.0f} ms, RSS +{growth / MIB:.1f} MiB")
+    assert worst < 1.0  # a loaded shared machine; the in-process test bounds the loop's CPU stall at 100 ms
 
 
-def test_a_sink_client_that_stops_reading_is_cut_off_after_write_timeout_s(tmp_path: Path) -> None:
-    ports = Ports()
-    server = Server(write_config(tmp_path, ports))
-    try:
-        time.sleep(0.5)
-        before = rss(server.proc.pid)
-        log_lines_before = len(server.output().splitlines())
-        stalled = socket.socket()
+def test_a_sink_client_that_stops_reading_is_cut_off_after_write_timeout_s(served: Served) -> None:
+    api = served.ports.api
+    with socket.socket() as stalled:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.connect(("127.0.0.1", ports.sink))
+        stalled.connect(("127.0.0.1", served.ports.sink))
         time.sleep(0.2)
         now = int(time.time() * 1000)
-        with socket.create_connection(("127.0.0.1", ports.source), timeout=10) as feeder:
+        with socket.create_connection(("127.0.0.1", served.ports.source), timeout=10) as feeder:
             for start in range(0, 5000, 500):  # 5 MB of quotes: far more than the stalled client's buffers
                 feeder.sendall(lines([quote("EURUSD", 1.1, 1.2, now + i, note="x" * 1000) for i in range(start, start + 500)]))
         disconnects = 'gauss_sink_disconnects_total{reason="write_timeout",sink="quotes.raw"}'
         started = time.monotonic()
-        while metric(ports.api, disconnects) < 1:  # the client never reads
+        while metric(api, disconnects) < 1:  # the client never reads
             assert time.monotonic() - started < 10, "the stalled client was not cut off"
             time.sleep(0.1)
         print(f"stalled client cut off {time.monotonic() - started:.1f} s after the feed ended")
-        stalled.close()
-        assert metric(ports.api, disconnects) == 1.0
-        assert metric(ports.api, 'gauss_sink_clients{sink="quotes.raw"}') == 0.0
-        growth = rss(server.proc.pid) - before
-        assert growth < 100 * MIB, f"RSS grew {growth / MIB:.0f} MiB"
-        assert len(new_log_lines(server, log_lines_before)) <= 1  # at most the one rate-limited disconnect line
-    finally:
-        assert server.terminate() == 0
+    assert metric(api, disconnects) == 1.0
+    assert metric(api, 'gauss_sink_clients{sink="quotes.raw"}') == 0.0
+    served.rss_growth()
+    assert len(served.chatter()) <= 1  # at most the one rate-limited disconnect line

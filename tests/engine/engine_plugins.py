@@ -182,3 +182,21 @@ def wait_until(condition: Any, timeout: float = 20.0, what: str = "condition") -
         if _time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         _gevent.sleep(0.01)
+
+
+def send_until_cut(sock: Any, data: bytes, timeout: float = 10.0, between: Any = None) -> int:
+    """Send ``data`` again and again until the server hangs up; the number of sends (fails after ``timeout``).
+
+    ``between()``, when given, runs after every send (to probe the server meanwhile).
+    """
+    sends = 0
+    deadline = _time.monotonic() + timeout
+    while _time.monotonic() < deadline:
+        try:
+            sock.sendall(data)
+        except OSError:
+            return sends
+        sends += 1
+        if between is not None:
+            between()
+    raise AssertionError(f"still connected after {sends} sends in {timeout} s")
