@@ -14,6 +14,7 @@ import gevent.socket
 import pytest
 from engine_plugins import connect, lines, quote, read_lines, send_until_cut, wait_until
 
+from gauss.config import load_config
 from gauss.core import encode_length_prefixed
 from gauss.errors import ConfigError
 from gauss.hub import Hub
@@ -313,3 +314,10 @@ def test_sink_options_are_checked() -> None:
         create("sink", {**table, "write_timeout_s": 0})
     with pytest.raises(ConfigError, match="overflow_grace_s: must be a number"):
         create("sink", {**table, "overflow_grace_s": "soon"})
+
+
+def test_max_inflate_bytes_defaults_to_4_mib_and_is_checked() -> None:
+    assert load_config(config()).sources[0].max_inflate_bytes == 4 << 20
+    assert load_config(config(max_inflate_bytes=1000)).sources[0].max_inflate_bytes == 1000
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.max_inflate_bytes: must be at least 1"):
+        load_config(config(max_inflate_bytes=0))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import socket as stdsocket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -222,3 +226,42 @@ def test_factories_check_their_options() -> None:
         create("transport", {"type": "tcp-server", "port": 0, "max_connections_per_peer": "2"})
     with pytest.raises(ConfigError, match="reconnect_max: must be at least"):
         create("transport", {"type": "tcp-client", "port": 9, "reconnect_min": 2.0, "reconnect_max": 1.0})
+
+
+DESCRIPTOR_LIMITED_SERVER = """
+import json, resource, sys
+import gevent
+from gauss_plugins.transport.tcp import TcpServer
+
+def echo(conn):
+    while True:
+        data = conn.recv()
+        if not data:
+            return
+        conn.sendall(data)
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+server = TcpServer("127.0.0.1", 0)  # max_connections 1024: the descriptors run out first
+server.serve(echo)
+print(server.address[1], flush=True)
+gevent.get_hub().threadpool.spawn(sys.stdin.read).get()  # until the test closes our stdin
+print(json.dumps(server.closed_by), flush=True)
+"""
+
+
+def test_out_of_descriptors_the_server_closes_its_longest_idle_connection_instead_of_refusing() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", DESCRIPTOR_LIMITED_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        port = int(proc.stdout.readline())
+        idle = [stdsocket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(100)]
+        with stdsocket.create_connection(("127.0.0.1", port), timeout=10) as feeder:
+            feeder.sendall(b"quote")
+            assert feeder.recv(10) == b"quote"
+        proc.stdin.close()
+        closed_by = json.loads(proc.stdout.readline())
+        for sock in idle:
+            sock.close()
+    assert closed_by["descriptors"] >= 100 - 64
+    assert closed_by["max_connections"] == 0
