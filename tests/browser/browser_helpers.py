@@ -35,6 +35,8 @@ class Dashboard:
 
     directory: Path
     token: str | None = None
+    candle_storage: str = 'type = "file", dir = "data/ohlc/{suffix}"'
+    """The ``ohlc.*`` storage table's keys: file-stored candles survive a restart, memory ones start a new epoch."""
     api_port: int = field(default_factory=free_port)
     source_port: int = field(default_factory=free_port)
     server: Server | None = None
@@ -63,7 +65,7 @@ storage = {{ type = "memory", capacity = 100000 }}
 [[topics]]
 name = "ohlc.*"
 format = "candle"
-storage = {{ type = "file", dir = "data/ohlc/{{suffix}}" }}
+storage = {{ {self.candle_storage} }}
 create = ["ohlc.1m", "ohlc.5m"]
 
 [[sources]]

@@ -66,8 +66,8 @@ def browser() -> Iterator[Any]:
 def make_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Dashboard]]:
     started: list[Dashboard] = []
 
-    def make(token: str | None = None) -> Dashboard:
-        dashboard = Dashboard(tmp_path_factory.mktemp("dashboard"), token=token)
+    def make(token: str | None = None, **options: Any) -> Dashboard:
+        dashboard = Dashboard(tmp_path_factory.mktemp("dashboard"), token=token, **options)
         dashboard.start()
         started.append(dashboard)
         return dashboard

@@ -16,9 +16,9 @@ def _minute_start(minutes_back: int) -> int:
     return now - now % MINUTE - minutes_back * MINUTE
 
 
-def _fed(make_dashboard: Callable[..., Dashboard], minutes: int = 20, token: str | None = None) -> tuple[Dashboard, int]:
+def _fed(make_dashboard: Callable[..., Dashboard], minutes: int = 20, **options: Any) -> tuple[Dashboard, int]:
     """A server holding ``minutes`` one-minute buckets of quotes for SYMBOLS, the last one ending a minute ago."""
-    dashboard = make_dashboard(token=token)
+    dashboard = make_dashboard(**options)
     start = _minute_start(minutes)
     dashboard.feed(history(SYMBOLS, start, minutes))
     wait_until(lambda: len(dashboard.candles("ohlc.1m", "EURUSD")) == minutes, what="candles stored")
@@ -47,7 +47,7 @@ def _text(page: Page, selector: str) -> str:
 def test_page_loads_clean_lists_symbols_and_charts_what_rest_holds(
     make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
 ) -> None:
-    dashboard, _ = _fed(make_dashboard)
+    dashboard, start = _fed(make_dashboard)
     page = open_page(dashboard.base + "/")
     page.wait("d.status().loads > 0 && d.bars().length > 0")
 
@@ -61,6 +61,7 @@ def test_page_loads_clean_lists_symbols_and_charts_what_rest_holds(
     # The ticker starts from the newest quote of the symbol.
     last = [q for q in history(SYMBOLS, 0, 20) if q["symbol"] == "BTC/USD"][-1]
     assert _text(page, "#ticker-bid") == f"{last['bid']:.3f}"
+    assert _text(page, "#ticker-spread") == "0.00020"  # finer than the price's 3 digits
     # Topics table and health, refreshed every few seconds (rates after the second refresh).
     wait_until(lambda: _text(page, "#health") == "health: ok", what="health shown")
     rows = page.page.eval_on_selector_all("#topics tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
@@ -69,6 +70,13 @@ def test_page_loads_clean_lists_symbols_and_charts_what_rest_holds(
     assert by_name["quotes.raw"][1:4] == ["memory", "quote", f"{dashboard.records('quotes.raw'):,}"]
     assert by_name["ohlc.1m"][1:3] == ["file", "candle"]
     page.wait("document.querySelector('#topics tbody td.num:last-child').textContent !== '–'", timeout_s=10)
+    # quotes.raw's rate (from /metrics) shows what was just fed, per second.
+    dashboard.feed([quote("USDJPY", 101.0, start + 19 * MINUTE + i) for i in range(60)])
+    page.wait(
+        "[...document.querySelectorAll('#topics tbody tr')].some("
+        "r => r.cells[0].textContent === 'quotes.raw' && Number(r.cells[4].textContent) > 0)",
+        timeout_s=10,
+    )
     page.screenshot("01-loaded")
 
     # The symbol picker changes the view and the URL; the URL opens the same view elsewhere.
@@ -132,7 +140,7 @@ def test_server_restart_under_the_page_reconnects_and_catches_up_without_duplica
 ) -> None:
     dashboard, start = _fed(make_dashboard)
     page = open_page(dashboard.base + "/#ohlc.1m/EURUSD")
-    page.wait("d.status().ws === 'open' && d.bars().length === 20")
+    page.wait("d.status().ws === 'open' && d.status().epoch && d.bars().length === 20")
     epoch = page.call("status()")["epoch"]
     assert epoch
 
@@ -164,6 +172,27 @@ def test_server_restart_under_the_page_reconnects_and_catches_up_without_duplica
     assert all("ERR_CONNECTION_REFUSED" in e or "WebSocket" in e for e in page.console_errors), page.console_errors
 
 
+def test_a_new_epoch_after_a_restart_resets_the_chart_to_what_the_server_holds(
+    make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
+) -> None:
+    dashboard, start = _fed(make_dashboard, minutes=10, candle_storage='type = "memory", capacity = 10000')
+    page = open_page(dashboard.base + "/#ohlc.1m/EURUSD")
+    page.wait("d.status().ws === 'open' && d.status().epoch && d.bars().length === 10")
+    epoch = page.call("status()")["epoch"]
+
+    dashboard.stop()  # memory candles: gone, and the topic's sequence restarts under a new epoch
+    page.wait("d.status().ws !== 'open'", timeout_s=10)
+    dashboard.start()
+    dashboard.feed([quote("EURUSD", 1.5 + i / 100, start + (2 + 3 * i) * MINUTE) for i in range(3)])
+    wait_until(lambda: len(dashboard.candles("ohlc.1m", "EURUSD")) == 3, what="candles after restart")
+
+    page.wait("d.status().connects >= 2 && d.status().epoch !== " + repr(epoch), timeout_s=15)
+    expected = dashboard.candles("ohlc.1m", "EURUSD")
+    wait_until(lambda: page.bars() == expected, timeout=5, what="chart reset to the new epoch's candles")
+    assert [b["time"] for b in page.bars()] == [(start + (2 + 3 * i) * MINUTE) / 1000 for i in range(3)]
+    page.screenshot("08-reset-after-new-epoch")
+
+
 def test_with_a_token_the_prompt_refuses_a_wrong_token_and_the_right_one_shows_the_chart(
     make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
 ) -> None:
@@ -172,7 +201,7 @@ def test_with_a_token_the_prompt_refuses_a_wrong_token_and_the_right_one_shows_t
     page.page.wait_for_selector("#token-dialog[open]", timeout=10_000)
     assert page.call("status()")["authNeeded"] is True
     assert page.bars() == []
-    page.screenshot("08-token-prompt")
+    page.screenshot("09-token-prompt")
 
     page.page.fill("#token-input", "wrong-token")
     page.page.click("#token-submit")
@@ -180,7 +209,7 @@ def test_with_a_token_the_prompt_refuses_a_wrong_token_and_the_right_one_shows_t
     assert _text(page, "#token-message") == "That token was refused."
     assert page.page.is_visible("#token-dialog")
     assert page.bars() == []
-    page.screenshot("09-token-refused")
+    page.screenshot("10-token-refused")
 
     page.page.fill("#token-input", TOKEN)
     page.page.click("#token-submit")
@@ -193,5 +222,5 @@ def test_with_a_token_the_prompt_refuses_a_wrong_token_and_the_right_one_shows_t
     higher = quote("USDJPY", last["high"] + 1, int(last["time"] * 1000) + 59_000)
     dashboard.feed([higher])
     page.wait(f"d.bars()[d.bars().length - 1].high === {_mid(higher)!r}", timeout_s=2.0)
-    page.screenshot("10-token-accepted")
+    page.screenshot("11-token-accepted")
     assert all("401" in e for e in page.console_errors), page.console_errors

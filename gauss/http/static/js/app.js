@@ -210,7 +210,10 @@ function renderQuote() {
   const digits = q ? Math.max(chart.precision ?? 5, 2) : 5;
   $("ticker-bid").textContent = fmt(q?.bid, digits);
   $("ticker-ask").textContent = fmt(q?.ask, digits);
-  $("ticker-spread").textContent = q ? fmt(q.ask - q.bid, digits) : "–";
+  const spread = q ? q.ask - q.bid : NaN;
+  // A spread finer than the price's digits (0.0002 on a 200.000 symbol) keeps two significant digits.
+  const spreadDigits = spread > 0 && spread < 10 ** -digits ? Math.min(10, Math.ceil(-Math.log10(spread)) + 1) : digits;
+  $("ticker-spread").textContent = fmt(spread, spreadDigits);
   $("ticker-time").textContent = q ? new Date(q.ts_ms).toISOString().slice(11, 23) + " UTC" : "";
 }
 
