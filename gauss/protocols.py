@@ -215,6 +215,7 @@ class PublishContext(Protocol):
     def publish(self, topic: str, records: Sequence[TopicRecord]) -> None: ...
 
 
+@runtime_checkable
 class RecoveryContext(PublishContext, Protocol):
     """A publish context that also reads topics (the topic registry)."""
 

@@ -16,7 +16,7 @@ import time
 import gevent
 
 from gauss.metrics import Metrics
-from gauss.protocols import PublishContext, TopicProcessor, TopicSink
+from gauss.protocols import PublishContext, RecoveringProcessor, RecoveryContext, TopicProcessor, TopicSink
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import OverflowPolicy
 from gauss.subscription import Subscription
@@ -62,7 +62,18 @@ class ProcessorRunner:
         return not self.busy and (self.subscription is None or self.subscription.depth == 0)
 
     def start(self) -> None:
+        """Start the processor, let a recovering one re-derive its state from the topic's history, then subscribe.
+
+        Nothing is published to the topic in between (the hub starts
+        processors before sources), so the live tail follows the history
+        with no gap and no repeat.
+        """
         self.processor.start(self.context)
+        if isinstance(self.processor, RecoveringProcessor) and isinstance(self.context, RecoveryContext):
+            try:
+                self.processor.recover(self.topic.history(), self.context)
+            except Exception as exc:  # noqa: BLE001 - a failed recovery must not keep the server from starting
+                self._failed("recover", exc)
         self.subscription = self.topic.subscribe(policy=self.policy, capacity=self.capacity, kind="processor")
         self.subscription.on_stall = self._stalled
         self._greenlet = gevent.spawn(self._run)

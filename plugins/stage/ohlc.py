@@ -15,20 +15,30 @@ batches; this stage decides *when* candles are published (SPEC section 1):
 
 Candles go to ``<output_prefix><label>`` (``ohlc.1m``), as records with
 ``ts_ms`` the bucket start and ``key`` the symbol.
+
+State is bounded: at most ``max_keys`` symbols are held; beyond that the
+symbol idle longest is evicted (its open candles are published first, so
+nothing is lost; its next quote starts afresh). At start the processor
+re-derives its state from its topic's history (the tick log of
+``quotes.raw``): every quote is replayed through the kernel and each candle
+that differs from the stored one is published, so a crash loses no candle
+of a quote anyone saw.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Sequence
+from collections import OrderedDict
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from gauss.core import CORE, OhlcAggregator, TopicRecord
 from gauss.errors import ConfigError
-from gauss.protocols import PublishContext
+from gauss.protocols import PublishContext, RecoveryContext
 from gauss.ratelimit import RateLimitedLog
+from gauss.records import MAX_QUERY_LIMIT, TopicQuery
 from gauss.registry import Options
 
 __all__ = ["OhlcProcessor", "create", "parse_timeframe", "DEFAULT_TIMEFRAMES"]
@@ -36,6 +46,9 @@ __all__ = ["OhlcProcessor", "create", "parse_timeframe", "DEFAULT_TIMEFRAMES"]
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEFRAMES = ["1s", "5s", "1m", "5m", "15m", "1h", "4h", "1d"]
+DEFAULT_MAX_KEYS = 10_000
+_REPLAY_BATCH = 10_000
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _LABEL = re.compile(r"([1-9][0-9]*)([smhd])\Z")
 
@@ -73,6 +86,7 @@ class OhlcProcessor:
         hold_buckets: int = 2,
         open_interval_ms: int = 250,
         late_topic: str | None = None,
+        max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
         if not timeframes:
             raise ValueError("at least one timeframe is needed")
@@ -81,6 +95,8 @@ class OhlcProcessor:
             raise ValueError(f"timeframes {list(timeframes)} name the same width twice")
         if open_interval_ms < 1:
             raise ValueError("open_interval_ms must be at least 1")
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
         self.labels = list(timeframes)
         self.widths_ms = widths
         self.output_prefix = output_prefix
@@ -97,6 +113,12 @@ class OhlcProcessor:
         self._tf_index = {width: t for t, width in enumerate(widths)}
         # (key, tf_index) -> the newest version of its open candle, not yet published.
         self._pending_open: dict[tuple[str, int], Candle] = {}
+        self.max_keys = max_keys
+        self.evicted_keys = 0
+        """Symbols dropped from the kernel's state because more than ``max_keys`` were held."""
+        self._idle_order: OrderedDict[str, None] = OrderedDict()
+        """Held symbols, the one idle longest first."""
+        self._evict_log = RateLimitedLog(log, level=logging.WARNING)
 
     @property
     def late_counts(self) -> dict[str, int]:
@@ -110,13 +132,17 @@ class OhlcProcessor:
         if not records:
             return
         try:
-            bids, asks = self._prices(records)
-        except (KeyError, TypeError, ValueError):
+            keys, ts_ms, bids, asks = self._columns(records)
+        except (KeyError, TypeError, ValueError, OverflowError):
             records = self._usable(records)
             if not records:
                 return
-            bids, asks = self._prices(records)
-        candles, late = self._aggregator.update([r.key for r in records], [r.ts_ms for r in records], bids, asks)
+            keys, ts_ms, bids, asks = self._columns(records)
+        candles, late = self._aggregator.update(keys, ts_ms, bids, asks)
+        self._publish(candles, late, records, context)
+        self._touch(keys, context)
+
+    def _publish(self, candles: list[Candle], late: list[tuple[int, int]], records: Sequence[TopicRecord], context: PublishContext) -> None:
         per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
         pending = self._pending_open
         tf_index = self._tf_index
@@ -152,28 +178,56 @@ class OhlcProcessor:
             context.publish(self.late_topic, late_records)
 
     @staticmethod
-    def _prices(records: Sequence[TopicRecord]) -> tuple[Any, Any]:
-        """Bid and ask columns, checked numeric before the kernel sees the batch.
+    def _columns(records: Sequence[TopicRecord]) -> tuple[list[str], Any, Any, Any]:
+        """Key, ts_ms, bid and ask columns, checked before the kernel sees the batch.
 
-        NOTE: numpy checks them in C, so a bad record (a mis-wired topic) is
-        skipped and never half-applies a batch. The compiled kernel takes the
-        float64 arrays as they are; the pure twin gets lists (numpy scalars
-        would leak into the candles and cost more per quote).
+        NOTE: numpy checks them in C (numeric, ts_ms within int64), so a bad
+        record (a mis-wired topic) is skipped and never half-applies a batch.
+        The compiled kernel takes the arrays as they are; the pure twin gets
+        lists (numpy scalars would leak into the candles and cost more per quote).
         """
+        keys = [r.key for r in records]
+        ts_ms = [r.ts_ms for r in records]
         bids = [r.data["bid"] for r in records]
         asks = [r.data["ask"] for r in records]
-        bid_array = np.asarray(bids, dtype=np.float64)
-        ask_array = np.asarray(asks, dtype=np.float64)
+        arrays = (np.asarray(ts_ms, dtype=np.int64), np.asarray(bids, dtype=np.float64), np.asarray(asks, dtype=np.float64))
         if _COMPILED:
-            return bid_array, ask_array
-        return bids, asks
+            return keys, *arrays
+        return keys, ts_ms, bids, asks
+
+    def _touch(self, keys: list[str], context: PublishContext) -> None:
+        """Mark the batch's symbols as the most recently active; evict beyond ``max_keys``."""
+        order = self._idle_order
+        for key in dict.fromkeys(keys):
+            if key in order:
+                order.move_to_end(key)
+            else:
+                order[key] = None
+        excess = len(order) - self.max_keys
+        if excess <= 0:
+            return
+        evicted = [order.popitem(last=False)[0] for _ in range(excess)]
+        per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
+        for key in evicted:
+            for t in range(len(self.widths_ms)):
+                candle = self._pending_open.pop((key, t), None)
+                if candle is not None:
+                    per_tf[t].append(self._record(candle, t))
+            self._aggregator.forget(key)
+        for t, out in enumerate(per_tf):
+            if out:
+                context.publish(self.topics[t], out)
+        self.evicted_keys += excess
+        self._evict_log(
+            "ohlc: more than max_keys=%d symbols; evicted the %d idle longest (%d so far)", self.max_keys, excess, self.evicted_keys
+        )
 
     def _usable(self, records: Sequence[TopicRecord]) -> list[TopicRecord]:
         usable = []
         for record in records:
             data = record.data
             try:
-                ok = isinstance(record.key, str) and _is_ts(record.ts_ms)
+                ok = isinstance(record.key, str) and _is_ts(record.ts_ms) and _INT64[0] <= record.ts_ms <= _INT64[1]
                 ok = ok and _is_price(data["bid"]) and _is_price(data["ask"])
             except (KeyError, TypeError):
                 ok = False
@@ -181,7 +235,7 @@ class OhlcProcessor:
                 usable.append(record)
         skipped = len(records) - len(usable)
         self.invalid_quotes += skipped
-        self._invalid_log("ohlc: skipped %d records without a numeric bid and ask (%d so far)", skipped, self.invalid_quotes)
+        self._invalid_log("ohlc: skipped %d records without a numeric bid and ask or an int64 ts_ms (%d so far)", skipped, self.invalid_quotes)
         return usable
 
     def _record(self, candle: Candle, t: int) -> TopicRecord:
@@ -213,6 +267,75 @@ class OhlcProcessor:
     def stop(self, context: PublishContext) -> None:
         self.flush(context)
 
+    def recover(self, history: Iterator[TopicRecord], context: RecoveryContext) -> None:
+        """Replay the input topic's history through the kernel; publish the candles that differ from the stored ones.
+
+        The replay goes in seq order, as the quotes first arrived, so late
+        quotes are judged as they were. Candles derived from the replay
+        replace stored ones only where they differ; the open candles become
+        pending as if the quotes had just arrived.
+        """
+        derived: dict[tuple[str, int, int], Candle] = {}
+        replayed = 0
+        batch: list[TopicRecord] = []
+        for record in history:
+            batch.append(record)
+            if len(batch) == _REPLAY_BATCH:
+                replayed += self._replay(batch, derived)
+                batch = []
+        if batch:
+            replayed += self._replay(batch, derived)
+        if not replayed:
+            return
+        by_series: dict[tuple[str, int], list[Candle]] = {}
+        for (key, t, _), candle in derived.items():
+            by_series.setdefault((key, t), []).append(candle)
+        per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
+        for (key, t), candles in by_series.items():
+            stored = self._stored(context, key, t, [c[2] for c in candles])
+            pending = self._pending_open.get((key, t))
+            for candle in candles:
+                same = stored.get(candle[2]) == candle[3:8]
+                if pending is not None and pending[2] == candle[2]:
+                    if same:  # the open candle goes out with the next flush, like a live one, if it changed
+                        del self._pending_open[(key, t)]
+                elif not same:
+                    per_tf[t].append(self._record(candle, t))
+        for t, out in enumerate(per_tf):
+            if out:
+                context.publish(self.topics[t], out)
+        log.info("ohlc: state re-derived from %d quotes of the history; %d candles republished", replayed, sum(map(len, per_tf)))
+
+    def _replay(self, records: list[TopicRecord], derived: dict[tuple[str, int, int], Candle]) -> int:
+        """Apply a batch of history: like :meth:`process`, but candles are kept, not published."""
+        try:
+            keys, ts_ms, bids, asks = self._columns(records)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            records = self._usable(records)
+            if not records:
+                return 0
+            keys, ts_ms, bids, asks = self._columns(records)
+        candles, _ = self._aggregator.update(keys, ts_ms, bids, asks)
+        tf_index = self._tf_index
+        for candle in candles:
+            t = tf_index[candle[1]]
+            derived[(candle[0], t, candle[2])] = candle
+            if candle[8]:
+                self._pending_open[(candle[0], t)] = candle
+        for key in dict.fromkeys(keys):
+            self._idle_order[key] = None
+            self._idle_order.move_to_end(key)
+        return len(records)
+
+    def _stored(self, context: RecoveryContext, key: str, t: int, starts: list[int]) -> dict[int, tuple[Any, ...]]:
+        """``(open, high, low, close, ticks)`` of the stored candles of ``key`` at ``starts``, by bucket start."""
+        topic = self.topics[t]
+        found = context.query(topic, TopicQuery(key=key, from_ms=min(starts), to_ms=max(starts) + 1, limit=MAX_QUERY_LIMIT))
+        records = list(found.records)
+        if found.truncated:
+            records = [r for start in starts for r in context.query(topic, TopicQuery(key=key, from_ms=start, to_ms=start + 1, limit=1)).records]
+        return {r.ts_ms: (r.data["open"], r.data["high"], r.data["low"], r.data["close"], r.data["ticks"]) for r in records}
+
 
 def create(table: dict[str, Any]) -> OhlcProcessor:
     opts = Options(table)
@@ -232,6 +355,7 @@ def create(table: dict[str, Any]) -> OhlcProcessor:
     hold_buckets = opts.int("hold_buckets", 2, min=1)
     open_interval_ms = opts.int("open_interval_ms", 250, min=1)
     late_topic = opts.str("late_topic", None)
+    max_keys = opts.int("max_keys", DEFAULT_MAX_KEYS, min=1)
     opts.done()
     return OhlcProcessor(
         timeframes,
@@ -239,4 +363,5 @@ def create(table: dict[str, Any]) -> OhlcProcessor:
         hold_buckets=hold_buckets,
         open_interval_ms=open_interval_ms,
         late_topic=late_topic,
+        max_keys=max_keys,
     )
