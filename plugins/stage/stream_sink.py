@@ -213,9 +213,16 @@ class StreamSink:
         self._count_disconnect(reason)
         self._cut_log("%s: disconnected client %s: %s", self.description, client.conn.peer, why)
         client.conn.close()
+        client.sub.close()
 
     def _watch(self) -> None:
-        """Disconnect clients whose queues stay overflowed (new drops, or full) for ``overflow_grace_s``."""
+        """Disconnect clients whose queues stay overflowed (new drops, or full) for ``overflow_grace_s``.
+
+        Also ends the subscription of a client whose connection the transport
+        closed (``max_connections``, ``idle_timeout_s``): on a quiet topic its
+        greenlet waits for records, not on the socket, and would otherwise
+        hold its subscription until the next publish.
+        """
         grace = self.overflow_grace_s
         interval = min(0.5, max(0.02, grace / 4))
         while True:
@@ -223,6 +230,9 @@ class StreamSink:
             now = time.monotonic()
             for client in list(self._clients.values()):
                 sub = client.sub
+                if getattr(client.conn, "closed", False):
+                    sub.close()
+                    continue
                 dropped = sub.dropped
                 overflowing = dropped != client.seen_dropped or sub.depth >= sub.capacity
                 client.seen_dropped = dropped

@@ -321,3 +321,21 @@ def test_max_inflate_bytes_defaults_to_4_mib_and_is_checked() -> None:
     assert load_config(config(max_inflate_bytes=1000)).sources[0].max_inflate_bytes == 1000
     with pytest.raises(ConfigError, match=r"sources\[0\]\.max_inflate_bytes: must be at least 1"):
         load_config(config(max_inflate_bytes=0))
+
+
+def test_sink_clients_the_transport_closes_leave_at_once_even_on_a_quiet_topic(make_hub: Any) -> None:
+    cfg = config()
+    cfg["sinks"][0]["transport"]["max_connections"] = 2
+    hub = make_hub(cfg)
+    sink = hub.sinks[0]
+    first = connect(sink.address)
+    wait_until(lambda: sink.clients == 1)
+    gevent.sleep(0.02)
+    others = [connect(sink.address) for _ in range(5)]  # each pushes out the longest-idle client
+    wait_until(lambda: sink.transport.closed_by["max_connections"] == 4)
+    wait_until(lambda: sink.clients == 2, timeout=3, what="the pushed-out clients' subscriptions gone")
+    assert len(hub.topic("quotes.raw").subscriptions) == 2
+    assert hub.metrics.value("gauss_sink_disconnects_total", sink="quotes.raw", reason="max_connections") == 4
+    assert hung_up(first)
+    for sock in [first, *others]:
+        sock.close()
