@@ -59,6 +59,12 @@ class FrameReader:
     def __init__(self, read: Callable[[int], bytes], max_bytes: int) -> None:
         self._read = read
         self._max = max_bytes
+        # The data message in progress: it outlives a control frame that
+        # arrives between its fragments (RFC 6455 section 5.4).
+        self._opcode = 0
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._oversize = False
 
     def _exactly(self, n: int) -> bytes:
         data = self._read(n)
@@ -73,11 +79,11 @@ class FrameReader:
             n -= piece
 
     def read_message(self) -> Message:
-        """The next message; control frames (close, ping, pong) come back as their own messages."""
-        opcode = 0
-        parts: list[bytes] = []
-        size = 0
-        oversize = False
+        """The next message; control frames (close, ping, pong) come back as their own messages.
+
+        A control frame between the fragments of a data message is returned
+        at once; the message goes on with the next ``read_message`` call.
+        """
         while True:
             try:
                 header = Header.decode_header(_Reader(self._exactly))
@@ -91,23 +97,27 @@ class FrameReader:
                 raise ConnectionGone("client frames must be masked")
             op = header.opcode
             if op >= 0x8:  # control frame: small, never fragmented, may come between fragments
+                if op not in (OP_CLOSE, OP_PING, OP_PONG):
+                    raise ConnectionGone(f"unexpected opcode {op}")
                 if header.length > 125 or not header.fin:
                     raise ConnectionGone("invalid control frame")
                 return Message(op, unmask(self._exactly(header.length), header.mask))
             if op in (OP_TEXT, OP_BINARY):
-                if opcode:
+                if self._opcode:
                     raise ConnectionGone("new message before the previous one finished")
-                opcode = op
-            elif op != OP_CONTINUATION or not opcode:
+                self._opcode = op
+            elif op != OP_CONTINUATION or not self._opcode:
                 raise ConnectionGone(f"unexpected opcode {op}")
-            if oversize or size + header.length > self._max:
-                oversize = True
-                parts.clear()
+            if self._oversize or self._size + header.length > self._max:
+                self._oversize = True
+                self._parts.clear()
                 self._discard(header.length)
             else:
-                parts.append(unmask(self._exactly(header.length), header.mask))
-                size += header.length
+                self._parts.append(unmask(self._exactly(header.length), header.mask))
+                self._size += header.length
             if header.fin:
+                opcode, parts, oversize = self._opcode, self._parts, self._oversize
+                self._opcode, self._parts, self._size, self._oversize = 0, [], 0, False
                 if oversize:
                     return Message(opcode, b"", oversize=True)
                 return Message(opcode, parts[0] if len(parts) == 1 else b"".join(parts))

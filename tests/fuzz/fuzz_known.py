@@ -21,17 +21,6 @@ ISSUES = {
         "value is accepted by the fused path while decode() rejects it as bad JSON (QuoteCodec protocol: "
         "both must give the same result; SPEC section 6: bad UTF-8 is dropped and counted)"
     ),
-    "ws-control-mid-message": (
-        "gauss/http/frames.py FrameReader.read_message returns a control frame (ping, pong, close) that "
-        "arrives between the fragments of a message as its own Message and forgets the message in progress, "
-        "so the next continuation frame raises ConnectionGone('unexpected opcode 0') and the connection is "
-        "dropped; RFC 6455 section 5.4 allows control frames in the middle of a fragmented message"
-    ),
-    "ws-reserved-opcode": (
-        "gauss/http/frames.py FrameReader.read_message returns a frame of a reserved control opcode "
-        "(0xB..0xF) as a Message, which WebSocketSession.run then ignores; RFC 6455 section 5.2 says an "
-        "unknown opcode must fail the connection (reserved data opcodes 0x3..0x7 already do: ConnectionGone)"
-    ),
 }
 
 _counts: dict[str, int] = {}

@@ -138,3 +138,26 @@ def test_runner_reports_a_crash_and_how_to_replay_it(tmp_path: Path) -> None:
     assert f"replay: python tests/fuzz --replay {crash} --target selftest" in done.stdout
     replay = _run("--replay", str(crash), "--target", "selftest", env={"GAUSS_FUZZ_SELFTEST": "1"})
     assert replay.returncode != 0 and "the planted defect" in replay.stderr
+
+
+# --- defects the fuzzers found, fixed: their inputs stay as regression tests ------------------
+
+
+def test_found_a_ping_between_fragments_keeps_the_message() -> None:
+    """gauss/http/frames.py forgot a fragmented message when a ping came between its fragments."""
+    stream = (
+        fuzz_ws.client_frame(fuzz_ws.OP_TEXT, b'{"action":', fin=False)
+        + fuzz_ws.client_frame(fuzz_ws.OP_PING, b"p")
+        + fuzz_ws.client_frame(fuzz_ws.OP_CONTINUATION, b'"query"}')
+    )
+    assert fuzz_ws._read_all(fuzz_ws._reader(stream, 1000)) == [
+        (fuzz_ws.OP_PING, b"p", False),
+        (fuzz_ws.OP_TEXT, b'{"action":"query"}', False),
+    ]
+
+
+@pytest.mark.parametrize("opcode", [0x3, 0x7, 0xB, 0xF])
+def test_found_a_reserved_opcode_fails_the_connection(opcode: int) -> None:
+    """RFC 6455 section 5.2: an unknown opcode fails the connection; 0xB..0xF came back as messages."""
+    stream = fuzz_ws.client_frame(opcode, b"x") + fuzz_ws.client_frame(fuzz_ws.OP_TEXT, b"{}")
+    assert fuzz_ws._read_all(fuzz_ws._reader(stream, 1000)) == []
