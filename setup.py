@@ -75,6 +75,7 @@ PLUGINS = {
     "gauss.transports": [
         "tcp-server = gauss_plugins.transport.tcp:create_server",
         "tcp-client = gauss_plugins.transport.tcp:create_client",
+        "nats = gauss_plugins.transport.nats:create",
     ],
     "gauss.framings": [
         "lines = gauss_plugins.framing.lines:create",
@@ -143,6 +144,7 @@ setup(
         "prometheus_client>=0.20",
         "sortedcontainers>=2.4",
         "requests>=2.31",
+        "nats-py>=2.6",
     ],
     extras_require={
         "browser": ["playwright>=1.40"],  # tests/browser: drives Debian's chromium, downloads no browser

@@ -33,7 +33,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import gevent
 
@@ -42,7 +42,7 @@ from gauss.core import TopicRecord
 from gauss.errors import FrameTooLarge, InflateBudgetExceeded
 from gauss.metrics import Metrics
 from gauss.protocols import Codec, Connection, Framing, Middleware, Transport
-from gauss.quotes import QuoteCheck
+from gauss.quotes import QuoteCheck, RecordCheck
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, Rejected
 from gauss.subscription import BoundedQueue, PublishedBatch
@@ -80,9 +80,13 @@ class Source:
         self.codec = codec if codec is not None else spec.build_codec()
         self.topic: Topic = topics.resolve(spec.topic)
         self.dead_letter: Topic | None = topics.resolve(spec.dead_letter) if spec.dead_letter else None
-        self.check = QuoteCheck(spec.max_future_ms, spec.check_prices) if self.topic.format is DataFormat.QUOTE else None
+        # SPEC 1 "What a topic can hold": every record is checked at the door (gauss.quotes), quotes more strictly.
+        if self.topic.format is DataFormat.QUOTE:
+            self.check: RecordCheck = QuoteCheck(spec.max_future_ms, spec.check_prices, spec.max_key_bytes)
+        else:
+            self.check = RecordCheck(spec.max_key_bytes)
         # PERF: a codec may fuse decoding and the quote checks (the json codec does).
-        self._decode_quotes = getattr(self.codec, "decode_quotes", None) if self.check is not None else None
+        self._decode_quotes = getattr(self.codec, "decode_quotes", None) if isinstance(self.check, QuoteCheck) else None
         self.max_frame_bytes = spec.max_frame_bytes
         self.max_inflate_bytes = spec.max_inflate_bytes
         self.name = spec.name or f"{spec.topic}@{self.transport.description}"
@@ -125,6 +129,8 @@ class Source:
         if hasattr(self.transport, "on_close"):
             self.transport.on_close = self._count_closed
         self._pump: gevent.Greenlet | None = None
+        self.published_hooks: list[Callable[[Sequence[TopicRecord], bool], None]] = []
+        """Called after each publish with ``(records, stored)``: a bus transport acknowledges its messages there."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -142,6 +148,9 @@ class Source:
         """Start the publisher greenlet, then listen or dial (raises OSError if it cannot bind)."""
         self._pump = gevent.spawn(self._publish_loop)
         try:
+            attach = getattr(self.transport, "attach_source", None)  # a message bus (nats) feeds ingest itself
+            if callable(attach):
+                attach(self)
             self.transport.serve(self._handle)
         except BaseException:
             self.queue.close()
@@ -166,10 +175,17 @@ class Source:
             delivery = queue.take()
             if delivery is None:
                 return
+            errors = self.topic.write_errors
+            stored = True
             try:
                 publish(delivery.records, owned=True)
             except Exception:  # noqa: BLE001 - keep publishing later batches
+                stored = False
                 log.exception("source %s: publishing to %s failed", self.name, self.topic.name)
+            if self.published_hooks:
+                stored = stored and self.topic.write_errors == errors
+                for hook in self.published_hooks:
+                    hook(delivery.records, stored)
 
     def _count_closed(self, reason: str) -> None:
         """A connection the source (or its transport) closed itself, counted by reason."""
@@ -230,8 +246,10 @@ class Source:
                 self._m_open.dec()
             log.debug("source %s: connection %s closed", self.name, conn.peer)
 
-    def ingest(self, frames: list[bytes], peer: str = "") -> None:
-        """Decode a batch of frames and queue the good records (bad ones are counted).
+    def ingest(self, frames: list[bytes], peer: str = "", *, skip: int = 0) -> int:
+        """Decode a batch of frames and queue the good records (bad ones are counted); returns how many were good.
+
+        ``skip`` drops that many good records first (a bus transport's redelivery of records already stored).
 
         Raises :class:`InflateBudgetExceeded` (and queues nothing of the
         batch) when the middleware would inflate it past ``max_inflate_bytes``.
@@ -267,11 +285,15 @@ class Source:
             if self._metrics is not None:
                 self._m_rejected.inc(len(refused))
             self._reject(refused, peer, "rejected quote")
+        good = len(records)
+        if skip:
+            records = records[skip:]
         if records:
             self.records += len(records)
             if self._metrics is not None:
                 self._m_records.inc(len(records))
             self.queue.offer(PublishedBatch(self.topic.name, records))
+        return good
 
     def _reject(self, rejected: list[Rejected], peer: str, what: str) -> None:
         first = rejected[0]

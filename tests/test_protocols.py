@@ -12,6 +12,7 @@ from gauss import registry
 MINIMAL_TABLES: dict[tuple[str, str], dict[str, Any]] = {
     ("transport", "tcp-server"): {"port": 0},
     ("transport", "tcp-client"): {"port": 9},
+    ("transport", "nats"): {"subject": "quotes.>"},
     ("storage", "file"): {"dir": "unused"},
     ("storage", "raw-file"): {"path": "unused"},
     ("processor", "symbol-filter"): {"output": "out", "allow": ["EURUSD"]},

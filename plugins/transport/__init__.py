@@ -1,1 +1,1 @@
-"""Built-in transport plugins."""
+"""Built-in transport plugins: ``tcp-server``, ``tcp-client`` (tcp.py) and ``nats`` (nats.py, NATS / JetStream)."""

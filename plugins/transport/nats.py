@@ -1,0 +1,991 @@
+"""``nats`` transport: sources and sinks over NATS, with JetStream durable consumers (SPEC section 7).
+
+The official client (``nats-py``) is asyncio. Every ``nats`` transport of a
+process shares ONE dedicated OS thread running one asyncio loop (:class:`_Bus`);
+batches cross between that thread and the gevent hub through bounded
+deques and a gevent ``loop.async_()`` watcher (:class:`_Waker`), so no
+greenlet ever blocks on the bus and the asyncio loop never waits on gevent.
+
+**Source** (``serve`` after :meth:`NatsTransport.attach_source`). Each NATS
+message carries one or several payloads in the source's framing; a fresh
+frame decoder reads each message (a damaged message cannot desynchronise
+the next one) and :meth:`gauss.source.Source.ingest` decodes and queues its
+records. Without ``stream``/``durable`` the source is a plain subscription
+(at most once; a message that finds the hand-off queue full is dropped and
+counted). With both it is a JetStream durable pull consumer:
+
+- a message is acknowledged only after the publish of the batch holding its
+  last record returned with the topic's storage write intact
+  (``Source.published_hooks``); a failed write naks it for redelivery;
+- a redelivery of a message still in flight, or already stored (stream
+  sequence at or below the highest one stored), is acknowledged and not
+  ingested again;
+- after each stored batch a small state file (``state_dir``) remembers the
+  highest stream sequence stored and the topic seq it ended at; after a
+  crash the records stored beyond that point (counted from the topic itself)
+  are skipped in the redelivered messages, so a SIGKILL between storing and
+  acknowledging stores nothing twice. This assumes the source is the only
+  publisher of its topic and the storage is durable;
+- the stream is created when missing, with ``stream_subjects`` (default: the
+  source's ``subject``).
+
+**Sink** (``serve`` without a source): the ``stream`` sink hands each batch
+to :meth:`NatsSinkConnection.send_records`, which routes every record to the
+subject ``subject`` names (``{topic}``, ``{key}``, ``{shard}``; ``{shard}`` is
+:func:`fnv1a_32` of the key modulo ``shards``, nats-server's ``partition()``),
+encodes each subject's records as one message (split below the server's
+``max_payload``) and publishes them in order. Publishing is core NATS (a
+stream whose subjects cover the subject captures them: ``stream`` creates it
+when missing); the hand-off is bounded in bytes and a sink waits, as on a
+slow TCP client, while it is full.
+
+Connection: the first connection retries with capped exponential back-off;
+once connected nats-py reconnects forever every ``reconnect_max`` seconds.
+``/metrics`` carries ``gauss_bus_connected{transport}`` (1 connected, 0 not)
+and counters of redeliveries skipped, messages dropped and acks sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import logging
+import os
+import time
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+import gevent
+import gevent.event
+from gauss_plugins.storage._keys import encode_key
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gauss.core import TopicRecord
+from gauss.errors import ConfigError, FrameTooLarge, InflateBudgetExceeded
+from gauss.ratelimit import RateLimitedLog
+from gauss.records import OverflowPolicy, TopicQuery
+from gauss.registry import Options
+
+if TYPE_CHECKING:
+    from gauss.source import Source
+
+__all__ = [
+    "NatsTransport",
+    "NatsSinkConnection",
+    "NatsSender",
+    "SubjectWire",
+    "fnv1a_32",
+    "shard_of",
+    "create",
+    "DEFAULT_URL",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+"""nats-server's default ``max_payload``; a sink splits its messages below it."""
+DEFAULT_SINK_BUFFER = 16 << 20
+"""Bytes a sink may hand to the bus thread before it waits."""
+MAX_QUERY = 100_000
+
+
+def fnv1a_32(data: bytes) -> int:
+    """32-bit FNV-1a, the hash nats-server's ``partition()`` mapping uses."""
+    h = 0x811C9DC5
+    for byte in data:
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard of ``key``: FNV-1a 32 of its UTF-8 bytes modulo ``shards`` (SPEC section 7)."""
+    return fnv1a_32(key.encode("utf-8", "surrogatepass")) % shards
+
+
+def _import_client() -> Any:
+    """Import nats-py (and what it imports lazily) in the calling gevent thread.
+
+    Under gevent's monkey-patching the import lock is a gevent lock: two OS
+    threads importing at once can deadlock, so the bus thread must find
+    everything imported already.
+    """
+    import ssl  # noqa: F401 - imported lazily by asyncio connections
+
+    import nats
+    import nats.aio.client
+    import nats.aio.msg
+    import nats.errors
+    import nats.js
+    import nats.js.api
+    import nats.js.errors
+
+    return nats
+
+
+# --- the bus thread and the way back into gevent -----------------------------------
+
+
+class _Waker:
+    """Runs callables posted from any thread in the gevent hub that created it."""
+
+    def __init__(self) -> None:
+        self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()
+        self._watcher = gevent.get_hub().loop.async_()
+        self._watcher.start(self._run)
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._calls.append((fn, args))
+        self._watcher.send()
+
+    def _run(self) -> None:
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - one callback must not stop the others
+                log.exception("nats: callback from the bus thread failed")
+
+
+class _Bus:
+    """The process's one asyncio thread for every nats transport."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.waker: _Waker | None = None
+
+    def ensure(self) -> asyncio.AbstractEventLoop:
+        if self.loop is not None:
+            return self.loop
+        from gevent.monkey import get_original, is_module_patched
+
+        _import_client()
+        self.waker = _Waker()  # also makes sure this thread's hub exists before the bus thread starts
+        start_thread = get_original("_thread", "start_new_thread")
+        ready = get_original("_thread", "allocate_lock")()
+        ready.acquire()
+        holder: list[asyncio.AbstractEventLoop] = []
+        patched = is_module_patched("selectors")
+        selector_class = get_original("selectors", "DefaultSelector") if patched else None
+
+        def run() -> None:
+            loop = asyncio.SelectorEventLoop(selector_class()) if selector_class is not None else asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            holder.append(loop)
+            ready.release()
+            loop.run_forever()
+
+        start_thread(run, ())
+        ready.acquire()  # the thread only builds its loop: a few milliseconds at start-up
+        self.loop = holder[0]
+        return self.loop
+
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.ensure())
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.ensure().call_soon_threadsafe(fn, *args)
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From the bus thread: run ``fn(*args)`` in the gevent hub."""
+        assert self.waker is not None
+        self.waker.post(fn, *args)
+
+    def wait(self, future: concurrent.futures.Future[Any], timeout: float | None = None) -> Any:
+        """Wait cooperatively (this greenlet only) for a future of the bus thread."""
+        result: gevent.event.AsyncResult = gevent.event.AsyncResult()
+        future.add_done_callback(lambda f: self.post(result.set, f))
+        done = result.get(timeout=timeout)
+        return done.result()
+
+
+BUS = _Bus()
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+_TRANSPORTS: weakref.WeakSet[NatsTransport] = weakref.WeakSet()
+_COLLECTED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+class _BusCollector(Collector):
+    """Per transport: connected (gauge), redeliveries skipped, messages dropped, acks (counters)."""
+
+    def collect(self) -> Iterator[Any]:
+        connected = GaugeMetricFamily("gauss_bus_connected", "1 while the NATS connection is up", labels=["transport"])
+        skipped = CounterMetricFamily(
+            "gauss_bus_redeliveries_skipped", "Redelivered messages recognised and not stored again", labels=["transport"]
+        )
+        dropped = CounterMetricFamily(
+            "gauss_bus_dropped_messages", "Messages dropped: hand-off full (core subscription) or publish failed", labels=["transport"]
+        )
+        acked = CounterMetricFamily("gauss_bus_acks", "JetStream messages acknowledged after storage", labels=["transport"])
+        for transport in sorted(_TRANSPORTS, key=lambda t: t.description):
+            label = [transport.description]
+            connected.add_metric(label, 1.0 if transport.connected else 0.0)
+            skipped.add_metric(label, transport.redeliveries_skipped)
+            dropped.add_metric(label, transport.dropped)
+            acked.add_metric(label, transport.acked)
+        yield connected
+        yield skipped
+        yield dropped
+        yield acked
+
+
+def _register_metrics(metrics: Any) -> None:
+    if metrics is None or metrics in _COLLECTED:
+        return
+    metrics.registry.register(_BusCollector())
+    _COLLECTED.add(metrics)
+
+
+# --- the transport -------------------------------------------------------------------
+
+
+class NatsTransport:
+    """One ``nats`` transport table: a connection, and a source or a sink role."""
+
+    dials = True
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        subject: str = "",
+        *,
+        stream: str | None = None,
+        durable: str | None = None,
+        stream_subjects: Sequence[str] | None = None,
+        shards: int = 1,
+        batch: int = 256,
+        max_ack_pending: int = 10_000,
+        ack_wait_s: float = 30.0,
+        queue_size: int = 1024,
+        reconnect_min: float = 0.1,
+        reconnect_max: float = 1.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.url = url
+        self.subject = subject
+        self.stream = stream
+        self.durable = durable
+        self.stream_subjects = list(stream_subjects) if stream_subjects else [subject]
+        self.shards = shards
+        self.batch = batch
+        self.max_ack_pending = max_ack_pending
+        self.ack_wait_s = ack_wait_s
+        self.queue_size = queue_size
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self.max_message_bytes = max_message_bytes
+        self.state_dir = state_dir if state_dir is not None else Path("nats-state")
+        self.connected = False
+        self.redeliveries_skipped = 0
+        self.dropped = 0
+        self.acked = 0
+        self.messages = 0
+        """Messages taken by a source (duplicates included)."""
+        self._nc: Any = None
+        self._closing = False
+        self._futures: list[concurrent.futures.Future[Any]] = []
+        self._greenlets: list[gevent.Greenlet] = []
+        self._log = RateLimitedLog(log)
+        self._source: Source | None = None
+        self._consumer: _DurableConsumer | None = None
+        # source hand-off (bus thread -> gevent)
+        self._inbox: collections.deque[Any] = collections.deque()
+        self._inbox_ready = gevent.event.Event()
+        # sink hand-off (gevent -> bus thread)
+        self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._out_bytes = 0
+        self._out_event: asyncio.Event | None = None
+        self._out_room = gevent.event.Event()
+        self._out_room.set()
+        self._sink_conn: NatsSinkConnection | None = None
+        _TRANSPORTS.add(self)
+
+    @property
+    def description(self) -> str:
+        role = f" stream {self.stream} durable {self.durable}" if self.durable else ""
+        return f"nats {self.url} {self.subject}{role}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        rest = self.url.split("://", 1)[-1].rsplit("@", 1)[-1]
+        host, _, port = rest.partition(":")
+        return (host or "127.0.0.1", int(port or 4222))
+
+    @property
+    def jetstream(self) -> bool:
+        return self.durable is not None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def attach_source(self, source: Source) -> None:
+        """Called by the source before :meth:`serve`: messages go to ``source.ingest``, acks follow its publishes."""
+        if self.jetstream and source.queue.policy is not OverflowPolicy.BACK_PRESSURE:
+            raise ConfigError(
+                "policy", f"a JetStream source must use back_pressure (a shed record could never be acknowledged), got {source.queue.policy.value}"
+            )
+        self._source = source
+        _register_metrics(getattr(source, "_metrics", None))
+        if self.jetstream:
+            self._consumer = _DurableConsumer(self, source)
+            source.published_hooks.append(self._consumer.on_published)
+
+    def serve(self, handler: Callable[[Any], None]) -> None:
+        """Start without blocking: a source consumes messages, a sink gets a connection for ``handler``."""
+        self._closing = False
+        BUS.ensure()
+        if self._source is not None:
+            self._greenlets.append(gevent.spawn(self._take_loop))
+            body = self._consume_js() if self.jetstream else self._consume_core()
+            self._futures.append(BUS.submit(body))
+        else:
+            self._futures.append(BUS.submit(self._publish_loop()))
+            self._greenlets.append(gevent.spawn(self._sink_loop, handler))
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop consuming or publishing; drain what the sink handed over (up to ``timeout``), then disconnect."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._sink_conn is not None:
+            self._sink_conn.close()
+        for greenlet in self._greenlets:
+            greenlet.kill(block=True, timeout=timeout)
+        self._greenlets = []
+        if self._consumer is not None:
+            self._consumer.flush_acks()
+        if BUS.loop is not None and not self._futures == []:
+            if self._out_event is not None:
+                BUS.call(self._out_event.set)
+            try:
+                BUS.wait(BUS.submit(self._shutdown(timeout)), timeout=timeout + 1.0)
+            except (gevent.Timeout, Exception) as exc:  # noqa: BLE001 - closing regardless
+                log.info("%s: close: %s", self.description, exc)
+        for future in self._futures:
+            future.cancel()
+        self._futures = []
+
+    # --- the bus side (runs in the bus thread) -------------------------------------
+
+    async def _connect(self) -> Any:
+        nats = _import_client()
+        delay = self.reconnect_min
+        failures = 0
+
+        async def disconnected() -> None:
+            self.connected = False
+            if not self._closing:
+                self._log("%s: disconnected; reconnecting every %.1fs", self.description, self.reconnect_max)
+
+        async def reconnected() -> None:
+            self.connected = True
+            log.info("%s: reconnected", self.description)
+
+        async def error(exc: Exception) -> None:
+            self._log("%s: %s", self.description, exc)
+
+        while not self._closing:
+            try:
+                nc = await nats.connect(
+                    servers=[self.url],
+                    name=f"gauss {self.subject}",
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=self.reconnect_max,
+                    connect_timeout=2,
+                    disconnected_cb=disconnected,
+                    reconnected_cb=reconnected,
+                    error_cb=error,
+                )
+            except Exception as exc:  # noqa: BLE001 - any failure to connect: retry with back-off
+                if failures == 0:
+                    log.warning("%s: cannot connect (%s); retrying with back-off up to %.1fs", self.description, exc, self.reconnect_max)
+                failures += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            if failures:
+                log.info("%s: connected after %d failed attempts", self.description, failures)
+            else:
+                log.info("%s: connected", self.description)
+            self._nc = nc
+            self.connected = True
+            return nc
+        return None
+
+    async def _ensure_stream(self, js: Any) -> Any:
+        import nats.js.errors
+
+        try:
+            return await js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            log.info("%s: creating stream %s with subjects %s", self.description, self.stream, ", ".join(self.stream_subjects))
+            return await js.add_stream(name=self.stream, subjects=self.stream_subjects)
+
+    async def _retrying(self, what: str, step: Callable[[], Any]) -> Any:
+        delay = self.reconnect_min
+        while not self._closing:
+            try:
+                return await step()
+            except Exception as exc:  # noqa: BLE001 - the bus is not ready yet: retry
+                self._log("%s: %s failed (%s); retrying", self.description, what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+        return None
+
+    def _hand_over(self, items: Iterable[Any]) -> None:
+        self._inbox.extend(items)
+        BUS.post(self._inbox_ready.set)
+
+    async def _consume_core(self) -> None:
+        nc = await self._connect()
+        if nc is None:
+            return
+
+        async def on_message(msg: Any) -> None:
+            if len(self._inbox) >= self.queue_size:
+                self.dropped += 1
+                self._log("%s: hand-off queue full (%d messages): message dropped", self.description, self.queue_size)
+                return
+            self._hand_over((msg,))
+
+        await self._retrying("subscribe", lambda: nc.subscribe(self.subject, cb=on_message))
+
+    async def _consume_js(self) -> None:
+        import nats.errors
+        import nats.js.api
+
+        nc = await self._connect()
+        if nc is None:
+            return
+        js = nc.jetstream()
+        info = await self._retrying("stream", lambda: self._ensure_stream(js))
+        if info is None:
+            return
+        config = nats.js.api.ConsumerConfig(
+            ack_policy=nats.js.api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s, max_ack_pending=self.max_ack_pending
+        )
+        psub = await self._retrying(
+            "consumer", lambda: js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream, config=config)
+        )
+        if psub is None:
+            return
+        created = info.created.isoformat() if info.created is not None else ""
+        self._hand_over((("stream", created),))
+        delay = self.reconnect_min
+        while not self._closing:
+            if len(self._inbox) >= self.queue_size:
+                await asyncio.sleep(0.002)
+                continue
+            try:
+                msgs = await psub.fetch(self.batch, timeout=1.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - disconnected, server restarting: retry
+                self._log("%s: fetch failed (%s: %s); retrying", self.description, type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.reconnect_max)
+                continue
+            delay = self.reconnect_min
+            if msgs:
+                self._hand_over(msgs)
+
+    def _ack(self, msgs: list[Any], nak: bool) -> None:
+        """In the bus thread: acknowledge (or nak) messages, without waiting for anything."""
+        loop = asyncio.get_running_loop()
+        for msg in msgs:
+            loop.create_task(self._ack_one(msg, nak))
+
+    async def _ack_one(self, msg: Any, nak: bool) -> None:
+        try:
+            if nak:
+                await msg.nak(delay=self.reconnect_max)
+            else:
+                await msg.ack()
+        except Exception as exc:  # noqa: BLE001 - an ack lost is a redelivery, recognised later
+            self._log("%s: ack failed (%s); the message will be redelivered and skipped", self.description, exc)
+
+    async def _publish_loop(self) -> None:
+        nc = await self._connect()
+        if nc is None:
+            return
+        self._out_event = asyncio.Event()
+        if self.stream is not None:
+            js = nc.jetstream()
+            await self._retrying("stream", lambda: self._ensure_stream(js))
+        outbox = self._outbox
+        while True:
+            if not outbox:
+                if self._closing:
+                    return
+                self._out_event.clear()
+                if not outbox:
+                    await self._out_event.wait()
+                continue
+            subject, data = outbox.popleft()
+            try:
+                await nc.publish(subject, data)
+            except Exception as exc:  # noqa: BLE001 - buffer full while disconnected, connection closed
+                self.dropped += 1
+                self._log("%s: publish to %s failed (%s); message dropped", self.description, subject, exc)
+            self._out_bytes -= len(data)
+            if self._out_bytes <= DEFAULT_SINK_BUFFER // 2 and not self._out_room.is_set():
+                BUS.post(self._out_room.set)
+
+    async def _shutdown(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._outbox and time.monotonic() < deadline and self.connected:
+            await asyncio.sleep(0.01)
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            try:
+                if nc.is_connected:
+                    await nc.flush(timeout=max(timeout, 0.1))
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+            await nc.close()
+        self.connected = False
+
+    # --- the gevent side --------------------------------------------------------------
+
+    def _take_loop(self) -> None:
+        """Hand every message the bus thread delivered to the source, in order."""
+        inbox = self._inbox
+        ready = self._inbox_ready
+        while not self._closing:
+            ready.wait()
+            ready.clear()
+            while inbox:
+                item = inbox.popleft()
+                if isinstance(item, tuple):
+                    if self._consumer is not None:
+                        self._consumer.on_stream(item[1])
+                    continue
+                self.messages += 1
+                if self._consumer is not None:
+                    self._consumer.take(item)
+                else:
+                    self.ingest(item.data, item.subject)
+
+    def ingest(self, data: bytes, subject: str, skip: int = 0) -> int:
+        """Decode one message's payloads into the source; returns the good records it held."""
+        source = self._source
+        assert source is not None
+        if data and source.framing.name == "lines" and not data.endswith(b"\n"):
+            data += b"\n"
+        try:
+            frames = source.framing.decoder().feed(data)
+        except FrameTooLarge as exc:
+            source.oversize += 1
+            self._log("%s: message on %s dropped: %s", self.description, subject, exc)
+            return 0
+        if not frames:
+            return 0
+        try:
+            return source.ingest(frames, subject, skip=skip)
+        except InflateBudgetExceeded as exc:
+            self._log("%s: message on %s dropped: %s", self.description, subject, exc)
+            return 0
+
+    def _sink_loop(self, handler: Callable[[Any], None]) -> None:
+        while not self._closing:
+            conn = self._sink_conn = NatsSinkConnection(self)
+            try:
+                handler(conn)
+            except Exception:  # noqa: BLE001 - the sink's failure: give it a new connection
+                log.exception("%s: sink handler failed", self.description)
+            finally:
+                conn.close()
+            if self._closing:
+                return
+            gevent.sleep(self.reconnect_min)
+
+    def publish(self, messages: list[tuple[str, bytes]], closed: gevent.event.Event | None = None) -> None:
+        """Hand messages to the bus thread; waits (cooperatively) while the hand-off holds too many bytes."""
+        if not messages:
+            return
+        while self._out_bytes > DEFAULT_SINK_BUFFER and not self._closing and not (closed is not None and closed.is_set()):
+            self._out_room.clear()
+            self._out_room.wait(0.5)
+        if self._closing or (closed is not None and closed.is_set()):
+            raise OSError(f"{self.description}: closed")
+        size = sum(len(data) for _, data in messages)
+        self._out_bytes += size
+        self._outbox.extend(messages)
+        if self._out_event is not None:
+            BUS.call(self._out_event.set)
+        else:  # the publisher is still connecting: it reads the outbox once it is
+            BUS.call(lambda: self._out_event.set() if self._out_event is not None else None)
+
+    # --- sink subjects -------------------------------------------------------------------
+
+    def subject_for(self, topic: str, key: str) -> str:
+        subject = self.subject
+        if "{topic}" in subject:
+            subject = subject.replace("{topic}", topic)
+        if "{key}" in subject:
+            subject = subject.replace("{key}", encode_key(key) or "_")
+        if "{shard}" in subject:
+            subject = subject.replace("{shard}", str(shard_of(key, self.shards)))
+        return subject
+
+
+class NatsSinkConnection:
+    """What a ``stream`` sink writes to: records routed to their subjects (the ``Connection`` protocol too)."""
+
+    def __init__(self, transport: NatsTransport) -> None:
+        self.transport = transport
+        self.peer = transport.url
+        self._closed = gevent.event.Event()
+        self._per_record = any(part in transport.subject for part in ("{key}", "{shard}"))
+
+    def send_records(self, topic: str, records: Sequence[TopicRecord], encode: Callable[[list[TopicRecord]], bytes]) -> int:
+        """Publish ``records``: one message per subject (several when too big), each key's records in order."""
+        if self._closed.is_set():
+            raise OSError("nats sink connection closed")
+        transport = self.transport
+        groups: dict[str, list[TopicRecord]] = {}
+        if self._per_record:
+            subject_for = transport.subject_for
+            for record in records:
+                subject = subject_for(topic, record.key)
+                group = groups.get(subject)
+                if group is None:
+                    groups[subject] = [record]
+                else:
+                    group.append(record)
+        else:
+            groups[transport.subject_for(topic, "")] = list(records)
+        messages: list[tuple[str, bytes]] = []
+        for subject, group in groups.items():
+            self._encode(subject, group, encode, messages)
+        transport.publish(messages, self._closed)
+        return sum(len(data) for _, data in messages)
+
+    def _encode(
+        self, subject: str, records: list[TopicRecord], encode: Callable[[list[TopicRecord]], bytes], out: list[tuple[str, bytes]]
+    ) -> None:
+        data = encode(records)
+        if len(data) <= self.transport.max_message_bytes:
+            if data:
+                out.append((subject, data))
+            return
+        if len(records) == 1:
+            self.transport.dropped += 1
+            self.transport._log("%s: a record of %d bytes exceeds max_message_bytes: dropped", self.transport.description, len(data))
+            return
+        half = len(records) // 2
+        self._encode(subject, records[:half], encode, out)
+        self._encode(subject, records[half:], encode, out)
+
+    def sendall(self, data: bytes) -> None:
+        """Publish framed bytes as one message (only for a subject without ``{topic}``, ``{key}`` or ``{shard}``)."""
+        if "{" in self.transport.subject:
+            raise OSError(f"{self.transport.description}: a subject template needs records (send_records)")
+        self.transport.publish([(self.transport.subject, data)])
+
+    def recv(self, max_bytes: int = 65536) -> bytes:
+        """Nothing comes back on a sink connection: waits until closed, then ``b""``."""
+        self._closed.wait()
+        return b""
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class _DurableConsumer:
+    """Acknowledgement and redelivery bookkeeping of one JetStream source (gevent side)."""
+
+    def __init__(self, transport: NatsTransport, source: Source) -> None:
+        self.transport = transport
+        self.source = source
+        self.topic = source.topic
+        name = f"{transport.stream}.{transport.durable}.{self.topic.name}"
+        self.state_path = transport.state_dir / f"{encode_key(name)}.json"
+        self.settled = 0
+        """Records of this source whose publish returned."""
+        self.max_stored = 0
+        """Highest stream sequence whose records are all stored."""
+        self.retry: set[int] = set()
+        self.skip = 0
+        self.pending: collections.deque[tuple[int, int, list[Any]]] = collections.deque()
+        self.inflight: dict[int, list[Any]] = {}
+        self.failed: collections.deque[tuple[int, int]] = collections.deque()
+        self.to_ack: list[Any] = []
+        self.to_nak: list[Any] = []
+        self._stream_created: str | None = None
+        self._last_topic_seq = 0
+
+    def on_stream(self, created: str) -> None:
+        """The stream is known (its creation time): resume from the state file if it belongs to it."""
+        self._stream_created = created
+        state = self._read_state()
+        if not state or state.get("created") != created or state.get("epoch") != self.topic.epoch:
+            if state:
+                log.info("%s: state %s is for another stream or epoch; starting afresh", self.transport.description, self.state_path)
+            return
+        self.max_stored = int(state.get("stream_seq", 0))
+        self.retry = {int(s) for s in state.get("retry", [])}
+        topic_seq = int(state.get("topic_seq", 0))
+        self._last_topic_seq = topic_seq
+        if self.topic.last_seq > topic_seq:
+            try:
+                self.skip = len(self.topic.query(TopicQuery(since_seq=topic_seq, limit=MAX_QUERY)).records)
+            except Exception as exc:  # noqa: BLE001 - cannot count: store again rather than lose
+                log.warning("%s: cannot count records stored after seq %d: %s", self.transport.description, topic_seq, exc)
+        log.info(
+            "%s: resuming after stream seq %d (topic seq %d; %d records stored beyond it are skipped in redeliveries)",
+            self.transport.description, self.max_stored, topic_seq, self.skip,
+        )  # fmt: skip
+
+    def take(self, msg: Any) -> None:
+        transport = self.transport
+        try:
+            seq = int(msg.metadata.sequence.stream)
+        except Exception:  # noqa: BLE001 - not a JetStream message (cannot happen on a pull subscription)
+            transport.ingest(msg.data, msg.subject)
+            return
+        copies = self.inflight.get(seq)
+        if copies is not None:  # redelivered while its first delivery is still on the way to storage
+            copies.append(msg)
+            transport.redeliveries_skipped += 1
+            return
+        if seq <= self.max_stored and seq not in self.retry:
+            transport.redeliveries_skipped += 1
+            self._send([msg], nak=False)
+            return
+        self.retry.discard(seq)
+        skip = self.skip
+        if skip and seq > self.max_stored:
+            held = transport.ingest(msg.data, msg.subject, skip=skip)
+            self.skip = max(0, skip - held)
+            if held and held <= skip:
+                transport.redeliveries_skipped += 1
+        else:
+            transport.ingest(msg.data, msg.subject)
+        copies = [msg]
+        self.inflight[seq] = copies
+        self.pending.append((self.source.records, seq, copies))
+        self._settle(None)
+
+    def on_published(self, records: Sequence[TopicRecord], ok: bool) -> None:
+        """``Source.published_hooks``: a batch of this source's records was published (stored when ``ok``)."""
+        before = self.settled
+        self.settled += len(records)
+        if not ok:
+            self.failed.append((before, self.settled))
+        elif records:
+            self._last_topic_seq = int(getattr(records[-1], "seq", self._last_topic_seq) or self._last_topic_seq)
+        self._settle(self._last_topic_seq if ok else None)
+
+    def _settle(self, topic_seq: int | None) -> None:
+        pending = self.pending
+        settled = self.settled
+        stored_any = False
+        while pending and pending[0][0] <= settled:
+            threshold, seq, copies = pending.popleft()
+            self.inflight.pop(seq, None)
+            while self.failed and self.failed[0][1] < threshold:
+                self.failed.popleft()
+            if self.failed and self.failed[0][0] < threshold <= self.failed[0][1]:
+                self.retry.add(seq)
+                self.to_nak.extend(copies)
+            else:
+                self.max_stored = max(self.max_stored, seq)
+                self.to_ack.extend(copies)
+                stored_any = True
+        if stored_any:
+            self._write_state()
+        self.flush_acks()
+
+    def flush_acks(self) -> None:
+        if self.to_ack:
+            msgs, self.to_ack = self.to_ack, []
+            self._send(msgs, nak=False)
+        if self.to_nak:
+            msgs, self.to_nak = self.to_nak, []
+            self._send(msgs, nak=True)
+
+    def _send(self, msgs: list[Any], nak: bool) -> None:
+        if not nak:
+            self.transport.acked += len(msgs)
+        BUS.call(self.transport._ack, msgs, nak)
+
+    def _read_state(self) -> dict[str, Any] | None:
+        try:
+            value = json.loads(self.state_path.read_text("utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable state %s (%s); starting afresh", self.transport.description, self.state_path, exc)
+            return None
+        return value if isinstance(value, dict) else None
+
+    def _write_state(self) -> None:
+        if self._stream_created is None:
+            return
+        state = {
+            "stream": self.transport.stream,
+            "durable": self.transport.durable,
+            "created": self._stream_created,
+            "epoch": self.topic.epoch,
+            "stream_seq": self.max_stored,
+            "topic_seq": self._last_topic_seq,
+            "retry": sorted(self.retry),
+        }
+        path = self.state_path
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(state), "utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.transport._log("%s: cannot write state %s: %s", self.transport.description, path, exc)
+
+
+# --- gauss-quotes-gen --target nats://... --------------------------------------------
+
+
+class SubjectWire:
+    """Wraps the generator's wire format: a batch becomes one message per ``quotes.<SYMBOL>``."""
+
+    def __init__(self, wire: Any, prefix: str = "quotes") -> None:
+        self.wire = wire
+        self.prefix = prefix
+
+    def encode(self, quotes: Sequence[dict[str, Any]]) -> list[tuple[str, bytes]]:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for quote in quotes:
+            groups.setdefault(str(quote.get("symbol", "")), []).append(quote)
+        return [(f"{self.prefix}.{encode_key(symbol) or '_'}", self.wire.encode(group)) for symbol, group in groups.items()]
+
+
+class NatsSender:
+    """The generator's sender for ``--target nats://HOST:PORT``: publishes each message, flushes each batch.
+
+    Runs its own asyncio loop in the calling thread (the generator is not a
+    gevent program). A batch is flushed (a round trip) before ``send``
+    returns, so the generator goes no faster than the server takes it.
+    """
+
+    def __init__(self, url: str, *, out: Any = None) -> None:
+        self.url = url
+        rest = url.split("://", 1)[-1]
+        host, _, port = rest.partition(":")
+        self.host = host or "127.0.0.1"
+        self.port = int(port or 4222)
+        self.errors = 0
+        self._out = out
+        self._loop = asyncio.new_event_loop()
+        self._nc: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def _connect(self, deadline: float | None) -> Any:
+        nats = _import_client()
+        backoff = 0.05
+        while True:
+            try:
+                self._nc = self._loop.run_until_complete(
+                    nats.connect(servers=[self.url], max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2)
+                )
+                return self._nc
+            except Exception as exc:  # noqa: BLE001 - not reachable yet
+                self.errors += 1
+                if self._out is not None and self.errors in (1, 10, 100):
+                    print(f"gauss-quotes-gen: cannot connect to {self.url}: {exc}; retrying", file=self._out, flush=True)
+                if deadline is not None and time.monotonic() + backoff > deadline:
+                    raise OSError(f"cannot connect to {self.url}: {exc}") from None
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def send(self, messages: list[tuple[str, bytes]], deadline: float | None = None) -> None:
+        nc = self._nc if self._nc is not None else self._connect(deadline)
+
+        async def publish() -> None:
+            for subject, data in messages:
+                await nc.publish(subject, data)
+            await nc.flush(timeout=10)
+
+        while True:
+            try:
+                self._loop.run_until_complete(publish())
+                return
+            except Exception as exc:  # noqa: BLE001 - disconnected: nats-py reconnects, the batch is sent again
+                self.errors += 1
+                if self._out is not None and self.errors in (1, 10, 100):
+                    print(f"gauss-quotes-gen: publish failed: {exc}; retrying", file=self._out, flush=True)
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self._nc is not None:
+            try:
+                self._loop.run_until_complete(self._nc.drain())
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
+            self._nc = None
+        self._loop.close()
+
+
+# --- factory -------------------------------------------------------------------------
+
+
+def create(table: dict[str, Any]) -> NatsTransport:
+    """Create a ``nats`` transport from its table (SPEC section 7).
+
+    Options: ``url`` (default nats://127.0.0.1:4222), ``subject`` (required;
+    a source may use wildcards, a sink ``{topic}``, ``{key}``, ``{shard}``),
+    ``stream`` and ``durable`` (together: a JetStream durable consumer; a
+    sink's ``stream`` is only created when missing), ``stream_subjects``
+    (default ``[subject]``), ``shards`` (default 1), ``batch`` (messages per
+    fetch, 256), ``max_ack_pending`` (10000), ``ack_wait_s`` (30),
+    ``queue_size`` (messages handed to gevent at most, 1024),
+    ``reconnect_min`` / ``reconnect_max`` (0.1 / 1.0 s), ``max_message_bytes``
+    (1 MiB) and ``state_dir`` (default ``nats-state``, beside the config file).
+    """
+    opts = Options(table)
+    url = opts.str("url", DEFAULT_URL)
+    if not url.startswith(("nats://", "tls://")):
+        raise ConfigError("url", f"must be a nats:// or tls:// URL, got {url!r}")
+    subject = opts.str("subject")
+    if any(c.isspace() for c in subject):
+        raise ConfigError("subject", f"must not contain white space, got {subject!r}")
+    stream = opts.str("stream", None)
+    durable = opts.str("durable", None)
+    if durable is not None and stream is None:
+        raise ConfigError("durable", "needs a 'stream' (a JetStream durable consumer reads one stream)")
+    if durable is not None and any(c in durable for c in ".*> \t"):
+        raise ConfigError("durable", f"must not contain '.', '*', '>' or white space, got {durable!r}")
+    reconnect_min = opts.float("reconnect_min", 0.1, min=0.001)
+    transport = NatsTransport(
+        url,
+        subject,
+        stream=stream,
+        durable=durable,
+        stream_subjects=opts.str_list("stream_subjects", None),
+        shards=opts.int("shards", 1, min=1, max=1 << 16),
+        batch=opts.int("batch", 256, min=1, max=100_000),
+        max_ack_pending=opts.int("max_ack_pending", 10_000, min=1),
+        ack_wait_s=opts.float("ack_wait_s", 30.0, min=0.1),
+        queue_size=opts.int("queue_size", 1024, min=1),
+        reconnect_min=reconnect_min,
+        reconnect_max=opts.float("reconnect_max", 1.0, min=reconnect_min),
+        max_message_bytes=opts.int("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, min=64),
+        state_dir=opts.path("state_dir", "nats-state"),
+    )
+    opts.done()
+    if "{shard}" in subject and transport.shards == 1 and not opts.has("shards"):
+        log.debug("nats subject %s names {shard} with shards = 1", subject)
+    return transport
