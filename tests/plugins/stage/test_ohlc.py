@@ -246,3 +246,64 @@ def test_many_symbols_publish_grouped_per_timeframe(context: Any) -> None:
         assert len({(r.key, r.ts_ms) for r in batch}) == len(batch)
     assert per_topic == {"ohlc.1s": 1, "ohlc.1m": 1}
     assert len(context.records("ohlc.1s")) == 50
+
+
+class CandleContext:
+    """A RecoveryContext over plain dicts: candle topics upsert by (key, ts_ms)."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, dict[tuple[str, int], dict[str, Any]]] = defaultdict(dict)
+        self.published: list[tuple[str, TopicRecord]] = []
+
+    def publish(self, topic: str, records: Any) -> None:
+        for record in records:
+            self.published.append((topic, record))
+            self.topics[topic][(record.key, record.ts_ms)] = record.data
+
+    def query(self, topic: str, query: Any, /) -> Any:
+        from gauss.records import QueryResult
+
+        found = [TopicRecord(ts, key, data, 1) for (key, ts), data in self.topics[topic].items() if query.matches(TopicRecord(ts, key, data, 1))]
+        found.sort(key=lambda r: r.ts_ms)
+        return QueryResult(found[-query.limit :], len(found) > query.limit)
+
+
+def test_symbols_beyond_max_keys_evict_the_idle_longest_after_publishing_its_open_candle() -> None:
+    processor = OhlcProcessor(["1m"], max_keys=2)
+    context = CandleContext()
+    base = 1_732_406_400_000
+    processor.process("q", [quote("A", base, 1.0), quote("B", base + 1, 2.0)], context)
+    processor.process("q", [quote("A", base + 2, 1.5)], context)  # B is now idle longest
+    assert context.published == []
+    processor.process("q", [quote("C", base + 3, 3.0)], context)
+    assert [(t, r.key, r.data["ticks"]) for t, r in context.published] == [("ohlc.1m", "B", 1)]
+    assert processor.evicted_keys == 1 and processor._aggregator.key_count == 2
+    processor.process("q", [quote("B", base + 4, 5.0)], context)  # B starts afresh, A is evicted
+    processor.flush(context)
+    candles = context.topics["ohlc.1m"]
+    assert candles[("A", base)]["ticks"] == 2 and candles[("B", base)]["open"] == pytest.approx(5.0001)
+    assert processor.evicted_keys == 2
+
+
+def test_recover_rebuilds_state_and_republishes_only_what_was_lost() -> None:
+    rng = random.Random(7)
+    stream = random_stream(rng, 400)
+    labels = ["1s", "1m"]
+    survivor = OhlcProcessor(labels)
+    context = CandleContext()
+    for i in range(0, 300, 25):
+        survivor.process("q", stream[i : i + 25], context)
+    survivor.flush(context)
+    survivor.process("q", stream[300:350], context)  # the crash: these candles never left the processor
+    published_before = len(context.published)
+    restarted = OhlcProcessor(labels)
+    restarted.recover(iter(stream[:350]), context)
+    restarted.flush(context)  # the re-derived open candles go out like live ones
+    republished = context.published[published_before:]
+    assert republished, "the candles of the last batch were lost and must be re-derived"
+    assert len(republished) < len({(t, r.key, r.ts_ms) for t, r in context.published[:published_before]})
+    restarted.process("q", stream[350:], context)
+    restarted.flush(context)
+    want, _ = naive_candles(stream, labels, 2)
+    got = {(t.removeprefix("ohlc."), key, ts): data for t, series in context.topics.items() for (key, ts), data in series.items()}
+    assert got == want
