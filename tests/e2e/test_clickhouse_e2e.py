@@ -435,11 +435,18 @@ def test_clickhouse_outage_mid_stream_loses_no_accepted_quote(tmp_path: Path, cl
         wait_until(lambda: feeder.sent >= at_stop + 1000 or not feeder.is_alive(), "quotes during the outage")
         health = storage_health(api)
         assert health[("healthy", "quotes.ch")] == 0.0 and health[("buffered_records", "quotes.ch")] > 0
-        # Meanwhile a query of the ClickHouse topic fails cleanly; the memory topic still answers.
-        with pytest.raises(urllib.error.HTTPError) as failed:
-            get_json(api, "/api/topics/quotes.ch", limit=10)
-        assert failed.value.code >= 500 and "error" in json.loads(failed.value.read())
+        # Meanwhile the ClickHouse topics answer 503 with a message (SPEC 4); the memory topic still answers,
+        # and the listing names every topic, the ClickHouse ones with records null and the error.
+        for path in ("/api/topics/quotes.ch", "/api/topics/quotes.ch/keys", "/api/topics/ohlc.1m/latest"):
+            with pytest.raises(urllib.error.HTTPError) as failed:
+                get_json(api, path)
+            assert failed.value.code == 503, path
+            assert json.loads(failed.value.read())["error"].startswith("storage unavailable: "), path
         assert len(get_json(api, "/api/topics/quotes.raw", limit=10)["records"]) == 10
+        listing = {t["name"]: t for t in get_json(api, "/api/topics")}
+        for name in ("quotes.ch", "ohlc.1m"):
+            assert listing[name]["records"] is None and listing[name]["error"].startswith("storage unavailable"), name
+        assert listing["quotes.raw"]["records"] >= at_stop and "error" not in listing["quotes.raw"]
         clickhouse.start()
         at_start = feeder.sent
         wait_until(lambda: feeder.sent >= at_start + 1000 or not feeder.is_alive(), "quotes after the outage")
