@@ -122,6 +122,9 @@ class Page:
         self.page = page
         self.console_errors: list[str] = []
         self.failed_requests: list[str] = []
+        self.requested: list[str] = []
+        page.on("request", lambda r: self.requested.append(r.url))
+        page.on("websocket", lambda ws: self.requested.append(ws.url))
         page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text))
         page.on("pageerror", lambda e: self.console_errors.append(f"uncaught: {e}"))
         page.on("requestfailed", lambda r: self.failed_requests.append(f"{r.url}: {r.failure}"))

@@ -94,6 +94,10 @@ def test_page_loads_clean_lists_symbols_and_charts_what_rest_holds(
     for p in (page, linked):
         assert p.console_errors == []
         assert p.failed_requests == []
+        # Nothing from the internet: every request (page, modules, library, REST, /ws) goes to the server.
+        origins = {url.split("/", 3)[2] for url in p.requested}
+        assert origins == {f"127.0.0.1:{dashboard.api_port}"}, origins
+        assert any(url.startswith(f"ws://127.0.0.1:{dashboard.api_port}/ws") for url in p.requested)
 
 
 def test_a_new_high_moves_the_live_bar_in_place_and_the_next_bucket_adds_one_bar(
