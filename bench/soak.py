@@ -197,7 +197,7 @@ class Clients:
 
         url = f"ws://127.0.0.1:{self.api_port}/ws"
         what = f"ws {behaviour}"
-        options: dict[str, Any] = {"timeout": 10}
+        options: dict[str, Any] = {"timeout": 2}
         if behaviour == "stall":
             options["sockopt"] = ((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),)
         conn = websocket.create_connection(url, **options)
@@ -212,7 +212,10 @@ class Clients:
             else:
                 until = time.monotonic() + rng.uniform(2, 8)
                 while time.monotonic() < until and not self.stop.is_set():
-                    message = conn.recv()
+                    try:
+                        message = conn.recv()
+                    except websocket.WebSocketTimeoutException:
+                        continue
                     self.stats.add("received", what, len(message))
             self.stats.add("cycles", what)
         finally:
@@ -220,7 +223,7 @@ class Clients:
 
     def _tcp_cycle(self, rng: random.Random, behaviour: str) -> None:
         what = f"tcp {behaviour}"
-        sock = socket.create_connection(("127.0.0.1", self.sink_port), timeout=10)
+        sock = socket.create_connection(("127.0.0.1", self.sink_port), timeout=2)
         try:
             if behaviour == "churn":
                 self.stats.add("cycles", what)
@@ -231,7 +234,10 @@ class Clients:
             else:
                 until = time.monotonic() + rng.uniform(2, 8)
                 while time.monotonic() < until and not self.stop.is_set():
-                    data = sock.recv(65536)
+                    try:
+                        data = sock.recv(65536)
+                    except TimeoutError:
+                        continue
                     if not data:
                         break
                     self.stats.add("received", what, len(data))
@@ -324,6 +330,10 @@ def judge(samples: list[Sample], warmup: float, rate: float, stall_max: float) -
     return failures
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load (default 60)")
@@ -339,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="client behaviour seed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (config, data, server log)")
     args = parser.parse_args(argv)
+    # SIGTERM (and SIGINT, which a background job may have ignored) stop the run with the usual clean-up
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
     warmup = args.duration * 0.1 if args.warmup is None else args.warmup
     stall_max = min(60.0, args.duration / 6) if args.stall_max is None else args.stall_max
 
@@ -417,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             print(row(sample), flush=True)
     except RuntimeError as exc:
         failures.append(str(exc))
+    except KeyboardInterrupt as exc:
+        failures.append(f"interrupted ({exc}) after {len(samples)} samples")
     finally:
         if clients is not None:
             clients.join()
