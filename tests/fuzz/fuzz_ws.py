@@ -157,28 +157,40 @@ def _publish(hub: Hub, n: int) -> None:
     hub.publish("ohlc.1m", candles)
 
 
-_VALUES = (
-    0, 1, -1, 5, 999_999, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 10**30, 1e30, -1e30, 1.5, 1e300,
-    "5", "", True, False, None, [], {}, [1], {"a": 1}, T0, T0 + 5_000,
+_HOSTILE = (
+    0, 1, -1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 10**30, 1e30, -1e30, 1.5, 1e300,
+    "5", "", True, False, None, [], {}, [1], {"a": 1}, "quotes.raw" * 40, "é" * 30,
 )  # fmt: skip
-_FIELDS = ("topic", "key", "policy", "id", "since_seq", "since_ts", "epoch", "from", "to", "limit", "bogus")
-_CHOICES: dict[str, tuple[Any, ...]] = {
-    "action": ("subscribe", "unsubscribe", "query", "publish", "", None, 3, ["subscribe"]),
-    "topic": ("quotes.raw", "ohlc.1m", "ohlc.5m", "nope", "", None, 7, "quotes.raw" * 40),
-    "key": ("EURUSD", "USDJPY", "nope", "", None, 7, "é" * 30),
-    "policy": ("drop", "drop_oldest", "conflate", "back_pressure", "bogus", None, 1),
-    "epoch": ("", "x", None, 5),
+_PLAUSIBLE: dict[str, tuple[Any, ...]] = {
+    "action": ("subscribe", "unsubscribe", "query", "publish"),
+    "topic": ("quotes.raw", "ohlc.1m", "ohlc.5m", "nope"),
+    "key": ("EURUSD", "USDJPY", "nope"),
+    "policy": ("drop", "drop_oldest", "conflate", "back_pressure", "bogus"),
+    "id": (1, 2, "a", None),
+    "since_seq": (0, 1, 5, 19, 20, 25, 10_000),
+    "since_ts": (T0, T0 + 5_000, T0 + 30_000, 0),
+    "epoch": ("", "x"),
+    "from": (T0, T0 + 5_000, T0 + 10**9),
+    "to": (T0, T0 + 10_000, T0 + 10**9),
+    "limit": (1, 3, 100, 100_000, 100_001),
+    "bogus": (1,),
 }
+_OPTIONAL = ("key", "policy", "id", "since_seq", "since_ts", "epoch", "from", "to", "limit", "bogus")
+
+
+def _value(inp: FuzzInput, name: str) -> Any:
+    """Mostly a plausible value of field ``name``, sometimes a hostile one of any type."""
+    return inp.choice(_PLAUSIBLE[name]) if inp.int(0, 3) != 3 else inp.choice(_HOSTILE)
 
 
 def _structured_message(inp: FuzzInput) -> bytes:
-    message: dict[str, Any] = {"action": inp.choice(_CHOICES["action"])}
-    for _ in range(inp.int(0, 5)):
-        name = inp.choice(_FIELDS)
-        options = _CHOICES.get(name, _VALUES)
-        message[name] = inp.choice(options) if inp.int(0, 3) else inp.choice(_VALUES)
-    if inp.int(0, 7) == 0:
-        del message["action"]
+    message: dict[str, Any] = {}
+    for name in ("action", "topic"):
+        if inp.int(0, 7) != 7:  # present unless asked otherwise (an input's zero tail means "plausible")
+            message[name] = _value(inp, name)
+    for _ in range(inp.int(0, 4)):
+        name = inp.choice(_OPTIONAL)
+        message[name] = _value(inp, name)
     return json.dumps(message).encode()
 
 
