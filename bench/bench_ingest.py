@@ -8,7 +8,10 @@ Runs, in one invocation and against the same pre-generated quotes:
    ``json.loads`` each, appends it to a list, updates per-symbol OHLC dicts for
    the same 8 timeframes;
 3. Gauss on the full default ``config.toml`` (adds the fan-out sink on 9300,
-   with no client).
+   with no client, the loopbacks and the tick log of ``quotes.raw``);
+4. with ``--fsync`` (or ``--only fsync``): the default ``config.toml`` without its
+   tick log (as before issue 10) and with it under each fsync policy, ``never``,
+   ``interval`` (the default) and ``always``.
 
 Quotes are sent by a separate process over one connection. The time runs from
 the connection until the N-th quote is in ``quotes.raw`` (Gauss) or processed
@@ -191,6 +194,19 @@ def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str,
     return {"rate": n / elapsed, "peak": peak_rss_bytes(), "per_quote": per_quote, "with_ohlc": n / drained}
 
 
+def tick_log_variant(config_file: Path, out: Path, policy: str | None) -> Path:
+    """``config_file`` with the tick log's fsync set to ``policy``, or without the tick log (None)."""
+    text = config_file.read_text()
+    journal = re.compile(r'^journal = \{ type = "raw-file".*$', re.M)
+    assert journal.search(text), f"{config_file} has no tick log to vary"
+    if policy is None:
+        text = journal.sub("", text)
+    else:
+        text = journal.sub(lambda m: re.sub(r'fsync = "\w+"', f'fsync = "{policy}"', m.group(0)), text)
+    out.write_text(text)
+    return out
+
+
 def run_gauss_process(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str, float]:
     workdir.mkdir()
     out = subprocess.run(
@@ -207,7 +223,8 @@ def main() -> None:
     parser.add_argument("--gauss-server", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--quotes", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    parser.add_argument("--only", choices=["ingest", "default", "naive"], help="run one part only")
+    parser.add_argument("--only", choices=["ingest", "default", "naive", "fsync"], help="run one part only")
+    parser.add_argument("--fsync", action="store_true", help="also run the default config per tick-log fsync policy")
     args = parser.parse_args()
     if args.naive_server:
         naive_server(args.naive_server, args.n)
@@ -236,10 +253,15 @@ def main() -> None:
             rows.append(("gauss bench/ingest.toml", run_gauss_process(HERE / "ingest.toml", quotes, args.n, work / "ingest")))
         if args.only in (None, "default"):
             rows.append(("gauss config.toml (full)", run_gauss_process(REPO / "config.toml", quotes, args.n, work / "default")))
-    print(f"{'server':<28} {'quotes/s':>12} {'incl. OHLC drain':>17} {'peak RSS':>10} {'bytes/quote':>12}")
+        if args.only == "fsync" or (args.only is None and args.fsync):
+            for policy in (None, "never", "interval", "always"):
+                variant = tick_log_variant(REPO / "config.toml", work / f"config.{policy or 'nolog'}.toml", policy)
+                label = "config.toml, no tick log" if policy is None else f"config.toml, tick log {policy}"
+                rows.append((label, run_gauss_process(variant, quotes, args.n, work / f"fsync-{policy or 'nolog'}")))
+    print(f"{'server':<32} {'quotes/s':>12} {'incl. OHLC drain':>17} {'peak RSS':>10} {'bytes/quote':>12}")
     for name, r in rows:
         drain = f"{r['with_ohlc']:>17,.0f}" if "with_ohlc" in r else f"{'-':>17}"
-        print(f"{name:<28} {r['rate']:>12,.0f} {drain} {r['peak'] / 2**20:>8.0f}MB {r['per_quote']:>12.0f}")
+        print(f"{name:<32} {r['rate']:>12,.0f} {drain} {r['peak'] / 2**20:>8.0f}MB {r['per_quote']:>12.0f}")
     base = dict(rows).get("naive asyncio + json.loads")
     mine = dict(rows).get("gauss bench/ingest.toml")
     if base and mine:
