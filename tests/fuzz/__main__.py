@@ -156,10 +156,10 @@ def _have_atheris() -> bool:
     return True
 
 
-def run_target(name: str, seconds: int, engine: str, corpus_root: Path, artifacts: Path) -> dict[str, object]:
+def run_target(name: str, seconds: int, engine: str, corpus_root: Path, artifacts: Path, work: Path) -> dict[str, object]:
     corpus = corpus_root / name
-    known_path = artifacts / f"{name}.known.json"
-    log_path = artifacts / f"{name}.log"
+    known_path = work / f"{name}.known.json"
+    log_path = work / f"{name}.log"
     env = {**os.environ, "GAUSS_FUZZ_KNOWN": str(known_path), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, str(HERE), "--child", name, "--engine", engine, "--seconds", str(seconds),
                "--corpus", str(corpus), "--artifacts", str(artifacts)]  # fmt: skip
@@ -173,6 +173,8 @@ def run_target(name: str, seconds: int, engine: str, corpus_root: Path, artifact
     crashes = sorted(p for p in artifacts.iterdir() if re.match(r"(crash|timeout|oom|leak)-", p.name) and p.name not in _seen)
     _seen.update(p.name for p in crashes)
     known = json.loads(known_path.read_text()) if known_path.exists() else {}
+    if rc != 0 or crashes:
+        shutil.copy(log_path, artifacts / log_path.name)  # the failed invariant and its traceback
     return {"name": name, "rc": rc, "runs": runs[-1] if runs else 0, "wall": wall,
             "fuzz_s": max(int(done[-1]), 1) if done else seconds, "crashes": crashes,
             "known": known, "output": output, "corpus": len(list(corpus.iterdir())) if corpus.exists() else 0}  # fmt: skip
@@ -227,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         for name in names:
-            result = run_target(name, per_target, engine, corpus_root, artifacts)
+            result = run_target(name, per_target, engine, corpus_root, artifacts, temp)
             results.append(result)
             crashed = bool(result["crashes"]) or result["rc"] != 0
             known = ", ".join(f"{k} x{v}+" for k, v in sorted(result["known"].items())) or "-"  # type: ignore[attr-defined]
