@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import pytest
 import serve_helpers as serve
+import websocket
 from prometheus_client.parser import text_string_to_metric_families
 
 MINUTE = 60_000
@@ -479,3 +480,123 @@ def test_clickhouse_outage_mid_stream_loses_no_accepted_quote(tmp_path: Path, cl
         "SELECT count(), uniqExact(seq), min(seq), max(seq) FROM gauss.quotes FINAL WHERE topic = 'quotes.ch'"
     )
     assert rows.split() == [str(len(sent)), str(len(sent)), "1", str(len(sent))]
+
+
+# --- a batch ClickHouse refuses; a SIGKILL of gauss-serve -------------------------------
+
+
+def quotes_ch_config(directory: Path, ch_url: str, database: str, source: int, api: int, flush_interval: float) -> Path:
+    path = directory / "config.toml"
+    path.write_text(
+        f"""
+[api]
+port = {api}
+
+[[topics]]
+name = "quotes.raw"
+format = "quote"
+storage = {{ type = "memory", capacity = 100000 }}
+
+[[topics]]
+name = "quotes.ch"
+format = "quote"
+
+[topics.storage]
+type = "clickhouse"
+url = "{ch_url}"
+database = "{database}"
+flush_interval = {flush_interval}
+retry_min = 0.05
+retry_max = 0.5
+spool_dir = "spool"
+
+[[sources]]
+topic = "quotes.raw"
+transport = {{ type = "tcp-server", port = {source} }}
+
+[[processors]]
+type = "symbol-filter"
+topic = "quotes.raw"
+output = "quotes.ch"
+deny = ["-none-"]
+"""
+    )
+    return path
+
+
+def subscribed(api_port: int, topic: str) -> tuple[str, int]:
+    """``(epoch, last_seq)`` of ``topic`` as a WebSocket client learns them when it subscribes."""
+    conn = websocket.create_connection(f"ws://127.0.0.1:{api_port}/ws", timeout=10)
+    try:
+        conn.send(json.dumps({"action": "subscribe", "topic": topic}))
+        answer = json.loads(conn.recv())
+        return str(answer["epoch"]), int(answer["last_seq"])
+    finally:
+        conn.close()
+
+
+def test_a_batch_clickhouse_refuses_is_dead_lettered_and_the_next_is_stored(tmp_path: Path, clickhouse_server: Any) -> None:
+    database = f"e2e_{uuid.uuid4().hex[:12]}"
+    source, api_port = serve.free_port(), serve.free_port()
+    api = f"http://127.0.0.1:{api_port}"
+    server = serve.Server(quotes_ch_config(tmp_path, clickhouse_server.url, database, source, api_port, 0.1))
+    now = int(time.time() * 1000)
+    good = serve.quotes(SYMBOLS, now - 60_000, 30, 100)
+    # ClickHouse itself refuses any quote with a bid above 1000 (a CHECK in all but name): the old
+    # storage resent that batch forever and stored nothing after it.
+    clickhouse_server.query(f"ALTER TABLE {database}.quotes ADD COLUMN guard UInt8 MATERIALIZED throwIf(bid > 1000)")
+    refused = {**good[10], "bid": 5000.0, "ask": 5000.5}
+    sent = [*good[:10], refused, *good[10:]]
+    try:
+        for part in (sent[:10], [refused], sent[11:]):  # one batch each: the source reads each send apart
+            count = stored_count(api, "quotes.raw")
+            send(source, part)
+            wait_until(lambda count=count, part=part: stored_count(api, "quotes.raw") == count + len(part), "a batch")
+        wait_until(lambda: delivered(api, ["quotes.ch"]), "every batch handled")
+        health = storage_health(api)
+        assert health[("dead_letter_records", "quotes.ch")] == 1.0
+        assert health[("dead_letter_batches", "quotes.ch")] == 1.0
+        stored = get_json(api, "/api/topics/quotes.ch", limit=1000)["records"]
+        assert [r["data"] for r in stored] == [*good[:10], *good[10:]]
+        assert [r["seq"] for r in stored] == [*range(1, 11), *range(12, len(sent) + 1)]
+        assert "refused" in server.output() and "for good" in server.output()
+    finally:
+        assert server.terminate() == 0, server.output()
+    letters = list((tmp_path / "spool").rglob("dead-letter/*.rowbinary"))
+    assert [p.name.split("-")[0] for p in letters] == [f"{11:020d}"]
+    clickhouse_server.query(f"DROP DATABASE {database}")
+
+
+def test_sigkill_of_gauss_serve_keeps_what_clients_saw_under_the_same_epoch(tmp_path: Path, clickhouse_server: Any) -> None:
+    database = f"e2e_{uuid.uuid4().hex[:12]}"
+    source, api_port = serve.free_port(), serve.free_port()
+    api = f"http://127.0.0.1:{api_port}"
+    # No insert before the kill: what clients see comes from the spool alone.
+    config = quotes_ch_config(tmp_path, clickhouse_server.url, database, source, api_port, 3600.0)
+    now = int(time.time() * 1000)
+    sent = serve.quotes(SYMBOLS, now - 60_000, 200, 100)
+    server = serve.Server(config)
+    try:
+        send(source, sent)
+        wait_until(lambda: stored_count(api, "quotes.ch") == len(sent), "every quote visible")
+        seen = get_json(api, "/api/topics/quotes.ch", limit=1000)["records"]
+        epoch, last_seq = subscribed(api_port, "quotes.ch")
+        assert last_seq == len(sent)
+    finally:
+        server.proc.kill()
+        server.proc.wait(timeout=30)
+        server.log.close()
+    assert clickhouse_server.query(f"SELECT count() FROM {database}.quotes") == "0\n"
+    server = serve.Server(config)
+    try:
+        assert subscribed(api_port, "quotes.ch") == (epoch, len(sent)), "same epoch, same last seq"
+        wait_until(lambda: delivered(api, ["quotes.ch"]), "the spool delivered after the restart")
+        assert get_json(api, "/api/topics/quotes.ch", limit=1000)["records"] == seen
+        more = serve.quotes(SYMBOLS, now, 5, 100)
+        send(source, more)
+        wait_until(lambda: stored_count(api, "quotes.ch") == len(sent) + 5, "new quotes after the restart")
+        after = get_json(api, "/api/topics/quotes.ch", since_seq=len(sent), limit=1000)["records"]
+        assert [r["seq"] for r in after] == list(range(len(sent) + 1, len(sent) + 6)), "no seq handed out twice"
+    finally:
+        assert server.terminate() == 0, server.output()
+    clickhouse_server.query(f"DROP DATABASE {database}")

@@ -251,6 +251,8 @@ class ClickHouseStorage:
         self._write_state(clean=False)
         self._cache_spool()
         self.healthy = True
+        if self._spool.pending_records:
+            self._wake.set()  # what a previous run left goes out now, not a flush_interval later
         self._worker = threading.Thread(target=self._run, name=f"clickhouse-{topic}", daemon=True)
         self._worker.start()
         if self.fsync == "interval" and self._spool.durable:
