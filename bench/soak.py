@@ -309,6 +309,10 @@ def judge(samples: list[Sample], warmup: float, rate: float, stall_max: float) -
         last_max = max(getattr(s, name) for s in last)
         allowed = first_max + absolute + relative * first_max
         rising = slope([(s.t, getattr(s, name)) for s in last])
+        print(
+            f"rule: {name}: first third's max {first_max:.1f}, last third's max {last_max:.1f} "
+            f"(allowed {allowed:.1f}), last third's slope {rising:+.4f}/s"
+        )
         if last_max > allowed and rising > 0:
             failures.append(
                 f"{name}: last third's max {last_max:.1f} > first third's max {first_max:.1f} + tolerance "
@@ -322,6 +326,7 @@ def judge(samples: list[Sample], warmup: float, rate: float, stall_max: float) -
         before_rate = (kept[cut].dropped - kept[0].dropped) / max(kept[cut].t - kept[0].t, 1e-9)
         tail_rate = statistics.fmean(r for _, r in tail)
         allowed = 1.5 * before_rate + rate
+        print(f"rule: dropped: earlier rate {before_rate:.0f}/s, last third's rate {tail_rate:.0f}/s (allowed {allowed:.0f}/s)")
         if tail_rate > allowed and slope(tail) > 0 and before:
             failures.append(
                 f"dropped: last third's rate {tail_rate:.0f}/s > 1.5 x earlier rate {before_rate:.0f}/s + {rate:.0f}/s "
