@@ -60,7 +60,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import gevent
 import gevent.event
-from gauss_plugins.storage._keys import encode_key
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -79,6 +78,7 @@ __all__ = [
     "NatsSender",
     "SubjectWire",
     "fnv1a_32",
+    "subject_token",
     "shard_of",
     "create",
     "DEFAULT_URL",
@@ -105,6 +105,27 @@ def fnv1a_32(data: bytes) -> int:
 def shard_of(key: str, shards: int) -> int:
     """The shard of ``key``: FNV-1a 32 of its UTF-8 bytes modulo ``shards`` (SPEC section 7)."""
     return fnv1a_32(key.encode("utf-8", "surrogatepass")) % shards
+
+
+_SUBJECT_UNSAFE = frozenset(b" \t\r\n.*>%\x7f") | frozenset(range(0x20))
+
+
+def subject_token(key: str) -> str:
+    """``key`` as one subject token, escaped only where a token cannot carry it.
+
+    White space, control characters, ``.``, ``*``, ``>`` and ``%`` become
+    ``%XX``; everything else, UTF-8 included, stays, so the server's
+    ``partition()`` of a plain key hashes the same bytes as :func:`shard_of`.
+    """
+    raw = key.encode("utf-8", "surrogatepass")
+    if not raw:
+        return "_"
+    if not _SUBJECT_UNSAFE.intersection(raw):
+        return key
+    out = bytearray()
+    for b in raw:
+        out += f"%{b:02X}".encode("ascii") if b in _SUBJECT_UNSAFE else bytes((b,))
+    return out.decode("utf-8", "surrogatepass")
 
 
 def _import_client() -> Any:
@@ -307,7 +328,6 @@ class NatsTransport:
         self._out_room = gevent.event.Event()
         self._out_room.set()
         self._sink_conn: NatsSinkConnection | None = None
-        _TRANSPORTS.add(self)
 
     @property
     def description(self) -> str:
@@ -342,6 +362,7 @@ class NatsTransport:
         """Start without blocking: a source consumes messages, a sink gets a connection for ``handler``."""
         self._closing = False
         BUS.ensure()
+        _TRANSPORTS.add(self)  # in /metrics while serving (config validation builds throwaway instances)
         if self._source is not None:
             self._greenlets.append(gevent.spawn(self._take_loop))
             body = self._consume_js() if self.jetstream else self._consume_core()
@@ -372,6 +393,7 @@ class NatsTransport:
         for future in self._futures:
             future.cancel()
         self._futures = []
+        _TRANSPORTS.discard(self)
 
     # --- the bus side (runs in the bus thread) -------------------------------------
 
@@ -492,6 +514,8 @@ class NatsTransport:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - disconnected, server restarting: retry
+                if self._closing:
+                    return
                 self._log("%s: fetch failed (%s: %s); retrying", self.description, type(exc).__name__, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
@@ -634,7 +658,7 @@ class NatsTransport:
         if "{topic}" in subject:
             subject = subject.replace("{topic}", topic)
         if "{key}" in subject:
-            subject = subject.replace("{key}", encode_key(key) or "_")
+            subject = subject.replace("{key}", subject_token(key))
         if "{shard}" in subject:
             subject = subject.replace("{shard}", str(shard_of(key, self.shards)))
         return subject
@@ -710,8 +734,8 @@ class _DurableConsumer:
         self.transport = transport
         self.source = source
         self.topic = source.topic
-        name = f"{transport.stream}.{transport.durable}.{self.topic.name}"
-        self.state_path = transport.state_dir / f"{encode_key(name)}.json"
+        name = f"{transport.stream}-{transport.durable}-{self.topic.name}"
+        self.state_path = transport.state_dir / f"{subject_token(name).replace('/', '%2F')}.json"
         self.settled = 0
         """Records of this source whose publish returned."""
         self.max_stored = 0
@@ -867,7 +891,7 @@ class SubjectWire:
         groups: dict[str, list[dict[str, Any]]] = {}
         for quote in quotes:
             groups.setdefault(str(quote.get("symbol", "")), []).append(quote)
-        return [(f"{self.prefix}.{encode_key(symbol) or '_'}", self.wire.encode(group)) for symbol, group in groups.items()]
+        return [(f"{self.prefix}.{subject_token(symbol)}", self.wire.encode(group)) for symbol, group in groups.items()]
 
 
 class NatsSender:

@@ -1,0 +1,286 @@
+"""The ``nats`` transport against a real nats-server (Debian's, started per test with JetStream in tmp_path)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import gevent
+import pytest
+from engine_plugins import ListStorage, quote, wait_until
+from gauss_plugins.transport import nats as bus
+from gauss_plugins.transport.nats import fnv1a_32, shard_of, subject_token
+from nats_helpers import BusClient, NatsServer, quote_messages
+
+from gauss.core import TopicRecord
+from gauss.errors import ConfigError
+from gauss.hub import Hub
+from gauss.registry import create
+
+START = 1_732_406_400_000
+
+
+def source_table(server: NatsServer, tmp_path: Path, **transport: Any) -> dict[str, Any]:
+    table = {"type": "nats", "url": server.url, "subject": "q.>", "stream": "Q", "durable": "d1", "state_dir": str(tmp_path / "state")}
+    table.update(transport)
+    return table
+
+
+def quote_hub(tmp_path: Path, transport: dict[str, Any], storage: Any = "memory", **source: Any) -> Hub:
+    config = {
+        "hub": {"status_interval": 0},
+        "topics": [{"name": "quotes.raw", "format": "quote", "storage": storage}],
+        "sources": [{"topic": "quotes.raw", "transport": transport, "max_future_ms": False, **source}],
+    }
+    hub = Hub.from_config(config, base_dir=tmp_path)
+    hub.start()
+    return hub
+
+
+def stream_ready(client: BusClient, stream: str, durable: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        try:
+            client.consumer_info(stream, durable)
+        except Exception:  # noqa: BLE001 - not created yet
+            return False
+        return True
+
+    return ready
+
+
+def quotes_for(symbols: list[str], count: int) -> list[dict[str, Any]]:
+    return [quote(symbols[i % len(symbols)], 1.0 + i * 1e-6, 1.0001 + i * 1e-6, START + i) for i in range(count)]
+
+
+def stored(hub: Hub, topic: str = "quotes.raw") -> list[TopicRecord]:
+    records = hub.registry.get(topic).query(limit=100_000).records
+    return sorted(records, key=lambda r: r.seq)
+
+
+# --- pure functions ---------------------------------------------------------------------
+
+
+def test_fnv1a_32_known_vectors() -> None:
+    assert fnv1a_32(b"") == 0x811C9DC5
+    assert fnv1a_32(b"a") == 0xE40C292C
+    assert fnv1a_32(b"foobar") == 0xBF9CF968
+    assert shard_of("foobar", 7) == 0xBF9CF968 % 7
+
+
+def test_subject_token_escapes_only_what_a_subject_cannot_carry() -> None:
+    assert subject_token("EURUSD") == "EURUSD"
+    assert subject_token("BTC/USD") == "BTC/USD"
+    assert subject_token("€uro") == "€uro"
+    assert subject_token("BRK.B") == "BRK%2EB"
+    assert subject_token("a b*>%") == "a%20b%2A%3E%25"
+    assert subject_token("") == "_"
+
+
+def test_config_errors_name_the_option() -> None:
+    with pytest.raises(ConfigError, match="durable"):
+        create("transport", {"type": "nats", "subject": "q.>", "durable": "d"})
+    with pytest.raises(ConfigError, match="url"):
+        create("transport", {"type": "nats", "subject": "q.>", "url": "http://x"})
+    with pytest.raises(ConfigError, match="durable"):
+        create("transport", {"type": "nats", "subject": "q.>", "stream": "Q", "durable": "a.b"})
+    with pytest.raises(ConfigError, match="subject"):
+        create("transport", {"type": "nats"})
+    with pytest.raises(ConfigError, match="unknown option"):
+        create("transport", {"type": "nats", "subject": "q", "shard": 2})
+
+
+def test_a_jetstream_source_refuses_a_shedding_queue(nats_server: NatsServer, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="back_pressure"):
+        quote_hub(tmp_path, source_table(nats_server, tmp_path), policy="drop")
+
+
+# --- sinks: subjects and the server's partition() -------------------------------------------
+
+
+def test_sink_shard_subject_equals_the_server_partition(nats_server: NatsServer, tmp_path: Path) -> None:
+    keys = [f"K{i}" for i in range(300)] + ["EURUSD", "BTC/USD", "€uro", "x-y_z", "USD:JPY"]
+    config = {
+        "hub": {"status_interval": 0},
+        "topics": [{"name": "t", "storage": "memory"}],
+        "sinks": [{"topic": "t", "transport": {"type": "nats", "url": nats_server.url, "subject": "gauss.{topic}.{shard}.{key}", "shards": 7}}],
+    }
+    with BusClient(nats_server.url) as client:
+        mapped = client.subscribe("p7.*.*")
+        routed = client.subscribe("gauss.t.*.*")
+        client.publish([(f"p7.{key}", b"x") for key in keys])
+        hub = Hub.from_config(config, base_dir=tmp_path)
+        hub.start()
+        try:
+            wait_until(lambda: hub.sinks[0].transport.connected, what="sink connected")
+            hub.publish("t", [TopicRecord(START, key, {"k": key}) for key in keys])
+            wait_until(lambda: len(routed) == len(keys) and len(mapped) == len(keys), what="every key on both sides")
+        finally:
+            hub.stop()
+    server_shard = {subject.split(".", 2)[2]: int(subject.split(".")[1]) for subject, _ in mapped}
+    sink_shard = {json.loads(data)["k"]: int(subject.split(".")[2]) for subject, data in routed}
+    assert sink_shard == server_shard
+    assert sink_shard == {key: shard_of(key, 7) for key in keys}
+    assert len(set(sink_shard.values())) == 7
+
+
+def test_sink_routes_each_key_to_its_subject_in_order_several_records_a_message(nats_server: NatsServer, tmp_path: Path) -> None:
+    config = {
+        "hub": {"status_interval": 0},
+        "topics": [{"name": "ohlc.1m", "format": "any", "storage": "memory"}],
+        "sinks": [{"topic": "ohlc.1m", "transport": {"type": "nats", "url": nats_server.url, "subject": "gauss.{topic}.{key}"}}],
+    }
+    symbols = ["EURUSD", "GBPUSD", "USDJPY", "BRK.B"]
+    with BusClient(nats_server.url) as client:
+        got = client.subscribe("gauss.ohlc.1m.*")
+        hub = Hub.from_config(config, base_dir=tmp_path)
+        hub.start()
+        try:
+            wait_until(lambda: hub.sinks[0].transport.connected, what="sink connected")
+            for batch in range(20):
+                hub.publish("ohlc.1m", [TopicRecord(START + batch * 100 + i, symbols[i % 4], {"symbol": symbols[i % 4], "n": batch * 100 + i}) for i in range(100)])
+            wait_until(lambda: sum(data.count(b"\n") for _, data in got) == 2000, what="2000 records")
+        finally:
+            hub.stop()
+    per_key: dict[str, list[int]] = {}
+    for subject, data in got:
+        for line in data.splitlines():
+            record = json.loads(line)
+            assert subject == f"gauss.ohlc.1m.{subject_token(record['symbol'])}"
+            per_key.setdefault(record["symbol"], []).append(record["n"])
+    assert {k: len(v) for k, v in per_key.items()} == {s: 500 for s in symbols}
+    for numbers in per_key.values():
+        assert numbers == sorted(numbers)
+    assert len(got) < 2000  # several records a message
+
+
+# --- sources --------------------------------------------------------------------------------
+
+
+def test_core_source_takes_every_payload_of_every_message(nats_server: NatsServer, tmp_path: Path) -> None:
+    hub = quote_hub(tmp_path, {"type": "nats", "url": nats_server.url, "subject": "live.*"})
+    try:
+        wait_until(lambda: hub.sources[0].transport.connected, what="connected")
+        gevent.sleep(0.2)  # the subscription is made right after connecting
+        sent = quotes_for(["EURUSD", "GBPUSD"], 500)
+        with BusClient(nats_server.url) as client:
+            client.publish(quote_messages(sent, per_message=25, prefix="live"))
+        wait_until(lambda: hub.registry.get("quotes.raw").last_seq == 500, what="500 quotes")
+        assert sorted((r.key, r.ts_ms) for r in stored(hub)) == sorted((q["symbol"], q["ts_ms"]) for q in sent)
+    finally:
+        hub.stop()
+
+
+def test_jetstream_source_stores_each_message_once_and_acks_after_storage(nats_server: NatsServer, tmp_path: Path) -> None:
+    symbols = [f"S{i}" for i in range(5)]
+    sent = quotes_for(symbols, 2000)
+    with BusClient(nats_server.url) as client:
+        hub = quote_hub(tmp_path, source_table(nats_server, tmp_path, reconnect_max=0.2), storage="engine_plugins:create_storage")
+        try:
+            wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
+            storage = hub.registry.get("quotes.raw").storage
+            assert isinstance(storage, ListStorage)
+            storage.fail_appends = {1, 2}  # two batches refused: their messages must be redelivered, not acked
+            bad = b'{"symbol": "S0", "bid": "x"}\n'
+            client.publish([(s, data if i != 3 else bad + data) for i, (s, data) in enumerate(quote_messages(sent, 20, "q"))], stream_ack=True)
+            wait_until(lambda: len(storage.records) >= 2000, what="2000 quotes stored")
+            wait_until(lambda: client.consumer_info("Q", "d1").num_ack_pending == 0, what="every message acknowledged")
+            info = client.consumer_info("Q", "d1")
+            transport = hub.sources[0].transport
+        finally:
+            hub.stop()
+    keys = [(r.key, r.ts_ms) for r in storage.records]
+    assert len(keys) == len(set(keys)) == 2000
+    assert storage.appends >= 3
+    assert transport.messages > 100  # the refused messages came back (100 were published)
+    assert info.num_pending == 0
+    assert hub.sources[0].bad_frames >= 1  # counted at each delivery of its message
+    assert transport.acked >= 100
+
+
+def test_redeliveries_after_a_crash_are_not_stored_twice(nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that stored but never acknowledged (and whose state file lags) is restarted: nothing twice."""
+    symbols = [f"S{i}" for i in range(4)]
+    sent = quotes_for(symbols, 1200)
+    table = source_table(nats_server, tmp_path, ack_wait_s=1.0)
+    storage = {"type": "engine_plugins:create_storage", "durable": True}
+    writes: list[int] = []
+    real_write = bus._DurableConsumer._write_state
+
+    def lagging_write(self: Any) -> None:  # the state file stops after 3 writes: a crash just after storing
+        writes.append(self.max_stored)
+        if len(writes) <= 3:
+            real_write(self)
+
+    with BusClient(nats_server.url) as client:
+        monkeypatch.setattr(bus.NatsTransport, "_ack", lambda self, msgs, nak: None)  # acks lost
+        monkeypatch.setattr(bus._DurableConsumer, "_write_state", lagging_write)
+        hub = quote_hub(tmp_path, table, storage=storage)
+        try:
+            wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
+            messages = quote_messages(sent, 10, "q")
+            for start in range(0, len(messages), 10):  # 12 rounds: 12 stored batches, 12 state writes
+                client.publish(messages[start : start + 10], stream_ack=True)
+                target = 10 * (start + 10)
+                wait_until(lambda: hub.registry.get("quotes.raw").last_seq == target, what="the round stored")  # noqa: B023
+        finally:
+            hub.stop()
+        assert client.consumer_info("Q", "d1").num_ack_pending > 0
+        assert len(writes) > 3
+        monkeypatch.undo()
+        hub = quote_hub(tmp_path, table, storage=storage)
+        try:
+            wait_until(lambda: client.consumer_info("Q", "d1").num_ack_pending == 0, what="redeliveries acknowledged")
+            gevent.sleep(0.5)
+            records = stored(hub)
+            skipped = hub.sources[0].transport.redeliveries_skipped
+        finally:
+            hub.stop()
+    assert len(records) == 1200
+    for symbol in symbols:  # every quote once, each symbol's in the order sent
+        assert [r.ts_ms for r in records if r.key == symbol] == [q["ts_ms"] for q in sent if q["symbol"] == symbol]
+    assert skipped > 0
+
+
+def test_bus_connected_metric_follows_the_server_and_the_source_reconnects(nats_server: NatsServer, tmp_path: Path) -> None:
+    hub = quote_hub(tmp_path, source_table(nats_server, tmp_path, reconnect_max=0.2))
+
+    def connected() -> float | None:
+        for line in hub.metrics.exposition().decode().splitlines():
+            if line.startswith("gauss_bus_connected{") and "q.>" in line:
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    try:
+        with BusClient(nats_server.url) as client:
+            wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
+            client.publish(quote_messages(quotes_for(["A", "B"], 100), 10, "q"), stream_ack=True)
+        wait_until(lambda: hub.registry.get("quotes.raw").last_seq == 100, what="first 100")
+        assert connected() == 1.0
+        nats_server.stop()
+        wait_until(lambda: connected() == 0.0, what="disconnected in /metrics")
+        nats_server.start()
+        wait_until(lambda: connected() == 1.0, what="reconnected in /metrics")
+        with BusClient(nats_server.url) as client:
+            client.publish(quote_messages(quotes_for(["A", "B"], 300)[100:], 10, "q"), stream_ack=True)
+        wait_until(lambda: hub.registry.get("quotes.raw").last_seq == 300, what="300 after the restart")
+        assert len({(r.key, r.ts_ms) for r in stored(hub)}) == 300
+    finally:
+        hub.stop()
+
+
+def test_a_damaged_message_loses_only_itself(nats_server: NatsServer, tmp_path: Path) -> None:
+    table = source_table(nats_server, tmp_path)
+    hub = quote_hub(tmp_path, table, framing="length-prefixed", max_frame_bytes=1000)
+    try:
+        good = [quote("EURUSD", 1.0, 1.1, START + i) for i in range(3)]
+        framed = create("framing", {"type": "length-prefixed"}).encode([json.dumps(q).encode() for q in good])
+        with BusClient(nats_server.url) as client:
+            wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
+            client.publish([("q.a", b"\x00\x01\x00\x00" + b"x" * 10), ("q.a", framed[:-3]), ("q.a", framed)], stream_ack=True)
+            # the oversize one is dropped; the truncated one keeps its two complete frames
+            wait_until(lambda: hub.registry.get("quotes.raw").last_seq == 5, what="the good frames")
+            wait_until(lambda: client.consumer_info("Q", "d1").num_ack_pending == 0, what="all three acknowledged")
+        assert hub.sources[0].oversize == 1
+    finally:
+        hub.stop()
