@@ -7,6 +7,14 @@ on ``lines`` framing) raises one :class:`ConfigError` naming the file, the
 key path and the reason, e.g.
 ``config.toml: sources[0].framing.type: unknown framing 'line'; known: lines, length-prefixed``.
 
+A configuration *file* may refer to the environment in any string value
+(SPEC section 3): ``${NAME}`` is the value of ``NAME`` (unset: a
+``ConfigError`` naming the file, the key and the variable) and
+``${NAME:-default}`` is ``default`` where ``NAME`` is unset or empty;
+``$${`` writes a literal ``${``. Expansion happens once, right after the
+TOML is read, so every check below sees the expanded values; a value stays a
+string (``port = "${PORT}"`` is a string, and refused as a port).
+
 Validation builds every plugin once (and throws it away), so a plugin's
 own option checks run at load time too; factories must therefore be cheap
 and must not touch the network or the disk (storages do that in ``open``).
@@ -17,6 +25,8 @@ instances from them.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +36,7 @@ from gauss import registry
 from gauss.core import DEFAULT_MAX_FRAME_BYTES
 from gauss.errors import ConfigError
 from gauss.protocols import ReplayableStorage
-from gauss.quotes import DEFAULT_MAX_FUTURE_MS
+from gauss.quotes import DEFAULT_MAX_FUTURE_MS, DEFAULT_MAX_KEY_BYTES
 from gauss.records import DataFormat, OverflowPolicy
 from gauss.registry import Options
 
@@ -39,6 +49,7 @@ __all__ = [
     "ProcessorSpec",
     "SinkSpec",
     "load_config",
+    "expand_env",
     "DEFAULT_QUEUE_SIZE",
     "DEFAULT_MAX_INFLATE_BYTES",
 ]
@@ -164,6 +175,8 @@ class SourceSpec:
     base_dir: Path | None = None
     where: str = ""
     max_inflate_bytes: int = DEFAULT_MAX_INFLATE_BYTES
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
+    """The longest key (UTF-8 bytes) a record from this source may have (SPEC section 1)."""
 
     def _create(self, kind: str, table: Table, key: str) -> Any:
         with _config_dir(self.base_dir):
@@ -240,11 +253,57 @@ class GaussConfig:
 _TOP_KEYS = ("api", "hub", "topics", "sources", "processors", "sinks")
 
 
-def load_config(source: str | Path | Mapping[str, Any], *, base_dir: str | Path | None = None) -> GaussConfig:
+_REFERENCE = re.compile(r"\$\$\{|\$\{(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\})?")
+
+
+def expand_env(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
+    """``value`` (a parsed TOML table, list or value) with ``${NAME}`` references expanded.
+
+    Raises :class:`ConfigError` at the key path ``where`` for an unset
+    ``NAME`` without a default, or a ``${`` that is not a reference.
+    """
+    if isinstance(value, str):
+        if "${" not in value:
+            return value
+
+        def expand(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            name = match.group("name")
+            if name is None:
+                raise ConfigError(
+                    where, f"malformed reference in {value!r}: write ${{NAME}} or ${{NAME:-default}}, or $${{ for a literal ${{"
+                )
+            got = environ.get(name)
+            default = match.group("default")
+            if default is not None:
+                return got if got else default
+            if got is None:
+                raise ConfigError(
+                    where, f"environment variable {name} is not set (used as ${{{name}}}; ${{{name}:-default}} gives a default)"
+                )
+            return got
+
+        return _REFERENCE.sub(expand, value)
+    if isinstance(value, Mapping):
+        return {k: expand_env(v, environ, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, environ, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any],
+    *,
+    base_dir: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GaussConfig:
     """Read and validate a configuration file (path) or an already-parsed dict.
 
     Relative paths resolve against the file's directory, or ``base_dir``
-    (default: the working directory) for a dict. Raises :class:`ConfigError`.
+    (default: the working directory) for a dict. A file's ``${NAME}``
+    references are expanded from ``environ`` (default ``os.environ``); a
+    dict is taken as it is. Raises :class:`ConfigError`.
     """
     if isinstance(source, Mapping):
         file = None
@@ -263,6 +322,10 @@ def load_config(source: str | Path | Mapping[str, Any], *, base_dir: str | Path 
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("", f"invalid TOML: {exc}", file=file) from None
+        try:
+            data = expand_env(data, os.environ if environ is None else environ)
+        except ConfigError as exc:
+            raise exc.in_file(file) from None
         base = Path(base_dir).resolve() if base_dir is not None else path.resolve().parent
     try:
         return _parse(data, file, base)
@@ -421,12 +484,14 @@ def _parse_source(table: dict[str, Any], base: Path, where: str) -> SourceSpec:
     else:
         raise ConfigError("max_future_ms", f"must be a non-negative integer, or false to lift the check; got {max_future_raw!r}")
     check_prices = opts.bool("check_prices", True)
+    max_key_bytes = opts.int("max_key_bytes", DEFAULT_MAX_KEY_BYTES, min=1)
     dead_letter = opts.str("dead_letter", None)
     name = opts.str("name", None)
     opts.done()
     return SourceSpec(
         topic, transport, framing, codec, middleware, queue_size, policy, max_frame_bytes,
         max_future_ms, check_prices, dead_letter, name, base, where, max_inflate_bytes,
+        max_key_bytes=max_key_bytes,
     )  # fmt: skip
 
 

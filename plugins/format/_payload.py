@@ -2,9 +2,12 @@
 
 A codec turns a payload into ``TopicRecord(ts_ms=data[ts_field],
 key=data[key_field], data=data)`` (SPEC section 1). The key must be a
-non-empty string and the timestamp an integral, non-zero number (an empty
-symbol or a zero ``ts_ms`` counts as missing). Quote-specific checks are the
-source's job (:class:`gauss.quotes.QuoteCheck`), not the codec's.
+non-empty string and the timestamp an integer in
+:data:`gauss.quotes.TS_RANGE` (an empty symbol or a zero ``ts_ms`` counts as
+missing): the rule of :func:`gauss.quotes.check_ts`, which every codec's
+fast path applies as ``ts in TS_RANGE``. The key's length, finite numbers
+and the quote checks are the source's job (:mod:`gauss.quotes`), not the
+codec's.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from typing import Any
 
 from gauss.core import TopicRecord
-from gauss.quotes import as_int_ts
+from gauss.quotes import TS_RANGE, as_int_ts, check_ts
 from gauss.registry import Options
 
 __all__ = [
@@ -48,12 +51,13 @@ def make_record(data: Any, key_field: str, ts_field: str) -> TopicRecord:
             raise ValueError(f"key field {key_field!r} must be a string, got {key!r}")
         key = str(key)
     ts = data.get(ts_field)
-    if type(ts) is not int:
+    if type(ts) is not int or ts not in TS_RANGE:
         if ts is None:
             raise ValueError(f"missing timestamp field {ts_field!r}")
         ts = as_int_ts(ts)
-    if ts == 0:
-        raise ValueError(f"missing timestamp field {ts_field!r} (zero)")
+        if ts == 0:
+            raise ValueError(f"missing timestamp field {ts_field!r} (zero)")
+        ts = check_ts(ts, ts_field)
     return TopicRecord(ts, key, data)
 
 

@@ -32,6 +32,7 @@ from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_fi
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, DecodeError
+from gauss.quotes import TS_RANGE
 from gauss.records import Rejected
 from gauss.registry import Options
 from gauss.resources import resource_path
@@ -248,7 +249,7 @@ class AvroCodec:
                 if datum is not None:
                     symbol = datum["symbol"]
                     ts = datum["ts_ms"]
-                    if symbol and ts:
+                    if symbol and ts in TS_RANGE:  # else make_record explains
                         append(TopicRecord(ts, symbol, datum))
                         continue
             try:

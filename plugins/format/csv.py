@@ -28,6 +28,7 @@ from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_fi
 
 from gauss.core import QUOTE_FIELDS, TopicRecord
 from gauss.errors import ConfigError, DecodeError
+from gauss.quotes import TS_RANGE
 from gauss.records import Rejected
 from gauss.registry import Options
 
@@ -108,7 +109,7 @@ def _read_quote(payload: bytes) -> TopicRecord | None:
         ts = int(ts_text)
     except ValueError:
         return None
-    if not ts:
+    if ts not in TS_RANGE:  # zero or past 9999: the general path explains
         return None
     data = {
         "symbol": symbol,

@@ -16,9 +16,10 @@ own: one bad frame costs nothing for the others, by construction.
 PERF: :meth:`JsonCodec.decode_quotes` is the fused path a source takes for
 a quote topic: a typed ``msgspec`` decoder (:class:`QuoteStruct`) checks the
 field types in C (192 ns a quote against 395 ns untyped, and no per-field
-Python afterwards), then only the finite/positive/future checks run here.
-A frame the typed decoder or those checks refuse goes through the generic
-path (:meth:`JsonCodec.decode` + :class:`~gauss.quotes.QuoteCheck`), which
+Python afterwards), then :meth:`~gauss.quotes.QuoteCheck.quote` applies the
+rules of SPEC section 1 (the same call the generic path makes). A frame the
+typed decoder or those rules refuse goes through the generic path
+(:meth:`JsonCodec.decode` + :class:`~gauss.quotes.QuoteCheck`), which
 decides and explains, so both paths accept and reject exactly the same
 frames and the reject reasons stay those of the generic path.
 """
@@ -26,7 +27,6 @@ frames and the reject reasons stay those of the generic path.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Sequence
 
 import msgspec
@@ -34,15 +34,13 @@ from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_fi
 
 from gauss.core import TopicRecord
 from gauss.errors import DecodeError
-from gauss.quotes import QuoteCheck
+from gauss.quotes import TS_RANGE, QuoteCheck
 from gauss.records import Rejected
 from gauss.registry import Options
 
 __all__ = ["JsonCodec", "QuoteStruct", "create"]
 
 log = logging.getLogger(__name__)
-
-_isfinite = math.isfinite
 
 
 class QuoteStruct(msgspec.Struct, gc=False):
@@ -93,7 +91,7 @@ class JsonCodec:
             if type(data) is dict:
                 key = data.get(key_field)
                 ts = data.get(ts_field)
-                if type(key) is str and key and type(ts) is int and ts:
+                if type(key) is str and key and type(ts) is int and ts in TS_RANGE:
                     append(TopicRecord(ts, key, data))
                     continue
             try:
@@ -115,11 +113,8 @@ class JsonCodec:
             checked, not_checked = check.check(decoded) if decoded else ([], [])
             return checked, not_decoded, not_checked
         decode = self._decode_quote
-        horizon = check.horizon()
-        if horizon is None:
-            horizon = 1 << 64  # above every int msgspec decodes (uint64 at most)
-        check_prices = check.check_prices
-        isfinite = _isfinite
+        latest_ts = check.latest_ts()
+        quote = check.quote
         records: list[TopicRecord] = []
         bad: list[Rejected] = []
         refused: list[Rejected] = []
@@ -130,26 +125,11 @@ class JsonCodec:
             except ValueError:  # msgspec.DecodeError / ValidationError: the generic path explains
                 q = None
             if q is not None:
-                symbol = q.symbol
-                ts = q.ts_ms
-                bid = q.bid
-                ask = q.ask
-                if (
-                    symbol
-                    and ts
-                    and ts <= horizon
-                    and (not check_prices or (bid > 0.0 and ask > 0.0 and isfinite(bid) and isfinite(ask)))
-                ):
-                    data = {
-                        "symbol": symbol,
-                        "bid": bid,
-                        "ask": ask,
-                        "bid_size": q.bid_size,
-                        "ask_size": q.ask_size,
-                        "ts_ms": ts,
-                    }
-                    append(TopicRecord(ts, symbol, data))
+                try:
+                    append(quote(q.symbol, q.bid, q.ask, q.bid_size, q.ask_size, q.ts_ms, latest_ts))
                     continue
+                except ValueError:  # the generic path explains
+                    pass
             decoded, rejected = self.decode((payload,))
             if rejected:
                 bad.extend(rejected)

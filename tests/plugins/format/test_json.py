@@ -10,6 +10,7 @@ import pytest
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, DecodeError
 from gauss.protocols import Codec, FormatSerializer
+from gauss.quotes import MAX_TS_MS
 from gauss.registry import create
 
 QUOTE = {"symbol": "EURUSD", "bid": 1.085, "ask": 1.0852, "bid_size": 1e6, "ask_size": 5e5, "ts_ms": 1732406400123}
@@ -105,8 +106,8 @@ def test_encode_writes_data_only_and_round_trips(codec: Codec) -> None:
 
 
 def test_extreme_floats_round_trip_exactly(codec: Codec) -> None:
-    data = {"symbol": "X", "ts_ms": 2**62, "a": 5e-324, "b": 1.7976931348623157e308, "c": -0.0, "d": 0.1 + 0.2}
-    (record,), _ = codec.decode(codec.encode([TopicRecord(2**62, "X", data)]))
+    data = {"symbol": "X", "ts_ms": MAX_TS_MS, "a": 5e-324, "b": 1.7976931348623157e308, "c": -0.0, "d": 0.1 + 0.2}
+    (record,), _ = codec.decode(codec.encode([TopicRecord(MAX_TS_MS, "X", data)]))
     assert record.data == data
     assert repr(record.data["c"]) == "-0.0"
 
