@@ -9,10 +9,13 @@ Without ``--url`` it starts a private clickhouse-server (the one the tests use,
   ``INSERT ... FORMAT RowBinary`` per ``batch-size`` quotes: the ceiling for
   this client on this machine.
 - ``gauss``: quotes published to a quote topic (numbering, the storage's
-  queue, its background worker's batched inserts), timed until ClickHouse
-  holds every one (``buffered == 0``).
+  spool, its background worker's batched inserts), timed twice: until the
+  last ``publish`` returned (the ingest side: what the spool's ``fsync``
+  policy costs a source) and until ClickHouse holds every one
+  (``buffered == 0``). Once per ``fsync`` policy, and once without a spool
+  (``spool_dir = false``: batches wait in memory only, not durable).
 
-Both are wall-clock rates in one run; the machine is shared, so figures are
+All are wall-clock rates in one run; the machine is shared, so figures are
 noisy: compare the two columns, not runs on different days.
 """
 
@@ -80,23 +83,28 @@ def bench_direct(url: str, database: str, quotes: list[TopicRecord], batch_size:
     return len(quotes) / elapsed
 
 
-def bench_gauss(url: str, database: str, quotes: list[TopicRecord], batch_size: int, publish_batch: int) -> float:
+def bench_gauss(
+    url: str, database: str, quotes: list[TopicRecord], batch_size: int, publish_batch: int, spool: Path | None, fsync: str
+) -> tuple[float, float]:
+    """``(quotes/s until the last publish returned, quotes/s until ClickHouse held them all)``."""
+    label = fsync if spool is not None else "memory"
     storage = create(
-        {"url": url, "database": database, "table": "gauss", "batch_size": batch_size, "spool_dir": False,
-         "flush_interval": 0.2}
+        {"url": url, "database": database, "table": f"gauss_{label}", "batch_size": batch_size,
+         "spool_dir": str(spool / label) if spool is not None else False, "fsync": fsync, "flush_interval": 0.2}
     )  # fmt: skip
     topics = TopicRegistry()
     topic = topics.create("bench.gauss", format=DataFormat.QUOTE, storage=storage)
     started = time.perf_counter()
     for start in range(0, len(quotes), publish_batch):
         topic.publish(quotes[start : start + publish_batch])
+    published = time.perf_counter() - started
     storage.flush()
     while storage.buffered:
         time.sleep(0.001)
     elapsed = time.perf_counter() - started
     assert storage.count() == len(quotes), "every quote must have landed"
     topics.close()
-    return len(quotes) / elapsed
+    return len(quotes) / published, len(quotes) / elapsed
 
 
 def main() -> None:
@@ -119,15 +127,24 @@ def main() -> None:
             database = "bench_" + uuid.uuid4().hex[:8]
             quotes = make_quotes(args.quotes, args.seed)
             direct = bench_direct(url, database, quotes, args.batch_size)
-            through = bench_gauss(url, database, quotes, args.batch_size, args.publish_batch)
+            rows = [
+                (f"through Gauss, {name}", bench_gauss(url, database, quotes, args.batch_size, args.publish_batch, spool, fsync))
+                for name, spool, fsync in (
+                    ("no spool (memory)", None, "never"),
+                    ("spool, fsync=never", Path(tmp) / "spool", "never"),
+                    ("spool, fsync=interval", Path(tmp) / "spool", "interval"),
+                    ("spool, fsync=always", Path(tmp) / "spool", "always"),
+                )
+            ]
             ClickHouseClient(url).execute(f"DROP DATABASE IF EXISTS {database}")
         finally:
             if server is not None:
                 server.stop()
     print(f"quotes: {args.quotes}, rows per INSERT: {args.batch_size}, quotes per publish: {args.publish_batch}")
-    print(f"{'path':<34}{'quotes/s':>12}{'vs direct':>11}")
-    print(f"{'direct batched insert (baseline)':<34}{direct:>12,.0f}{1.0:>10.2f}x")
-    print(f"{'through Gauss (topic -> storage)':<34}{through:>12,.0f}{through / direct:>10.2f}x")
+    print(f"{'path':<40}{'ingest q/s':>12}{'landed q/s':>12}{'vs direct':>11}")
+    print(f"{'direct batched insert (baseline)':<40}{'':>12}{direct:>12,.0f}{1.0:>10.2f}x")
+    for name, (ingest, landed) in rows:
+        print(f"{name:<40}{ingest:>12,.0f}{landed:>12,.0f}{landed / direct:>10.2f}x")
 
 
 if __name__ == "__main__":

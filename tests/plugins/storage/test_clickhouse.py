@@ -349,8 +349,10 @@ def test_outage_loses_nothing_accepted(clickhouse_factory: Any, make_storage: An
     wait_until(lambda: storage.spooled_bytes > 0, what="records to reach the disk spool")
     assert storage.buffered == 1000
     assert storage.health()["healthy"] == 0.0
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageUnavailable):
         storage.count()
+    with pytest.raises(StorageUnavailable):
+        storage.query(TopicQuery())
     server.start()
     wait_until(lambda: storage.buffered == 0 and storage.healthy, what="delivery after the outage")
     assert storage.count() == 1100
@@ -654,3 +656,17 @@ def test_without_a_spool_dir_every_open_is_a_new_epoch(make_storage: Any) -> Non
     second = make_storage(spool_dir=False)
     reopened, last = second.open("q", DataFormat.QUOTE)
     assert reopened != epoch and last == 1
+
+
+def test_spool_files_of_the_earlier_format_are_migrated_and_delivered(make_storage: Any, tmp_path: Path) -> None:
+    first = make_storage(flush_interval=3600.0)
+    epoch, _ = first.open("q", DataFormat.QUOTE)
+    first.close()
+    directory = first._spool.directory
+    batch = [quote(i, "EURUSD", 1000 + i, 1.0) for i in range(1, 4)]
+    (directory / f"{1:020d}-{3:020d}-3.rowbinary").write_bytes(first.layout.encode("q", batch))
+    second = make_storage(flush_interval=0.05)
+    assert second.open("q", DataFormat.QUOTE) == (epoch, 3)
+    assert not list(directory.glob("*.rowbinary"))
+    wait_until(lambda: second.buffered == 0, what="the migrated batch delivered")
+    assert dicts(second.query(TopicQuery()).records) == dicts(batch)
