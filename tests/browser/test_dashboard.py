@@ -228,3 +228,47 @@ def test_with_a_token_the_prompt_refuses_a_wrong_token_and_the_right_one_shows_t
     page.wait(f"d.bars()[d.bars().length - 1].high === {_mid(higher)!r}", timeout_s=2.0)
     page.screenshot("11-token-accepted")
     assert all("401" in e for e in page.console_errors), page.console_errors
+
+
+def test_the_chart_keeps_at_most_max_bars_the_newest_ones(
+    make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
+) -> None:
+    dashboard = make_dashboard()
+    page = open_page(dashboard.base + "/")
+    page.wait("d.status().loads >= 0")
+    # The page's own chart module, on a chart of its own with a small bound (the page's is 20,000):
+    # a history longer than the bound, then new buckets one at a time, as on a page left open.
+    result = page.page.evaluate(
+        """async () => {
+            const { CandleChart, MAX_BARS: DEFAULT } = await import("/static/js/chart.js");
+            const MAX_BARS = 400;
+            const el = document.createElement("div");
+            document.body.append(el);
+            const chart = new CandleChart(el, { maxBars: MAX_BARS });
+            const candle = (i) => {
+                const p = 1 + (i % 100) / 1000;
+                return { ts_ms: (1700000000 + i) * 1000, open: p, high: p, low: p, close: p, ticks: 1 };
+            };
+            const history = Array.from({ length: MAX_BARS + 500 }, (_, i) => candle(i));
+            chart.setHistory(history.reverse());
+            const afterHistory = chart.bars();
+            const sizes = [];
+            let i = MAX_BARS + 500;
+            for (; i < MAX_BARS + 600; i++) {
+                chart.apply(candle(i));
+                sizes.push(chart.bars().length);
+            }
+            const bars = chart.bars();
+            return { default: DEFAULT, max: MAX_BARS, slack: chart.trimSlack, historyLength: afterHistory.length, historyFirst: afterHistory[0].time,
+                     maxSize: Math.max(...sizes), length: bars.length, first: bars[0].time,
+                     last: bars[bars.length - 1].time, lastIndex: i - 1, volumes: chart.volumes().length };
+        }"""
+    )
+    max_bars = result["max"]
+    assert result["historyLength"] == max_bars
+    assert result["historyFirst"] == 1700000000 + 500, "the history keeps its newest bars"
+    assert result["default"] == 20000 and result["slack"] == 20
+    assert result["maxSize"] == max_bars + 20, "bounded while it runs, trimmed in steps"
+    assert result["length"] <= max_bars + 20 and result["volumes"] == result["length"]
+    assert result["last"] == 1700000000 + result["lastIndex"]
+    assert result["first"] == result["last"] - result["length"] + 1, "the oldest bars went, the newest stayed"

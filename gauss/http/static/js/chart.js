@@ -5,6 +5,8 @@
 // (SPEC section 1), and each version replaces the bar of its bucket in place.
 
 const UP = "#26a69a";
+/** Bars kept: a page left open on 1s candles would otherwise grow by 86,400 bars a day. */
+export const MAX_BARS = 20000;
 const DOWN = "#ef5350";
 
 function precisionFor(price) {
@@ -15,7 +17,10 @@ function precisionFor(price) {
 }
 
 export class CandleChart {
-  constructor(element) {
+  /** `maxBars`: bars kept (the oldest go first); trimmed in steps of a twentieth, not on every new bar. */
+  constructor(element, { maxBars = MAX_BARS } = {}) {
+    this.maxBars = maxBars;
+    this.trimSlack = Math.max(1, Math.floor(maxBars / 20));
     const LWC = window.LightweightCharts;
     this.chart = LWC.createChart(element, {
       autoSize: true,
@@ -59,9 +64,10 @@ export class CandleChart {
     this.candles.applyOptions({ priceFormat: { type: "price", precision, minMove: 10 ** -precision } });
   }
 
-  /** Replace everything with `candles` (payloads, any order). */
+  /** Replace everything with `candles` (payloads, any order; the newest maxBars). */
   setHistory(candles) {
-    this.byTime = new Map(candles.map((c) => [c.ts_ms / 1000, c]));
+    const newest = [...candles].sort((a, b) => a.ts_ms - b.ts_ms).slice(-this.maxBars);
+    this.byTime = new Map(newest.map((c) => [c.ts_ms / 1000, c]));
     this.redraw();
     this.chart.timeScale().fitContent();
   }
@@ -82,7 +88,9 @@ export class CandleChart {
   apply(candle) {
     const time = candle.ts_ms / 1000;
     this.byTime.set(time, candle);
-    if (this.lastTime === null || time >= this.lastTime) {
+    if (this.byTime.size > this.maxBars + this.trimSlack) {
+      this.trim();
+    } else if (this.lastTime === null || time >= this.lastTime) {
       if (this.lastTime === null) this.setPrecision(candle.close);
       this.candles.update(CandleChart.bar(candle));
       this.ticks.update(CandleChart.volume(candle));
@@ -90,6 +98,13 @@ export class CandleChart {
     } else {
       this.redraw(); // a late version of an older bucket: rare, rebuild the series
     }
+  }
+
+  /** Drop the oldest bars down to maxBars and rebuild the series. */
+  trim() {
+    const times = [...this.byTime.keys()].sort((a, b) => a - b);
+    for (const t of times.slice(0, times.length - this.maxBars)) this.byTime.delete(t);
+    this.redraw();
   }
 
   /** The bars the chart's candlestick series holds (read back from the series itself). */
