@@ -52,10 +52,11 @@ TARGETS: dict[str, tuple[str, str, str, int]] = {
     "snappy": ("fuzz_middleware", "check_middleware('snappy')", "seeds('snappy')", 4096),
     "ws-frames": ("fuzz_ws", "check_ws_frames", "seeds_ws_frames()", 8192),
     "ws-messages": ("fuzz_ws", "check_ws_messages", "seeds_ws_messages()", 1024),
+    "rest": ("fuzz_rest", "check_rest", "seeds_rest()", 256),
 }
 if os.environ.get("GAUSS_FUZZ_SELFTEST") == "1":  # the runner's own test: a target that must crash
     TARGETS["selftest"] = ("fuzz_selftest", "check", "SEEDS", 64)
-INSTRUMENTED = ["gauss", "gauss_plugins", "geventwebsocket", "fuzz_framing", "fuzz_codecs", "fuzz_middleware", "fuzz_ws"]
+INSTRUMENTED = ["gauss", "gauss_plugins", "geventwebsocket", "fuzz_framing", "fuzz_codecs", "fuzz_middleware", "fuzz_ws", "fuzz_rest", "fuzz_hub"]
 
 
 def load(name: str) -> tuple[Callable[[bytes], None], list[bytes], int]:

@@ -33,14 +33,15 @@ from typing import Any
 
 import gevent
 import msgspec
+from fuzz_hub import T0
+from fuzz_hub import hub as _hub
+from fuzz_hub import publish as _publish
 from fuzz_input import FuzzInput
 
-from gauss.core import TopicRecord
 from gauss.http.frames import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, ConnectionGone, FrameReader
 from gauss.http.metrics import ApiMetrics
 from gauss.http.options import ApiOptions
 from gauss.http.ws import WebSocketSession
-from gauss.hub import Hub
 
 __all__ = ["check_ws_frames", "check_ws_messages", "seeds_ws_frames", "seeds_ws_messages", "client_frame"]
 
@@ -121,41 +122,6 @@ def check_ws_frames(data: bytes) -> None:
 
 
 # --- ws_messages ---------------------------------------------------------------------------
-
-T0 = 1_732_406_400_000
-_HUB: Hub | None = None
-_published = 0
-
-
-def _hub() -> Hub:
-    global _HUB
-    if _HUB is None:
-        _HUB = Hub.from_config({
-            "hub": {"status_interval": 0},
-            "topics": [
-                {"name": "quotes.raw", "format": "quote", "storage": {"type": "memory", "capacity": 1000}},
-                {"name": "ohlc.*", "format": "candle", "storage": {"type": "memory", "capacity": 1000},
-                 "create": ["ohlc.1m"]},
-            ],
-        })  # fmt: skip
-        _HUB.start()
-        _publish(_HUB, 20)
-    return _HUB
-
-
-def _publish(hub: Hub, n: int) -> None:
-    global _published
-    batch = []
-    for _ in range(n):
-        i = _published = _published + 1
-        symbol = ("EURUSD", "USDJPY", "X")[i % 3]
-        data = {"symbol": symbol, "bid": 1.0 + i % 7 / 100, "ask": 1.01 + i % 7 / 100, "bid_size": 1.0, "ask_size": 1.0,
-                "ts_ms": T0 + i * 1000}  # fmt: skip
-        batch.append(TopicRecord(T0 + i * 1000, symbol, data))
-    hub.publish("quotes.raw", batch)
-    candles = [TopicRecord(r.ts_ms - r.ts_ms % 60_000, r.key, {"open": 1.0, "ticks": 1}) for r in batch]
-    hub.publish("ohlc.1m", candles)
-
 
 _HOSTILE = (
     0, 1, -1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64, 10**30, 1e30, -1e30, 1.5, 1e300,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import fuzz_framing
 import fuzz_middleware
+import fuzz_rest
 import fuzz_ws
 import pytest
 
@@ -111,6 +112,24 @@ def test_ws_frames_invariant_catches_a_corrupted_payload(monkeypatch: pytest.Mon
     with pytest.raises(AssertionError):
         for seed in fuzz_ws.seeds_ws_frames():
             fuzz_ws.check_ws_frames(seed)
+
+
+def test_rest_invariant_catches_an_answer_missing_a_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gauss.records import MAX_QUERY_LIMIT
+    from gauss.topics import Topic
+
+    real = Topic.query
+
+    def loses_the_oldest(self, query):  # type: ignore[no-untyped-def]
+        result = real(self, query)
+        if query.limit != MAX_QUERY_LIMIT and result.records:  # the target's own full read stays right
+            del result.records[0]
+        return result
+
+    monkeypatch.setattr(Topic, "query", loses_the_oldest)
+    with pytest.raises(AssertionError, match="records"):
+        for seed in fuzz_rest.seeds_rest():
+            fuzz_rest.check_rest(seed)
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
