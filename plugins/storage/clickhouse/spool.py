@@ -226,6 +226,12 @@ class DiskSpool:
                 os.ftruncate(self._fd, segment.size)  # roll back to the last good frame
             except OSError as undo:
                 log.error("clickhouse spool %s: cannot roll back a failed write: %s", segment.path, undo)
+            # The next batch starts a new segment: whatever a failed roll-back left lies past this
+            # segment's last counted frame, where reads never go (and a reload moves it aside).
+            self._close_fd()
+            if not segment.frames:  # it held only the failed batch
+                self._segments.pop()
+                segment.path.unlink(missing_ok=True)
             raise StorageError(f"clickhouse spool {segment.path}: cannot write: {exc}") from exc
         segment.size += len(raw)
         segment.frames += 1

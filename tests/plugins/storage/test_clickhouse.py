@@ -670,3 +670,53 @@ def test_spool_files_of_the_earlier_format_are_migrated_and_delivered(make_stora
     assert not list(directory.glob("*.rowbinary"))
     wait_until(lambda: second.buffered == 0, what="the migrated batch delivered")
     assert dicts(second.query(TopicQuery()).records) == dicts(batch)
+
+
+FULL_DISK_CHILD = """
+import os, resource, signal, sys
+from gauss_plugins.storage.clickhouse import create
+from gauss.core import TopicRecord
+from gauss.errors import StorageError
+from gauss.records import DataFormat
+url, database, spool = sys.argv[1:4]
+storage = create({"url": url, "database": database, "spool_dir": spool, "flush_interval": 3600.0})
+epoch, seq = storage.open("quotes.raw", DataFormat.QUOTE)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
+accepted = refused = 0
+while accepted < 20:
+    batch = []
+    for i in range(1, 6):
+        data = {"symbol": "EURUSD", "bid": 1.0, "ask": 1.5, "bid_size": 1.0, "ask_size": 1.0, "ts_ms": 1000 + seq + i}
+        batch.append(TopicRecord(1000 + seq + i, "EURUSD", data, seq + i))
+    try:
+        storage.append(batch)
+    except StorageError as exc:
+        refused += 1  # the topic rolls the numbering back: the next batch takes the same seqs
+        print("refused", exc, flush=True)
+        if refused > 5:
+            break
+        continue
+    seq += 5
+    accepted += 1
+print("done", epoch, seq, refused, flush=True)
+os._exit(0)  # as a crash: no close, no clean state
+"""
+
+
+def test_a_write_that_fails_part_way_leaves_nothing_torn_and_the_next_batch_is_kept(
+    make_storage: Any, clickhouse_server: Any, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CHILD, clickhouse_server.url, make_storage.database, str(tmp_path / "spool")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    last = done.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "done", done.stdout + done.stderr
+    epoch, seq, refused = last[1], int(last[2]), int(last[3])
+    assert seq == 100 and refused >= 2, done.stdout  # every 3000-byte segment filled up at least once
+    storage = make_storage(flush_interval=0.05)
+    assert storage.open("quotes.raw", DataFormat.QUOTE) == (epoch, seq)
+    assert storage.health()["spool_corrupt_bytes"] == 0.0, "a failed write was rolled back"
+    wait_until(lambda: storage.buffered == 0, what="the spool delivered")
+    assert [r.seq for r in storage.query(TopicQuery(limit=1000)).records] == list(range(1, 101))
