@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
 from types import ModuleType
+from typing import Callable, Iterator
 
 import pytest
 
@@ -35,16 +44,6 @@ def kernels(request: pytest.FixtureRequest) -> ModuleType:
 # --- ClickHouse: a private server per test session -----------------------------
 # Shared by tests/plugins/storage (the storage itself) and tests/e2e (through
 # gauss-serve); bench/bench_clickhouse.py loads ClickHouseServer from here too.
-
-import shutil  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import urllib.parse  # noqa: E402
-import urllib.request  # noqa: E402
-import xml.etree.ElementTree as ET  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Callable, Iterator  # noqa: E402
 
 CLICKHOUSE_CONFIG_DIR = Path("/etc/clickhouse-server")
 
