@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from gauss.core import TopicRecord
 from gauss.hub import Hub
 
-__all__ = ["T0", "hub", "publish"]
+__all__ = ["T0", "ErrorLog", "hub", "publish"]
 
 T0 = 1_732_406_400_000
 _HUB: Hub | None = None
@@ -41,3 +43,21 @@ def publish(hub: Hub, n: int) -> None:
     hub.publish("quotes.raw", batch)
     candles = [TopicRecord(r.ts_ms - r.ts_ms % 60_000, r.key, {"open": 1.0, "ticks": 1}) for r in batch]
     hub.publish("ohlc.1m", candles)
+
+
+class ErrorLog(logging.Handler):
+    """Collects what is logged at ERROR or above while it is attached (a traceback is a finding)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> ErrorLog:
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().removeHandler(self)

@@ -16,13 +16,13 @@ matched.
 
 from __future__ import annotations
 
-import logging
 import urllib.parse
 from typing import Any
 
 import falcon.testing
 import fuzz_hub
 import msgspec
+from fuzz_hub import ErrorLog
 from fuzz_input import FuzzInput
 
 from gauss.http.app import create_app
@@ -62,15 +62,6 @@ def _app() -> Any:
     return _APP
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 def _request(inp: FuzzInput) -> tuple[str, str, str | None, dict[str, list[str]]]:
     """``(path, query string, Host, the parameters as given)``."""
     mode = inp.int(0, 7)
@@ -100,12 +91,8 @@ def check_rest(data: bytes) -> None:
         fuzz_hub.publish(hub, inp.int(1, 50))
     path, query, host, given = _request(inp)
     headers = {"Host": host} if host is not None else {}
-    capture = _Capture()
-    logging.getLogger().addHandler(capture)
-    try:
+    with ErrorLog() as capture:
         result = falcon.testing.simulate_request(app, "GET", path, query_string=query, headers=headers)
-    finally:
-        logging.getLogger().removeHandler(capture)
     status = result.status_code
     assert status < 500, f"GET {path}?{query} (Host {host}): {result.status} {result.text[:300]}"
     assert not capture.records, f"logged at ERROR: {[r.getMessage()[:300] for r in capture.records]}"

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import struct
 from typing import Any
 
 import gevent
 import msgspec
-from fuzz_hub import T0
+from fuzz_hub import T0, ErrorLog
 from fuzz_hub import hub as _hub
 from fuzz_hub import publish as _publish
 from fuzz_input import FuzzInput
@@ -160,15 +159,6 @@ def _structured_message(inp: FuzzInput) -> bytes:
     return json.dumps(message).encode()
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 _DIRECT = {"error", "subscribed", "unsubscribed", "result"}
 _PUSHED = {"records", "gap", "reset"}
 
@@ -256,15 +246,11 @@ def check_ws_messages(data: bytes) -> None:
 
     out = bytearray()
     closed = []
-    capture = _Capture()
-    logging.getLogger().addHandler(capture)
-    try:
+    with ErrorLog() as capture:
         session = WebSocketSession(
             read, out.extend, lambda: closed.append(True), hub.registry, options, ApiMetrics(None), peer="fuzz"
         )
         session.run()
-    finally:
-        logging.getLogger().removeHandler(capture)
     assert not capture.records, f"logged at ERROR: {[r.getMessage() for r in capture.records]}"
     replies = _server_frames(bytes(out))
     assert replies and replies[-1][0] == OP_CLOSE, f"the session did not stay open until the client's close: {replies[-3:]!r}"
