@@ -58,6 +58,7 @@ from gauss_plugins.storage._support import (
     fsync_dir,
     fsync_option,
     fsync_paths,
+    in_thread,
     meta_record,
     move_aside,
     read_meta,
@@ -369,8 +370,9 @@ class RawFileStorage:
         data = meta_record(
             epoch=self.epoch, last_seq=last_seq, topic=self.topic, data_format=self.format.value, fsync=self.fsync, clean=clean
         )
-        write_atomic(self.path / META_FILE, data, fsync=self.fsync != "never")
-        self._meta_seq = last_seq
+        with self._lock:  # one writer of the meta file's tmp at a time
+            in_thread(write_atomic, self.path / META_FILE, data, fsync=self.fsync != "never")
+            self._meta_seq = last_seq
 
     @property
     def _opened(self) -> RecordIndex:
