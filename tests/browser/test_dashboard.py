@@ -77,6 +77,10 @@ def test_page_loads_clean_lists_symbols_and_charts_what_rest_holds(
         "r => r.cells[0].textContent === 'quotes.raw' && Number(r.cells[4].textContent) > 0)",
         timeout_s=10,
     )
+    # A symbol that arrives later joins the picker at the next refresh.
+    dashboard.feed([quote("GBPUSD", 1.25, start + 19 * MINUTE + 30_000)])
+    page.wait("[...document.querySelectorAll('#symbol option')].some(o => o.value === 'GBPUSD')", timeout_s=10)
+    assert page.call("view()") == {"topic": "ohlc.1m", "key": "BTC/USD"}
     page.screenshot("01-loaded")
 
     # The symbol picker changes the view and the URL; the URL opens the same view elsewhere.

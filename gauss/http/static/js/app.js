@@ -217,14 +217,22 @@ function renderQuote() {
   $("ticker-time").textContent = q ? new Date(q.ts_ms).toISOString().slice(11, 23) + " UTC" : "";
 }
 
+async function symbols(topic) {
+  const keys = topic ? await getJSON(topicPath(topic, "/keys")) : [];
+  return keys.map((k) => k.key).sort();
+}
+
+function fillPickers(topics, names) {
+  fillSelect($("timeframe"), topics, state.topic, (t) => t.replace(/^ohlc\./, ""));
+  fillSelect($("symbol"), names, state.key);
+}
+
 async function chooseView(topic, key) {
   const topics = candleTopics();
   state.topic = topics.includes(topic) ? topic : topics.includes("ohlc.1m") ? "ohlc.1m" : topics[0] || null;
-  const keys = state.topic ? await getJSON(topicPath(state.topic, "/keys")) : [];
-  const names = keys.map((k) => k.key).sort();
+  const names = await symbols(state.topic);
   state.key = names.includes(key) ? key : names[0] || null;
-  fillSelect($("timeframe"), topics, state.topic, (t) => t.replace(/^ohlc\./, ""));
-  fillSelect($("symbol"), names, state.key);
+  fillPickers(topics, names);
   if (state.topic) writeHash();
   await loadView();
 }
@@ -304,7 +312,13 @@ async function refresh() {
     await refreshHealth();
     await refreshTopics();
     showError("");
-    if (!state.key && candleTopics().length) await chooseView(state.topic, null); // first symbol just arrived
+    if (!state.key && candleTopics().length) {
+      await chooseView(state.topic, null); // the first symbol may just have arrived
+    } else if (state.topic) {
+      const view = state.view;
+      const names = await symbols(state.topic); // symbols that arrived since are added to the picker
+      if (view === state.view) fillPickers(candleTopics(), names);
+    }
   } catch (exc) {
     handleFailure(exc);
   } finally {
