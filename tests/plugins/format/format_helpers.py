@@ -1,4 +1,4 @@
-"""Helpers the codec tests share (imported by name: pytest puts this folder on ``sys.path``)."""
+"""Helpers the codec tests share (importable by name: this folder's conftest puts it on ``sys.path``)."""
 
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
 from pathlib import Path
 from typing import Any
 
 import fastavro
 import pytest
+from format_helpers import canon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,19 +38,6 @@ def codecs(table: dict[str, Any] | None = None) -> tuple[Any, Any]:
 def reasons(rejected: list[Any]) -> list[tuple[bytes, str]]:
     """``(raw, reason)`` pairs without object addresses (fastavro's messages name its stream)."""
     return [(r.raw, re.sub(r" at 0x[0-9a-f]+", "", r.reason)) for r in rejected]
-
-
-def canon(value: Any) -> Any:
-    """``value`` with every float as its bits, so NaNs compare and -0.0 differs from 0.0."""
-    if type(value) is float:
-        return ("float", struct.pack("<d", value))
-    if isinstance(value, dict):
-        return [(k, canon(v)) for k, v in value.items()]
-    if isinstance(value, TopicRecord):
-        return (value.ts_ms, value.key, canon(value.data))
-    if isinstance(value, (list, tuple)):
-        return [canon(v) for v in value]
-    return value
 
 
 missing = object()

@@ -8,9 +8,9 @@ and rejections with the same reasons, for any data and any bytes.
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any
 
+from format_helpers import canon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,19 +26,6 @@ def codecs() -> tuple[Any, Any]:
     reference = create("codec", "csv")
     reference.quote_layout = False
     return fast, reference
-
-
-def canon(value: Any) -> Any:
-    """``value`` with types kept and floats as their bits (NaNs compare, 1 differs from 1.0)."""
-    if type(value) is float:
-        return ("float", struct.pack("<d", value))
-    if isinstance(value, dict):
-        return [(k, canon(v)) for k, v in value.items()]
-    if isinstance(value, TopicRecord):
-        return (value.ts_ms, value.key, canon(value.data))
-    if isinstance(value, (list, tuple)):
-        return [canon(v) for v in value]
-    return (type(value).__name__, value)
 
 
 missing = object()
