@@ -39,7 +39,7 @@ DASHBOARD_ROUTES = ("/", "/index.html")
 """Paths that answer the page itself."""
 
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 """Only the page's own origin (``connect-src 'self'`` covers ``ws://`` to it); never ``'unsafe-inline'``."""
