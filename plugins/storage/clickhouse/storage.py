@@ -160,7 +160,9 @@ class ClickHouseStorage:
         """Pending batches ``(last seq, records)`` that queries merge with ClickHouse's answer."""
         self._cache_records = 0
         self._uncached_upto = 0
-        """Pending batches up to this seq are on disk only (the cache was full): cache again only past it."""
+        """Pending batches up to this seq are on disk only (the cache was full): cache again once delivered."""
+        self._acked_upto = 0
+        """The last seq of the newest batch delivered or dead-lettered (by this process)."""
         self._worker: threading.Thread | None = None
         self._syncer: threading.Thread | None = None
         self._closing = False
@@ -386,7 +388,7 @@ class ClickHouseStorage:
                 self._warn("clickhouse storage %s: dropped %d records: %s", self.topic, len(records), exc)
                 raise
             self._last_seq = max(self._last_seq, frame.last_seq)
-            if self._cache_records + len(records) <= self.max_buffer_records and self._uncached_upto < frame.first_seq:
+            if self._cache_records + len(records) <= self.max_buffer_records and self._uncached_upto <= self._acked_upto:
                 self._cache.append((frame.last_seq, list(records)))
                 self._cache_records += len(records)
             else:
@@ -560,6 +562,7 @@ class ClickHouseStorage:
     def _ack(self, frames: list[Frame]) -> None:
         last = frames[-1].last_seq
         with self._lock:
+            self._acked_upto = max(self._acked_upto, last)
             self._spool.ack(len(frames))
             while self._cache and self._cache[0][0] <= last:
                 self._cache_records -= len(self._cache.popleft()[1])

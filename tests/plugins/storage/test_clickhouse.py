@@ -720,3 +720,20 @@ def test_a_write_that_fails_part_way_leaves_nothing_torn_and_the_next_batch_is_k
     assert storage.health()["spool_corrupt_bytes"] == 0.0, "a failed write was rolled back"
     wait_until(lambda: storage.buffered == 0, what="the spool delivered")
     assert [r.seq for r in storage.query(TopicQuery(limit=1000)).records] == list(range(1, 101))
+
+
+def test_queries_see_a_contiguous_prefix_of_what_waits_past_max_buffer_records(make_storage: Any) -> None:
+    storage = make_storage(flush_interval=3600.0, max_buffer_records=10)
+    storage.open("q", DataFormat.QUOTE)
+
+    def batch(first: int) -> list[TopicRecord]:
+        return [quote(i, "EURUSD", 1000 + i, 1.0) for i in range(first, first + 5)]
+
+    for first in (1, 6, 11, 16):
+        storage.append(batch(first))
+    assert [r.seq for r in storage.query(TopicQuery()).records] == list(range(1, 11)), "no gap: the newest wait on disk"
+    storage.flush()
+    assert [r.seq for r in storage.query(TopicQuery()).records] == list(range(1, 21))
+    storage.append(batch(21))  # everything on disk only was delivered: the memory copy resumes
+    assert [r.seq for r in storage.query(TopicQuery()).records] == list(range(1, 26))
+    assert storage.buffered == 5
