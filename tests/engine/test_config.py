@@ -181,3 +181,69 @@ def test_default_config_toml_is_valid() -> None:
     assert config.topics[1].create == tuple(
         f"ohlc.{tf}" for tf in ("1s", "5s", "1m", "5m", "15m", "1h", "4h", "1d")
     )
+
+
+# --- ${NAME} in configuration files (SPEC section 3) -----------------------------
+
+ENV_CONFIG = """
+[api]
+bind = "${GAUSS_TEST_BIND:-127.0.0.1}"
+token = "${GAUSS_TEST_TOKEN}"
+cors_origins = ["https://${GAUSS_TEST_HOST}", "https://b.example"]
+
+[[topics]]
+name = "quotes.raw"
+format = "quote"
+storage = { type = "file", dir = "${GAUSS_TEST_DATA:-data}/quotes" }
+
+[[sources]]
+topic = "quotes.raw"
+name = "feed-${GAUSS_TEST_TOKEN}-$${literal}"
+transport = { type = "tcp-server", port = 0 }
+"""
+
+
+def test_env_references_expand_in_every_string_value(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(ENV_CONFIG)
+    environ = {"GAUSS_TEST_TOKEN": "s3cret", "GAUSS_TEST_HOST": "a.example", "GAUSS_TEST_DATA": ""}
+    config = load_config(path, environ=environ)
+    assert config.api.bind == "127.0.0.1"  # unset: the default
+    assert config.api.options["token"] == "s3cret"
+    assert config.api.options["cors_origins"] == ["https://a.example", "https://b.example"]
+    assert config.topics[0].storage["dir"] == "data/quotes"  # set but empty: the default too
+    assert config.sources[0].name == "feed-s3cret-${literal}"
+    config = load_config(path, environ={**environ, "GAUSS_TEST_BIND": "0.0.0.0", "GAUSS_TEST_DATA": "/srv"})
+    assert config.api.bind == "0.0.0.0" and config.topics[0].storage["dir"] == "/srv/quotes"
+
+
+def test_unset_env_reference_names_file_key_and_variable(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(ENV_CONFIG)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"GAUSS_TEST_TOKEN": "x"})
+    assert str(info.value) == (
+        f"{path}: api.cors_origins[0]: environment variable GAUSS_TEST_HOST is not set "
+        "(used as ${GAUSS_TEST_HOST}; ${GAUSS_TEST_HOST:-default} gives a default)"
+    )
+    with pytest.raises(ConfigError, match=r"api\.token: environment variable GAUSS_TEST_TOKEN is not set"):
+        load_config(path, environ={"GAUSS_TEST_HOST": "x"})
+
+
+@pytest.mark.parametrize("value", ["${}", "${1X}", "${A", "${A:default}", "${A-x}"])
+def test_malformed_env_reference_is_refused(tmp_path: Path, value: str) -> None:
+    message = error_of(tmp_path, GOOD_SOURCE + f'name = "{value}"\n')
+    assert f"{tmp_path / 'config.toml'}: sources[0].name: malformed reference" in message
+
+
+def test_a_dict_config_is_taken_as_it_is() -> None:
+    config = load_config(minimal(sources=[{"topic": "quotes.raw", "name": "${X}", "transport": {"type": "tcp-server", "port": 0}}]))
+    assert config.sources[0].name == "${X}"
+
+
+def test_max_key_bytes_defaults_to_64_and_is_checked() -> None:
+    assert load_config(minimal()).sources[0].max_key_bytes == 64
+    source = {"topic": "quotes.raw", "transport": {"type": "tcp-server", "port": 0}, "max_key_bytes": 16}
+    assert load_config(minimal(sources=[source])).sources[0].max_key_bytes == 16
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.max_key_bytes"):
+        load_config(minimal(sources=[{**source, "max_key_bytes": 0}]))
