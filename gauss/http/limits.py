@@ -183,7 +183,10 @@ class InflightBudget:
     """
 
     DEFAULT_RECORD_BYTES = 200
-    """Estimated JSON bytes of a record of a topic not answered yet (a quote is ~150)."""
+    """Estimated JSON bytes of a record of a topic not answered yet (a quote is ~190 with seq and key)."""
+    HOLD_FACTOR = 4
+    """Bytes an answer holds per byte of its JSON: the record objects a storage builds for a query
+    take ~3.5x their JSON (measured: tests/http/test_app.py), plus the chunk being written."""
 
     def __init__(
         self, max_bytes: int, per_connection: int, wait_s: float, *, on_refusal: Callable[[], Any] | None = None
@@ -197,8 +200,8 @@ class InflightBudget:
         self._record_bytes: dict[str, int] = {}
 
     def estimate(self, topic: str, records: int) -> int:
-        """Estimated bytes of ``records`` records of ``topic`` (from its last answer)."""
-        return records * self._record_bytes.get(topic, self.DEFAULT_RECORD_BYTES)
+        """Estimated bytes an answer of ``records`` records of ``topic`` holds (from its last answer's JSON)."""
+        return records * self._record_bytes.get(topic, self.DEFAULT_RECORD_BYTES) * self.HOLD_FACTOR
 
     def learn(self, topic: str, record_bytes: int) -> None:
         """Remember the measured JSON bytes per record of ``topic``."""
@@ -242,7 +245,7 @@ class InflightBudget:
 
         def on_measure(record_bytes: int) -> None:
             self.learn(topic, record_bytes)
-            charge.resize(records * record_bytes)
+            charge.resize(self.estimate(topic, records))
 
         return on_measure
 

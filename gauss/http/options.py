@@ -62,7 +62,7 @@ class ApiOptions:
     """An idle keep-alive connection is closed after this many seconds without a new request."""
     write_timeout_s: float = 30.0
     """A client that takes no bytes of an answer (or a WebSocket push) for this long is cut off."""
-    max_inflight_bytes: int = 256 << 20
+    max_inflight_bytes: int = 128 << 20
     """Bytes of answers (REST records, WebSocket queries and replays) all connections may hold at once."""
     max_inflight_bytes_per_connection: int = 32 << 20
     """The share of ``max_inflight_bytes`` one connection may hold (one answer is always admitted alone)."""

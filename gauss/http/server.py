@@ -168,6 +168,20 @@ class _Handler(WebSocketHandler):
             return super().run_application()
         return WSGIHandler.run_application(self)
 
+    def upgrade_websocket(self) -> Any:
+        # gevent-websocket answers a bad upgrade with a body of str (a TypeError on
+        # write) and lets an invalid base64 key escape as binascii.Error: both
+        # were tracebacks per request. Its refusals become JSON errors here.
+        try:
+            result = super().upgrade_websocket()
+        except ValueError:  # binascii.Error: Sec-WebSocket-Key is not base64
+            self.start_response("400 Bad Request", [("Content-Type", "application/json")])
+            return [dumps({"error": "/ws: Sec-WebSocket-Key is not valid base64"})]
+        if isinstance(result, list) and any(isinstance(part, str) for part in result):
+            message = "".join(part if isinstance(part, str) else part.decode("latin-1") for part in result)
+            return [dumps({"error": f"/ws: {message}"})]
+        return result
+
     def _handle_client_error(self, ex: Exception) -> Any:
         # A malformed request head: 400, counted, one log line per 10 s, never a traceback.
         self.server.api.metrics.http_bad_requests.inc()

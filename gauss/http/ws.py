@@ -194,7 +194,9 @@ class _Pusher:
             query = TopicQuery(key=self.key, since_seq=since_seq, limit=MAX_QUERY_LIMIT)
         else:
             query = TopicQuery(key=self.key, from_ms=self.since_ts, limit=MAX_QUERY_LIMIT)
-        with self.session.charge(topic.name, MAX_QUERY_LIMIT) as charge:
+        # Room for every record the replay may bring: since_seq tells how many at most.
+        expected = MAX_QUERY_LIMIT if since_seq is None else max(1, min(MAX_QUERY_LIMIT, start - since_seq))
+        with self.session.charge(topic.name, expected) as charge:
             result = topic.query(query)
             records = [r for r in result.records if r.seq <= start]
             truncated = result.truncated

@@ -165,3 +165,71 @@ def masked_text_frame(payload: bytes) -> bytes:
         header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return header + mask + masked
+
+
+class ServeProcess:
+    """``gauss-serve`` as a subprocess on ``config_text`` (its own RSS and log, as in production)."""
+
+    def __init__(self, directory: Any, config_text: str, *, preexec_fn: Callable[[], Any] | None = None) -> None:
+        import os
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.config = Path(directory) / "config.toml"
+        self.config.write_text(config_text)
+        self.log_path = Path(directory) / "serve.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gauss.cli.serve", "--config", str(self.config)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=directory,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=preexec_fn,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while "API on" not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"gauss-serve did not start:\n{self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def stop(self) -> int:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def metric_value(exposition: str, series: str) -> float:
+    """One series of a Prometheus text exposition (``name{labels}``), or the sum of a name's series (0 when absent)."""
+    total = 0.0
+    for line in exposition.splitlines():
+        key, _, value = line.rpartition(" ")
+        if key == series or ("{" not in series and key.split("{", 1)[0] == series):
+            total += float(value)
+    return total

@@ -14,18 +14,13 @@ from typing import Iterator
 import pytest
 import requests
 import websocket
+from http_helpers import free_port
 
 from gauss.config import load_config
 from gauss.errors import ConfigError
 from gauss.http.options import ApiOptions
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

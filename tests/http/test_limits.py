@@ -1,0 +1,278 @@
+"""Time and memory limits of the API against clients that stall, idle or never read (SPEC section 4, issue 11).
+
+Every test runs a real server (in this process, gevent) and real sockets;
+the blocking client work runs in gevent's thread pool (``off_loop``).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any, Callable
+
+import gevent
+import pytest
+from http_helpers import Api, metric_value, off_loop, quotes, stalled_ws, wait_for
+
+from gauss.http.limits import ConnectionTable, InflightBudget, InflightLimit, Share
+
+
+def metric(api: Api, series: str) -> float:
+    return metric_value(api.get("/metrics").text, series)
+
+
+def closed_after(sock: socket.socket, send: Callable[[], bool] | None = None, limit: float = 30.0) -> float:
+    """Seconds until the server closes ``sock`` (EOF or reset); ``send()`` is called between reads."""
+    start = time.monotonic()
+    sock.settimeout(0.05)
+    while time.monotonic() - start < limit:
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - start
+        except socket.timeout:
+            pass
+        except OSError:
+            return time.monotonic() - start
+        if send is not None:
+            try:
+                send()
+            except OSError:
+                return time.monotonic() - start
+    raise AssertionError(f"server kept the connection open for {limit} s")
+
+
+def health_over(sock: socket.socket) -> bytes:
+    """Ask for /api/health on a kept-alive raw connection; the whole answer."""
+    sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    data = b""
+    while not data.endswith(b'{"status":"ok"}'):
+        piece = sock.recv(65536)
+        if not piece:
+            raise ConnectionError(f"closed after {data!r}")
+        data += piece
+    return data
+
+
+def connect(api: Api) -> socket.socket:
+    return socket.create_connection(api.server.address, timeout=10)
+
+
+def health_seconds(api: Api) -> float:
+    start = time.monotonic()
+    assert api.get("/api/health", timeout=10).json() == {"status": "ok"}
+    return time.monotonic() - start
+
+
+# --- time limits --------------------------------------------------------------------------
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_request_timeout(make_api: Callable[..., Api]) -> None:
+    api = make_api(request_timeout_s=0.5)
+    with connect(api) as sock:
+        elapsed = off_loop(closed_after, sock)
+    assert 0.4 <= elapsed < 3.0, elapsed
+    assert metric(api, 'gauss_http_timeouts_total{kind="request_head"}') == 1.0
+
+
+def test_slowloris_one_byte_at_a_time_is_cut_at_request_timeout(make_api: Callable[..., Api]) -> None:
+    api = make_api(request_timeout_s=1.0)
+    sock = connect(api)
+    head = iter(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 1000)
+    last = [0.0]
+
+    def drip() -> bool:
+        if time.monotonic() - last[0] >= 0.2:  # one byte every 0.2 s: each read "makes progress"
+            sock.send(bytes([next(head)]))
+            last[0] = time.monotonic()
+        return True
+
+    elapsed = off_loop(closed_after, sock, drip)
+    sock.close()
+    assert 0.9 <= elapsed < 3.0, elapsed
+    assert health_seconds(api) < 1.0  # and nobody else noticed
+
+
+def test_an_idle_keep_alive_connection_is_closed_at_keepalive(make_api: Callable[..., Api]) -> None:
+    api = make_api(keepalive_s=0.5, request_timeout_s=20)
+    sock = connect(api)
+    assert off_loop(health_over, sock).startswith(b"HTTP/1.1 200")
+    elapsed = off_loop(closed_after, sock)
+    sock.close()
+    assert 0.4 <= elapsed < 3.0, elapsed  # keepalive_s, well before request_timeout_s
+    assert metric(api, 'gauss_http_timeouts_total{kind="keepalive"}') == 1.0
+
+
+def test_keep_alive_connections_are_served_request_after_request(make_api: Callable[..., Api]) -> None:
+    api = make_api(keepalive_s=2.0, request_timeout_s=0.5)
+    sock = connect(api)
+    for _ in range(3):  # each pause is longer than request_timeout_s but shorter than keepalive_s
+        assert off_loop(health_over, sock).startswith(b"HTTP/1.1 200")
+        gevent.sleep(0.8)
+    sock.close()
+
+
+def test_idle_sockets_beyond_max_connections_never_lock_out_a_client(make_api: Callable[..., Api]) -> None:
+    api = make_api(max_connections=50, request_timeout_s=60)
+    idle = off_loop(lambda: [connect(api) for _ in range(200)])  # off the loop: the server accepts meanwhile
+    try:
+        wait_for(lambda: api.server.connections.open == 50, what="50 connections admitted")
+        for _ in range(5):
+            assert health_seconds(api) < 1.0
+        assert api.server.connections.open <= 50
+        assert metric(api, "gauss_http_connections_evicted_total") >= 150
+        # the longest idle went first: the oldest sockets are closed, the newest still open
+        assert off_loop(closed_after, idle[0], None, 5.0) < 5.0
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_at_max_connections_with_none_idle_a_newcomer_gets_503_at_once(make_api: Callable[..., Api]) -> None:
+    api = make_api(max_connections=3)
+    sockets = [api.ws() for _ in range(3)]  # WebSockets are not idle connections: never evicted
+    try:
+        start = time.monotonic()
+        response = api.get("/api/health")
+        assert response.status_code == 503 and "max_connections" in response.json()["error"]
+        assert time.monotonic() - start < 1.0
+        sockets.pop().close()
+        wait_for(lambda: api.server.connections.open < 3, what="a slot to free")
+        assert api.get("/api/health").status_code == 200
+        assert metric(api, "gauss_http_connections_refused_total") == 1.0
+    finally:
+        for ws in sockets:
+            ws.close()
+
+
+def _never_reading(api: Api, path: str) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(api.server.address)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return sock
+
+
+def test_a_rest_client_that_never_reads_is_cut_off_at_write_timeout(make_api: Callable[..., Api]) -> None:
+    api = make_api(write_timeout_s=1.0)
+    api.hub.publish("quotes", quotes(100_000))
+    start = time.monotonic()
+    sock = _never_reading(api, "/api/topics/quotes?limit=100000")
+    wait_for(lambda: api.server.budget.held > 0, what="the answer to be in flight")
+    wait_for(lambda: api.server.budget.held == 0, timeout=10, what="the answer's bytes to come back")
+    elapsed = time.monotonic() - start
+    assert 0.9 <= elapsed < 5.0, elapsed
+    assert metric(api, 'gauss_http_timeouts_total{kind="write"}') == 1.0
+    sock.close()
+
+
+def test_a_websocket_that_never_reads_pushes_is_cut_off_at_write_timeout(make_api: Callable[..., Api]) -> None:
+    api = make_api(write_timeout_s=1.0, ws_overflow_grace_s=60.0)
+    host, port = api.server.address
+    sock = off_loop(stalled_ws, host, port)
+    sock.sendall(_masked({"action": "subscribe", "topic": "quotes"}))
+    wait_for(lambda: api.server.websocket_sessions == 1, what="the session")
+    start = time.monotonic()
+    for i in range(40):  # far more than the socket buffers take; the queue never overflows (10,000 a take)
+        api.hub.publish("quotes", quotes(2_000, start=i * 2_000))
+        gevent.sleep(0.02)
+    wait_for(lambda: api.server.websocket_sessions == 0, timeout=10, what="the stalled session to be cut")
+    assert time.monotonic() - start < 6.0
+    assert metric(api, 'gauss_http_timeouts_total{kind="ws_write"}') == 1.0
+    assert metric(api, "gauss_ws_slow_disconnects_total") == 0.0  # the write timeout, not the overflow watchdog
+    sock.close()
+
+
+def _masked(message: dict[str, Any]) -> bytes:
+    from http_helpers import masked_text_frame
+
+    return masked_text_frame(json.dumps(message).encode())
+
+
+# --- bytes in flight ------------------------------------------------------------------------
+
+
+def test_beyond_max_inflight_bytes_a_request_waits_then_gets_503(make_api: Callable[..., Api]) -> None:
+    api = make_api(max_inflight_bytes=1 << 20, inflight_wait_s=0.3, write_timeout_s=2.0)
+    api.hub.publish("quotes", quotes(100_000))
+    hog = _never_reading(api, "/api/topics/quotes?limit=100000")  # admitted alone, larger than the budget
+    wait_for(lambda: api.server.budget.held > 1 << 20, what="the hog's answer in flight")
+    start = time.monotonic()
+    refused = api.get("/api/topics/quotes", params={"limit": 10})
+    assert refused.status_code == 503 and "in flight" in refused.json()["error"]
+    assert refused.headers.get("Retry-After") == "1"
+    assert 0.25 <= time.monotonic() - start < 2.0
+    assert health_seconds(api) < 1.0  # health and the listing hold no records: never refused
+    assert api.get("/api/topics").status_code == 200
+    ws = api.ws()
+    answer = ws.request({"action": "query", "topic": "quotes", "limit": 10, "id": 3})
+    assert answer["type"] == "error" and answer["id"] == 3 and "in flight" in answer["error"]
+    wait_for(lambda: api.server.budget.held == 0, timeout=10, what="the hog to be cut off")
+    assert len(api.get("/api/topics/quotes", params={"limit": 10}).json()["records"]) == 10
+    assert ws.request({"action": "query", "topic": "quotes", "limit": 10})["type"] == "result"  # same connection
+    assert metric(api, "gauss_http_inflight_refusals_total") == 2.0
+    ws.close()
+    hog.close()
+
+
+def test_a_waiting_request_is_served_when_room_comes_back_in_time(make_api: Callable[..., Api]) -> None:
+    api = make_api(max_inflight_bytes=1 << 20, inflight_wait_s=10.0)
+    api.hub.publish("quotes", quotes(50_000))
+    results: list[int] = []
+
+    def download() -> None:
+        results.append(len(api.get("/api/topics/quotes", params={"limit": 50_000}).json()["records"]))
+
+    clients = [gevent.spawn(download) for _ in range(4)]  # each over the budget alone: they take turns
+    gevent.joinall(clients, timeout=60, raise_error=True)
+    assert results == [50_000] * 4
+    assert api.server.budget.held == 0
+
+
+def test_budget_rules() -> None:
+    budget = InflightBudget(1000, 400, 0.0)
+    a, b = Share(), Share()
+    first = budget.admit(a, 5000)  # alone: always admitted, however large
+    with pytest.raises(InflightLimit):
+        budget.admit(b, 10)
+    first.close()
+    first.close()  # idempotent
+    assert budget.held == 0 and a.held == 0
+    one = budget.admit(a, 300)
+    with pytest.raises(InflightLimit):
+        budget.admit(a, 200)  # over this connection's share
+    two = budget.admit(b, 400)
+    with pytest.raises(InflightLimit):
+        budget.admit(b, 400)
+    one.resize(100)
+    assert budget.held == 500 and a.held == 100
+    one.close()
+    two.close()
+    assert budget.held == 0
+
+
+def test_connection_table_evicts_the_longest_idle_first() -> None:
+    class Conn:
+        def __init__(self) -> None:
+            self.evicted = False
+            self.closed = False
+
+        def evict(self) -> None:
+            self.closed = True
+
+    table = ConnectionTable(2)
+    a, b = Conn(), Conn()
+    assert table.admit() and table.admit()
+    table.idle(a)
+    table.idle(b)
+    table.busy(b)
+    table.idle(b)
+    table.idle(a)  # a was idle first, but became idle again last
+    assert table.admit() and b.closed and not a.closed
+    table.release(b)
+    assert table.open == 2
+    table.busy(a)
+    assert not table.admit() and table.refusals == 1
+    table.release(a)
+    assert table.open == 1 and table.admit()
