@@ -129,8 +129,9 @@ class Source:
         if hasattr(self.transport, "on_close"):
             self.transport.on_close = self._count_closed
         self._pump: gevent.Greenlet | None = None
-        self.published_hooks: list[Callable[[Sequence[TopicRecord], bool], None]] = []
-        """Called after each publish with ``(records, stored)``: a bus transport acknowledges its messages there."""
+        self.published_hooks: list[Callable[[Sequence[TopicRecord], bool | None], None]] = []
+        """Called with ``(records, None)`` right before each publish and ``(records, stored)`` after it:
+        a bus transport notes what it is about to store, and acknowledges its messages once stored."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -177,6 +178,8 @@ class Source:
                 return
             errors = self.topic.write_errors
             stored = True
+            for hook in self.published_hooks:
+                hook(delivery.records, None)
             try:
                 publish(delivery.records, owned=True)
             except Exception:  # noqa: BLE001 - keep publishing later batches
@@ -246,10 +249,8 @@ class Source:
                 self._m_open.dec()
             log.debug("source %s: connection %s closed", self.name, conn.peer)
 
-    def ingest(self, frames: list[bytes], peer: str = "", *, skip: int = 0) -> int:
+    def ingest(self, frames: list[bytes], peer: str = "") -> int:
         """Decode a batch of frames and queue the good records (bad ones are counted); returns how many were good.
-
-        ``skip`` drops that many good records first (a bus transport's redelivery of records already stored).
 
         Raises :class:`InflateBudgetExceeded` (and queues nothing of the
         batch) when the middleware would inflate it past ``max_inflate_bytes``.
@@ -285,15 +286,12 @@ class Source:
             if self._metrics is not None:
                 self._m_rejected.inc(len(refused))
             self._reject(refused, peer, "rejected quote")
-        good = len(records)
-        if skip:
-            records = records[skip:]
         if records:
             self.records += len(records)
             if self._metrics is not None:
                 self._m_records.inc(len(records))
             self.queue.offer(PublishedBatch(self.topic.name, records))
-        return good
+        return len(records)
 
     def _reject(self, rejected: list[Rejected], peer: str, what: str) -> None:
         first = rejected[0]

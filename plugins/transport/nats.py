@@ -313,6 +313,8 @@ class NatsTransport:
         """Messages taken by a source (duplicates included)."""
         self._nc: Any = None
         self._closing = False
+        self._recover = True
+        """Set at start and on each reconnect: re-read what was delivered but not acknowledged, in order."""
         self._futures: list[concurrent.futures.Future[Any]] = []
         self._greenlets: list[gevent.Greenlet] = []
         self._log = RateLimitedLog(log)
@@ -409,6 +411,7 @@ class NatsTransport:
 
         async def reconnected() -> None:
             self.connected = True
+            self._recover = True
             log.info("%s: reconnected", self.description)
 
         async def error(exc: Exception) -> None:
@@ -503,7 +506,25 @@ class NatsTransport:
         created = info.created.isoformat() if info.created is not None else ""
         self._hand_over((("stream", created),))
         delay = self.reconnect_min
+        floor_at = 0.0
         while not self._closing:
+            if self._recover:
+                self._recover = False
+                try:
+                    await self._recover_unacknowledged(js)
+                except Exception as exc:  # noqa: BLE001 - the server is away again: next reconnect
+                    self._recover = True
+                    self._log("%s: re-reading unacknowledged messages failed (%s); retrying", self.description, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.reconnect_max)
+                    continue
+            if time.monotonic() >= floor_at:  # the ack floor prunes the consumer's set of stored sequences
+                floor_at = time.monotonic() + 5.0
+                try:
+                    consumer = await js.consumer_info(self.stream, self.durable)
+                    self._hand_over((("floor", int(consumer.ack_floor.stream_seq or 0)),))
+                except Exception as exc:  # noqa: BLE001 - next time
+                    self._log("%s: consumer info failed (%s)", self.description, exc)
             if len(self._inbox) >= self.queue_size:
                 await asyncio.sleep(0.002)
                 continue
@@ -523,6 +544,40 @@ class NatsTransport:
             delay = self.reconnect_min
             if msgs:
                 self._hand_over(msgs)
+
+    async def _recover_unacknowledged(self, js: Any) -> None:
+        """Hand over, in stream order, every message of ``subject`` delivered but not acknowledged yet.
+
+        JetStream redelivers those only after ``ack_wait``, behind newer
+        messages; reading them from the stream first keeps each key's records
+        in order after a restart or a reconnect. The gevent side ingests only
+        those it has neither stored nor in flight; their redeliveries are
+        acknowledged when they come.
+        """
+        import nats.js.errors
+
+        info = await js.consumer_info(self.stream, self.durable)
+        floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+        top = int(info.delivered.stream_seq or 0) if info.delivered else 0
+        self._hand_over((("floor", floor),))
+        seq = floor + 1
+        items: list[Any] = []
+        while seq <= top and not self._closing:
+            try:
+                msg = await js.get_msg(self.stream, seq, subject=self.subject, next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            if msg.seq is None or msg.seq > top:
+                break
+            items.append(("recover", int(msg.seq), msg.subject, msg.data or b""))
+            seq = int(msg.seq) + 1
+            if len(items) >= self.batch:
+                while len(self._inbox) >= self.queue_size and not self._closing:
+                    await asyncio.sleep(0.002)
+                self._hand_over(items)
+                items = []
+        if items:
+            self._hand_over(items)
 
     def _ack(self, msgs: list[Any], nak: bool) -> None:
         """In the bus thread: acknowledge (or nak) messages, without waiting for anything."""
@@ -591,9 +646,14 @@ class NatsTransport:
             ready.clear()
             while inbox:
                 item = inbox.popleft()
-                if isinstance(item, tuple):
+                if isinstance(item, tuple):  # ("stream", created), ("floor", ack floor), ("recover", seq, subject, data)
                     if self._consumer is not None:
-                        self._consumer.on_stream(item[1])
+                        if item[0] == "recover":
+                            self._consumer.recover(item[1], item[2], item[3])
+                        elif item[0] == "stream":
+                            self._consumer.on_stream(item[1])
+                        else:
+                            self._consumer.on_floor(item[1])
                     continue
                 self.messages += 1
                 if self._consumer is not None:
@@ -601,7 +661,7 @@ class NatsTransport:
                 else:
                     self.ingest(item.data, item.subject)
 
-    def ingest(self, data: bytes, subject: str, skip: int = 0) -> int:
+    def ingest(self, data: bytes, subject: str) -> int:
         """Decode one message's payloads into the source; returns the good records it held."""
         source = self._source
         assert source is not None
@@ -616,7 +676,7 @@ class NatsTransport:
         if not frames:
             return 0
         try:
-            return source.ingest(frames, subject, skip=skip)
+            return source.ingest(frames, subject)
         except InflateBudgetExceeded as exc:
             self._log("%s: message on %s dropped: %s", self.description, subject, exc)
             return 0
@@ -728,7 +788,17 @@ class NatsSinkConnection:
 
 
 class _DurableConsumer:
-    """Acknowledgement and redelivery bookkeeping of one JetStream source (gevent side)."""
+    """Acknowledgement and redelivery bookkeeping of one JetStream source (gevent side).
+
+    ``pending`` holds, in order, each ingested message with the source's
+    record count after its records (its *threshold*); a publish that brings
+    the count of published records to a threshold settles that message.
+    ``stored`` holds the stream sequences stored and not yet below the
+    consumer's ack floor (a redelivery of one is acknowledged, not stored).
+    Before each publish the state file records ``stored`` plus the sequences
+    about to be stored and the topic's seq before them, so after a crash at
+    any point the records of the topic tell which of them made it.
+    """
 
     def __init__(self, transport: NatsTransport, source: Source) -> None:
         self.transport = transport
@@ -738,39 +808,59 @@ class _DurableConsumer:
         self.state_path = transport.state_dir / f"{subject_token(name).replace('/', '%2F')}.json"
         self.settled = 0
         """Records of this source whose publish returned."""
-        self.max_stored = 0
-        """Highest stream sequence whose records are all stored."""
-        self.retry: set[int] = set()
-        self.skip = 0
+        self.stored: set[int] = set()
+        self.floor = 0
+        """The consumer's ack floor as last read from the server: no sequence at or below it comes again."""
         self.pending: collections.deque[tuple[int, int, list[Any]]] = collections.deque()
         self.inflight: dict[int, list[Any]] = {}
         self.failed: collections.deque[tuple[int, int]] = collections.deque()
         self.to_ack: list[Any] = []
         self.to_nak: list[Any] = []
         self._stream_created: str | None = None
-        self._last_topic_seq = 0
 
     def on_stream(self, created: str) -> None:
-        """The stream is known (its creation time): resume from the state file if it belongs to it."""
+        """The stream is known (its creation time): take over the state file if it belongs to it."""
         self._stream_created = created
         state = self._read_state()
         if not state or state.get("created") != created or state.get("epoch") != self.topic.epoch:
             if state:
                 log.info("%s: state %s is for another stream or epoch; starting afresh", self.transport.description, self.state_path)
             return
-        self.max_stored = int(state.get("stream_seq", 0))
-        self.retry = {int(s) for s in state.get("retry", [])}
-        topic_seq = int(state.get("topic_seq", 0))
-        self._last_topic_seq = topic_seq
-        if self.topic.last_seq > topic_seq:
-            try:
-                self.skip = len(self.topic.query(TopicQuery(since_seq=topic_seq, limit=MAX_QUERY)).records)
-            except Exception as exc:  # noqa: BLE001 - cannot count: store again rather than lose
-                log.warning("%s: cannot count records stored after seq %d: %s", self.transport.description, topic_seq, exc)
+        self.stored = {int(s) for s in state.get("stored", [])}
+        intent = [int(s) for s in state.get("storing", [])]
+        after = int(state.get("storing_after", 0))
+        if intent and self._stored_after(after):
+            self.stored.update(intent)
         log.info(
-            "%s: resuming after stream seq %d (topic seq %d; %d records stored beyond it are skipped in redeliveries)",
-            self.transport.description, self.max_stored, topic_seq, self.skip,
+            "%s: resuming with %d stored messages not yet below the ack floor%s",
+            self.transport.description, len(self.stored),
+            f" (the {len(intent)} being stored at the stop made it)" if intent and set(intent) <= self.stored else "",
         )  # fmt: skip
+
+    def _stored_after(self, seq: int) -> bool:
+        """True when the topic holds a record with a seq above ``seq`` (this source is its only publisher)."""
+        if self.topic.last_seq <= seq:
+            return False
+        try:
+            return bool(self.topic.query(TopicQuery(since_seq=seq, limit=1)).records)
+        except Exception as exc:  # noqa: BLE001 - cannot tell: store again rather than lose
+            log.warning("%s: cannot read %s after seq %d: %s", self.transport.description, self.topic.name, seq, exc)
+            return False
+
+    def on_floor(self, floor: int) -> None:
+        if floor > self.floor:
+            self.floor = floor
+            self.stored = {s for s in self.stored if s > floor}
+
+    def recover(self, seq: int, subject: str, data: bytes) -> None:
+        """A message delivered before but not acknowledged, read from the stream: ingest it unless known."""
+        if seq in self.inflight or seq in self.stored or seq <= self.floor:
+            return
+        self.transport.ingest(data, subject)
+        copies: list[Any] = []  # nothing to acknowledge now; its redelivery joins here or finds it stored
+        self.inflight[seq] = copies
+        self.pending.append((self.source.records, seq, copies))
+        self._settle()
 
     def take(self, msg: Any) -> None:
         transport = self.transport
@@ -784,52 +874,41 @@ class _DurableConsumer:
             copies.append(msg)
             transport.redeliveries_skipped += 1
             return
-        if seq <= self.max_stored and seq not in self.retry:
+        if seq in self.stored or seq <= self.floor:
             transport.redeliveries_skipped += 1
             self._send([msg], nak=False)
             return
-        self.retry.discard(seq)
-        skip = self.skip
-        if skip and seq > self.max_stored:
-            held = transport.ingest(msg.data, msg.subject, skip=skip)
-            self.skip = max(0, skip - held)
-            if held and held <= skip:
-                transport.redeliveries_skipped += 1
-        else:
-            transport.ingest(msg.data, msg.subject)
+        transport.ingest(msg.data, msg.subject)
         copies = [msg]
         self.inflight[seq] = copies
         self.pending.append((self.source.records, seq, copies))
-        self._settle(None)
+        self._settle()
 
-    def on_published(self, records: Sequence[TopicRecord], ok: bool) -> None:
-        """``Source.published_hooks``: a batch of this source's records was published (stored when ``ok``)."""
+    def on_published(self, records: Sequence[TopicRecord], stored: bool | None) -> None:
+        """``Source.published_hooks``: before (``stored`` None) and after a publish of this source's records."""
+        if stored is None:
+            upto = self.settled + len(records)
+            self._write_state([seq for threshold, seq, _ in self.pending if threshold <= upto], self.topic.last_seq)
+            return
         before = self.settled
         self.settled += len(records)
-        if not ok:
+        if not stored:
             self.failed.append((before, self.settled))
-        elif records:
-            self._last_topic_seq = int(getattr(records[-1], "seq", self._last_topic_seq) or self._last_topic_seq)
-        self._settle(self._last_topic_seq if ok else None)
+        self._settle()
 
-    def _settle(self, topic_seq: int | None) -> None:
+    def _settle(self) -> None:
         pending = self.pending
         settled = self.settled
-        stored_any = False
         while pending and pending[0][0] <= settled:
             threshold, seq, copies = pending.popleft()
             self.inflight.pop(seq, None)
             while self.failed and self.failed[0][1] < threshold:
                 self.failed.popleft()
             if self.failed and self.failed[0][0] < threshold <= self.failed[0][1]:
-                self.retry.add(seq)
-                self.to_nak.extend(copies)
+                self.to_nak.extend(copies)  # not stored: redelivered (not in ``stored``), stored then
             else:
-                self.max_stored = max(self.max_stored, seq)
+                self.stored.add(seq)
                 self.to_ack.extend(copies)
-                stored_any = True
-        if stored_any:
-            self._write_state()
         self.flush_acks()
 
     def flush_acks(self) -> None:
@@ -855,7 +934,7 @@ class _DurableConsumer:
             return None
         return value if isinstance(value, dict) else None
 
-    def _write_state(self) -> None:
+    def _write_state(self, storing: list[int], after: int) -> None:
         if self._stream_created is None:
             return
         state = {
@@ -863,15 +942,15 @@ class _DurableConsumer:
             "durable": self.transport.durable,
             "created": self._stream_created,
             "epoch": self.topic.epoch,
-            "stream_seq": self.max_stored,
-            "topic_seq": self._last_topic_seq,
-            "retry": sorted(self.retry),
+            "stored": sorted(self.stored),
+            "storing": storing,
+            "storing_after": after,
         }
         path = self.state_path
         tmp = path.with_name(path.name + ".tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(state), "utf-8")
+            tmp.write_text(json.dumps(state, separators=(",", ":")), "utf-8")
             os.replace(tmp, path)
         except OSError as exc:
             self.transport._log("%s: cannot write state %s: %s", self.transport.description, path, exc)

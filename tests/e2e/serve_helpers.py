@@ -26,10 +26,10 @@ def serve_command() -> list[str]:
 
 
 class Server:
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = config.with_suffix(f".{time.monotonic_ns()}.log")
         self.log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [*serve_command(), "--config", str(config)], stdout=self.log, stderr=subprocess.STDOUT, env=env
         )
