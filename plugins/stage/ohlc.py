@@ -53,6 +53,8 @@ _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _LABEL = re.compile(r"([1-9][0-9]*)([smhd])\Z")
 
 _COMPILED = CORE == "cython"
+_RECORD_ERRORS = (ArithmeticError, LookupError, TypeError, ValueError, AttributeError)
+"""What a record the kernel cannot take makes its columns or the kernel raise."""
 
 Candle = tuple[str, int, int, float, float, float, float, int, bool]
 
@@ -133,14 +135,37 @@ class OhlcProcessor:
             return
         try:
             keys, ts_ms, bids, asks = self._columns(records)
-        except (KeyError, TypeError, ValueError, OverflowError):
-            records = self._usable(records)
-            if not records:
-                return
-            keys, ts_ms, bids, asks = self._columns(records)
-        candles, late = self._aggregator.update(keys, ts_ms, bids, asks)
+            candles, late = self._aggregator.update(keys, ts_ms, bids, asks)
+        except _RECORD_ERRORS as exc:
+            self._process_apart(topic, records, context, exc)
+            return
         self._publish(candles, late, records, context)
         self._touch(keys, context)
+
+    def _process_apart(self, topic: str, records: Sequence[TopicRecord], context: PublishContext, exc: Exception) -> None:
+        """A batch the columns or the kernel refused: the records that caused it cost themselves, nothing more.
+
+        Records without a usable bid, ask and ts_ms are skipped first; if
+        the rest still fails, the batch is split in halves until the failing
+        records stand alone (issue 10: one bad quote made OHLC drop its
+        whole batch). The kernel converts its columns before it changes any
+        state, and the pure twin gets the columns numpy has already checked,
+        so a batch it refused left no trace and its halves count once.
+        """
+        if len(records) == 1:
+            self.invalid_quotes += 1
+            self._invalid_log(
+                "ohlc: skipped a record the kernel refused (%s: %s): %.200r (%d skipped so far)",
+                type(exc).__name__, exc, records[0], self.invalid_quotes,
+            )  # fmt: skip
+            return
+        usable = self._usable(records)
+        if len(usable) < len(records):
+            self.process(topic, usable, context)
+            return
+        half = len(records) // 2
+        self.process(topic, records[:half], context)
+        self.process(topic, records[half:], context)
 
     def _publish(self, candles: list[Candle], late: list[tuple[int, int]], records: Sequence[TopicRecord], context: PublishContext) -> None:
         per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
@@ -234,6 +259,8 @@ class OhlcProcessor:
             if ok:
                 usable.append(record)
         skipped = len(records) - len(usable)
+        if not skipped:
+            return usable
         self.invalid_quotes += skipped
         self._invalid_log("ohlc: skipped %d records without a numeric bid and ask or an int64 ts_ms (%d so far)", skipped, self.invalid_quotes)
         return usable

@@ -307,3 +307,64 @@ def test_recover_rebuilds_state_and_republishes_only_what_was_lost() -> None:
     want, _ = naive_candles(stream, labels, 2)
     got = {(t.removeprefix("ohlc."), key, ts): data for t, series in context.topics.items() for (key, ts), data in series.items()}
     assert got == want
+
+
+class RefusingKernel:
+    """The real kernel behind a fault: it refuses (before touching any state) every batch holding a ``POISON`` key."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.refused = 0
+
+    def update(self, keys: list[str], ts_ms: Any, bids: Any, asks: Any) -> Any:
+        if "POISON" in keys:
+            self.refused += 1
+            raise OverflowError("the kernel cannot take this record")
+        return self.kernel.update(keys, ts_ms, bids, asks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kernel, name)
+
+
+def candles_of(context: Any) -> dict[tuple[str, str, int], dict[str, Any]]:
+    got: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for topic, batch in context.calls:
+        for r in batch:
+            got[(topic.removeprefix("ohlc."), r.key, r.ts_ms)] = r.data
+    return got
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_a_record_the_kernel_refuses_costs_only_itself(context: Any, seed: int) -> None:
+    rng = random.Random(seed)
+    print("seed", seed)
+    quotes = random_stream(rng, 2000)
+    poisoned = list(quotes)
+    for at in sorted(rng.sample(range(len(quotes)), 25), reverse=True):
+        poisoned.insert(at, quote("POISON", quotes[at].ts_ms, 1.0))
+    labels = ["1s", "1m", "1h"]
+    processor = OhlcProcessor(labels, hold_buckets=2)
+    kernel = processor._aggregator = RefusingKernel(processor._aggregator)
+    pos = 0
+    while pos < len(poisoned):
+        size = rng.choice([1, 7, 100, 500])
+        processor.process("quotes.raw", poisoned[pos : pos + size], context)
+        pos += size
+    processor.stop(context)
+    want, _ = naive_candles(quotes, labels, 2)
+    got = candles_of(context)
+    assert got.keys() == want.keys()
+    for ident, candle in want.items():
+        assert got[ident] == pytest.approx(candle), ident
+    assert processor.invalid_quotes == 25 and kernel.refused > 25
+
+
+def test_a_price_numpy_cannot_take_skips_that_quote_not_its_batch(context: Any) -> None:
+    processor = OhlcProcessor(["1s"])
+    huge = TopicRecord(1100, "A", {"bid": 10**400, "ask": 1.0})  # a number, but no double: the columns refuse it
+    processor.process("t", [quote("A", 1000, 1.0), huge, quote("A", 1200, 3.0), quote("B", 1300, 2.0)], context)
+    processor.flush(context)
+    got = candles_of(context)
+    assert got[("1s", "A", 1000)]["ticks"] == 2 and got[("1s", "A", 1000)]["close"] == pytest.approx(3.0001)
+    assert got[("1s", "B", 1000)]["ticks"] == 1
+    assert processor.invalid_quotes == 1
