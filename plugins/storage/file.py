@@ -80,7 +80,7 @@ log = logging.getLogger(__name__)
 META_FILE = "_meta.json"
 DEFAULT_MAX_RECORDS_PER_KEY = 100_000
 DEFAULT_MAX_KEYS = 10_000
-DEFAULT_MAX_OPEN_FILES = 64
+DEFAULT_MAX_OPEN_FILES = 256
 COMPACT_MIN_DEAD_LINES = 256
 """A file is rewritten only when it has at least this many dead lines (and more dead than live)."""
 SLICE_S = 0.005
@@ -91,7 +91,7 @@ _MTIME_SLACK_NS = 2_000_000_000
 """Files modified up to this long before the meta file was last written are read after a crash too (timestamp granularity, clock slew)."""
 _INDEX_CHUNK = 128
 _GROUP_CHUNK = 4096
-_INLINE_KEYS = 16
+_INLINE_KEYS = 256
 """A batch over more keys than this does its file system calls in the thread pool."""
 
 
@@ -207,6 +207,7 @@ class FileStorage:
         self._dirty: set[str] = set()  # written since the last interval fsync
         self._new_entries = False  # files created since the directory was last fsynced
         self._meta_seq = -1
+        self._resumed_seq = 0  # the last seq open() continued from: never record less
         self._last_compact = time.monotonic()
         self._lock = gevent.lock.RLock()
         self._ready = gevent.event.Event()
@@ -247,6 +248,7 @@ class FileStorage:
         self.epoch, last_seq = resume_point(
             meta, data_last_seq, data_doubtful=doubtful, has_data=bool(names), logger=log, what=f"file storage {self.directory}"
         )
+        self._resumed_seq = last_seq
         self._write_meta(last_seq, clean=False)
         self._loader = gevent.spawn(self._load_all, names)
         interval = min(self.flush_interval, MAX_FSYNC_INTERVAL) if self.fsync == "interval" else self.flush_interval
@@ -547,8 +549,11 @@ class FileStorage:
             in_thread(_fsync_names, self._dir, dirty)
             if new_entries:
                 fsync_dir(self.directory)
-        if self._meta_seq != self._index.last_seq:
-            self._write_meta(self._index.last_seq, clean=False)
+        if self._meta_seq != self._last_seq():
+            self._write_meta(self._last_seq(), clean=False)
+
+    def _last_seq(self) -> int:
+        return max(self._resumed_seq, self._opened.last_seq)
 
     def _write_meta(self, last_seq: int, *, clean: bool) -> None:
         data = meta_record(
@@ -611,7 +616,7 @@ class FileStorage:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
-            self._write_meta(self._index.last_seq, clean=True)
+            self._write_meta(self._last_seq(), clean=True)
 
     def health(self) -> dict[str, float]:
         """Figures exported to ``/metrics`` as ``gauss_storage_<figure>``."""

@@ -286,6 +286,7 @@ class RawFileStorage:
         self._torn = False  # a failed write could not be cut back yet: cut before writing again
         self._unsynced: set[Path] = set()
         self._meta_seq = -1
+        self._resumed_seq = 0  # the last seq open() continued from: never record less
         self._lock = gevent.lock.RLock()
         self._task: PeriodicTask | None = None
         self._errors = RateLimitedLog(log, level=logging.ERROR)
@@ -306,6 +307,7 @@ class RawFileStorage:
         self.epoch, last_seq = resume_point(
             meta, data_last_seq, data_doubtful=doubtful, has_data=bool(segments(self.path)), logger=log, what=f"raw log {self.path}"
         )
+        self._resumed_seq = last_seq
         self._write_meta(last_seq, clean=False)
         interval = min(self.flush_interval, MAX_FSYNC_INTERVAL) if self.fsync == "interval" else self.flush_interval
         self._task = PeriodicTask(interval, self.flush, log, f"raw-file storage {self.path}: flush")
@@ -365,6 +367,9 @@ class RawFileStorage:
             if total >= self.tail_records:
                 break
         return [r for records in reversed(collected) for r in records], data_last_seq, doubtful
+
+    def _last_seq(self) -> int:
+        return max(self._resumed_seq, self._opened.last_seq)
 
     def _write_meta(self, last_seq: int, *, clean: bool) -> None:
         data = meta_record(
@@ -490,8 +495,8 @@ class RawFileStorage:
             if self.max_age_s:
                 self._prune()
         fsync_paths(unsynced)
-        if self._meta_seq != self._index.last_seq:
-            self._write_meta(self._index.last_seq, clean=False)
+        if self._meta_seq != self._last_seq():
+            self._write_meta(self._last_seq(), clean=False)
 
     def close(self) -> None:
         if self._task is not None:
@@ -508,7 +513,7 @@ class RawFileStorage:
             if self.fsync != "never":
                 fsync_paths(self._unsynced)
             self._unsynced.clear()
-            self._write_meta(self._index.last_seq, clean=True)
+            self._write_meta(self._last_seq(), clean=True)
 
     def health(self) -> dict[str, float]:
         """Figures exported to ``/metrics`` as ``gauss_storage_<figure>``."""

@@ -226,6 +226,9 @@ def test_a_truncated_last_record_never_lets_its_seq_be_reused(kind: str, clean: 
         assert epoch2 != epoch, "nothing proves seq 1000 was not seen: a new epoch"
     assert target.with_name(target.name + ".corrupt").exists()
     again.close()
+    third = make(kind, tmp_path)
+    assert third.open("t", DataFormat.QUOTE) == (epoch2, last_seq), "a close without appends records the seq it continued from"
+    third.close()
 
 
 @kinds
