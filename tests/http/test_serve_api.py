@@ -95,6 +95,15 @@ def test_default_config_binds_the_api_to_localhost_without_a_token() -> None:
         ({"token": "a", "token_env": "B"}, "api.token_env"),
         ({"max_ws_subscriptions": 0}, "api.max_ws_subscriptions"),
         ({"tokn": "x"}, "api.tokn"),
+        ({"allowed_hosts": "gauss.internal"}, "api.allowed_hosts"),
+        ({"allowed_hosts": ["*", "gauss.internal"]}, "api.allowed_hosts"),
+        ({"allowed_hosts": [" "]}, "api.allowed_hosts"),
+        ({"request_timeout_s": 0}, "api.request_timeout_s"),
+        ({"keepalive_s": "long"}, "api.keepalive_s"),
+        ({"write_timeout_s": -1}, "api.write_timeout_s"),
+        ({"max_inflight_bytes": 1000}, "api.max_inflight_bytes"),
+        ({"max_inflight_bytes_per_connection": 1.5}, "api.max_inflight_bytes_per_connection"),
+        ({"inflight_wait_s": -0.1}, "api.inflight_wait_s"),
     ],
 )
 def test_bad_api_options_are_config_errors_naming_the_key(table: dict[str, object], key: str) -> None:
