@@ -86,6 +86,12 @@ class Metrics:
         self._storage_errors = Counter(
             "gauss_storage_write_errors", "Failed storage writes (batches)", ["topic"], registry=r
         )
+        self._storage_lost = Counter(
+            "gauss_storage_failed_records",
+            "Records a topic dropped because its storage failed to store their batch (never numbered nor shown)",
+            ["topic"],
+            registry=r,
+        )
         self._dropped = Counter(
             "gauss_subscriber_dropped_records", "Records shed by subscriber queues", ["topic", "kind"], registry=r
         )
@@ -139,6 +145,9 @@ class Metrics:
 
     def storage_write_errors(self, topic: str) -> Counter:
         return self._storage_errors.labels(topic)
+
+    def storage_failed_records(self, topic: str) -> Counter:
+        return self._storage_lost.labels(topic)
 
     def dropped(self, topic: str, kind: str) -> Counter:
         return self._dropped.labels(topic, kind)

@@ -127,8 +127,14 @@ class Topic:
                 for record in records:
                     seq += 1
                     append(record.with_seq(seq))
-            if not self._store(numbered):
-                return None
+            kept = self._store(numbered)
+            if kept < len(numbered):  # only what was stored is numbered and shown
+                if self._metrics is not None:
+                    self._metrics.storage_failed_records(self.name).inc(len(numbered) - kept)
+                if not kept:
+                    return None
+                numbered = numbered[:kept]
+                seq = numbered[-1].seq
             self.last_seq = seq
             n = len(numbered)
             self.published += n
@@ -139,30 +145,50 @@ class Topic:
                 subscription.offer(batch)
             return batch
 
-    def _store(self, records: Sequence[TopicRecord]) -> bool:
-        """Journal, then store a numbered batch; False when it was not kept (its seqs are free again).
+    def _store(self, records: Sequence[TopicRecord]) -> int:
+        """Journal, then store a numbered batch; how many of its records were kept (a prefix; 0: none).
 
         A batch the journal took is kept even if the storage then fails: it
         is durable, and the storage gets it back from the journal at restart.
-        Whatever part of a failed batch a storage did keep stays numbered
-        (``last_seq`` moves past it), so one bad batch never wedges the topic.
+        Without a journal, whatever prefix of a failed batch the storage did
+        keep (a storage that stores record by record, like the memory ring)
+        stays numbered and is shown; the rest gives its seqs back, so one bad
+        batch never wedges the topic.
         """
         if self.journal is not None:
             try:
                 self.journal.append(records)
             except Exception as exc:  # noqa: BLE001 - a failing storage must not stop the stream
                 self._store_failed("journal", records, exc)
-                return False
+                return 0
         try:
             self.storage.append(records)
         except Exception as exc:  # noqa: BLE001 - a failing storage must not stop the stream
             self._store_failed(self.storage_type, records, exc)
             if self.journal is None:
-                self.last_seq = max(self.last_seq, self.storage.bounds()[1])
-                return False
+                kept = self._kept(records)
+                if kept and self._stored_counter is not None:
+                    self._stored_counter.inc(kept)
+                return kept
         if self._stored_counter is not None:
             self._stored_counter.inc(len(records))
-        return True
+        return len(records)
+
+    def _kept(self, records: Sequence[TopicRecord]) -> int:
+        """How many records of a batch the storage refused it still holds, from the storage's last seq.
+
+        A storage that cannot say (``bounds`` fails too) may hold any of
+        them, so their seqs are spent, never handed out again (SPEC 1
+        "Seq is a promise"), and none of them is shown.
+        """
+        first = records[0].seq
+        try:
+            last = int(self.storage.bounds()[1])
+        except Exception as exc:  # noqa: BLE001 - the storage is failing; its seqs must not be reused
+            self.last_seq = max(self.last_seq, records[-1].seq)
+            self._store_errors("topic %s: storage %s cannot say what it kept either: %s", self.name, self.storage_type, exc)
+            return 0
+        return min(max(last - first + 1, 0), len(records))
 
     def _store_failed(self, what: str, records: Sequence[TopicRecord], exc: Exception) -> None:
         self.write_errors += 1

@@ -268,3 +268,46 @@ def test_registry_create_from_python_and_close_flushes_and_closes() -> None:
     reg.close()
     assert storage.flushed == 1 and storage.closed
     assert sub.sealed
+
+
+def quote_records(n: int, start: int = 0) -> list[TopicRecord]:
+    return [
+        TopicRecord(1_000 + i, "EURUSD", {"symbol": "EURUSD", "bid": 1.0, "ask": 1.1, "bid_size": 1.0, "ask_size": 1.0, "ts_ms": 1_000 + i})
+        for i in range(start, start + n)
+    ]
+
+
+def test_what_a_failing_ring_kept_stays_numbered_and_shown_and_the_rest_gives_its_seqs_back() -> None:
+    metrics = Metrics()
+    registry = TopicRegistry(metrics=metrics)
+    topic = registry.create("quotes", format="quote", storage="memory")
+    sub = topic.subscribe()
+    batch = quote_records(4)
+    batch[2] = TopicRecord(1_002, "EURUSD", {"symbol": "EURUSD", "ts_ms": 1_002})  # no prices: the ring refuses it
+    published = topic.publish(batch)
+    assert published is not None and [r.seq for r in published.records] == [1, 2]  # the two the ring did store
+    topic.publish(quote_records(2, start=10))
+    assert [r.seq for r in topic.query(limit=10).records] == [1, 2, 3, 4]
+    delivered = [r.seq for d in iter(lambda: sub.take(timeout=0.1), None) for r in d.records]
+    assert delivered == [1, 2, 3, 4]
+    assert metrics.value("gauss_storage_failed_records_total", topic="quotes") == 2
+    assert metrics.value("gauss_storage_write_errors_total", topic="quotes") == 1
+    assert metrics.value("gauss_topic_records_published_total", topic="quotes") == 4
+
+
+class Unanswerable(ListStorage):
+    """A storage whose writes fail and which cannot say what it holds either."""
+
+    def bounds(self) -> tuple[int, int]:
+        raise OSError("no answer")
+
+
+def test_a_storage_that_cannot_say_what_it_kept_spends_the_seqs_and_shows_nothing() -> None:
+    storage = Unanswerable(fail_appends=[1])
+    topic = Topic("t", "any", storage)
+    sub = topic.subscribe()
+    assert topic.publish(quotes(3)) is None  # may be stored, cannot be proven: never shown, seqs never reused
+    published = topic.publish(quotes(2, start=3))
+    assert published is not None and [r.seq for r in published.records] == [4, 5]
+    delivery = sub.take(timeout=1)
+    assert delivery is not None and [r.seq for r in delivery.records] == [4, 5]
