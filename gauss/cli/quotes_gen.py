@@ -439,7 +439,12 @@ def run_file(args: argparse.Namespace, wire: WireFormat, sender: Sender, out: IO
 # --- command line --------------------------------------------------------
 
 
-def _target(text: str) -> tuple[str, int]:
+def _target(text: str) -> tuple[str, int] | str:
+    if text.startswith("nats://"):  # publish to quotes.<SYMBOL> on a NATS server (SPEC section 7)
+        host, sep, port = text[len("nats://") :].rpartition(":")
+        if not (host and port.isdigit() and 0 < int(port) < 65536) if sep else not port:
+            raise argparse.ArgumentTypeError(f"expected nats://HOST[:PORT], got {text!r}")
+        return text
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
@@ -479,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("mode", choices=["auto", "manual", "generate", "file"])
     parser.add_argument("input", nargs="?", help="file mode: JSON-lines file to replay (- for standard input)")
-    parser.add_argument("--target", type=_target, default=("127.0.0.1", 9100), help="HOST:PORT (default 127.0.0.1:9100)")
+    parser.add_argument("--target", type=_target, default=("127.0.0.1", 9100), help="HOST:PORT (default 127.0.0.1:9100), or nats://HOST:PORT to publish to quotes.<SYMBOL>")
     parser.add_argument("--symbols", type=_symbols, default=list(DEFAULT_SYMBOLS), help="comma-separated symbols")
     parser.add_argument("--rate", type=_positive(float), default=1000.0, help="quotes per second (default 1000)")
     parser.add_argument("--duration", type=_positive(float), help="auto: stop after this many seconds")
@@ -506,8 +511,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         wire = WireFormat.build(args.codec, args.framing, args.compress)
     except ConfigError as exc:
         parser.exit(2, f"gauss-quotes-gen: {exc}\n")
-    host, port = args.target
-    sender = Sender(host, port, out=out)
+    sender: Any
+    if isinstance(args.target, str):  # nats://: one message per symbol and batch, to quotes.<SYMBOL>
+        from gauss_plugins.transport.nats import NatsSender, SubjectWire
+
+        wire, sender = SubjectWire(wire), NatsSender(args.target, out=out)  # type: ignore[assignment]
+    else:
+        host, port = args.target
+        sender = Sender(host, port, out=out)
     try:
         if args.mode == "auto":
             return run_auto(args, wire, sender, out)

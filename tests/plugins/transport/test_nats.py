@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -280,3 +282,22 @@ def test_a_damaged_message_loses_only_itself(nats_server: NatsServer, tmp_path: 
         assert hub.sources[0].oversize == 1
     finally:
         hub.stop()
+
+
+def test_quotes_gen_publishes_to_quotes_symbol(nats_server: NatsServer) -> None:
+    script = Path(sys.executable).with_name("gauss-quotes-gen")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "gauss.cli.quotes_gen"]
+    with BusClient(nats_server.url) as client:
+        got = client.subscribe("quotes.*.*")  # the server maps quotes.<SYMBOL> to quotes.<partition>.<SYMBOL>
+        result = subprocess.run(
+            [*command, "auto", "--target", nats_server.url, "--symbols", "EURUSD,USDJPY", "--rate", "2000", "--count", "300"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: sum(data.count(b"\n") for _, data in got) == 300, what="300 quotes on the bus")
+    assert {subject for subject, _ in got} == {f"quotes.{shard_of(s, 2)}.{s}" for s in ("EURUSD", "USDJPY")}
+    for subject, data in got:
+        assert {json.loads(line)["symbol"] for line in data.splitlines()} == {subject.split(".")[2]}
+    assert len(got) < 300  # several quotes a message
+    bad = subprocess.run([*command, "auto", "--target", "nats://host:port"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "nats://HOST[:PORT]" in bad.stderr
