@@ -276,3 +276,23 @@ def test_connection_table_evicts_the_longest_idle_first() -> None:
     assert not table.admit() and table.refusals == 1
     table.release(a)
     assert table.open == 1 and table.admit()
+
+
+def test_a_replay_refused_for_room_ends_its_subscription_with_an_error(make_api: Callable[..., Api]) -> None:
+    api = make_api(max_inflight_bytes=1 << 20, inflight_wait_s=0.2, write_timeout_s=2.0)
+    api.hub.publish("quotes", quotes(100_000))
+    hog = _never_reading(api, "/api/topics/quotes?limit=100000")
+    wait_for(lambda: api.server.budget.held > 1 << 20, what="the hog's answer in flight")
+    ws = api.ws()
+    subscribed = ws.request({"action": "subscribe", "topic": "quotes", "since_seq": 0, "id": "r"})
+    assert subscribed["type"] == "subscribed"
+    refused = ws.recv()
+    assert refused["type"] == "error" and refused["id"] == "r" and refused["topic"] == "quotes"
+    assert "replay" in refused["error"] and "in flight" in refused["error"]
+    wait_for(lambda: len(api.hub.topic("quotes").subscriptions) == 0, what="the subscription to end")
+    wait_for(lambda: api.server.budget.held == 0, timeout=10, what="the hog to be cut off")
+    again = ws.request({"action": "subscribe", "topic": "quotes", "since_seq": 99_990, "id": "r2"})
+    assert again["type"] == "subscribed"  # the same connection subscribes again, and is replayed
+    assert [r["seq"] for r in ws.recv()["records"]] == list(range(99_991, 100_001))
+    ws.close()
+    hog.close()
