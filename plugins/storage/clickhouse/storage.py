@@ -174,6 +174,8 @@ class ClickHouseStorage:
         self.insert_errors = 0
         self.dropped = 0
         self.last_error = ""
+        self._unreachable = False
+        """The last insert could not even connect: reads fail at once instead of waiting to time out."""
         self._warn = RateLimitedLog(log, level=logging.ERROR)
         self._refused = RateLimitedLog(log, level=logging.ERROR)
 
@@ -497,6 +499,7 @@ class ClickHouseStorage:
         except ClickHouseUnavailable as exc:
             self.insert_errors += 1
             self.last_error = str(exc)
+            self._unreachable = exc.status == 0 and exc.code == 0
             if self.healthy:
                 log.error("clickhouse storage %s: insert failed, will retry: %s", self.topic, exc)
             else:
@@ -515,6 +518,7 @@ class ClickHouseStorage:
             more, ok = self._deliver(frames[half:])
             return done + more, ok
         self.inserted += sum(f.records for f in frames)
+        self._unreachable = False
         return len(frames), True
 
     def _insert(self, body: bytes) -> None:
@@ -579,7 +583,14 @@ class ClickHouseStorage:
         return out
 
     def _read(self, sql: str) -> bytes:
-        """Run a read; a table missing (it comes back with the next insert) counts as unavailable."""
+        """Run a read; a table missing (it comes back with the next insert) counts as unavailable.
+
+        While the worker cannot connect at all, reads fail at once: a
+        listing, or a topic asking ``bounds`` after a refused batch, must not
+        wait ``connect_timeout`` per call on a host that does not answer.
+        """
+        if self._unreachable and not self.healthy:
+            raise StorageUnavailable(f"clickhouse unreachable (retrying in the background): {self.last_error}")
         try:
             return self._reader.execute(sql)
         except ClickHouseError as exc:

@@ -411,6 +411,12 @@ def test_a_full_spool_refuses_the_batch_counted_and_logged(clickhouse_factory: A
     assert storage.dropped == 50 * refused
     assert storage.buffered == accepted
     assert "dropped 50 records" in caplog.text
+    # What a topic asks after a refused batch answers at once while ClickHouse cannot be reached.
+    wait_until(lambda: storage.insert_errors > 0, what="the worker to notice the outage")
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable, match="unreachable"):
+        storage.bounds()
+    assert time.monotonic() - started < 0.1
     server.start()
     wait_until(lambda: storage.buffered == 0, what="delivery")
     assert storage.count() == accepted
