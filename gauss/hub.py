@@ -50,6 +50,7 @@ class Hub:
         self.metrics.watch(self.registry)
         self.sources: list[Source] = []
         self.processors: list[ProcessorRunner] = []
+        self.metrics.watch_processors(lambda: self.processors)
         self.sinks: list[Any] = []
         """Sinks as started: a ``StreamSink`` (per-client queues) or a :class:`SinkRunner`."""
         self._callbacks: list[gevent.Greenlet] = []

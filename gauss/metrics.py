@@ -9,10 +9,10 @@ at scrape time from the live subscriptions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -73,6 +73,23 @@ class _StorageHealthCollector(Collector):
                     )
                 family.add_metric([topic.name, topic.storage_type], float(value))
         yield from families.values()
+
+
+class _ProcessorCollector(Collector):
+    """Records each processor skipped (``skipped_records``, e.g. quotes its kernel refused), read at scrape time."""
+
+    def __init__(self, runners: Callable[[], Sequence[Any]]) -> None:
+        self._runners = runners
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        skipped = CounterMetricFamily(
+            "gauss_processor_skipped_records", "Input records a processor could not use (skipped, logged)", labels=["processor"]
+        )
+        for runner in self._runners():
+            count = getattr(runner.processor, "skipped_records", None)
+            if count is not None:
+                skipped.add_metric([runner.name], float(count))
+        yield skipped
 
 
 class Metrics:
@@ -136,6 +153,10 @@ class Metrics:
     def watch(self, topics: TopicRegistry) -> None:
         """Report queue depths of ``topics``' subscribers."""
         self._topics = topics
+
+    def watch_processors(self, runners: Callable[[], Sequence[Any]]) -> None:
+        """Report the records the processors of ``runners()`` (``ProcessorRunner``s) skipped."""
+        self.registry.register(_ProcessorCollector(runners))
 
     def topic_published(self, topic: str) -> Counter:
         return self._published.labels(topic)

@@ -123,6 +123,11 @@ class OhlcProcessor:
         self._evict_log = RateLimitedLog(log, level=logging.WARNING)
 
     @property
+    def skipped_records(self) -> int:
+        """Input records skipped (no usable bid, ask or ts_ms, or refused by the kernel): ``gauss_processor_skipped_records_total``."""
+        return self.invalid_quotes
+
+    @property
     def late_counts(self) -> dict[str, int]:
         """Quotes too late for any held bucket, per timeframe label (for metrics)."""
         return dict(zip(self.labels, self._aggregator.late_counts, strict=True))

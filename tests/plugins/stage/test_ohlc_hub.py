@@ -74,3 +74,18 @@ def test_candles_are_stored_per_timeframe_and_survive_a_restart(tmp_path: Path) 
         assert [c for c in closes(again, "ohlc.1s") if c[0] == "EURUSD"] == want_1s
     finally:
         again.stop()
+
+
+def test_records_the_processor_skips_are_counted_in_metrics(tmp_path: Path) -> None:
+    table = config()
+    table["topics"][0] = {"name": "quotes.raw", "format": "any"}  # a Python publisher, not a source: no door
+    hub = Hub.from_config(table, base_dir=tmp_path)
+    hub.start()
+    try:
+        huge = TopicRecord(T0 + 1, "EURUSD", {"symbol": "EURUSD", "bid": 10**400, "ask": 1.0})
+        hub.publish("quotes.raw", [quote("EURUSD", T0, 1.0), huge, quote("EURUSD", T0 + 2, 3.0)])
+        wait_until(lambda: closes(hub, "ohlc.1m") == [("EURUSD", T0, 3.25, 2)])
+        assert hub.metrics.value("gauss_processor_skipped_records_total", processor="ohlc(quotes.raw)") == 1
+        assert b"gauss_processor_skipped_records_total" in hub.metrics.exposition()
+    finally:
+        hub.stop()
