@@ -20,10 +20,13 @@ from format_helpers import canon
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gauss.config import load_config
 from gauss.core import TopicRecord
 from gauss.quotes import MAX_TS_MS, TS_RANGE, QuoteCheck, RecordCheck
 from gauss.records import Rejected
 from gauss.registry import create
+from gauss.source import Source
+from gauss.topics import TopicRegistry
 
 NOW_MS = int(time.time() * 1000)
 GOOD = {"symbol": "EURUSD", "bid": 1.085, "ask": 1.0852, "bid_size": 1e6, "ask_size": 5e5, "ts_ms": NOW_MS - 1000}
@@ -293,3 +296,34 @@ def test_record_check_refuses_non_finite_numbers_and_long_keys_anywhere() -> Non
         == "rejected record: data.levels[1].px is inf; numbers must be finite"
     )
     assert RecordCheck(max_key_bytes=200).check(records[3:])[0] == records[3:]
+
+
+# --- the door itself: a source applies its own max_key_bytes, to quotes and to any record ---
+
+
+def test_a_source_holds_every_record_to_its_own_bounds() -> None:
+    transport = {"type": "tcp-server", "port": 0}
+    config = load_config(
+        {
+            "topics": [{"name": "q", "format": "quote"}, {"name": "any"}],
+            "sources": [
+                {"topic": "q", "transport": transport, "max_key_bytes": 8, "max_future_ms": False, "check_prices": False},
+                {"topic": "any", "transport": transport},
+            ],
+        }
+    )
+    registry = TopicRegistry(config.topics)
+    registry.open()
+    quotes_in, any_in = Source(config.sources[0], registry), Source(config.sources[1], registry)
+    quotes_in.ingest([json_payload({**GOOD, "symbol": "EURUSD"}), json_payload({**GOOD, "symbol": "EURUSD.SPOT"})])
+    assert (quotes_in.records, quotes_in.rejected_quotes, quotes_in.bad_frames) == (1, 1, 0)
+    any_in.ingest(
+        [
+            b'{"symbol":"A","ts_ms":5,"levels":[1.5,2.5]}',
+            b'{"symbol":"' + b"k" * 65 + b'","ts_ms":5}',
+            b'{"symbol":"A","ts_ms":-1e300}',
+            b'{"symbol":"A","ts_ms":5,"x":1e999}',
+        ]
+    )
+    assert (any_in.records, any_in.rejected_quotes, any_in.bad_frames) == (1, 1, 2)
+    registry.close()
