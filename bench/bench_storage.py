@@ -7,9 +7,13 @@ Prints quotes/s for, in the same run:
   open-candle flush every 0.25 s and the storage flush every 1 s of wall time, as
   in the server; quote timestamps advance at the 500,000 quotes/s target rate.
 
+With ``--fsync`` the file storage rows are run once per listed policy, and
+with ``--before REV`` once more with the file storage of git revision REV
+(bench_durability.load_before).
+
 Numbers are noisy on a shared 2-core machine; compare rows of one run only.
 
-    .venv/bin/python bench/bench_storage.py [--quotes 400000] [--symbols 100] [--batch 1000]
+    .venv/bin/python bench/bench_storage.py [--quotes 400000] [--symbols 100] [--batch 1000] [--fsync interval,never] [--before REV]
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import argparse
 import random
 import tempfile
 import time
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from gauss_plugins.stage.ohlc import DEFAULT_TIMEFRAMES, OhlcProcessor, parse_timeframe
 from gauss_plugins.storage.file import FileStorage
@@ -51,15 +55,16 @@ class NullContext:
 class StoringContext:
     """Numbers records per topic and appends them to that topic's file storage, like a topic."""
 
-    def __init__(self, directory: str) -> None:
-        self.storages: dict[str, FileStorage] = {}
+    def __init__(self, directory: str, make: Callable[[str], Any]) -> None:
+        self.storages: dict[str, Any] = {}
         self.seq: dict[str, int] = {}
         self.directory = directory
+        self.make = make
 
     def publish(self, topic: str, records: Sequence[TopicRecord]) -> None:
         storage = self.storages.get(topic)
         if storage is None:
-            storage = self.storages[topic] = FileStorage(f"{self.directory}/{topic}", flush_interval=3600)
+            storage = self.storages[topic] = self.make(f"{self.directory}/{topic}")
             self.seq[topic] = storage.open(topic, DataFormat.CANDLE)[1]
         seq = self.seq[topic]
         numbered = [TopicRecord(r.ts_ms, r.key, r.data, seq + i) for i, r in enumerate(records, 1)]
@@ -75,7 +80,7 @@ class StoringContext:
             storage.close()
 
 
-def run(batches: list[list[TopicRecord]], mode: str) -> float:
+def run(batches: list[list[TopicRecord]], mode: str, make: Callable[[str], Any] | None = None) -> float:
     total = sum(len(b) for b in batches)
     if mode == "kernel":
         agg = OhlcAggregator([parse_timeframe(t) for t in DEFAULT_TIMEFRAMES], 2)
@@ -85,7 +90,7 @@ def run(batches: list[list[TopicRecord]], mode: str) -> float:
         return total / (time.perf_counter() - started)
     processor = OhlcProcessor()
     with tempfile.TemporaryDirectory() as directory:
-        context = StoringContext(directory) if mode == "file" else NullContext()
+        context = StoringContext(directory, make) if make is not None else NullContext()
         started = time.perf_counter()
         next_open = started + processor.flush_interval  # type: ignore[operator]
         next_store = started + 1.0
@@ -109,15 +114,25 @@ def main() -> None:
     parser.add_argument("--quotes", type=int, default=400_000)
     parser.add_argument("--symbols", type=int, default=100)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--fsync", default="interval", help="comma-separated fsync policies of the file storage rows")
+    parser.add_argument("--before", default=None, help="also run the file storage of this git revision")
     args = parser.parse_args()
     batches = make_batches(args.quotes, args.symbols, args.batch)
     print(f"kernels: {CORE}; {args.quotes} quotes, {args.symbols} symbols, batches of {args.batch}, 8 timeframes")
     base = run(batches, "kernel")
-    print(f"{'path':<44} {'quotes/s':>12} {'vs kernel':>10}")
-    print(f"{'OhlcAggregator.update_records (baseline)':<44} {base:>12,.0f} {1.0:>9.2f}x")
-    for mode, label in (("null", "ohlc processor -> no-op publish"), ("file", "ohlc processor -> 8 file storages")):
-        rate = run(batches, mode)
-        print(f"{label:<44} {rate:>12,.0f} {rate / base:>9.2f}x")
+    print(f"{'path':<52} {'quotes/s':>12} {'vs kernel':>10}")
+    print(f"{'OhlcAggregator.update_records (baseline)':<52} {base:>12,.0f} {1.0:>9.2f}x")
+    rows: list[tuple[str, Callable[[str], Any] | None]] = [("ohlc processor -> no-op publish", None)]
+    if args.before:
+        from bench_durability import load_before
+
+        old = load_before(args.before).file.FileStorage
+        rows.append((f"ohlc processor -> 8 file storages at {args.before}", lambda d: old(d, flush_interval=3600)))
+    for policy in args.fsync.split(","):
+        rows.append((f"ohlc processor -> 8 file storages, fsync={policy}", lambda d, policy=policy: FileStorage(d, fsync=policy)))
+    for label, make in rows:
+        rate = run(batches, "file" if make is not None else "null", make)
+        print(f"{label:<52} {rate:>12,.0f} {rate / base:>9.2f}x")
 
 
 if __name__ == "__main__":
