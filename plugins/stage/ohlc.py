@@ -136,41 +136,45 @@ class OhlcProcessor:
         """Nothing to prepare: buckets open as quotes arrive."""
 
     def process(self, topic: str, records: Sequence[TopicRecord], context: PublishContext) -> None:
+        for part, keys, candles, late in self._apply(records):
+            self._publish(candles, late, part, context)
+            self._touch(keys, context)
+
+    def _apply(self, records: Sequence[TopicRecord]) -> Iterator[tuple[Sequence[TopicRecord], list[str], list[Candle], list[tuple[int, int]]]]:
+        """Run ``records`` through the kernel: ``(part, keys, candles, late)`` for each part it took, in order.
+
+        Normally one part, the whole batch. A batch the columns or the kernel
+        refuse costs only the records that caused it (issue 10: one bad
+        quote made OHLC drop its whole batch): records without a usable bid,
+        ask and ts_ms are skipped first; if the rest still fails it is split
+        in halves until each refused record stands alone, and is skipped,
+        counted (``skipped_records``) and logged. The kernel converts its
+        columns before it changes any state, and the pure twin gets columns
+        numpy has already checked, so a refused batch left no trace and its
+        halves count once.
+        """
         if not records:
             return
         try:
             keys, ts_ms, bids, asks = self._columns(records)
             candles, late = self._aggregator.update(keys, ts_ms, bids, asks)
         except _RECORD_ERRORS as exc:
-            self._process_apart(topic, records, context, exc)
+            if len(records) == 1:
+                self.invalid_quotes += 1
+                self._invalid_log(
+                    "ohlc: skipped a record the kernel refused (%s: %s): %.200r (%d skipped so far)",
+                    type(exc).__name__, exc, records[0], self.invalid_quotes,
+                )  # fmt: skip
+                return
+            usable = self._usable(records)
+            if len(usable) < len(records):
+                yield from self._apply(usable)
+                return
+            half = len(records) // 2
+            yield from self._apply(records[:half])
+            yield from self._apply(records[half:])
             return
-        self._publish(candles, late, records, context)
-        self._touch(keys, context)
-
-    def _process_apart(self, topic: str, records: Sequence[TopicRecord], context: PublishContext, exc: Exception) -> None:
-        """A batch the columns or the kernel refused: the records that caused it cost themselves, nothing more.
-
-        Records without a usable bid, ask and ts_ms are skipped first; if
-        the rest still fails, the batch is split in halves until the failing
-        records stand alone (issue 10: one bad quote made OHLC drop its
-        whole batch). The kernel converts its columns before it changes any
-        state, and the pure twin gets the columns numpy has already checked,
-        so a batch it refused left no trace and its halves count once.
-        """
-        if len(records) == 1:
-            self.invalid_quotes += 1
-            self._invalid_log(
-                "ohlc: skipped a record the kernel refused (%s: %s): %.200r (%d skipped so far)",
-                type(exc).__name__, exc, records[0], self.invalid_quotes,
-            )  # fmt: skip
-            return
-        usable = self._usable(records)
-        if len(usable) < len(records):
-            self.process(topic, usable, context)
-            return
-        half = len(records) // 2
-        self.process(topic, records[:half], context)
-        self.process(topic, records[half:], context)
+        yield records, keys, candles, late
 
     def _publish(self, candles: list[Candle], late: list[tuple[int, int]], records: Sequence[TopicRecord], context: PublishContext) -> None:
         per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
@@ -340,24 +344,19 @@ class OhlcProcessor:
 
     def _replay(self, records: list[TopicRecord], derived: dict[tuple[str, int, int], Candle]) -> int:
         """Apply a batch of history: like :meth:`process`, but candles are kept, not published."""
-        try:
-            keys, ts_ms, bids, asks = self._columns(records)
-        except (KeyError, TypeError, ValueError, OverflowError):
-            records = self._usable(records)
-            if not records:
-                return 0
-            keys, ts_ms, bids, asks = self._columns(records)
-        candles, _ = self._aggregator.update(keys, ts_ms, bids, asks)
+        applied = 0
         tf_index = self._tf_index
-        for candle in candles:
-            t = tf_index[candle[1]]
-            derived[(candle[0], t, candle[2])] = candle
-            if candle[8]:
-                self._pending_open[(candle[0], t)] = candle
-        for key in dict.fromkeys(keys):
-            self._idle_order[key] = None
-            self._idle_order.move_to_end(key)
-        return len(records)
+        for part, keys, candles, _ in self._apply(records):
+            for candle in candles:
+                t = tf_index[candle[1]]
+                derived[(candle[0], t, candle[2])] = candle
+                if candle[8]:
+                    self._pending_open[(candle[0], t)] = candle
+            for key in dict.fromkeys(keys):
+                self._idle_order[key] = None
+                self._idle_order.move_to_end(key)
+            applied += len(part)
+        return applied
 
     def _stored(self, context: RecoveryContext, key: str, t: int, starts: list[int]) -> dict[int, tuple[Any, ...]]:
         """``(open, high, low, close, ticks)`` of the stored candles of ``key`` at ``starts``, by bucket start."""

@@ -368,3 +368,15 @@ def test_a_price_numpy_cannot_take_skips_that_quote_not_its_batch(context: Any) 
     assert got[("1s", "A", 1000)]["ticks"] == 2 and got[("1s", "A", 1000)]["close"] == pytest.approx(3.0001)
     assert got[("1s", "B", 1000)]["ticks"] == 1
     assert processor.invalid_quotes == 1
+
+
+def test_recovery_skips_a_record_the_kernel_refuses_and_keeps_the_rest() -> None:
+    stream = random_stream(random.Random(8), 300)
+    history = [*stream[:100], TopicRecord(stream[100].ts_ms, "A", {"bid": 10**400, "ask": 1.0}), *stream[100:]]
+    restarted = OhlcProcessor(["1m"])
+    context = CandleContext()
+    restarted.recover(iter(history), context)
+    restarted.flush(context)
+    want, _ = naive_candles(stream, ["1m"], 2)
+    got = {(t.removeprefix("ohlc."), key, ts): data for t, series in context.topics.items() for (key, ts), data in series.items()}
+    assert got == want and restarted.skipped_records == 1
