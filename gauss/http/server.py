@@ -87,6 +87,7 @@ class _Handler(WebSocketHandler):
                 self.socket.send(_refusal_response(table.limit), 0, 0.0)  # never waits: it may be lost
             except OSError:
                 pass
+            self.rfile.close()  # the socket's descriptor closes with its last file
             self.socket.close()
             return
         self.share = Share()
