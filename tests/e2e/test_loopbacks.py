@@ -113,7 +113,7 @@ def test_quotes_into_9100_come_back_identical_through_csv_protobuf_and_avro(hub:
     source_port = hub.test_ports[9100]  # type: ignore[attr-defined]
     warm_up(hub, source_port)
     quotes_file = tmp_path / "quotes.jsonl"
-    symbols = 'EURUSD,USDJPY,B\u00dcND,O"DD;ONE,' + "X" * 200  # CSV quoting, non-ASCII, long
+    symbols = 'EURUSD,USDJPY,B\u00dcND,O"DD;ONE,' + "X" * 64  # CSV quoting, non-ASCII, as long as a key may be (SPEC 1: 64 bytes)
     run_gen("generate", "--count", "5000", "--seed", "11", "--symbols", symbols, "--out", str(quotes_file))
     run_gen("file", str(quotes_file), "--speed", "max", "--target", f"127.0.0.1:{source_port}")
 
