@@ -85,7 +85,7 @@ COMPACT_MIN_DEAD_LINES = 256
 """A file is rewritten only when it has at least this many dead lines (and more dead than live)."""
 SLICE_S = 0.005
 """PERF: work over many keys yields to other greenlets after this long (issue 11: no flush may hold the loop ~20 ms)."""
-_YIELD_S = 0.0001
+_YIELD_CAP_S = 0.002
 _TAIL_READ = 4096
 _MTIME_SLACK_NS = 2_000_000_000
 """Files modified up to this long before the meta file was last written are read after a crash too (timestamp granularity, clock slew)."""
@@ -129,8 +129,10 @@ class _Slicer:
 
     NOTE: ``gevent.sleep(0)`` only runs greenlets already scheduled; timers
     and I/O wait for a loop iteration (measured: a 2 s loop yielding with
-    sleep(0) every 5 ms still kept a 1 ms timer waiting 744 ms). A short real
-    sleep makes the loop turn.
+    sleep(0) every 5 ms still kept a 1 ms timer waiting 744 ms). A real
+    sleep makes the loop turn but costs ~1.3 ms (the poll's granularity);
+    ``gevent.idle()`` costs ~4 us but may wait as long as the loop is busy,
+    so it is capped at 2 ms.
     """
 
     __slots__ = ("_since",)
@@ -141,7 +143,8 @@ class _Slicer:
     def __call__(self) -> None:
         now = time.perf_counter()
         if now - self._since >= SLICE_S:
-            gevent.sleep(_YIELD_S)
+            with gevent.Timeout(_YIELD_CAP_S, False):
+                gevent.idle()
             self._since = time.perf_counter()
 
 
