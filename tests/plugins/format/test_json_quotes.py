@@ -158,3 +158,16 @@ def test_fused_path_honours_custom_key_and_ts_fields() -> None:
     payload = dumps({"sym": "EURUSD", "bid": 1.1, "ask": 1.2, "t": QUOTE["ts_ms"]})
     check = QuoteCheck()
     assert_same(codec.decode_quotes([payload], check), generic(codec, [payload], check))
+
+
+def test_invalid_utf8_in_an_unknown_field_is_a_bad_frame_on_both_paths() -> None:
+    codec = create("codec", "json")
+    payloads = [
+        dumps(QUOTE)[:-1] + b',"venue":"\xff"}',  # the typed decoder skips "venue" unread
+        dumps(QUOTE)[:-1] + b',"\xc3":1}',
+        dumps({**QUOTE, "symbol": "é"}),  # non-ASCII and valid: still accepted
+    ]
+    check = QuoteCheck()
+    fused = codec.decode_quotes(payloads, check)
+    assert_same(fused, generic(codec, payloads, check))
+    assert [r.key for r in fused[0]] == ["é"] and len(fused[1]) == 2 and fused[2] == []
