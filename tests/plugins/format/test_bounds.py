@@ -305,10 +305,10 @@ def test_a_source_holds_every_record_to_its_own_bounds() -> None:
     transport = {"type": "tcp-server", "port": 0}
     config = load_config(
         {
-            "topics": [{"name": "q", "format": "quote"}, {"name": "any"}],
+            "topics": [{"name": "q", "format": "quote"}, {"name": "any"}, {"name": "dead"}],
             "sources": [
                 {"topic": "q", "transport": transport, "max_key_bytes": 8, "max_future_ms": False, "check_prices": False},
-                {"topic": "any", "transport": transport},
+                {"topic": "any", "transport": transport, "dead_letter": "dead"},
             ],
         }
     )
@@ -326,4 +326,35 @@ def test_a_source_holds_every_record_to_its_own_bounds() -> None:
         ]
     )
     assert (any_in.records, any_in.rejected_quotes, any_in.bad_frames) == (1, 1, 2)
+    letters = [r.data["reason"] for r in registry.get("dead").query(limit=10).records]  # dead-lettered, with the reason
+    assert len(letters) == 3 and any("more than max_key_bytes = 64" in reason for reason in letters)
+    assert any("outside 1 ..= 253402300799999" in reason for reason in letters)
     registry.close()
+
+
+def _floats_in(value: Any) -> list[float]:
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in _floats_in(v)]
+    if isinstance(value, (list, tuple)):
+        return [f for v in value for f in _floats_in(v)]
+    return []
+
+
+payload_values = st.recursive(
+    st.one_of(st.floats(), st.integers(), st.text(max_size=3), st.none(), st.booleans()),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=payload_values)
+def test_check_finite_refuses_exactly_the_values_holding_a_non_finite_float(data: Any) -> None:
+    bad = [f for f in _floats_in(data) if not math.isfinite(f)]
+    record = TopicRecord(5, "A", {"v": data})
+    good, refused = RecordCheck().check([record])
+    assert (good, len(refused)) == (([], 1) if bad else ([record], 0))
+    if bad:
+        assert "numbers must be finite" in refused[0].reason
