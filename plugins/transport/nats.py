@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import json
 import logging
 import os
@@ -179,6 +178,7 @@ class _Bus:
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.waker: _Waker | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def ensure(self) -> asyncio.AbstractEventLoop:
         if self.loop is not None:
@@ -206,21 +206,34 @@ class _Bus:
         self.loop = holder[0]
         return self.loop
 
-    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coro, self.ensure())
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` as a task of the bus loop (its end is the coroutine's business)."""
+        self.ensure().call_soon_threadsafe(self._start, coro, None)
+
+    def _start(self, coro: Any, result: gevent.event.AsyncResult | None) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if result is not None:
+            task.add_done_callback(lambda done: self.post(result.set, done))
 
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         self.ensure().call_soon_threadsafe(fn, *args)
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """From the bus thread: run ``fn(*args)`` in the gevent hub."""
+        """From the bus thread: run ``fn(*args)`` in the gevent hub (logging too: its locks are gevent's)."""
         assert self.waker is not None
         self.waker.post(fn, *args)
 
-    def wait(self, future: concurrent.futures.Future[Any], timeout: float | None = None) -> Any:
-        """Wait cooperatively (this greenlet only) for a future of the bus thread."""
+    def wait(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run ``coro`` in the bus loop and wait cooperatively (this greenlet only) for its result.
+
+        No lock is shared with the bus thread (no ``concurrent.futures``, no
+        logging there): under monkey-patching those are gevent locks, which
+        deadlock across OS threads. Results come back through the waker.
+        """
         result: gevent.event.AsyncResult = gevent.event.AsyncResult()
-        future.add_done_callback(lambda f: self.post(result.set, f))
+        self.ensure().call_soon_threadsafe(self._start, coro, result)
         done = result.get(timeout=timeout)
         return done.result()
 
@@ -315,7 +328,7 @@ class NatsTransport:
         self._closing = False
         self._recover = True
         """Set at start and on each reconnect: re-read what was delivered but not acknowledged, in order."""
-        self._futures: list[concurrent.futures.Future[Any]] = []
+        self._serving = False
         self._greenlets: list[gevent.Greenlet] = []
         self._log = RateLimitedLog(log)
         self._source: Source | None = None
@@ -325,7 +338,10 @@ class NatsTransport:
         self._inbox_ready = gevent.event.Event()
         # sink hand-off (gevent -> bus thread)
         self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
-        self._out_bytes = 0
+        self._out_added = 0
+        """Bytes handed to the bus thread (counted by gevent) ..."""
+        self._out_sent = 0
+        """... and taken off the outbox (counted by the bus thread): each side writes only its own."""
         self._out_event: asyncio.Event | None = None
         self._out_room = gevent.event.Event()
         self._out_room.set()
@@ -363,14 +379,14 @@ class NatsTransport:
     def serve(self, handler: Callable[[Any], None]) -> None:
         """Start without blocking: a source consumes messages, a sink gets a connection for ``handler``."""
         self._closing = False
+        self._serving = True
         BUS.ensure()
         _TRANSPORTS.add(self)  # in /metrics while serving (config validation builds throwaway instances)
         if self._source is not None:
             self._greenlets.append(gevent.spawn(self._take_loop))
-            body = self._consume_js() if self.jetstream else self._consume_core()
-            self._futures.append(BUS.submit(body))
+            BUS.spawn(self._consume_js() if self.jetstream else self._consume_core())
         else:
-            self._futures.append(BUS.submit(self._publish_loop()))
+            BUS.spawn(self._publish_loop())
             self._greenlets.append(gevent.spawn(self._sink_loop, handler))
 
     def close(self, timeout: float = 2.0) -> None:
@@ -385,16 +401,14 @@ class NatsTransport:
         self._greenlets = []
         if self._consumer is not None:
             self._consumer.flush_acks()
-        if BUS.loop is not None and not self._futures == []:
+        if BUS.loop is not None and self._serving:
+            self._serving = False
             if self._out_event is not None:
                 BUS.call(self._out_event.set)
             try:
-                BUS.wait(BUS.submit(self._shutdown(timeout)), timeout=timeout + 1.0)
+                BUS.wait(self._shutdown(timeout), timeout=timeout + 1.0)
             except (gevent.Timeout, Exception) as exc:  # noqa: BLE001 - closing regardless
                 log.info("%s: close: %s", self.description, exc)
-        for future in self._futures:
-            future.cancel()
-        self._futures = []
         _TRANSPORTS.discard(self)
 
     # --- the bus side (runs in the bus thread) -------------------------------------
@@ -407,15 +421,15 @@ class NatsTransport:
         async def disconnected() -> None:
             self.connected = False
             if not self._closing:
-                self._log("%s: disconnected; reconnecting every %.1fs", self.description, self.reconnect_max)
+                BUS.post(self._log, "%s: disconnected; reconnecting every %.1fs", self.description, self.reconnect_max)
 
         async def reconnected() -> None:
             self.connected = True
             self._recover = True
-            log.info("%s: reconnected", self.description)
+            BUS.post(log.info, "%s: reconnected", self.description)
 
         async def error(exc: Exception) -> None:
-            self._log("%s: %s", self.description, exc)
+            BUS.post(self._log, "%s: %s", self.description, exc)
 
         while not self._closing:
             try:
@@ -432,15 +446,15 @@ class NatsTransport:
                 )
             except Exception as exc:  # noqa: BLE001 - any failure to connect: retry with back-off
                 if failures == 0:
-                    log.warning("%s: cannot connect (%s); retrying with back-off up to %.1fs", self.description, exc, self.reconnect_max)
+                    BUS.post(log.warning, "%s: cannot connect (%s); retrying with back-off up to %.1fs", self.description, exc, self.reconnect_max)
                 failures += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
                 continue
             if failures:
-                log.info("%s: connected after %d failed attempts", self.description, failures)
+                BUS.post(log.info, "%s: connected after %d failed attempts", self.description, failures)
             else:
-                log.info("%s: connected", self.description)
+                BUS.post(log.info, "%s: connected", self.description)
             self._nc = nc
             self.connected = True
             return nc
@@ -452,7 +466,7 @@ class NatsTransport:
         try:
             return await js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
-            log.info("%s: creating stream %s with subjects %s", self.description, self.stream, ", ".join(self.stream_subjects))
+            BUS.post(log.info, "%s: creating stream %s with subjects %s", self.description, self.stream, ", ".join(self.stream_subjects))
             return await js.add_stream(name=self.stream, subjects=self.stream_subjects)
 
     async def _retrying(self, what: str, step: Callable[[], Any]) -> Any:
@@ -461,7 +475,7 @@ class NatsTransport:
             try:
                 return await step()
             except Exception as exc:  # noqa: BLE001 - the bus is not ready yet: retry
-                self._log("%s: %s failed (%s); retrying", self.description, what, exc)
+                BUS.post(self._log, "%s: %s failed (%s); retrying", self.description, what, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
         return None
@@ -478,7 +492,7 @@ class NatsTransport:
         async def on_message(msg: Any) -> None:
             if len(self._inbox) >= self.queue_size:
                 self.dropped += 1
-                self._log("%s: hand-off queue full (%d messages): message dropped", self.description, self.queue_size)
+                BUS.post(self._log, "%s: hand-off queue full (%d messages): message dropped", self.description, self.queue_size)
                 return
             self._hand_over((msg,))
 
@@ -514,7 +528,7 @@ class NatsTransport:
                     await self._recover_unacknowledged(js)
                 except Exception as exc:  # noqa: BLE001 - the server is away again: next reconnect
                     self._recover = True
-                    self._log("%s: re-reading unacknowledged messages failed (%s); retrying", self.description, exc)
+                    BUS.post(self._log, "%s: re-reading unacknowledged messages failed (%s); retrying", self.description, exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.reconnect_max)
                     continue
@@ -524,7 +538,7 @@ class NatsTransport:
                     consumer = await js.consumer_info(self.stream, self.durable)
                     self._hand_over((("floor", int(consumer.ack_floor.stream_seq or 0)),))
                 except Exception as exc:  # noqa: BLE001 - next time
-                    self._log("%s: consumer info failed (%s)", self.description, exc)
+                    BUS.post(self._log, "%s: consumer info failed (%s)", self.description, exc)
             if len(self._inbox) >= self.queue_size:
                 await asyncio.sleep(0.002)
                 continue
@@ -537,7 +551,7 @@ class NatsTransport:
             except Exception as exc:  # noqa: BLE001 - disconnected, server restarting: retry
                 if self._closing:
                     return
-                self._log("%s: fetch failed (%s: %s); retrying", self.description, type(exc).__name__, exc)
+                BUS.post(self._log, "%s: fetch failed (%s: %s); retrying", self.description, type(exc).__name__, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.reconnect_max)
                 continue
@@ -592,7 +606,7 @@ class NatsTransport:
             else:
                 await msg.ack()
         except Exception as exc:  # noqa: BLE001 - an ack lost is a redelivery, recognised later
-            self._log("%s: ack failed (%s); the message will be redelivered and skipped", self.description, exc)
+            BUS.post(self._log, "%s: ack failed (%s); the message will be redelivered and skipped", self.description, exc)
 
     async def _publish_loop(self) -> None:
         nc = await self._connect()
@@ -616,9 +630,9 @@ class NatsTransport:
                 await nc.publish(subject, data)
             except Exception as exc:  # noqa: BLE001 - buffer full while disconnected, connection closed
                 self.dropped += 1
-                self._log("%s: publish to %s failed (%s); message dropped", self.description, subject, exc)
-            self._out_bytes -= len(data)
-            if self._out_bytes <= DEFAULT_SINK_BUFFER // 2 and not self._out_room.is_set():
+                BUS.post(self._log, "%s: publish to %s failed (%s); message dropped", self.description, subject, exc)
+            self._out_sent += len(data)
+            if self._out_added - self._out_sent <= DEFAULT_SINK_BUFFER // 2 and not self._out_room.is_set():
                 BUS.post(self._out_room.set)
 
     async def _shutdown(self, timeout: float) -> None:
@@ -698,13 +712,12 @@ class NatsTransport:
         """Hand messages to the bus thread; waits (cooperatively) while the hand-off holds too many bytes."""
         if not messages:
             return
-        while self._out_bytes > DEFAULT_SINK_BUFFER and not self._closing and not (closed is not None and closed.is_set()):
+        while self._out_added - self._out_sent > DEFAULT_SINK_BUFFER and not self._closing and not (closed is not None and closed.is_set()):
             self._out_room.clear()
             self._out_room.wait(0.5)
         if self._closing or (closed is not None and closed.is_set()):
             raise OSError(f"{self.description}: closed")
-        size = sum(len(data) for _, data in messages)
-        self._out_bytes += size
+        self._out_added += sum(len(data) for _, data in messages)
         self._outbox.extend(messages)
         if self._out_event is not None:
             BUS.call(self._out_event.set)
