@@ -306,6 +306,13 @@ class DiskSpool:
         self._cursor = 0
         self._cursor_offset = 0
 
+    def take_dirty(self) -> Path | None:
+        """The segment appended to since the last sync, now counted as synced (the caller fsyncs it), or None."""
+        if not self.dirty or self._fd is None:
+            return None
+        self.dirty = False
+        return self._segments[-1].path
+
     def sync(self) -> None:
         """fsync what was appended (``fsync = "interval"``: at most a second after the write)."""
         if self.dirty and self._fd is not None:

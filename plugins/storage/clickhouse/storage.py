@@ -53,6 +53,7 @@ from gauss_plugins.storage._support import (
     MAX_FSYNC_INTERVAL,
     boot_id,
     fsync_option,
+    fsync_paths,
     new_epoch,
     resume_point,
 )
@@ -443,9 +444,19 @@ class ClickHouseStorage:
     # -- the worker -----------------------------------------------------------
 
     def _sync_loop(self) -> None:
+        spool = self._spool
+        assert isinstance(spool, DiskSpool)
         while not self._stop.wait(MAX_FSYNC_INTERVAL):
             with self._lock:
-                self._sync_locked()
+                path = spool.take_dirty()
+            if path is None:
+                continue
+            try:
+                fsync_paths([path])  # PERF: in gevent's thread pool, outside the lock: ingest goes on meanwhile
+            except OSError as exc:
+                with self._lock:
+                    spool.dirty = True
+                self._warn("clickhouse storage %s: cannot fsync the spool: %s", self.topic, exc)
 
     def _sync_locked(self) -> None:
         try:

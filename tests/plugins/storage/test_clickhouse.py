@@ -743,3 +743,22 @@ def test_queries_see_a_contiguous_prefix_of_what_waits_past_max_buffer_records(m
     storage.append(batch(21))  # everything on disk only was delivered: the memory copy resumes
     assert [r.seq for r in storage.query(TopicQuery()).records] == list(range(1, 26))
     assert storage.buffered == 5
+
+
+def test_fsync_interval_syncs_the_spool_within_a_second_or_so(make_storage: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    storage = make_storage(flush_interval=3600.0)  # nothing delivered: the spool alone holds the batch
+    storage.open("q", DataFormat.QUOTE)
+    started = time.monotonic()
+    storage.append([quote(1, "EURUSD", 1001, 1.0)])
+    assert not any(p.endswith(".spool") for p in synced), "interval: append does not fsync"
+    wait_until(lambda: any(p.endswith(".spool") for p in synced), timeout=5, what="the interval fsync")
+    assert time.monotonic() - started < 2.5
+    assert not storage._spool.dirty
