@@ -103,7 +103,7 @@ PLUGINS = {
         "symbol-filter = gauss_plugins.stage.symbol_filter:create",
     ],
     "gauss.sinks": [
-        "stream = gauss_plugins.stage.stream_sink:create",
+        "stream = gauss.sink:create",
     ],
     "console_scripts": [
         "gauss-serve = gauss.cli.serve:main",

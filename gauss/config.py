@@ -3,7 +3,7 @@
 :func:`load_config` reads a file (or a dict) and returns a :class:`GaussConfig`.
 Every mistake (TOML syntax, unknown key, unknown plugin type, bad value,
 duplicate topic, a reference to a topic that does not exist, a binary codec
-on ``lines`` framing) raises one :class:`ConfigError` naming the file, the
+on ``lines`` framing, checked by :class:`gauss.wire.WireFormat`) raises one :class:`ConfigError` naming the file, the
 key path and the reason, e.g.
 ``config.toml: sources[0].framing.type: unknown framing 'line'; known: lines, length-prefixed``.
 
@@ -35,10 +35,11 @@ from typing import Any, Iterator, Mapping, Sequence
 from gauss import registry
 from gauss.core import DEFAULT_MAX_FRAME_BYTES
 from gauss.errors import ConfigError
-from gauss.protocols import ReplayableStorage
+from gauss.protocols import ReplayableStorage, TopicSink, require
 from gauss.quotes import DEFAULT_MAX_FUTURE_MS, DEFAULT_MAX_KEY_BYTES
 from gauss.records import DataFormat, OverflowPolicy
 from gauss.registry import Options
+from gauss.wire import WireFormat, middleware_list
 
 __all__ = [
     "GaussConfig",
@@ -185,16 +186,12 @@ class SourceSpec:
     def build_transport(self) -> Any:
         return self._create("transport", self.transport, "transport")
 
-    def build_framing(self) -> Any:
-        table = dict(self.framing)
-        table.setdefault("max_frame_bytes", self.max_frame_bytes)
-        return self._create("framing", table, "framing")
-
-    def build_middleware(self) -> list[Any]:
-        return [self._create("middleware", t, f"middleware[{i}]") for i, t in enumerate(self.middleware)]
-
-    def build_codec(self) -> Any:
-        return self._create("codec", self.codec, "codec")
+    def build_wire(self) -> WireFormat:
+        """Framing (with the source's ``max_frame_bytes``), middleware and codec; checks SPEC section 2."""
+        framing = dict(self.framing)
+        framing.setdefault("max_frame_bytes", self.max_frame_bytes)
+        with _config_dir(self.base_dir):
+            return WireFormat.build(framing, self.codec, self.middleware, where=self.where)
 
 
 @dataclass(frozen=True)
@@ -227,9 +224,14 @@ class SinkSpec:
     base_dir: Path | None = None
     where: str = ""
 
-    def build(self) -> Any:
+    def build(self) -> TopicSink:
+        """The sink, refused here when it does not implement :class:`~gauss.protocols.TopicSink`."""
         with _config_dir(self.base_dir):
-            return registry.create("sink", {"type": self.type, **self.options}, where=self.where)
+            sink = registry.create("sink", {"type": self.type, **self.options}, where=self.where)
+        try:
+            return require(sink, TopicSink, kind="sink", name=self.type)  # type: ignore[no-any-return]
+        except ConfigError as exc:
+            raise exc.at(self.where) from None
 
 
 @dataclass(frozen=True)
@@ -468,9 +470,7 @@ def _parse_source(table: dict[str, Any], base: Path, where: str) -> SourceSpec:
     transport = _plugin_table(opts.raw("transport"), "transport", "transport")
     framing = _plugin_table(opts.raw("framing", "lines"), "framing", "framing")
     codec = _plugin_table(opts.raw("codec", "json"), "codec", "codec")
-    middleware_value = opts.raw("middleware", [])
-    if not isinstance(middleware_value, list):
-        raise ConfigError("middleware", f"must be a list of middleware types or tables, got {middleware_value!r}")
+    middleware_value = middleware_list(opts.raw("middleware", []))
     middleware = tuple(_plugin_table(m, "middleware", f"middleware[{i}]") for i, m in enumerate(middleware_value))
     queue_size = opts.int("queue_size", DEFAULT_QUEUE_SIZE, min=1)
     policy = _parse_policy(opts, OverflowPolicy.BACK_PRESSURE)
@@ -497,23 +497,7 @@ def _parse_source(table: dict[str, Any], base: Path, where: str) -> SourceSpec:
 
 def _check_source_plugins(spec: SourceSpec) -> None:
     spec.build_transport()
-    framing = spec.build_framing()
-    middleware = spec.build_middleware()
-    codec = spec.build_codec()
-    if getattr(framing, "text_only", False):
-        where = spec.where
-        if not getattr(codec, "text", False):
-            raise ConfigError(
-                f"{where}.codec",
-                f"codec {codec.name!r} is binary; {framing.name!r} framing carries text codecs only "
-                "(SPEC section 2); use length-prefixed framing",
-            )
-        if middleware:
-            raise ConfigError(
-                f"{where}.middleware",
-                f"{framing.name!r} framing carries uncompressed text only (SPEC section 2); "
-                "use length-prefixed framing with middleware",
-            )
+    spec.build_wire()
 
 
 def _parse_processor(table: dict[str, Any], base: Path, where: str) -> ProcessorSpec:

@@ -27,9 +27,9 @@ import gevent.event
 from gauss.config import GaussConfig, ProcessorSpec, SinkSpec, SourceSpec, load_config
 from gauss.core import TopicRecord
 from gauss.metrics import Metrics
-from gauss.protocols import TopicProcessor, TopicSink
+from gauss.protocols import TopicProcessor, TopicSink, require
 from gauss.records import OverflowPolicy, QueryResult, TopicQuery
-from gauss.runners import ProcessorRunner, SinkRunner
+from gauss.runners import ProcessorRunner
 from gauss.source import Source
 from gauss.subscription import DEFAULT_CAPACITY, Subscription
 from gauss.topics import Topic, TopicRegistry
@@ -51,8 +51,8 @@ class Hub:
         self.sources: list[Source] = []
         self.processors: list[ProcessorRunner] = []
         self.metrics.watch_processors(lambda: self.processors)
-        self.sinks: list[Any] = []
-        """Sinks as started: a ``StreamSink`` (per-client queues) or a :class:`SinkRunner`."""
+        self.sinks: list[TopicSink] = []
+        """Sinks as started (each keeps one bounded queue per client, see :mod:`gauss.sink`)."""
         self._callbacks: list[gevent.Greenlet] = []
         self._status: gevent.Greenlet | None = None
         self._started = False
@@ -124,21 +124,19 @@ class Hub:
         queue_size: int = DEFAULT_CAPACITY,
         policy: OverflowPolicy | str = OverflowPolicy.DROP,
         name: str | None = None,
-    ) -> Any:
-        """Send the records of ``topic`` out through ``sink``; returns what was started."""
+    ) -> TopicSink:
+        """Send the records of ``topic`` out through ``sink`` (attached, then started); returns it.
+
+        Raises :class:`~gauss.errors.ConfigError` naming the sink when it
+        does not implement :class:`~gauss.protocols.TopicSink`.
+        """
+        require(sink, TopicSink, kind="sink", name=name or type(sink).__name__)
         target = self.registry.resolve(topic)
-        attach = getattr(sink, "attach", None)
-        started: Any
-        if callable(attach):
-            attach(target, capacity=queue_size, policy=OverflowPolicy.parse(policy), metrics=self.metrics, label=name or topic)
-            sink.start()
-            started = sink
-        else:
-            started = SinkRunner(sink, target, capacity=queue_size, policy=OverflowPolicy.parse(policy))
-            started.start()
-        self.sinks.append(started)
-        log.info("%s", started.description)
-        return started
+        sink.attach(target, capacity=queue_size, policy=OverflowPolicy.parse(policy), metrics=self.metrics, label=name or topic)
+        sink.start()
+        self.sinks.append(sink)
+        log.info("%s", sink.description)
+        return sink
 
     def add_source(self, spec: SourceSpec) -> Source:
         """Start a source (binds or dials now)."""
@@ -199,7 +197,7 @@ class Hub:
             try:
                 sink.stop(timeout=max(0.1, deadline - time.monotonic()))
             except Exception:  # noqa: BLE001
-                log.exception("stopping %s failed", getattr(sink, "description", sink))
+                log.exception("stopping %s failed", sink.description)
         for greenlet in self._callbacks:
             greenlet.kill(block=False)
         self.registry.close()
@@ -256,8 +254,7 @@ class Hub:
             for reason, n in closed.items():
                 counts[f"source {reason}"] = counts.get(f"source {reason}", 0) + n
         for sink in self.sinks:
-            closed = {**getattr(getattr(sink, "transport", None), "closed_by", {}), **getattr(sink, "disconnects", {})}
-            for reason, n in closed.items():
+            for reason, n in sink.closed_by.items():
                 counts[f"sink {reason}"] = counts.get(f"sink {reason}", 0) + n
         deltas = {key: n - last.get(key, 0) for key, n in counts.items()}
         last.update(counts)

@@ -4,17 +4,25 @@ A source is ``Transport -> Framing -> Middleware* -> Codec -> topic``; a sink
 is the mirror. Every stage moves *batches* (sequences), never one record at a
 time. Plugins are created by a factory from their TOML table (see
 :mod:`gauss.registry`).
+
+A capability is declared here as a protocol and checked once, when the
+plugin is built (:func:`require`, or ``isinstance`` for an optional one),
+never probed with ``getattr`` on the data path.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 from gauss.core import TopicRecord
-from gauss.records import DataFormat, KeyInfo, QueryResult, Rejected, TopicQuery
+from gauss.errors import ConfigError
+from gauss.records import DataFormat, KeyInfo, OverflowPolicy, QueryResult, Rejected, TopicQuery
 
 if TYPE_CHECKING:
+    from gauss.metrics import Metrics
     from gauss.quotes import QuoteCheck
+    from gauss.source import Source
+    from gauss.topics import Topic
 
 __all__ = [
     "Connection",
@@ -32,6 +40,10 @@ __all__ = [
     "TopicProcessor",
     "RecoveringProcessor",
     "TopicSink",
+    "RecordConnection",
+    "FeedingTransport",
+    "missing_members",
+    "require",
 ]
 
 
@@ -256,15 +268,80 @@ class RecoveringProcessor(TopicProcessor, Protocol):
 
 @runtime_checkable
 class TopicSink(Protocol):
-    """Sends the records of a topic somewhere outside Gauss."""
+    """Sends the records of one topic outside Gauss: the mirror of a source (``gauss.sink.StreamSink``).
+
+    The hub calls :meth:`attach`, then :meth:`start`. The sink subscribes
+    to the topic itself, one bounded queue per connection it serves, with
+    the sink's ``queue_size`` (``capacity``) and ``policy``, so one slow
+    client never slows ingest or the other clients.
+    """
 
     name: str
     description: str
+    closed_by: Mapping[str, int]
+    """Connections the sink (or its transport) closed itself since start, by reason (the status line)."""
 
-    def start(self) -> None: ...
-
-    def write(self, records: Sequence[TopicRecord]) -> None:
-        """Deliver one batch; never blocks on one slow client."""
+    def attach(
+        self, topic: Topic, *, capacity: int, policy: OverflowPolicy, metrics: Metrics | None = None, label: str | None = None
+    ) -> None:
+        """Take ``topic``'s records with these queue settings (called once, before :meth:`start`)."""
         ...
 
-    def stop(self) -> None: ...
+    def start(self) -> None:
+        """Listen or dial (raises OSError when it cannot bind)."""
+        ...
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Send what the queues hold (up to ``timeout``), then close every connection."""
+        ...
+
+
+@runtime_checkable
+class RecordConnection(Connection, Protocol):
+    """A sink connection that takes records, not bytes (a message bus routes each record to a subject)."""
+
+    def send_records(self, topic: str, records: Sequence[TopicRecord], encode: Callable[[list[TopicRecord]], bytes]) -> int:
+        """Send a batch, encoded with ``encode`` as the transport groups it; returns the bytes sent."""
+        ...
+
+
+@runtime_checkable
+class FeedingTransport(Transport, Protocol):
+    """A source transport that feeds :meth:`Source.ingest` itself (a message bus) instead of a byte stream."""
+
+    def attach_source(self, source: Source) -> None:
+        """Called once by the source before ``serve``."""
+        ...
+
+
+def missing_members(plugin: object, protocol: type) -> list[str]:
+    """The members ``protocol`` declares that ``plugin`` lacks (a declared method must be callable)."""
+    missing: list[str] = []
+    seen: set[str] = set()
+    for base in protocol.__mro__:
+        if not getattr(base, "_is_protocol", False) or base is Protocol:
+            continue
+        for member in [*getattr(base, "__annotations__", {}), *vars(base)]:
+            if member.startswith("_") or member in seen:
+                continue
+            seen.add(member)
+            declared = vars(base).get(member)
+            value = getattr(plugin, member, _MISSING)
+            if value is _MISSING or (callable(declared) and not isinstance(declared, property) and not callable(value)):
+                missing.append(member)
+    return sorted(missing)
+
+
+_MISSING: Any = object()
+
+
+def require(plugin: Any, protocol: type, *, kind: str, name: str) -> Any:
+    """``plugin``, or a :class:`ConfigError` at ``type`` naming the plugin and what it lacks of ``protocol``."""
+    missing = missing_members(plugin, protocol)
+    if missing:
+        raise ConfigError(
+            "type",
+            f"{kind} {name!r} ({type(plugin).__module__}.{type(plugin).__qualname__}) does not implement "
+            f"{protocol.__name__}: missing {', '.join(missing)}",
+        )
+    return plugin

@@ -1,11 +1,11 @@
-"""Greenlets that drive processors and sinks from their topic subscriptions.
+"""Greenlets that drive processors from their topic subscriptions.
 
 A :class:`ProcessorRunner` takes everything waiting in its subscription as
 one batch (so a processor such as OHLC emits each changed candle once per
 batch), calls ``flush`` every ``flush_interval`` seconds, and raises the lag
 alarm (log + ``gauss_processor_lagging``) when its full queue holds up the
-topic's publisher. A :class:`SinkRunner` does the same for a sink that has
-no per-client queues of its own (``TopicSink.write``).
+topic's publisher. A sink needs no runner: it subscribes itself, one queue
+per client (:class:`~gauss.protocols.TopicSink`, :mod:`gauss.sink`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import time
 import gevent
 
 from gauss.metrics import Metrics
-from gauss.protocols import PublishContext, RecoveringProcessor, RecoveryContext, TopicProcessor, TopicSink
+from gauss.protocols import PublishContext, RecoveringProcessor, RecoveryContext, TopicProcessor
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import OverflowPolicy
 from gauss.subscription import Subscription
 from gauss.topics import Topic
 
-__all__ = ["ProcessorRunner", "SinkRunner"]
+__all__ = ["ProcessorRunner"]
 
 log = logging.getLogger(__name__)
 
@@ -148,50 +148,3 @@ class ProcessorRunner:
         if self.subscription is not None:
             self.subscription.close()
 
-
-class SinkRunner:
-    """Feeds a plain ``TopicSink`` (one without per-client queues) from its own subscription."""
-
-    def __init__(self, sink: TopicSink, topic: Topic, *, capacity: int, policy: OverflowPolicy) -> None:
-        self.sink = sink
-        self.topic = topic
-        self.capacity = capacity
-        self.policy = OverflowPolicy(policy)
-        self.subscription: Subscription | None = None
-        self._greenlet: gevent.Greenlet | None = None
-        self._error_log = RateLimitedLog(log, level=logging.ERROR)
-
-    @property
-    def description(self) -> str:
-        return str(self.sink.description)
-
-    @property
-    def idle(self) -> bool:
-        return self.subscription is None or self.subscription.depth == 0
-
-    def start(self) -> None:
-        self.sink.start()
-        self.subscription = self.topic.subscribe(policy=self.policy, capacity=self.capacity, kind="sink")
-        self._greenlet = gevent.spawn(self._run)
-
-    def _run(self) -> None:
-        subscription = self.subscription
-        assert subscription is not None
-        while True:
-            delivery = subscription.take()
-            if delivery is None:
-                return
-            try:
-                self.sink.write(delivery.records)
-            except Exception as exc:  # noqa: BLE001
-                self._error_log("sink %s: write failed: %s", self.sink.description, exc)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.subscription is not None:
-            self.subscription.seal()
-        if self._greenlet is not None:
-            self._greenlet.join(timeout=timeout)
-            self._greenlet.kill(block=False)
-        self.sink.stop()
-        if self.subscription is not None:
-            self.subscription.close()

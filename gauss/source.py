@@ -7,10 +7,10 @@ as one batch. Good records go to the source's bounded queue; one greenlet
 per source drains that queue and publishes everything waiting as one batch,
 so several connections feed their topic in big batches and in order.
 
-PERF: for a quote topic the source prefers a codec's optional
-``decode_quotes`` (:class:`~gauss.protocols.QuoteCodec`), which fuses
-decoding and :class:`~gauss.quotes.QuoteCheck` (the json codec has one); any
-other codec decodes, then the check runs on its records.
+The framing, middleware and codec are one :class:`~gauss.wire.WireFormat`
+(the one a sink and ``gauss-quotes-gen`` use too), which also holds the
+SPEC section 2 rule and the quote fast path (PERF: a codec's fused
+``decode_quotes`` for a quote topic).
 
 Bad input (SPEC section 6) never stops a connection: a bad frame or
 rejected quote is dropped, counted and, when the source names a
@@ -41,12 +41,13 @@ from gauss.config import SourceSpec
 from gauss.core import TopicRecord
 from gauss.errors import FrameTooLarge, InflateBudgetExceeded
 from gauss.metrics import Metrics
-from gauss.protocols import Codec, Connection, Framing, Middleware, Transport
+from gauss.protocols import Codec, Connection, FeedingTransport, Framing, Middleware, Transport
 from gauss.quotes import QuoteCheck, RecordCheck
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, Rejected
 from gauss.subscription import BoundedQueue, PublishedBatch
 from gauss.topics import Topic, TopicRegistry
+from gauss.wire import WireFormat
 
 __all__ = ["Source", "CHUNK_BYTES"]
 
@@ -69,15 +70,11 @@ class Source:
         metrics: Metrics | None = None,
         *,
         transport: Transport | None = None,
-        framing: Framing | None = None,
-        middleware: Sequence[Middleware] | None = None,
-        codec: Codec | None = None,
+        wire: WireFormat | None = None,
     ) -> None:
         self.spec = spec
         self.transport = transport if transport is not None else spec.build_transport()
-        self.framing = framing if framing is not None else spec.build_framing()
-        self.middleware = list(middleware) if middleware is not None else spec.build_middleware()
-        self.codec = codec if codec is not None else spec.build_codec()
+        self.wire = wire if wire is not None else spec.build_wire()
         self.topic: Topic = topics.resolve(spec.topic)
         self.dead_letter: Topic | None = topics.resolve(spec.dead_letter) if spec.dead_letter else None
         # SPEC 1 "What a topic can hold": every record is checked at the door (gauss.quotes), quotes more strictly.
@@ -85,8 +82,6 @@ class Source:
             self.check: RecordCheck = QuoteCheck(spec.max_future_ms, spec.check_prices, spec.max_key_bytes)
         else:
             self.check = RecordCheck(spec.max_key_bytes)
-        # PERF: a codec may fuse decoding and the quote checks (the json codec does).
-        self._decode_quotes = getattr(self.codec, "decode_quotes", None) if isinstance(self.check, QuoteCheck) else None
         self.max_frame_bytes = spec.max_frame_bytes
         self.max_inflate_bytes = spec.max_inflate_bytes
         self.name = spec.name or f"{spec.topic}@{self.transport.description}"
@@ -139,9 +134,20 @@ class Source:
         return self.transport.address  # type: ignore[attr-defined, no-any-return, union-attr]
 
     @property
+    def framing(self) -> Framing:
+        return self.wire.framing
+
+    @property
+    def middleware(self) -> Sequence[Middleware]:
+        return self.wire.middleware
+
+    @property
+    def codec(self) -> Codec:
+        return self.wire.codec
+
+    @property
     def description(self) -> str:
-        codec = " -> ".join([self.framing.name, *(m.name for m in self.middleware), self.codec.name])
-        return f"source {self.name}: {self.transport.description} ({codec}) -> topic {self.topic.name}"
+        return f"source {self.name}: {self.transport.description} ({self.wire.chain()}) -> topic {self.topic.name}"
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -149,9 +155,8 @@ class Source:
         """Start the publisher greenlet, then listen or dial (raises OSError if it cannot bind)."""
         self._pump = gevent.spawn(self._publish_loop)
         try:
-            attach = getattr(self.transport, "attach_source", None)  # a message bus (nats) feeds ingest itself
-            if callable(attach):
-                attach(self)
+            if isinstance(self.transport, FeedingTransport):  # a message bus (nats) feeds ingest itself
+                self.transport.attach_source(self)
             self.transport.serve(self._handle)
         except BaseException:
             self.queue.close()
@@ -209,7 +214,7 @@ class Source:
             self._m_connections.inc()
             self._m_open.inc()
         log.debug("source %s: connection from %s", self.name, conn.peer)
-        decoder = self.framing.decoder()
+        decoder = self.wire.decoder()
         recv = conn.recv
         feed = decoder.feed
         sleep = gevent.sleep
@@ -258,24 +263,7 @@ class Source:
         self.frames += len(frames)
         if self._metrics is not None:
             self._m_frames.inc(len(frames))
-        payloads: Sequence[bytes] = frames
-        bad: list[Rejected] = []
-        budget = self.max_inflate_bytes
-        for middleware in self.middleware:
-            payloads, rejected = middleware.decode(payloads, self.max_frame_bytes, budget)
-            # One budget for the whole chain: what a layer produced is spent.
-            budget = max(budget - sum(map(len, payloads)), 0)
-            if rejected:
-                bad.extend(rejected)
-        refused: list[Rejected] = []
-        if self._decode_quotes is not None and self.check is not None:
-            records, rejected, refused = self._decode_quotes(payloads, self.check)
-        else:
-            records, rejected = self.codec.decode(payloads)
-            if self.check is not None and records:
-                records, refused = self.check.check(records)
-        if rejected:
-            bad.extend(rejected)
+        records, bad, refused = self.wire.decode(frames, self.check, max_frame_bytes=self.max_frame_bytes, budget=self.max_inflate_bytes)
         if bad:
             self.bad_frames += len(bad)
             if self._metrics is not None:

@@ -11,8 +11,9 @@ Modes:
 - ``file``: replays a JSON-lines file of quotes at ``--speed`` times the
   recorded pace, or as fast as the link allows (``--speed max``).
 
-Quotes are encoded by the same codec, middleware and framing plugins the
-server uses (``--codec``, ``--compress``, ``--framing``). The sender
+Quotes are encoded by the same :class:`~gauss.wire.WireFormat` (codec,
+middleware and framing plugins, and the SPEC section 2 rule) the server
+uses (``--codec``, ``--compress``, ``--framing``). The sender
 reconnects, with capped back-off, whenever the server goes away.
 """
 
@@ -28,17 +29,17 @@ import socket
 import sys
 import time
 import zlib
-from dataclasses import dataclass
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
 from gauss.registry import create, known
+from gauss.wire import WireFormat
 
 __all__ = [
     "main",
     "QuoteWalk",
-    "WireFormat",
+    "QuoteWire",
     "Sender",
     "DEFAULT_SYMBOLS",
     "DEFAULT_START_MS",
@@ -125,41 +126,28 @@ def _start_mid(symbol: str) -> float:
     return 0.5 + (zlib.crc32(symbol.encode()) % 10_000) / 1000.0
 
 
-@dataclass(frozen=True)
-class WireFormat:
-    """The codec, middleware and framing plugins that put quotes on the wire."""
+_FLAGS = {"codec": "--codec", "framing": "--framing", "middleware": "--compress"}
 
-    codec: Any
-    framing: Any
-    middleware: Any | None
+
+class QuoteWire:
+    """Quotes (dicts) onto the wire through the server's own :class:`~gauss.wire.WireFormat`."""
+
+    def __init__(self, wire: WireFormat) -> None:
+        self.wire = wire
 
     @classmethod
-    def build(cls, codec: str, framing: str, compress: str | None) -> WireFormat:
-        """Create the plugins; raises ``ConfigError`` for a combination SPEC section 2 forbids."""
-        codec_plugin = _plugin("codec", codec, "--codec")
-        framing_plugin = _plugin("framing", framing, "--framing")
-        middleware = None if compress in (None, "", "none") else _plugin("middleware", compress, "--compress")
-        if getattr(framing_plugin, "text_only", False):
-            if not getattr(codec_plugin, "text", False):
-                raise ConfigError(
-                    "--codec", f"{codec!r} is binary; framing {framing!r} carries only text codecs (json, csv)"
-                )
-            if middleware is not None:
-                raise ConfigError("--compress", f"framing {framing!r} carries only uncompressed payloads")
-        return cls(codec_plugin, framing_plugin, middleware)
+    def build(cls, codec: str, framing: str, compress: str | None) -> QuoteWire:
+        """Create the plugins; raises ``ConfigError`` naming the flag for a combination SPEC section 2 forbids."""
+        middleware = [] if compress in (None, "", "none") else [compress]
+        try:
+            return cls(WireFormat.build(framing, codec, middleware))
+        except ConfigError as exc:
+            # "codec.type", "middleware[0].type", "codec" -> the flag that set it
+            flag = _FLAGS.get(exc.key.split(".")[0].split("[")[0], exc.key)
+            raise ConfigError(flag, exc.reason) from None
 
     def encode(self, quotes: Sequence[dict[str, Any]]) -> bytes:
-        payloads = self.codec.encode([TopicRecord(q["ts_ms"], q["symbol"], q) for q in quotes])
-        if self.middleware is not None:
-            payloads = self.middleware.encode(payloads)
-        return self.framing.encode(payloads)  # type: ignore[no-any-return]
-
-
-def _plugin(kind: str, name: str, flag: str) -> Any:
-    try:
-        return create(kind, name)
-    except ConfigError as exc:
-        raise ConfigError(flag, exc.reason) from None
+        return self.wire.encode([TopicRecord(q["ts_ms"], q["symbol"], q) for q in quotes])
 
 
 class Sender:
@@ -282,7 +270,7 @@ class _Status:
 # --- modes ---------------------------------------------------------------
 
 
-def run_auto(args: argparse.Namespace, wire: WireFormat, sender: Sender, out: IO[str]) -> int:
+def run_auto(args: argparse.Namespace, wire: QuoteWire, sender: Sender, out: IO[str]) -> int:
     walk = QuoteWalk(args.symbols, args.seed)
     status = _Status(sender, out)
     start = time.monotonic()
@@ -327,7 +315,7 @@ def parse_manual_line(line: str, now_ms: int) -> dict[str, Any]:
     return {"symbol": symbol, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size, "ts_ms": now_ms}
 
 
-def run_manual(args: argparse.Namespace, wire: WireFormat, sender: Sender, out: IO[str]) -> int:
+def run_manual(args: argparse.Namespace, wire: QuoteWire, sender: Sender, out: IO[str]) -> int:
     sent = 0
     for line in sys.stdin:
         if not line.strip() or line.lstrip().startswith("#"):
@@ -382,7 +370,7 @@ def read_quotes(stream: IO[bytes], on_bad: Any) -> Iterator[dict[str, Any]]:
         yield records[0].data
 
 
-def run_file(args: argparse.Namespace, wire: WireFormat, sender: Sender, out: IO[str]) -> int:
+def run_file(args: argparse.Namespace, wire: QuoteWire, sender: Sender, out: IO[str]) -> int:
     if args.input is None:
         print("gauss-quotes-gen: file mode needs a JSON-lines file (or - for standard input)", file=out)
         return 2
@@ -508,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "generate":
         return run_generate(args, out)
     try:
-        wire = WireFormat.build(args.codec, args.framing, args.compress)
+        wire = QuoteWire.build(args.codec, args.framing, args.compress)
     except ConfigError as exc:
         parser.exit(2, f"gauss-quotes-gen: {exc}\n")
     sender: Any

@@ -219,10 +219,10 @@ def test_manual_sends_each_line(listener: Listener, monkeypatch: pytest.MonkeyPa
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--codec", "protobuf"], "framing 'lines' carries only text codecs"),
-        (["--codec", "avro", "--framing", "lines"], "framing 'lines' carries only text codecs"),
-        (["--compress", "gzip"], "only uncompressed payloads"),
-        (["--codec", "csv", "--compress", "snappy"], "only uncompressed payloads"),
+        (["--codec", "protobuf"], "--codec: codec 'protobuf' is binary; 'lines' framing carries text codecs only"),
+        (["--codec", "avro", "--framing", "lines"], "--codec: codec 'avro' is binary; 'lines' framing carries text codecs only"),
+        (["--compress", "gzip"], "--compress: 'lines' framing carries uncompressed text only"),
+        (["--codec", "csv", "--compress", "snappy"], "--compress: 'lines' framing carries uncompressed text only"),
         (["--codec", "yaml", "--framing", "length-prefixed"], "unknown codec 'yaml'"),
         (["--compress", "zstd", "--framing", "length-prefixed"], "unknown middleware 'zstd'"),
         (["--target", "nowhere"], "HOST:PORT"),

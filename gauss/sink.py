@@ -1,4 +1,10 @@
-"""``stream`` sink: a topic's records out over a transport (codec -> middleware* -> framing).
+"""Sinks: topic -> one bounded queue per client -> codec -> middleware* -> framing -> transport.
+
+The mirror of :mod:`gauss.source`. A sink implements
+:class:`~gauss.protocols.TopicSink`: the hub attaches it to its topic and
+starts it; :class:`StreamSink` (``type = "stream"`` in ``[[sinks]]``) is the
+built-in one, a fan-out of one topic to every connection of a transport,
+over the same :class:`~gauss.wire.WireFormat` a source reads.
 
 With a ``tcp-server`` transport every connected client gets its own
 subscription to the topic: a bounded queue with the sink's ``queue_size`` and
@@ -7,7 +13,9 @@ subscription to the topic: a bounded queue with the sink's ``queue_size`` and
 slows the others or ingest. A batch is encoded once, whatever the number of
 clients (the bytes are cached on the published batch). With ``tcp-client``
 the one downstream connection is a client like any other; records published
-while it is disconnected are not sent.
+while it is disconnected are not sent. A connection that takes records
+rather than bytes (:class:`~gauss.protocols.RecordConnection`, a message
+bus) gets each batch with the encoder to route it itself.
 
 A client that stops reading is not kept forever (issue 11: it pinned up to
 ``queue_size`` records): a write that does not complete within
@@ -25,20 +33,20 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import gevent
 
 from gauss.core import TopicRecord
-from gauss.errors import ConfigError
 from gauss.metrics import Metrics
-from gauss.protocols import Codec, Connection, Framing, Middleware, Transport
+from gauss.protocols import Connection, RecordConnection, Transport
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import OverflowPolicy
 from gauss.registry import Options
 from gauss.registry import create as create_plugin
-from gauss.subscription import DEFAULT_CAPACITY, PublishedBatch, Subscription
+from gauss.subscription import DEFAULT_CAPACITY, Subscription
 from gauss.topics import Topic
+from gauss.wire import WireFormat
 
 __all__ = ["StreamSink", "create", "DEFAULT_WRITE_TIMEOUT_S", "DEFAULT_OVERFLOW_GRACE_S"]
 
@@ -66,24 +74,20 @@ class _Client:
 
 
 class StreamSink:
-    """Fan-out of one topic to every connection of a transport."""
+    """Fan-out of one topic to every connection of a transport (a :class:`~gauss.protocols.TopicSink`)."""
 
     name = "stream"
 
     def __init__(
         self,
         transport: Transport,
-        framing: Framing,
-        codec: Codec,
-        middleware: Sequence[Middleware] = (),
+        wire: WireFormat,
         *,
         write_timeout_s: float = DEFAULT_WRITE_TIMEOUT_S,
         overflow_grace_s: float = DEFAULT_OVERFLOW_GRACE_S,
     ) -> None:
         self.transport = transport
-        self.framing = framing
-        self.codec = codec
-        self.middleware = list(middleware)
+        self.wire = wire
         self.write_timeout_s = write_timeout_s
         self.overflow_grace_s = overflow_grace_s
         self.capacity = DEFAULT_CAPACITY
@@ -104,9 +108,8 @@ class StreamSink:
 
     @property
     def description(self) -> str:
-        chain = " -> ".join([self.codec.name, *(m.name for m in self.middleware), self.framing.name])
         topic = self._topic.name if self._topic is not None else "(detached)"
-        return f"sink {topic}: {self.transport.description} ({chain})"
+        return f"sink {topic}: {self.transport.description} ({self.wire.chain(outbound=True)})"
 
     @property
     def address(self) -> tuple[str, int]:
@@ -119,6 +122,12 @@ class StreamSink:
     @property
     def idle(self) -> bool:
         return all(sub.depth == 0 for sub in self._clients)
+
+    @property
+    def closed_by(self) -> dict[str, int]:
+        """Clients the transport (``max_connections``, ``idle_timeout``, ...) or the sink disconnected, by reason."""
+        transport_closed: dict[str, int] = getattr(self.transport, "closed_by", {})  # only tcp-server counts its own
+        return {**transport_closed, **self.disconnects}
 
     def _count_disconnect(self, reason: str) -> None:
         """A client the sink (or its transport: max_connections, idle_timeout, ...) disconnected."""
@@ -151,10 +160,7 @@ class StreamSink:
 
     def encode(self, records: list[TopicRecord]) -> bytes:
         """The wire bytes of a batch: codec, then middleware, then framing."""
-        payloads = self.codec.encode(records)
-        for middleware in self.middleware:
-            payloads = middleware.encode(payloads)
-        return self.framing.encode(payloads) if payloads else b""
+        return self.wire.encode(records)
 
     def _serve_client(self, conn: Connection) -> None:
         if self._stopping:
@@ -171,7 +177,7 @@ class StreamSink:
         log.debug("%s: client %s connected", self.description, conn.peer)
         encode = self.encode
         sendall = conn.sendall
-        send_records = getattr(conn, "send_records", None)  # a message bus (nats) routes records to subjects itself
+        send_records = conn.send_records if isinstance(conn, RecordConnection) else None
         # One timer per client, restarted for each write (PERF: no new object per batch).
         timer = gevent.Timeout(self.write_timeout_s)
         try:
@@ -248,15 +254,11 @@ class StreamSink:
                 elif client.overflowing_since is None:
                     client.overflowing_since = now
                 elif now - client.overflowing_since >= grace:
-                    self._cut(client, "slow", f"its queue overflowed for {now - client.overflowing_since:.1f} s (overflow_grace_s)")
-
-    def write(self, records: Sequence[TopicRecord]) -> None:
-        """Offer a batch to every client queue (for use without :meth:`attach`); never blocks under ``drop``."""
-        if not records:
-            return
-        batch = PublishedBatch(self._topic.name if self._topic is not None else "", list(records))
-        for sub in list(self._clients):
-            sub.offer(batch)
+                    self._cut(
+                        client,
+                        "slow",
+                        f"its queue overflowed for {now - client.overflowing_since:.1f} s (overflow_grace_s)",
+                    )
 
     def stop(self, timeout: float = 2.0) -> None:
         """Send what the clients' queues hold (up to ``timeout``), then close every connection."""
@@ -283,26 +285,6 @@ def create(table: dict[str, Any]) -> StreamSink:
     write_timeout_s = opts.float("write_timeout_s", DEFAULT_WRITE_TIMEOUT_S, min=0.001)
     overflow_grace_s = opts.float("overflow_grace_s", DEFAULT_OVERFLOW_GRACE_S, min=0.0)
     transport = create_plugin("transport", opts.raw("transport"), where="transport")
-    framing = create_plugin("framing", opts.raw("framing", "lines"), where="framing")
-    middleware_value = opts.raw("middleware", [])
-    if not isinstance(middleware_value, list):
-        raise ConfigError("middleware", f"must be a list of middleware types or tables, got {middleware_value!r}")
-    middleware = [create_plugin("middleware", m, where=f"middleware[{i}]") for i, m in enumerate(middleware_value)]
-    codec = create_plugin("codec", opts.raw("codec", "json"), where="codec")
+    wire = WireFormat.from_options(opts)
     opts.done()
-    if getattr(framing, "text_only", False):
-        if not getattr(codec, "text", False):
-            raise ConfigError(
-                "codec",
-                f"codec {codec.name!r} is binary; {framing.name!r} framing carries text codecs only "
-                "(SPEC section 2); use length-prefixed framing",
-            )
-        if middleware:
-            raise ConfigError(
-                "middleware",
-                f"{framing.name!r} framing carries uncompressed text only (SPEC section 2); "
-                "use length-prefixed framing with middleware",
-            )
-    return StreamSink(
-        transport, framing, codec, middleware, write_timeout_s=float(write_timeout_s), overflow_grace_s=float(overflow_grace_s)
-    )
+    return StreamSink(transport, wire, write_timeout_s=float(write_timeout_s), overflow_grace_s=float(overflow_grace_s))

@@ -1,0 +1,222 @@
+"""``gauss.sink.StreamSink`` attached to a real topic, over real sockets; the sink protocol checked at build time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import gevent
+import pytest
+from engine_plugins import ListStorage, connect, wait_until
+
+from gauss.config import load_config
+from gauss.core import TopicRecord
+from gauss.errors import ConfigError
+from gauss.hub import Hub
+from gauss.protocols import TopicSink
+from gauss.records import OverflowPolicy
+from gauss.registry import create
+from gauss.sink import StreamSink
+from gauss.topics import Topic
+from gauss.wire import WireFormat
+
+NOW = int(time.time() * 1000)
+
+
+def quotes(n: int, start: int = 0) -> list[TopicRecord]:
+    return [
+        TopicRecord(NOW + i, "EURUSD", {"symbol": "EURUSD", "bid": 1.0 + i, "ask": 2.0 + i, "ts_ms": NOW + i})
+        for i in range(start, start + n)
+    ]
+
+
+def read_exactly(sock: Any, size: int, timeout: float = 20.0) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while len(data) < size:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise AssertionError(f"closed after {len(data)} of {size} bytes")
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def attached() -> Any:
+    sinks: list[StreamSink] = []
+
+    def make(table: dict[str, Any], **attach: Any) -> tuple[StreamSink, Topic]:
+        sink = create("sink", {"type": "stream", "transport": {"type": "tcp-server", "port": 0}, **table})
+        topic = Topic("q", "any", ListStorage())
+        sink.attach(topic, **{"capacity": 1000, "policy": OverflowPolicy.DROP, **attach})
+        sink.start()
+        sinks.append(sink)
+        return sink, topic
+
+    yield make
+    for sink in sinks:
+        sink.stop(timeout=1)
+
+
+def test_the_stream_sink_implements_the_sink_protocol() -> None:
+    sink = create("sink", {"type": "stream", "transport": {"type": "tcp-server", "port": 0}})
+    assert isinstance(sink, StreamSink) and isinstance(sink, TopicSink)
+
+
+def test_every_client_gets_the_wire_bytes_of_what_is_published_after_it_connected(attached: Any) -> None:
+    sink, topic = attached({"framing": "length-prefixed", "codec": "protobuf", "middleware": ["gzip"]})
+    wire = WireFormat.build("length-prefixed", "protobuf", ["gzip"])
+    topic.publish(quotes(2))  # nobody connected: sent to no one
+    one, two = connect(sink.address), connect(sink.address)
+    wait_until(lambda: sink.clients == 2)
+    batch = quotes(3, start=2)
+    topic.publish(batch)
+    expected = wire.encode(batch)
+    assert read_exactly(one, len(expected)) == expected == read_exactly(two, len(expected))
+    assert sink.records_sent == 6 and sink.bytes_sent == 2 * len(expected)
+    assert sink.description == f"sink q: {sink.transport.description} (protobuf -> gzip -> length-prefixed)"
+    one.close()
+    two.close()
+
+
+def test_a_client_that_does_not_read_loses_records_under_drop_and_the_other_gets_all(attached: Any) -> None:
+    sink, topic = attached({"transport": {"type": "tcp-server", "port": 0, "send_buffer": 16384}}, capacity=100)
+    stalled, reader = connect(sink.address), connect(sink.address)
+    wait_until(lambda: sink.clients == 2)
+    received = b""
+    sent = 0
+    while topic.subscriptions and all(sub.dropped == 0 for sub in topic.subscriptions):
+        topic.publish(quotes(20, start=sent))
+        sent += 20
+        reader.settimeout(5)
+        while received.count(b"\n") < sent:
+            received += reader.recv(1 << 16)
+        assert sent < 200_000, "the stalled client never lost a record"
+    assert received.count(b"\n") == sent
+    assert sorted(sub.dropped > 0 for sub in topic.subscriptions) == [False, True]
+    stalled.close()
+    reader.close()
+
+
+def test_stop_sends_what_the_queues_hold_then_closes(attached: Any) -> None:
+    sink, topic = attached({})
+    client = connect(sink.address)
+    wait_until(lambda: sink.clients == 1)
+    topic.publish(quotes(500))
+    sink.stop(timeout=10)
+    data = b""
+    client.settimeout(10)
+    while chunk := client.recv(1 << 16):
+        data += chunk
+    client.close()
+    assert data.count(b"\n") == 500
+    assert sink.clients == 0
+
+
+def test_closed_by_counts_the_sinks_and_the_transports_disconnects(attached: Any) -> None:
+    sink, _ = attached({"transport": {"type": "tcp-server", "port": 0, "max_connections": 1}})
+    first = connect(sink.address)
+    wait_until(lambda: sink.clients == 1)
+    second = connect(sink.address)  # pushes out the first
+    wait_until(lambda: sink.closed_by.get("max_connections") == 1)
+    assert sink.closed_by == {**sink.transport.closed_by, "write_timeout": 0, "slow": 0}
+    first.close()
+    second.close()
+
+
+class RecordConn:
+    """A connection that takes records (a message bus), as :class:`gauss.protocols.RecordConnection` declares."""
+
+    peer = "bus"
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[str, list[TopicRecord], bytes]] = []
+        self._done = gevent.event.Event()
+
+    def recv(self, max_bytes: int = 65536) -> bytes:
+        return b""
+
+    def sendall(self, data: bytes) -> None:
+        raise AssertionError("a record connection is sent records, not bytes")
+
+    def send_records(
+        self, topic: str, records: Sequence[TopicRecord], encode: Callable[[list[TopicRecord]], bytes]
+    ) -> int:
+        data = encode(list(records))
+        self.batches.append((topic, list(records), data))
+        return len(data)
+
+    def close(self) -> None:
+        self._done.set()
+
+
+class OneConnection:
+    """A transport that serves one :class:`RecordConn`."""
+
+    description = "one record connection"
+
+    def __init__(self) -> None:
+        self.conn = RecordConn()
+        self._greenlet: gevent.Greenlet | None = None
+
+    def serve(self, handler: Callable[[Any], None]) -> None:
+        self._greenlet = gevent.spawn(handler, self.conn)
+
+    def close(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+
+def test_a_record_connection_gets_the_records_and_the_encoder() -> None:
+    transport = OneConnection()
+    sink = StreamSink(transport, WireFormat.build("lines", "json"))
+    topic = Topic("q", "any", ListStorage())
+    sink.attach(topic, capacity=100, policy=OverflowPolicy.DROP)
+    sink.start()
+    wait_until(lambda: sink.clients == 1)
+    batch = quotes(3)
+    topic.publish(batch)
+    wait_until(lambda: transport.conn.batches)
+    [(name, sent, data)] = transport.conn.batches
+    assert (name, [r.data for r in sent], data) == ("q", [r.data for r in batch], sink.wire.encode(batch))
+    assert (sink.records_sent, sink.bytes_sent) == (3, len(data))
+    sink.stop(timeout=1)
+
+
+def test_a_sink_plugin_without_attach_is_refused_at_load_with_its_name() -> None:
+    config = {"topics": [{"name": "q"}], "sinks": [{"topic": "q", "type": "fake_sinks:create_incomplete"}]}
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert info.value.key == "sinks[0].type"
+    assert info.value.reason == (
+        "sink 'fake_sinks:create_incomplete' (fake_sinks.IncompleteSink) does not implement TopicSink: "
+        "missing attach, closed_by"
+    )
+
+
+def test_add_sink_refuses_an_object_that_is_not_a_sink() -> None:
+    from fake_sinks import IncompleteSink
+
+    hub = Hub.from_config({"topics": [{"name": "q"}]})
+    hub.start()
+    try:
+        with pytest.raises(
+            ConfigError, match=r"sink 'legacy' \(fake_sinks.IncompleteSink\) .*missing attach, closed_by"
+        ):
+            hub.add_sink(IncompleteSink(), "q", name="legacy")  # type: ignore[arg-type]
+        assert hub.sinks == []
+    finally:
+        hub.stop()
+
+
+def test_lines_sink_of_a_binary_codec_is_refused_with_the_spec_2_message() -> None:
+    with pytest.raises(ConfigError, match=r"^codec: codec 'avro' is binary; 'lines' framing carries text codecs only"):
+        create("sink", {"type": "stream", "transport": {"type": "tcp-server", "port": 0}, "codec": "avro"})
+    table = {
+        "type": "stream",
+        "transport": {"type": "tcp-server", "port": 0},
+        "framing": "length-prefixed",
+        "codec": "avro",
+    }
+    assert create("sink", table).wire.chain(outbound=True) == "avro -> length-prefixed"
