@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fuzz_codecs
 import fuzz_framing
 import fuzz_middleware
 import fuzz_rest
@@ -180,3 +181,10 @@ def test_found_a_reserved_opcode_fails_the_connection(opcode: int) -> None:
     """RFC 6455 section 5.2: an unknown opcode fails the connection; 0xB..0xF came back as messages."""
     stream = fuzz_ws.client_frame(opcode, b"x") + fuzz_ws.client_frame(fuzz_ws.OP_TEXT, b"{}")
     assert fuzz_ws._read_all(fuzz_ws._reader(stream, 1000)) == []
+
+
+def test_found_json_quotes_with_invalid_utf8_are_bad_on_both_paths() -> None:
+    """The json codec's fused quote path accepted invalid UTF-8 in a field it does not know; decode() did not."""
+    check = fuzz_codecs.check_codec("json")
+    check(b'\x00{"symbol":"X","bid":0.5,"ask":0.25,"bid_size":0.0,"ask_si\xa9e":0.0,"ts_ms":1}')
+    check(b'\x00{"symbol":"X","bid":0.5,"ask":0.25,"ts_ms":1,"x":"\xff"}')
