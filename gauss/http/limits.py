@@ -1,8 +1,9 @@
 """What one client may cost the API: connection slots, bytes of answers in flight, time to take a write.
 
 - :class:`ConnectionTable`: at most ``max_connections`` at once; at the limit
-  a newcomer takes the slot of the longest-idle HTTP connection (one waiting
-  for a request head), else it is refused at once. The accept loop never
+  a newcomer takes the slot of the longest-idle connection (HTTP waiting for
+  a request head, or a WebSocket without subscriptions waiting for a
+  message), else it is refused at once. The accept loop never
   stops, so idle sockets cannot lock out ``/api/health`` (issue 11).
 - :class:`InflightBudget`: the bytes all answers hold at once (REST record
   lists, WebSocket queries and replays), with a per-connection share; a

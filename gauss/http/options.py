@@ -50,9 +50,10 @@ class ApiOptions:
     max_connections: int = 1024
     """HTTP and WebSocket connections served at once.
 
-    At the limit a new connection closes the longest-idle HTTP connection
-    (one waiting for a request head) to take its place; when none is idle it
-    is answered 503 at once. The accept loop never stops.
+    At the limit a new connection closes the longest-idle connection (an HTTP
+    one waiting for a request head, a WebSocket without subscriptions waiting
+    for a message) to take its place; when none is idle it is answered 503
+    at once. The accept loop never stops.
     """
     allowed_hosts: tuple[str, ...] = ()
     """``Host`` names a tokenless API answers besides the loopback ones (``"*"``: any)."""

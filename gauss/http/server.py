@@ -313,10 +313,18 @@ class ApiServer:
             except OSError:
                 pass
 
+        table = self.connections
+
+        def idle(waiting: bool) -> None:
+            if waiting:
+                table.idle(handler)
+            else:
+                table.busy(handler)
+
         session = WebSocketSession(
             handler.rfile.read, write, shutdown, self.hub.registry, self.options, self.metrics,
             peer="%s:%s" % tuple(handler.client_address[:2]) if handler.client_address else "",
-            budget=self.budget, share=environ.get(SHARE_KEY),
+            budget=self.budget, share=environ.get(SHARE_KEY), idle=idle,
         )  # fmt: skip
         self._sessions.add(session)
         try:

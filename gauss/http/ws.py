@@ -269,12 +269,14 @@ class WebSocketSession:
         peer: str = "",
         budget: InflightBudget | None = None,
         share: Share | None = None,
+        idle: Callable[[bool], Any] | None = None,
     ) -> None:
         self._reader = FrameReader(read, options.max_ws_message_bytes)
         self.budget = budget if budget is not None else InflightBudget(
             options.max_inflight_bytes, options.max_inflight_bytes_per_connection, options.inflight_wait_s
         )
         self._share = share if share is not None else Share()
+        self._idle = idle
         self._write = write
         self._shutdown = shutdown
         self._registry = registry
@@ -300,8 +302,15 @@ class WebSocketSession:
         self._metrics.ws_open.inc()
         self._watchdog = gevent.spawn(self._watch)
         try:
+            idle = self._idle
             while not self._closed:
+                # Waiting for a message with no subscription, the connection does nothing for
+                # anyone: at max_connections it may give its slot to a newcomer (issue 11).
+                if idle is not None:
+                    idle(not self._pushers)
                 message = self._reader.read_message()
+                if idle is not None:
+                    idle(False)
                 op = message.opcode
                 if op == OP_BINARY:
                     self._metrics.ws_messages_in.inc()

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import gevent
 import pytest
+import websocket
 from http_helpers import Api, metric_value, off_loop, quotes, stalled_ws, wait_for
 
 from gauss.http.limits import ConnectionTable, InflightBudget, InflightLimit, Share
@@ -130,7 +131,9 @@ def test_idle_sockets_beyond_max_connections_never_lock_out_a_client(make_api: C
 
 def test_at_max_connections_with_none_idle_a_newcomer_gets_503_at_once(make_api: Callable[..., Api]) -> None:
     api = make_api(max_connections=3)
-    sockets = [api.ws() for _ in range(3)]  # WebSockets are not idle connections: never evicted
+    sockets = [api.ws() for _ in range(3)]
+    for ws in sockets:  # a WebSocket with a subscription is never idle: never evicted
+        assert ws.request({"action": "subscribe", "topic": "quotes"})["type"] == "subscribed"
     try:
         start = time.monotonic()
         response = api.get("/api/health")
@@ -297,3 +300,18 @@ def test_a_replay_refused_for_room_ends_its_subscription_with_an_error(make_api:
     assert [r["seq"] for r in ws.recv()["records"]] == list(range(99_991, 100_001))
     ws.close()
     hog.close()
+
+
+def test_a_websocket_without_subscriptions_gives_its_slot_to_a_newcomer(make_api: Callable[..., Api]) -> None:
+    api = make_api(max_connections=3)
+    subscriber, idle_one, idle_two = api.ws(), api.ws(), api.ws()
+    assert subscriber.request({"action": "subscribe", "topic": "quotes"})["type"] == "subscribed"
+    assert idle_two.request({"action": "query", "topic": "quotes"})["type"] == "result"  # idle again after it
+    wait_for(lambda: api.server.connections.idle_count == 2, what="two idle WebSockets")
+    assert api.get("/api/health").status_code == 200  # takes idle_one's slot: the longest idle
+    with pytest.raises((websocket.WebSocketException, OSError)):  # closed: EOF or reset, whichever comes first
+        idle_one.request({"action": "query", "topic": "quotes"})
+    api.hub.publish("quotes", quotes(1))
+    assert subscriber.recv()["type"] == "records"  # the subscriber was never a candidate
+    for ws in (subscriber, idle_one, idle_two):
+        ws.close()
