@@ -300,6 +300,7 @@ class DiskSpool:
     def _delete_first(self) -> None:
         segment = self._segments.popleft()
         if not self._segments:
+            self.dirty = False  # delivered and about to go: no fsync for it
             self._close_fd()
         segment.path.unlink(missing_ok=True)
         self.disk_bytes -= segment.size
