@@ -255,6 +255,7 @@ def check_ws_messages(data: bytes) -> None:
     replies = _server_frames(bytes(out))
     assert replies and replies[-1][0] == OP_CLOSE, f"the session did not stay open until the client's close: {replies[-3:]!r}"
     direct = []
+    pushed: dict[str, list[dict[str, Any]]] = {}  # topic -> its pushed records, in order
     for opcode, payload in replies[:-1]:
         assert opcode in (OP_TEXT, OP_PONG), f"server sent opcode {opcode:#x}"
         if opcode == OP_PONG:
@@ -264,6 +265,8 @@ def check_ws_messages(data: bytes) -> None:
         assert type(message) is dict and message.get("type") in _DIRECT | _PUSHED, f"unknown message {payload[:200]!r}"
         if message["type"] in _DIRECT:
             direct.append((message["type"], message))
+        elif message["type"] == "records":
+            pushed.setdefault(message["topic"], []).extend(message["records"])
     asked = [(kind, value) for kind, value in items if kind != "publish"]
     assert len(direct) == len(asked), f"{len(asked)} client messages, {len(direct)} answers: {direct!r}"
     for (kind, value), (answer, message) in zip(asked, direct, strict=True):
@@ -281,6 +284,32 @@ def check_ws_messages(data: bytes) -> None:
         if type(sent) is dict and "id" in sent and type(sent["id"]) in (int, str) and abs(hash(sent["id"])) >= 0:
             if type(sent["id"]) is str or -(2**63) <= sent["id"] < 2**64:
                 assert message.get("id") == sent["id"], f"answer {message!r} does not echo id {sent['id']!r}"
+    _check_pushes(asked, direct, pushed)
+
+
+def _check_pushes(asked: list[tuple[str, Any]], direct: list[tuple[str, Any]], pushed: dict[str, list[Any]]) -> None:
+    """A topic's one subscription (drop or drop_oldest) gets its records once each, ascending, of its key only.
+
+    Replay (``since_seq``/``since_ts``) then the live tail: SPEC section 5's "no gap and no duplicate
+    between them"; shed records may be missing (announced by ``gap``), never repeated or reordered.
+    """
+    subscribed: dict[str, list[dict[str, Any]]] = {}
+    left: set[str] = set()
+    for (_, value), (answer, message) in zip(asked, direct, strict=True):
+        if answer == "subscribed":
+            subscribed.setdefault(message["topic"], []).append(json.loads(value))
+        elif answer == "unsubscribed":
+            left.add(message["topic"])
+    for topic, records in pushed.items():
+        requests = subscribed.get(topic, [])
+        assert requests, f"records of {topic} pushed without a subscription"
+        if len(requests) != 1 or topic in left or requests[0].get("policy") not in (None, "drop", "drop_oldest"):
+            continue
+        seqs = [r["seq"] for r in records]
+        assert all(a < b for a, b in zip(seqs, seqs[1:], strict=False)), f"{topic}: pushed seqs {seqs} repeat or go back"
+        key = requests[0].get("key")
+        if key is not None:
+            assert all(r["key"] == key for r in records), f"{topic}: records of other keys than {key!r} pushed"
 
 
 def seeds_ws_frames() -> list[bytes]:
@@ -295,7 +324,12 @@ def seeds_ws_frames() -> list[bytes]:
 
 
 def seeds_ws_messages() -> list[bytes]:
+    subscribe = b"\x00" * 7  # action subscribe, topic quotes.raw, no other field
+    replay = b"\x00" * 6 + b"\x01\x03\x00\x01"  # the same with since_seq 1
+    publish_then_ping = b"\x08\x07\x07\x02ab"
     return [
+        b"\x01\x05\x00" + subscribe + publish_then_ping + publish_then_ping + b"\x07\x00",
+        b"\x00\x05\x00" + replay + publish_then_ping + publish_then_ping + b"\x07\x00",
         b"\x00\x05\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
         b"\x01\x06\x00\x00\x02\x00\x00\x01\x00\x08\x03\x09\x00\x02\x02\x00\x07\x00\x05\x01\x04\x00\x03\x00\x05",
         b"\x00\x03\x05\x10{\"action\":\"query\"}\x07\x04ping\x06\x01\x00",

@@ -106,6 +106,21 @@ def test_ws_messages_invariant_catches_an_unanswered_message(monkeypatch: pytest
             fuzz_ws.check_ws_messages(seed)
 
 
+def test_ws_messages_invariant_catches_a_record_pushed_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gauss.http import ws
+
+    real = ws._Pusher._deliver
+
+    def twice(self, delivery):  # type: ignore[no-untyped-def]
+        real(self, delivery)
+        real(self, delivery)
+
+    monkeypatch.setattr(ws._Pusher, "_deliver", twice)
+    with pytest.raises(AssertionError, match="repeat or go back"):
+        for seed in fuzz_ws.seeds_ws_messages():
+            fuzz_ws.check_ws_messages(seed)
+
+
 def test_ws_frames_invariant_catches_a_corrupted_payload(monkeypatch: pytest.MonkeyPatch) -> None:
     import gauss.http.frames as frames
 
