@@ -231,7 +231,7 @@ class Hub:
                 if delta:
                     rates.append(f"{topic.name} {delta / elapsed:,.0f}/s")
             last_time = now
-            conns = sum(s.transport.connections for s in self.sources if hasattr(s.transport, "connections"))
+            conns = sum(s.open_connections for s in self.sources)
             bad = sum(s.bad_frames + s.rejected_quotes + s.oversize for s in self.sources)
             dropped = sum(sub.dropped for t in self.registry.topics() for sub in t.subscriptions)
             lagging = [r.name for r in self.processors if r.lagging]
@@ -250,8 +250,7 @@ class Hub:
         """
         counts = {"+": sum(s.connections for s in self.sources), "-": sum(s.ended for s in self.sources)}
         for source in self.sources:
-            closed = {**getattr(source.transport, "closed_by", {}), "inflate_budget": source.inflate_closed}
-            for reason, n in closed.items():
+            for reason, n in source.closed_by.items():
                 counts[f"source {reason}"] = counts.get(f"source {reason}", 0) + n
         for sink in self.sinks:
             for reason, n in sink.closed_by.items():

@@ -41,6 +41,7 @@ __all__ = [
     "RecoveringProcessor",
     "TopicSink",
     "RecordConnection",
+    "CountingTransport",
     "FeedingTransport",
     "missing_members",
     "require",
@@ -303,6 +304,18 @@ class RecordConnection(Connection, Protocol):
     def send_records(self, topic: str, records: Sequence[TopicRecord], encode: Callable[[list[TopicRecord]], bytes]) -> int:
         """Send a batch, encoded with ``encode`` as the transport groups it; returns the bytes sent."""
         ...
+
+
+@runtime_checkable
+class CountingTransport(Transport, Protocol):
+    """A transport that closes connections itself (limits, idle timeouts) and counts them: ``tcp-server``."""
+
+    connections: int
+    """Connections open now."""
+    closed_by: Mapping[str, int]
+    """Connections it closed itself since start, by reason."""
+    on_close: Callable[[str], None] | None
+    """Called with the reason each time it closes one (the source or sink that owns it counts it)."""
 
 
 @runtime_checkable

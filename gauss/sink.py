@@ -39,7 +39,7 @@ import gevent
 
 from gauss.core import TopicRecord
 from gauss.metrics import Metrics
-from gauss.protocols import Connection, RecordConnection, Transport
+from gauss.protocols import Connection, CountingTransport, RecordConnection, Transport
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import OverflowPolicy
 from gauss.registry import Options
@@ -103,7 +103,7 @@ class StreamSink:
         self._metrics: Metrics | None = None
         self._watchdog: gevent.Greenlet | None = None
         self._cut_log = RateLimitedLog(log)
-        if hasattr(transport, "on_close"):
+        if isinstance(transport, CountingTransport):
             transport.on_close = self._count_disconnect
 
     @property
@@ -126,8 +126,8 @@ class StreamSink:
     @property
     def closed_by(self) -> dict[str, int]:
         """Clients the transport (``max_connections``, ``idle_timeout``, ...) or the sink disconnected, by reason."""
-        transport_closed: dict[str, int] = getattr(self.transport, "closed_by", {})  # only tcp-server counts its own
-        return {**transport_closed, **self.disconnects}
+        transport = self.transport
+        return {**(transport.closed_by if isinstance(transport, CountingTransport) else {}), **self.disconnects}
 
     def _count_disconnect(self, reason: str) -> None:
         """A client the sink (or its transport: max_connections, idle_timeout, ...) disconnected."""

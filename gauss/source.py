@@ -41,7 +41,7 @@ from gauss.config import SourceSpec
 from gauss.core import TopicRecord
 from gauss.errors import FrameTooLarge, InflateBudgetExceeded
 from gauss.metrics import Metrics
-from gauss.protocols import Codec, Connection, FeedingTransport, Framing, Middleware, Transport
+from gauss.protocols import Codec, Connection, CountingTransport, FeedingTransport, Framing, Middleware, Transport
 from gauss.quotes import QuoteCheck, RecordCheck
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, Rejected
@@ -121,7 +121,7 @@ class Source:
             self._m_oversize = metrics.decode_errors(label, "oversize_frame")
         self._bad_log = RateLimitedLog(log)
         self._close_log = RateLimitedLog(log)
-        if hasattr(self.transport, "on_close"):
+        if isinstance(self.transport, CountingTransport):
             self.transport.on_close = self._count_closed
         self._pump: gevent.Greenlet | None = None
         self.published_hooks: list[Callable[[Sequence[TopicRecord], bool | None], None]] = []
@@ -144,6 +144,18 @@ class Source:
     @property
     def codec(self) -> Codec:
         return self.wire.codec
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now (0 for a transport that does not count them, a message bus)."""
+        return self.transport.connections if isinstance(self.transport, CountingTransport) else 0
+
+    @property
+    def closed_by(self) -> dict[str, int]:
+        """Connections the transport (limits, idle timeouts) or the source (``inflate_budget``) closed, by reason."""
+        closed = dict(self.transport.closed_by) if isinstance(self.transport, CountingTransport) else {}
+        closed["inflate_budget"] = self.inflate_closed
+        return closed
 
     @property
     def description(self) -> str:
@@ -263,7 +275,9 @@ class Source:
         self.frames += len(frames)
         if self._metrics is not None:
             self._m_frames.inc(len(frames))
-        records, bad, refused = self.wire.decode(frames, self.check, max_frame_bytes=self.max_frame_bytes, budget=self.max_inflate_bytes)
+        records, bad, refused = self.wire.decode(
+            frames, self.check, max_frame_bytes=self.max_frame_bytes, budget=self.max_inflate_bytes
+        )
         if bad:
             self.bad_frames += len(bad)
             if self._metrics is not None:
