@@ -353,23 +353,33 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_record_nor_reuses
     rng = random.Random(seed)
     path = tmp_path / "store"
     epoch = None
-    acked = 0
+    acked: set[int] = set()  # every seq whose append returned
     for _ in range(3):
         with subprocess.Popen([sys.executable, "-c", KILLED_CHILD, kind, str(path)], stdout=subprocess.PIPE, text=True) as child:
             assert child.stdout is not None
             start = json.loads(child.stdout.readline())
-            assert start["last_seq"] >= acked, f"seed {seed}: seq went back below what was acknowledged"
+            assert start["last_seq"] >= max(acked, default=0), f"seed {seed}: seq went back below what was acknowledged"
             if epoch is not None:
                 assert start["epoch"] == epoch, f"seed {seed}: a SIGKILL on the same boot keeps the epoch"
             epoch = start["epoch"]
+            previous = start["last_seq"]
+
+            def ack(line: str) -> None:
+                nonlocal previous
+                acked.update(range(previous + 1, int(line) + 1))
+                previous = int(line)
+
             for _ in range(rng.randrange(5, 200)):
-                acked = int(child.stdout.readline())
+                ack(child.stdout.readline())
             child.send_signal(signal.SIGKILL)
             for line in child.stdout:  # acknowledged before the kill landed
-                acked = int(line)
+                ack(line)
     storage = make(kind, path)
     got_epoch, last_seq = storage.open("t", DataFormat.ANY)
-    assert got_epoch == epoch and last_seq >= acked, f"seed {seed}"
+    assert got_epoch == epoch and last_seq >= max(acked), f"seed {seed}"
     held = [r.seq for r in stored(storage, kind, path)]
-    assert held == list(range(1, last_seq + 1)), f"seed {seed}: a record is missing or stored twice"
+    assert acked <= set(held), f"seed {seed}: acknowledged records lost: {sorted(acked - set(held))[:10]}"
+    # A batch in flight at a kill may survive in part (file: its keys are separate files); its
+    # records are whole, never acknowledged, and their seqs are never handed out again.
+    assert held == sorted(set(held)) and last_seq == held[-1], f"seed {seed}: a seq stored twice"
     storage.close()
