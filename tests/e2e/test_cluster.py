@@ -179,9 +179,10 @@ def test_a_shard_killed_mid_stream_resumes_with_every_quote_once(cluster: Cluste
     feeder = threading.Thread(target=publish, daemon=True)
     feeder.start()
     wait_until(lambda: victim.count("quotes.raw") > 3000, 60, "shard 0 well under way")
+    before = victim.count("quotes.raw")
     victim.kill()
+    assert before < share, "shard 0 had its whole share before the kill: make the stream longer"
     victim.start()
-    assert 0 < int(victim.count("quotes.raw")) < share, "shard 0 had its whole share before the kill: make the stream longer"
     feeder.join(120)
     assert published.is_set()
     wait_until(lambda: cluster.stored() == len(sent), 120, f"{len(sent)} quotes in the shards")
