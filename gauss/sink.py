@@ -113,7 +113,7 @@ class StreamSink:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.transport.address  # type: ignore[attr-defined, no-any-return, union-attr]
+        return self.transport.address  # type: ignore[attr-defined, no-any-return]
 
     @property
     def clients(self) -> int:

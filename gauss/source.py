@@ -73,7 +73,7 @@ class Source:
         wire: WireFormat | None = None,
     ) -> None:
         self.spec = spec
-        self.transport = transport if transport is not None else spec.build_transport()
+        self.transport: Transport = transport if transport is not None else spec.build_transport()
         self.wire = wire if wire is not None else spec.build_wire()
         self.topic: Topic = topics.resolve(spec.topic)
         self.dead_letter: Topic | None = topics.resolve(spec.dead_letter) if spec.dead_letter else None
@@ -131,7 +131,7 @@ class Source:
     @property
     def address(self) -> tuple[str, int]:
         """The transport's address (the bound port of a ``tcp-server`` on port 0)."""
-        return self.transport.address  # type: ignore[attr-defined, no-any-return, union-attr]
+        return self.transport.address  # type: ignore[attr-defined, no-any-return]
 
     @property
     def framing(self) -> Framing:
