@@ -407,6 +407,17 @@ class RawFileStorage:
         index.add(kept)
 
     def _encode(self, records: Sequence[TopicRecord]) -> tuple[bytes, Sequence[TopicRecord]]:
+        """The frames of a batch, and the records they hold (a record whose data cannot be JSON is dropped)."""
+        try:
+            # PERF: one msgspec call for the batch, split at the newlines (JSON has none inside): ~2x per record
+            lines = _encoder.encode_lines([{"ts_ms": r.ts_ms, "key": r.key, "data": r.data, "seq": r.seq} for r in records])
+        except (TypeError, msgspec.EncodeError):
+            return self._encode_each(records)
+        payloads = lines.split(b"\n")
+        payloads.pop()
+        return encode_frames(payloads), records
+
+    def _encode_each(self, records: Sequence[TopicRecord]) -> tuple[bytes, Sequence[TopicRecord]]:
         pack = _HEADER.pack
         crc = zlib.crc32
         encode = _encoder.encode

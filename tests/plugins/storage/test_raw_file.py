@@ -193,3 +193,12 @@ def test_factory_options(tmp_path: Path) -> None:
         create({"path": "x", "tail_records": 0})
     with pytest.raises(ConfigError, match="rotate: unknown option"):
         create({"path": "x", "rotate": True})
+
+
+def test_unserialisable_data_is_dropped_and_counted_not_the_batch(tmp_path: Path) -> None:
+    storage, _, _ = opened(tmp_path, DataFormat.ANY)
+    storage.append([record(1), TopicRecord(2000, "A", {"bad": object()}, 2), record(3)])
+    assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 3]
+    assert [r.seq for r in storage.query(TopicQuery()).records] == [1, 3]
+    assert storage.health()["dropped_records"] == 1.0
+    storage.close()
