@@ -533,7 +533,7 @@ class NatsTransport:
                     delay = min(delay * 2, self.reconnect_max)
                     continue
             if time.monotonic() >= floor_at:  # the ack floor prunes the consumer's set of stored sequences
-                floor_at = time.monotonic() + 5.0
+                floor_at = time.monotonic() + 1.0
                 try:
                     consumer = await js.consumer_info(self.stream, self.durable)
                     self._hand_over((("floor", int(consumer.ack_floor.stream_seq or 0)),))
