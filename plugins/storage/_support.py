@@ -38,6 +38,7 @@ __all__ = [
     "resume_point",
     "seqs_in",
     "move_aside",
+    "remove_leftovers",
     "CORRUPT_SUFFIX",
     "MAX_FSYNC_INTERVAL",
 ]
@@ -192,6 +193,19 @@ def move_aside(path: Path, damaged: bytes, logger: logging.Logger) -> Path:
         os.fsync(handle.fileno())
     logger.error("%s: moved %d damaged bytes aside to %s", path, len(damaged), target.name)
     return target
+
+
+def remove_leftovers(directory: Path, logger: logging.Logger) -> int:
+    """Delete the temporary files of atomic replaces a crash interrupted (``*.tmp``); return how many."""
+    removed = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.endswith(".tmp") and entry.is_file():
+                os.unlink(entry.path)
+                removed += 1
+    if removed:
+        logger.info("%s: removed %d temporary files left by an interrupted write", directory, removed)
+    return removed
 
 
 def seqs_in(damaged: bytes) -> list[int]:

@@ -61,6 +61,7 @@ from gauss_plugins.storage._support import (
     meta_record,
     move_aside,
     read_meta,
+    remove_leftovers,
     resume_point,
     seqs_in,
     write_all,
@@ -234,6 +235,7 @@ class FileStorage:
         )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.directory, log)
             meta_path = self.directory / META_FILE
             meta_written = meta_path.stat().st_mtime_ns if meta_path.exists() else None
             meta = read_meta(meta_path, log)

@@ -62,6 +62,7 @@ from gauss_plugins.storage._support import (
     meta_record,
     move_aside,
     read_meta,
+    remove_leftovers,
     resume_point,
     seqs_in,
     write_all,
@@ -299,6 +300,7 @@ class RawFileStorage:
         self._index = RecordIndex(upsert=self.format.upsert, capacity=self.tail_records)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(self.path, log)
             meta = read_meta(self.path / META_FILE, log)
             tail, data_last_seq, doubtful = self._load_tail()
         except OSError as exc:

@@ -383,3 +383,15 @@ def test_sigkill_at_random_moments_never_loses_an_acknowledged_record_nor_reuses
     # records are whole, never acknowledged, and their seqs are never handed out again.
     assert held == sorted(set(held)) and last_seq == held[-1], f"seed {seed}: a seq stored twice"
     storage.close()
+
+
+@kinds
+def test_temporary_files_of_an_interrupted_replace_are_removed_at_open(kind: str, tmp_path: Path) -> None:
+    storage, epoch = write_thousand(kind, tmp_path)
+    storage.close()
+    (tmp_path / "_meta.json.1a2b3c4d.tmp").write_bytes(b'{"epoch":')
+    (tmp_path / "EURUSD.jsonl.5e6f7a8b.tmp").write_bytes(b'{"ts_ms":1')
+    again = make(kind, tmp_path)
+    assert again.open("t", DataFormat.QUOTE) == (epoch, 1000)
+    assert not list(tmp_path.glob("*.tmp"))
+    again.close()
