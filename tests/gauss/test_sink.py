@@ -9,7 +9,7 @@ import gevent
 import pytest
 from engine_plugins import ListStorage, connect, wait_until
 
-from gauss.config import load_config
+from gauss.config import SourceSpec, load_config
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
 from gauss.hub import Hub
@@ -220,3 +220,40 @@ def test_lines_sink_of_a_binary_codec_is_refused_with_the_spec_2_message() -> No
         "codec": "avro",
     }
     assert create("sink", table).wire.chain(outbound=True) == "avro -> length-prefixed"
+
+
+def test_what_a_sink_writes_a_source_with_the_same_table_reads() -> None:
+    """Sink -> tcp-client source loopback with two middleware: one WireFormat, so the order agrees both ways."""
+    wire_table: dict[str, Any] = {"framing": "length-prefixed", "codec": "avro", "middleware": ["lz4", "snappy"]}
+    hub = Hub.from_config(
+        {
+            "hub": {"status_interval": 0},
+            "topics": [{"name": "a", "format": "quote"}, {"name": "b", "format": "quote"}],
+            "sinks": [{"topic": "a", "transport": {"type": "tcp-server", "port": 0}, **wire_table}],
+        }
+    )
+    hub.start()
+    try:
+        port = hub.sinks[0].address[1]  # type: ignore[attr-defined]
+        spec = SourceSpec(
+            topic="b",
+            transport={"type": "tcp-client", "port": port},
+            framing={"type": "length-prefixed"},
+            codec={"type": "avro"},
+            middleware=({"type": "lz4"}, {"type": "snappy"}),
+        )
+        source = hub.add_source(spec)
+        assert source.wire.chain() == "length-prefixed -> lz4 -> snappy -> avro"
+        wait_until(lambda: hub.sinks[0].clients == 1)  # type: ignore[attr-defined]
+        batch = [
+            TopicRecord(
+                NOW + i, s, {"symbol": s, "bid": 1.5, "ask": 1.75, "bid_size": 1.0, "ask_size": 2.0, "ts_ms": NOW + i}
+            )
+            for i, s in enumerate(["EURUSD", "GBPUSD", "USDJPY"])
+        ]
+        hub.publish("a", batch)
+        wait_until(lambda: hub.topic("b").count() == 3)
+        assert [r.data for r in hub.query("b").records] == [r.data for r in batch]
+        assert source.bad_frames == 0
+    finally:
+        hub.stop()
