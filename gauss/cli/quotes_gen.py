@@ -336,7 +336,7 @@ def run_generate(args: argparse.Namespace, out: IO[str]) -> int:
     walk = QuoteWalk(args.symbols, 0 if args.seed is None else args.seed)
     start_ms = DEFAULT_START_MS if args.start_ms is None else args.start_ms
     interval_ms = 1000.0 / args.rate
-    codec = create("codec", "json")
+    wire = QuoteWire.build("json", "lines", None)  # JSON lines: the wire format of the default source
     count = 1000 if args.count is None else args.count
     target = sys.stdout.buffer if args.out in (None, "-") else open(args.out, "wb")
     try:
@@ -344,8 +344,7 @@ def run_generate(args: argparse.Namespace, out: IO[str]) -> int:
             size = min(_MAX_BATCH, count - first)
             ts = (start_ms + int((first + i) * interval_ms) for i in range(size))
             quotes = walk.quotes(size, ts)
-            payloads = codec.serialize(quotes)
-            target.write(b"".join(payload + b"\n" for payload in payloads))
+            target.write(wire.encode(quotes))
     finally:
         if target is not sys.stdout.buffer:
             target.close()
