@@ -198,9 +198,10 @@ def test_twenty_clients_asking_for_100k_records_and_never_reading(serve: Callabl
     try:
         time.sleep(0.5)
         # Served while the 20 hang; not at once: a storage query of 100,000 records holds the
-        # loop for ~0.2 s (~0.8 s on this loaded CI machine) and three are admitted at a time.
+        # loop (~0.8 s compiled, more with the pure twins, on this loaded machine) and two or
+        # three are admitted at a time. Measured 0.25-2.9 s.
         health = timed_health(served)
-        assert health < 5.0, health
+        assert health < 8.0, health
         deadline = time.monotonic() + 30
         while served.metric("gauss_http_inflight_bytes") > 0:  # every answer gave its bytes back
             assert time.monotonic() < deadline, "answers still in flight"
