@@ -6,7 +6,12 @@ greenlet of its own that replays stored records when asked (``since_seq`` /
 ``since_ts``), then pushes the live tail: every take drains all that waits,
 so one message carries every record waiting for this client, and a batch's
 JSON is built once and shared by every client that gets it whole. A watchdog
-disconnects a client whose queues stay overflowed for ``ws_overflow_grace_s``.
+disconnects a client whose queues stay overflowed for ``ws_overflow_grace_s``;
+a write the client does not take within ``write_timeout_s`` ends the
+connection. Query answers go out as fragmented messages of ~64 KiB frames;
+queries and replays hold their bytes of the server's in-flight budget
+(:mod:`gauss.http.limits`), and every client mistake, binary frames included,
+is an ``error`` answer on a connection that stays open.
 """
 
 from __future__ import annotations
