@@ -254,7 +254,10 @@ class FileStorage:
             meta, data_last_seq, data_doubtful=doubtful, has_data=bool(names), logger=log, what=f"file storage {self.directory}"
         )
         self._resumed_seq = last_seq
-        self._write_meta(last_seq, clean=False, sync=True)
+        try:
+            self._write_meta(last_seq, clean=False, sync=True)
+        except OSError as exc:
+            raise StorageError(f"file storage {self.directory}: cannot record its state in {META_FILE}: {exc}") from exc
         self._loader = gevent.spawn(self._load_all, names)
         interval = min(self.flush_interval, MAX_FSYNC_INTERVAL) if self.fsync == "interval" else self.flush_interval
         self._task = PeriodicTask(interval, self._tick, log, f"file storage {self.directory}: flush")

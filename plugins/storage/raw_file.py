@@ -310,7 +310,10 @@ class RawFileStorage:
             meta, data_last_seq, data_doubtful=doubtful, has_data=bool(segments(self.path)), logger=log, what=f"raw log {self.path}"
         )
         self._resumed_seq = last_seq
-        self._write_meta(last_seq, clean=False, sync=True)
+        try:
+            self._write_meta(last_seq, clean=False, sync=True)
+        except OSError as exc:
+            raise StorageError(f"raw-file storage {self.path}: cannot record its state in {META_FILE}: {exc}") from exc
         interval = min(self.flush_interval, MAX_FSYNC_INTERVAL) if self.fsync == "interval" else self.flush_interval
         self._task = PeriodicTask(interval, self.flush, log, f"raw-file storage {self.path}: flush")
         return self.epoch, last_seq
