@@ -11,6 +11,7 @@ two different records.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -395,3 +396,26 @@ def test_temporary_files_of_an_interrupted_replace_are_removed_at_open(kind: str
     assert again.open("t", DataFormat.QUOTE) == (epoch, 1000)
     assert not list(tmp_path.glob("*.tmp"))
     again.close()
+
+
+@kinds
+@pytest.mark.parametrize("policy", ["always", "interval", "never"])
+def test_fsync_always_syncs_before_append_returns_and_never_does_not(
+    kind: str, policy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    storage = make(kind, tmp_path, fsync=policy, flush_interval=1.0)
+    storage.open("t", DataFormat.QUOTE)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    storage.append([quote(1, "A"), quote(2, "B")])
+    assert bool(synced) == (policy == "always"), "an fsync before append returned"
+    synced.clear()
+    storage.flush()
+    assert bool(synced) == (policy == "interval"), "the interval flush syncs what was written since"
+    storage.close()
