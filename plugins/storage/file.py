@@ -53,12 +53,12 @@ from gauss_plugins.storage._index import RecordIndex
 from gauss_plugins.storage._keys import KEY_FILE_SUFFIX, key_file_name
 from gauss_plugins.storage._support import (
     MAX_FSYNC_INTERVAL,
+    MetaWriter,
     PeriodicTask,
     fsync_dir,
     fsync_now,
     fsync_option,
     in_thread,
-    meta_record,
     move_aside,
     read_meta,
     remove_leftovers,
@@ -72,6 +72,7 @@ from gauss.core import TopicRecord
 from gauss.errors import StorageError
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
+from gauss.records import encode_record_lines as encode_records
 from gauss.registry import Options
 
 __all__ = ["FileStorage", "create", "META_FILE", "encode_records", "decode_record"]
@@ -96,19 +97,9 @@ _INLINE_KEYS = 256
 """A batch over more keys than this does its file system calls in the thread pool."""
 
 
-def _enc_hook(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    raise TypeError(f"cannot store a {type(value).__name__} as JSON")
-
-
-_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 _decoder = msgspec.json.Decoder()
-
-
-def encode_records(records: Sequence[TopicRecord]) -> bytes:
-    """JSON lines of numbered records, ``{"ts_ms","key","data","seq"}`` each."""
-    return _encoder.encode_lines([{"ts_ms": r.ts_ms, "key": r.key, "data": r.data, "seq": r.seq} for r in records])
+# A key file holds JSON lines of numbered records, ``{"ts_ms","key","data","seq"}`` each:
+# ``encode_records`` is gauss.records.encode_record_lines, the one record encoder.
 
 
 def decode_record(line: bytes) -> TopicRecord:
@@ -160,7 +151,7 @@ class _KeyFile:
         self.torn = False  # a failed write could not be cut back yet: cut before writing again
 
 
-class FileStorage:
+class FileStorage(MetaWriter):
     """Durable JSON-lines storage of one topic under ``directory``."""
 
     name = "file"
@@ -211,6 +202,7 @@ class FileStorage:
         self._dirty: set[str] = set()  # written since the last interval fsync
         self._new_entries = False  # files created since the directory was last fsynced
         self._meta_seq = -1
+        self._meta_path = self.directory / META_FILE
         self._resumed_seq = 0  # the last seq open() continued from: never record less
         self._last_compact = time.monotonic()
         self._lock = gevent.lock.RLock()
@@ -559,23 +551,6 @@ class FileStorage:
                 fsync_dir(self.directory)
         if self._meta_seq != self._last_seq():
             self._write_meta(self._last_seq(), clean=False)
-
-    def _last_seq(self) -> int:
-        return max(self._resumed_seq, self._opened.last_seq)
-
-    def _write_meta(self, last_seq: int, *, clean: bool, sync: bool = False) -> None:
-        """Replace ``_meta.json``; fsynced (with ``sync``) only at open (the epoch) and close (``clean``).
-
-        PERF: the running updates only narrow the files read after a crash
-        (their mtime); the data proves the last seq, so they need no fsync
-        (two fsyncs a flush took ~0.4 s on the busy shared disk).
-        """
-        data = meta_record(
-            epoch=self.epoch, last_seq=last_seq, topic=self.topic, data_format=self.format.value, fsync=self.fsync, clean=clean
-        )
-        with self._lock:  # one writer of the meta file's tmp at a time
-            in_thread(write_atomic, self.directory / META_FILE, data, fsync=sync and self.fsync != "never")
-            self._meta_seq = last_seq
 
     def _tick(self) -> None:
         self.flush()

@@ -54,26 +54,24 @@ from gauss_plugins.storage._index import RecordIndex
 from gauss_plugins.storage._support import (
     CORRUPT_SUFFIX,
     MAX_FSYNC_INTERVAL,
+    MetaWriter,
     PeriodicTask,
     fsync_dir,
     fsync_option,
     fsync_paths,
-    in_thread,
-    meta_record,
     move_aside,
     read_meta,
     remove_leftovers,
     resume_point,
     seqs_in,
     write_all,
-    write_atomic,
 )
 from gauss_plugins.storage.file import decode_record
 
 from gauss.core import TopicRecord
 from gauss.errors import StorageError
 from gauss.ratelimit import RateLimitedLog
-from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
+from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery, encode_record, encode_record_lines
 from gauss.registry import Options
 
 __all__ = ["RawFileStorage", "create", "iter_raw_log", "segments", "encode_frames", "SEGMENT_SUFFIX", "main"]
@@ -89,9 +87,6 @@ _HEADER = struct.Struct(">II")
 _HEADER_SIZE = _HEADER.size
 _PAYLOAD_START = b'{"ts_ms":'
 """Every payload starts so (msgspec keeps the field order): the reader resynchronises on it after damage."""
-
-_encoder = msgspec.json.Encoder()
-
 
 def segments(directory: Path | str) -> list[Path]:
     """The segment files of a log directory, oldest first."""
@@ -241,7 +236,7 @@ def _cut(path: Path, damaged: list[tuple[int, int]], size: int, *, fsync: bool) 
     return kept
 
 
-class RawFileStorage:
+class RawFileStorage(MetaWriter):
     """Durable append-only frame log of one topic in directory ``path``."""
 
     name = "raw-file"
@@ -287,6 +282,7 @@ class RawFileStorage:
         self._torn = False  # a failed write could not be cut back yet: cut before writing again
         self._unsynced: set[Path] = set()
         self._meta_seq = -1
+        self._meta_path = self.path / META_FILE
         self._resumed_seq = 0  # the last seq open() continued from: never record less
         self._lock = gevent.lock.RLock()
         self._task: PeriodicTask | None = None
@@ -373,23 +369,6 @@ class RawFileStorage:
                 break
         return [r for records in reversed(collected) for r in records], data_last_seq, doubtful
 
-    def _last_seq(self) -> int:
-        return max(self._resumed_seq, self._opened.last_seq)
-
-    def _write_meta(self, last_seq: int, *, clean: bool, sync: bool = False) -> None:
-        """Replace ``_meta.json``; fsynced (with ``sync``) only at open (the epoch) and close (``clean``).
-
-        PERF: the running updates only narrow the files read after a crash
-        (their mtime); the data proves the last seq, so they need no fsync
-        (two fsyncs a flush took ~0.4 s on the busy shared disk).
-        """
-        data = meta_record(
-            epoch=self.epoch, last_seq=last_seq, topic=self.topic, data_format=self.format.value, fsync=self.fsync, clean=clean
-        )
-        with self._lock:  # one writer of the meta file's tmp at a time
-            in_thread(write_atomic, self.path / META_FILE, data, fsync=sync and self.fsync != "never")
-            self._meta_seq = last_seq
-
     @property
     def _opened(self) -> RecordIndex:
         if self._index is None:
@@ -415,7 +394,7 @@ class RawFileStorage:
         """The frames of a batch, and the records they hold (a record whose data cannot be JSON is dropped)."""
         try:
             # PERF: one msgspec call for the batch, split at the newlines (JSON has none inside): ~2x per record
-            lines = _encoder.encode_lines([{"ts_ms": r.ts_ms, "key": r.key, "data": r.data, "seq": r.seq} for r in records])
+            lines = encode_record_lines(records)
         except (TypeError, msgspec.EncodeError):
             return self._encode_each(records)
         payloads = lines.split(b"\n")
@@ -425,12 +404,11 @@ class RawFileStorage:
     def _encode_each(self, records: Sequence[TopicRecord]) -> tuple[bytes, Sequence[TopicRecord]]:
         pack = _HEADER.pack
         crc = zlib.crc32
-        encode = _encoder.encode
         parts: list[bytes] = []
         kept: list[TopicRecord] | None = None
         for number, r in enumerate(records):
             try:
-                payload = encode({"ts_ms": r.ts_ms, "key": r.key, "data": r.data, "seq": r.seq})
+                payload = encode_record(r)
             except (TypeError, msgspec.EncodeError) as exc:
                 if kept is None:
                     kept = list(records[:number])
@@ -600,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for record in iter_raw_log(args.path, since_seq=args.since_seq):
             if args.key is None or record.key == args.key:
-                out.write(_encoder.encode(record.as_dict()) + b"\n")
+                out.write(encode_record(record) + b"\n")
         out.flush()
     except BrokenPipeError:
         sys.stderr.close()  # a closed pipe (``| head``) is not an error
