@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_clickhouse.py [--quotes 500000] [--batch-size 10000] [--url URL]
 
 Without ``--url`` it starts a private clickhouse-server (the one the tests use,
-``tests/conftest.py:ClickHouseServer``) in a temporary directory.
+``tests/support/clickhouse.py:ClickHouseServer``) in a temporary directory.
 
 - ``direct``: the storage's own client and row encoder, one synchronous
   ``INSERT ... FORMAT RowBinary`` per ``batch-size`` quotes: the ceiling for
@@ -43,12 +43,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def private_server(root: Path) -> Any:
     spec = importlib.util.spec_from_file_location("gauss_test_conftest", ROOT / "tests" / "conftest.py")
     assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    binary = module.clickhouse_binary()
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))  # makes tests/support importable as ``support``
+    from support.clickhouse import ClickHouseServer, clickhouse_binary
+
+    binary = clickhouse_binary()
     if binary is None:
         sys.exit("clickhouse-server is not installed; pass --url of a running ClickHouse")
-    server = module.ClickHouseServer(root, binary)
+    server = ClickHouseServer(root, binary)
     server.start()
     return server
 
