@@ -332,3 +332,22 @@ def test_a_websocket_without_subscriptions_gives_its_slot_to_a_newcomer(make_api
     assert subscriber.recv()["type"] == "records"  # the subscriber was never a candidate
     for ws in (subscriber, idle_one, idle_two):
         ws.close()
+
+
+def test_a_charged_answer_gives_its_bytes_back_when_sent_cut_or_dropped() -> None:
+    import gc
+
+    from gauss.http.limits import ChargedStream
+
+    budget = InflightBudget(1 << 20, 1 << 20, 0.0)
+    sent = ChargedStream(iter([b"a", b"b"]), budget.admit(Share(), 100))
+    assert b"".join(sent) == b"ab" and budget.held == 0  # exhausted
+    cut = ChargedStream(iter([b"a", b"b"]), budget.admit(Share(), 100))
+    next(cut)
+    cut.close()  # the server closes a body it could not finish writing
+    assert budget.held == 0
+    dropped = ChargedStream(iter([b"a"]), budget.admit(Share(), 100))
+    assert budget.held == 100
+    del dropped  # a body nobody iterates nor closes (a HEAD, an error after the resource)
+    gc.collect()
+    assert budget.held == 0
