@@ -35,7 +35,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from gauss import registry
 from gauss.core import DEFAULT_MAX_FRAME_BYTES
 from gauss.errors import ConfigError
-from gauss.protocols import ReplayableStorage, TopicSink, require
+from gauss.protocols import ReplayableStorage, TopicProcessor, TopicSink, require
 from gauss.quotes import DEFAULT_MAX_FUTURE_MS, DEFAULT_MAX_KEY_BYTES
 from gauss.records import DataFormat, OverflowPolicy
 from gauss.registry import Options
@@ -206,9 +206,11 @@ class ProcessorSpec:
     base_dir: Path | None = None
     where: str = ""
 
-    def build(self) -> Any:
+    def build(self) -> TopicProcessor:
+        """The processor, refused here when it does not implement :class:`~gauss.protocols.TopicProcessor`."""
         with _config_dir(self.base_dir):
-            return registry.create("processor", {"type": self.type, **self.options}, where=self.where)
+            processor = registry.create("processor", {"type": self.type, **self.options}, where=self.where)
+        return require(processor, TopicProcessor, kind="processor", name=self.type, where=self.where)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -228,10 +230,7 @@ class SinkSpec:
         """The sink, refused here when it does not implement :class:`~gauss.protocols.TopicSink`."""
         with _config_dir(self.base_dir):
             sink = registry.create("sink", {"type": self.type, **self.options}, where=self.where)
-        try:
-            return require(sink, TopicSink, kind="sink", name=self.type)  # type: ignore[no-any-return]
-        except ConfigError as exc:
-            raise exc.at(self.where) from None
+        return require(sink, TopicSink, kind="sink", name=self.type, where=self.where)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)

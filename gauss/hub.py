@@ -102,7 +102,12 @@ class Hub:
         policy: OverflowPolicy | str = OverflowPolicy.BACK_PRESSURE,
         _spec: ProcessorSpec | None = None,
     ) -> ProcessorRunner:
-        """Run ``processor`` on the batches of ``topic`` (the topic must exist or match a template)."""
+        """Run ``processor`` on the batches of ``topic`` (the topic must exist or match a template).
+
+        Raises :class:`~gauss.errors.ConfigError` naming the processor when
+        it does not implement :class:`~gauss.protocols.TopicProcessor`.
+        """
+        require(processor, TopicProcessor, kind="processor", name=type(processor).__name__)
         runner = ProcessorRunner(
             processor, self.registry.resolve(topic), self.registry,
             capacity=queue_size, policy=OverflowPolicy.parse(policy), metrics=self.metrics,

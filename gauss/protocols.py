@@ -348,12 +348,12 @@ def missing_members(plugin: object, protocol: type) -> list[str]:
 _MISSING: Any = object()
 
 
-def require(plugin: Any, protocol: type, *, kind: str, name: str) -> Any:
-    """``plugin``, or a :class:`ConfigError` at ``type`` naming the plugin and what it lacks of ``protocol``."""
+def require(plugin: Any, protocol: type, *, kind: str, name: str, where: str = "") -> Any:
+    """``plugin``, or a :class:`ConfigError` at ``{where}.type`` naming the plugin and what it lacks of ``protocol``."""
     missing = missing_members(plugin, protocol)
     if missing:
         raise ConfigError(
-            "type",
+            f"{where}.type" if where else "type",
             f"{kind} {name!r} ({type(plugin).__module__}.{type(plugin).__qualname__}) does not implement "
             f"{protocol.__name__}: missing {', '.join(missing)}",
         )

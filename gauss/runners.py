@@ -45,7 +45,7 @@ class ProcessorRunner:
         self.context = context
         self.capacity = capacity
         self.policy = OverflowPolicy(policy)
-        self.name = f"{getattr(processor, 'name', type(processor).__name__)}({topic.name})"
+        self.name = f"{processor.name}({topic.name})"
         self.subscription: Subscription | None = None
         self.busy = False
         self.lagging = False

@@ -1,4 +1,4 @@
-"""Tests of the ``gauss`` package's own modules; the engine tests' helpers (``engine_plugins``) and ``fake_sinks`` are importable."""
+"""Tests of the ``gauss`` package's own modules; the engine tests' helpers (``engine_plugins``) and ``fake_plugins`` are importable."""
 
 from __future__ import annotations
 

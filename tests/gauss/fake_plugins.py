@@ -1,4 +1,4 @@
-"""Sink plugins for the sink tests (named ``fake_sinks:...`` in configs)."""
+"""Plugins that lack a member of their protocol (named ``fake_plugins:...`` in configs)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,20 @@ class IncompleteSink:
 
 def create_incomplete(table: dict[str, Any]) -> IncompleteSink:
     return IncompleteSink()
+
+
+class IncompleteProcessor:
+    """A processor without ``flush`` (and so without the flush at stop)."""
+
+    name = "incomplete"
+    flush_interval = None
+
+    def start(self, context: Any) -> None: ...
+
+    def process(self, topic: str, records: Any, context: Any) -> None: ...
+
+    def stop(self, context: Any) -> None: ...
+
+
+def create_incomplete_processor(table: dict[str, Any]) -> IncompleteProcessor:
+    return IncompleteProcessor()

@@ -9,7 +9,7 @@ import gevent
 import pytest
 from engine_plugins import ListStorage, connect, wait_until
 
-from gauss.config import SourceSpec, load_config
+from gauss.config import SourceSpec
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
 from gauss.hub import Hub
@@ -182,32 +182,6 @@ def test_a_record_connection_gets_the_records_and_the_encoder() -> None:
     assert (name, [r.data for r in sent], data) == ("q", [r.data for r in batch], sink.wire.encode(batch))
     assert (sink.records_sent, sink.bytes_sent) == (3, len(data))
     sink.stop(timeout=1)
-
-
-def test_a_sink_plugin_without_attach_is_refused_at_load_with_its_name() -> None:
-    config = {"topics": [{"name": "q"}], "sinks": [{"topic": "q", "type": "fake_sinks:create_incomplete"}]}
-    with pytest.raises(ConfigError) as info:
-        load_config(config)
-    assert info.value.key == "sinks[0].type"
-    assert info.value.reason == (
-        "sink 'fake_sinks:create_incomplete' (fake_sinks.IncompleteSink) does not implement TopicSink: "
-        "missing attach, closed_by"
-    )
-
-
-def test_add_sink_refuses_an_object_that_is_not_a_sink() -> None:
-    from fake_sinks import IncompleteSink
-
-    hub = Hub.from_config({"topics": [{"name": "q"}]})
-    hub.start()
-    try:
-        with pytest.raises(
-            ConfigError, match=r"sink 'legacy' \(fake_sinks.IncompleteSink\) .*missing attach, closed_by"
-        ):
-            hub.add_sink(IncompleteSink(), "q", name="legacy")  # type: ignore[arg-type]
-        assert hub.sinks == []
-    finally:
-        hub.stop()
 
 
 def test_lines_sink_of_a_binary_codec_is_refused_with_the_spec_2_message() -> None:
