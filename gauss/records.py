@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
+
+import msgspec
 
 from gauss.core import TopicRecord
 from gauss.errors import QueryError
@@ -21,6 +23,10 @@ __all__ = [
     "DEFAULT_QUERY_LIMIT",
     "INT64_MIN",
     "INT64_MAX",
+    "encode_json",
+    "encode_record",
+    "encode_records",
+    "encode_record_lines",
 ]
 
 MAX_QUERY_LIMIT = 100_000
@@ -127,6 +133,40 @@ class TopicQuery:
         if self.since_seq is not None and record.seq <= self.since_seq:
             return False
         return True
+
+
+def _enc_hook(value: Any) -> Any:
+    # numpy scalars and arrays (duck-typed: ``tolist`` turns either into plain Python values).
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None:
+        return tolist()
+    raise TypeError(f"cannot encode a {type(value).__name__} as JSON")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+encode_json = _encoder.encode
+"""Any JSON-compatible value to bytes; numpy scalars and arrays become numbers and lists, NaN and infinities ``null``.
+
+Raises ``TypeError`` (or ``msgspec.EncodeError``) for what cannot be JSON.
+The one JSON encoder of records: REST, WebSocket pushes, file, raw-file and
+ClickHouse all go through this module, so a record encodes the same everywhere.
+"""
+
+
+def encode_record(record: TopicRecord) -> bytes:
+    """One record's SPEC form (``ts_ms``, ``key``, ``data`` and ``seq`` once numbered) as JSON."""
+    return _encoder.encode(record.as_dict())
+
+
+def encode_records(records: Iterable[TopicRecord]) -> bytes:
+    """The JSON array of the records' SPEC forms."""
+    return _encoder.encode([r.as_dict() for r in records])
+
+
+def encode_record_lines(records: Iterable[TopicRecord]) -> bytes:
+    """The records' SPEC forms as JSON lines, each ended by a newline (JSON has none inside)."""
+    return _encoder.encode_lines([r.as_dict() for r in records])
 
 
 INT64_MIN = -(1 << 63)

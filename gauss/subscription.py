@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import gevent.event
-import msgspec
 
 from gauss.core import TopicRecord
-from gauss.records import OverflowPolicy
+from gauss.records import OverflowPolicy, encode_records
 
 if TYPE_CHECKING:
     from gauss.topics import Topic
@@ -31,9 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["PublishedBatch", "Gap", "Delivery", "BoundedQueue", "Subscription", "DEFAULT_CAPACITY"]
 
 DEFAULT_CAPACITY = 10_000
-
-_json_encode = msgspec.json.Encoder().encode
-
 
 class PublishedBatch:
     """One batch as published to a topic, shared by every subscriber that got it whole.
@@ -61,7 +57,7 @@ class PublishedBatch:
     def records_json(self) -> bytes:
         """The JSON array of the records' SPEC form (with ``seq``), computed once."""
         if self._json is None:
-            self._json = _json_encode([r.as_dict() for r in self.records])
+            self._json = encode_records(self.records)
         return self._json
 
     def encoded(self, owner: object, encode: Callable[[list[TopicRecord]], bytes]) -> bytes:

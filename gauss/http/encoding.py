@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator, Sequence
 
 import gevent
-import msgspec
 
 from gauss.core import TopicRecord
+from gauss.records import encode_json, encode_records
 
 __all__ = ["CHUNK_BYTES", "dumps", "record_chunks", "records_message_parts"]
 
@@ -21,8 +21,8 @@ CHUNK_BYTES = 65_536
 
 _FIRST_CHUNK_RECORDS = 256
 
-dumps = msgspec.json.Encoder().encode
-"""Encode a JSON-compatible object to bytes."""
+dumps = encode_json
+"""Encode a JSON-compatible object to bytes (:func:`gauss.records.encode_json`)."""
 
 
 def record_chunks(
@@ -39,7 +39,7 @@ def record_chunks(
     step = _FIRST_CHUNK_RECORDS
     while start < total:
         chunk = records[start : start + step]
-        encoded = dumps([r.as_dict() for r in chunk])
+        encoded = encode_records(chunk)
         piece = encoded[1:-1]
         if start:
             piece = b"," + piece

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Sequence
 import msgspec
 
 from gauss.core import TopicRecord
-from gauss.records import DataFormat
+from gauss.records import DataFormat, encode_json
 
 from .client import sql_name
 
@@ -43,7 +43,6 @@ def read_string(buf: bytes, pos: int) -> tuple[str, int]:
     return buf[pos:end].decode("utf-8", "surrogatepass"), end
 
 
-_json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
 
 
@@ -136,13 +135,13 @@ class RowLayout:
                     append(_string(data[name]))
                 extra = {k: v for k, v in data.items() if k not in known} if len(data) != len(known) else None
                 append(b"\x01")
-                append(_string(_json_encode(extra).decode()) if extra else b"\x00")
+                append(_string(encode_json(extra).decode()) if extra else b"\x00")
             else:
                 append(pack(record.ts_ms, record.seq, *zeros) if self.numeric else head(record.ts_ms, record.seq))
                 for _ in strings:
                     append(b"\x00")
                 append(b"\x00")
-                append(_string(_json_encode(record.data).decode()))
+                append(_string(encode_json(record.data).decode()))
         return b"".join(parts)
 
     def decode(self, buf: bytes, *, with_topic: bool = False) -> list[TopicRecord]:
