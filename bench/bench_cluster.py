@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -45,9 +46,13 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO / "tests" / "e2e")]
+_conftest = importlib.util.spec_from_file_location("gauss_test_conftest", REPO / "tests" / "conftest.py")
+assert _conftest is not None and _conftest.loader is not None
+_conftest.loader.exec_module(importlib.util.module_from_spec(_conftest))  # makes tests/support importable as ``support``
 
 from nats_helpers import BusClient, NatsServer  # noqa: E402
-from serve_helpers import Server, free_port  # noqa: E402
+from support import free_port  # noqa: E402
+from support.serve import Server  # noqa: E402
 
 SYMBOLS = [f"SYM{i:02d}" for i in range(20)]
 MINUTE = 60_000

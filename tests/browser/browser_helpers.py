@@ -6,19 +6,14 @@ import json
 import os
 import re
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import requests
-
-_E2E = str(Path(__file__).resolve().parents[1] / "e2e")
-if _E2E not in sys.path:
-    sys.path.insert(0, _E2E)
-
-from serve_helpers import Server, free_port  # noqa: E402
+from support import free_port
+from support.serve import Server
 
 __all__ = ["ARTIFACTS", "MINUTE", "Dashboard", "Page", "history", "quote", "wait_until"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_helpers import free_port
+from support import free_port
 
 __all__ = ["NatsServer", "BusClient", "nats_binary", "require_nats_server", "publish_messages", "quote_messages"]
 

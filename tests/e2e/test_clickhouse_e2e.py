@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import serve_helpers as serve
 import websocket
 from prometheus_client.parser import text_string_to_metric_families
+from support import free_port, serve
 
 MINUTE = 60_000
 SYMBOLS = ["EURUSD", "USDJPY", "BTC/USD"]
@@ -200,7 +200,7 @@ def test_clickhouse_answers_like_memory_and_file_and_keeps_one_row_per_candle(
     start = now - now % MINUTE - 9 * MINUTE
     sent = shuffled_quotes(rng, start, 2400, 150)  # 6 minutes from start
     database = f"e2e_{uuid.uuid4().hex[:12]}"
-    source, api_port = serve.free_port(), serve.free_port()
+    source, api_port = free_port(), free_port()
     config = parallel_config(tmp_path, clickhouse_server.url, database, source, api_port)
     api = f"http://127.0.0.1:{api_port}"
     ch_topics = ["quotes.ch", *(f"ohlc.{tf}" for tf in TIMEFRAMES)]
@@ -418,7 +418,7 @@ def test_clickhouse_outage_mid_stream_loses_no_accepted_quote(tmp_path: Path, cl
     clickhouse = clickhouse_factory()
     now = int(time.time() * 1000)
     quotes = serve.quotes(SYMBOLS, now - now % MINUTE - 40 * MINUTE, 20_000, 100)
-    source, api_port = serve.free_port(), serve.free_port()
+    source, api_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     server = serve.Server(outage_config(tmp_path, clickhouse.url, source, api_port))
     feeder = Feeder(source, quotes)
@@ -537,7 +537,7 @@ def subscribed(api_port: int, topic: str) -> tuple[str, int]:
 
 def test_a_batch_clickhouse_refuses_is_dead_lettered_and_the_next_is_stored(tmp_path: Path, clickhouse_server: Any) -> None:
     database = f"e2e_{uuid.uuid4().hex[:12]}"
-    source, api_port = serve.free_port(), serve.free_port()
+    source, api_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     server = serve.Server(quotes_ch_config(tmp_path, clickhouse_server.url, database, source, api_port, 0.1))
     now = int(time.time() * 1000)
@@ -569,7 +569,7 @@ def test_a_batch_clickhouse_refuses_is_dead_lettered_and_the_next_is_stored(tmp_
 
 def test_sigkill_of_gauss_serve_keeps_what_clients_saw_under_the_same_epoch(tmp_path: Path, clickhouse_server: Any) -> None:
     database = f"e2e_{uuid.uuid4().hex[:12]}"
-    source, api_port = serve.free_port(), serve.free_port()
+    source, api_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     # No insert before the kill: what clients see comes from the spool alone.
     config = quotes_ch_config(tmp_path, clickhouse_server.url, database, source, api_port, 3600.0)

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import pytest
 from gauss_plugins.transport.nats import shard_of
 from nats_helpers import BusClient, NatsServer, quote_messages, require_nats_server
-from serve_helpers import Server, expected_candles, free_port, quotes
+from support import free_port
+from support.serve import Server, expected_candles, quotes
 
 ROOT = Path(__file__).resolve().parents[2]
 MINUTE = 60_000

@@ -28,7 +28,8 @@ from typing import Any
 import pytest
 import requests
 import websocket
-from serve_helpers import expected_candles, free_port, serve_command
+from support import free_port
+from support.serve import expected_candles, serve_command
 
 from gauss.resources import resource_path
 

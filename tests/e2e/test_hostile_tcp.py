@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 import pytest
 from engine_plugins import lines, quote, send_until_cut
-from serve_helpers import Server, free_port
+from support import free_port
+from support.serve import Server
 
 from gauss.core import encode_length_prefixed
 

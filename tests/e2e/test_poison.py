@@ -20,7 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from serve_helpers import Server, expected_candles, free_port, quotes, serve_command
+from support import free_port
+from support.serve import Server, expected_candles, quotes, serve_command
 
 REPO = Path(__file__).resolve().parents[2]
 MINUTE = 60_000

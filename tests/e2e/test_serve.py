@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from engine_plugins import lines, read_lines
-from serve_helpers import Server, expected_candles, free_port, quotes, serve_command
+from support import free_port
+from support.serve import Server, expected_candles, quotes, serve_command
 
 from gauss.hub import Hub
 

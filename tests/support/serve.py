@@ -1,23 +1,16 @@
-"""Helpers for tests that run ``gauss-serve`` as a subprocess on free ports."""
+"""``gauss-serve`` as a subprocess on free ports, the quotes tests send it and the candles they expect."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Server", "expected_candles", "free_port", "quotes", "serve_command"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+__all__ = ["Server", "expected_candles", "quotes", "serve_command"]
 
 
 def serve_command() -> list[str]:
