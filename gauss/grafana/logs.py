@@ -10,13 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
-import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-__all__ = ["HclogFormatter", "RateLimitedLog", "configure"]
+__all__ = ["HclogFormatter", "configure"]
 
 _LEVELS = {
     logging.DEBUG: "debug",
@@ -67,32 +64,3 @@ def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-
-
-class RateLimitedLog:
-    """Log one line per ``key`` at most every ``interval`` seconds; count the ones held back.
-
-    Hot error paths (a Gauss that is down while streams retry) would otherwise
-    flood Grafana's log.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._logger = logger
-        self._interval = interval
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def log(self, level: int, key: str, message: str, *args: object) -> None:
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return
-            self._last[key] = now
-            held_back = self._suppressed.pop(key, 0)
-        if held_back:
-            message = f"{message} ({held_back} similar lines suppressed)"
-        self._logger.log(level, message, *args)

@@ -18,8 +18,8 @@ import websocket
 
 from gauss.grafana.frames import Frame, candle_frame, quote_frame, to_json
 from gauss.grafana.gauss_api import GaussClient, GaussRejected, GaussUnavailable
-from gauss.grafana.logs import RateLimitedLog
 from gauss.grafana.queries import StreamPath
+from gauss.ratelimit import RateLimitedLog
 
 __all__ = ["GaussSubscription", "stream_packets"]
 

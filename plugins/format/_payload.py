@@ -13,11 +13,11 @@ codec's.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from gauss.core import TopicRecord
 from gauss.quotes import TS_RANGE, as_int_ts, check_ts
+from gauss.ratelimit import RateLimitedLog
 from gauss.registry import Options
 
 __all__ = [
@@ -70,20 +70,10 @@ class EncodeFailureLog:
     """
 
     def __init__(self, logger: logging.Logger, codec: str, interval: float = 10.0) -> None:
-        self._log = logger
+        self._log = RateLimitedLog(logger, interval)
         self._codec = codec
-        self._interval = interval
-        self._next = 0.0
-        self._suppressed = 0
         self.count = 0
 
     def record(self, data: Any, exc: BaseException) -> None:
         self.count += 1
-        now = time.monotonic()
-        if now < self._next:
-            self._suppressed += 1
-            return
-        more = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
-        self._log.warning("%s codec: cannot encode payload %.200r: %s; skipped%s", self._codec, data, exc, more)
-        self._suppressed = 0
-        self._next = now + self._interval
+        self._log("%s codec: cannot encode payload %.200r: %s; skipped", self._codec, data, exc)

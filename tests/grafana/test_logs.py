@@ -8,7 +8,8 @@ import logging
 import re
 import sys
 
-from gauss.grafana.logs import HclogFormatter, RateLimitedLog, configure
+from gauss.grafana.logs import HclogFormatter, configure
+from gauss.ratelimit import RateLimitedLog
 
 
 def test_record_becomes_one_hclog_json_line() -> None:
@@ -51,7 +52,7 @@ def test_rate_limited_log_holds_back_repeats_and_counts_them() -> None:
         now[0] += 11
         limited.log(logging.WARNING, "k", "gauss down")
         last = json.loads(stream.getvalue().splitlines()[-1])
-        assert last["@message"] == "gauss down (4 similar lines suppressed)"
+        assert last["@message"] == "gauss down (4 similar messages held back)"
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
