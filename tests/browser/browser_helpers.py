@@ -6,16 +6,15 @@ import json
 import os
 import re
 import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
-from support import free_port
+from support import free_port, wait_until
 from support.serve import Server
 
-__all__ = ["ARTIFACTS", "MINUTE", "Dashboard", "Page", "history", "quote", "wait_until"]
+__all__ = ["ARTIFACTS", "MINUTE", "Dashboard", "Page", "history", "quote"]
 
 ARTIFACTS = Path(os.environ.get("GAUSS_BROWSER_ARTIFACTS") or Path(__file__).resolve().parent / "artifacts")
 MINUTE = 60_000
@@ -143,14 +142,6 @@ class Page:
         path = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
         self.page.screenshot(path=str(path))
         return path
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def history(symbols: list[str], start_ms: int, minutes: int, per_minute: int = 10) -> list[dict[str, Any]]:

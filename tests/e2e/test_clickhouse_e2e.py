@@ -21,12 +21,12 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import websocket
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port, serve
+from support import free_port, serve, wait_until
 
 MINUTE = 60_000
 SYMBOLS = ["EURUSD", "USDJPY", "BTC/USD"]
@@ -54,14 +54,6 @@ def storage_health(api: str) -> dict[tuple[str, str], float]:
             if sample.name.startswith("gauss_storage_") and "topic" in sample.labels:
                 out[(sample.name.removeprefix("gauss_storage_"), sample.labels["topic"])] = sample.value
     return out
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def delivered(api: str, topics: list[str]) -> bool:
@@ -212,16 +204,16 @@ def test_clickhouse_answers_like_memory_and_file_and_keeps_one_row_per_candle(
         # minute boundary) get a second version in a later INSERT, an upsert.
         half = 1310
         send(source, sent[:half])
-        wait_until(lambda: all(stored_count(api, t) == half for t in QUOTE_TOPICS), "phase 1 in every quote topic")
+        wait_until(lambda: all(stored_count(api, t) == half for t in QUOTE_TOPICS), what="phase 1 in every quote topic")
         wait_until(
             lambda: candle_map(get_json(api, "/api/topics/ohlc.1m", limit=100_000)["records"])
             == serve.expected_candles(sent[:half], MINUTE),
-            "phase 1 candles",
+            what="phase 1 candles",
         )
-        wait_until(lambda: delivered(api, ch_topics), "phase 1 delivered to ClickHouse")
+        wait_until(lambda: delivered(api, ch_topics), what="phase 1 delivered to ClickHouse")
         first = candle_map(get_json(api, "/api/topics/ohlc.1m", limit=100_000)["records"])
         send(source, sent[half:])
-        wait_until(lambda: all(stored_count(api, t) == len(sent) for t in QUOTE_TOPICS), "every quote stored")
+        wait_until(lambda: all(stored_count(api, t) == len(sent) for t in QUOTE_TOPICS), what="every quote stored")
         for tf, width in TIMEFRAMES.items():
             expected = serve.expected_candles(sent, width)
             for prefix in ("ohlc.", "fohlc."):
@@ -230,8 +222,8 @@ def test_clickhouse_answers_like_memory_and_file_and_keeps_one_row_per_candle(
                 def complete(topic: str = topic, expected: CandleMap = expected) -> bool:
                     return candle_map(get_json(api, f"/api/topics/{topic}", limit=100_000)["records"]) == expected
 
-                wait_until(complete, f"final candles of {topic}")
-        wait_until(lambda: delivered(api, ch_topics), "everything delivered to ClickHouse")
+                wait_until(complete, what=f"final candles of {topic}")
+        wait_until(lambda: delivered(api, ch_topics), what="everything delivered to ClickHouse")
 
         # The memory topic holds exactly what was sent, numbered in arrival order.
         everything = get_json(api, "/api/topics/quotes.raw", limit=100_000)
@@ -424,16 +416,16 @@ def test_clickhouse_outage_mid_stream_loses_no_accepted_quote(tmp_path: Path, cl
     feeder = Feeder(source, quotes)
     try:
         feeder.start()
-        wait_until(lambda: feeder.sent >= 1000 or not feeder.is_alive(), "the first quotes")
-        wait_until(lambda: storage_health(api).get(("inserted_records", "quotes.ch"), 0) > 0, "a first insert")
+        wait_until(lambda: feeder.sent >= 1000 or not feeder.is_alive(), what="the first quotes")
+        wait_until(lambda: storage_health(api).get(("inserted_records", "quotes.ch"), 0) > 0, what="a first insert")
         crash(clickhouse)
         at_stop = feeder.sent
         wait_until(
             lambda: storage_health(api).get(("insert_errors", "quotes.ch"), 0) > 0
             and storage_health(api).get(("insert_errors", "ohlc.1m"), 0) > 0,
-            "the storages to notice the outage",
+            what="the storages to notice the outage",
         )
-        wait_until(lambda: feeder.sent >= at_stop + 1000 or not feeder.is_alive(), "quotes during the outage")
+        wait_until(lambda: feeder.sent >= at_stop + 1000 or not feeder.is_alive(), what="quotes during the outage")
         health = storage_health(api)
         assert health[("healthy", "quotes.ch")] == 0.0 and health[("buffered_records", "quotes.ch")] > 0
         # Meanwhile the ClickHouse topics answer 503 with a message (SPEC 4); the memory topic still answers,
@@ -450,15 +442,15 @@ def test_clickhouse_outage_mid_stream_loses_no_accepted_quote(tmp_path: Path, cl
         assert listing["quotes.raw"]["records"] >= at_stop and "error" not in listing["quotes.raw"]
         clickhouse.start()
         at_start = feeder.sent
-        wait_until(lambda: feeder.sent >= at_start + 1000 or not feeder.is_alive(), "quotes after the outage")
+        wait_until(lambda: feeder.sent >= at_start + 1000 or not feeder.is_alive(), what="quotes after the outage")
         feeder.halt.set()
         feeder.join(timeout=30)
         assert feeder.error is None, feeder.error
         assert 3000 <= feeder.sent < len(quotes), "the feeder must still have been sending at the restart"
         sent = quotes[: feeder.sent]
 
-        wait_until(lambda: stored_count(api, "quotes.raw") == len(sent), "every quote accepted")
-        wait_until(lambda: delivered(api, ["quotes.ch", "ohlc.1m"]), "the backlog delivered after the outage")
+        wait_until(lambda: stored_count(api, "quotes.raw") == len(sent), what="every quote accepted")
+        wait_until(lambda: delivered(api, ["quotes.ch", "ohlc.1m"]), what="the backlog delivered after the outage")
         health = storage_health(api)
         assert health[("dropped_records", "quotes.ch")] == 0 and health[("dropped_records", "ohlc.1m")] == 0
 
@@ -469,7 +461,7 @@ def test_clickhouse_outage_mid_stream_loses_no_accepted_quote(tmp_path: Path, cl
         wait_until(
             lambda: candle_map(get_json(api, "/api/topics/ohlc.1m", limit=100_000)["records"])
             == serve.expected_candles(sent, MINUTE),
-            "candles of every quote",
+            what="candles of every quote",
         )
     finally:
         feeder.halt.set()
@@ -551,8 +543,8 @@ def test_a_batch_clickhouse_refuses_is_dead_lettered_and_the_next_is_stored(tmp_
         for part in (sent[:10], [refused], sent[11:]):  # one batch each: the source reads each send apart
             count = stored_count(api, "quotes.raw")
             send(source, part)
-            wait_until(lambda count=count, part=part: stored_count(api, "quotes.raw") == count + len(part), "a batch")
-        wait_until(lambda: delivered(api, ["quotes.ch"]), "every batch handled")
+            wait_until(lambda count=count, part=part: stored_count(api, "quotes.raw") == count + len(part), what="a batch")
+        wait_until(lambda: delivered(api, ["quotes.ch"]), what="every batch handled")
         health = storage_health(api)
         assert health[("dead_letter_records", "quotes.ch")] == 1.0
         assert health[("dead_letter_batches", "quotes.ch")] == 1.0
@@ -578,7 +570,7 @@ def test_sigkill_of_gauss_serve_keeps_what_clients_saw_under_the_same_epoch(tmp_
     server = serve.Server(config)
     try:
         send(source, sent)
-        wait_until(lambda: stored_count(api, "quotes.ch") == len(sent), "every quote visible")
+        wait_until(lambda: stored_count(api, "quotes.ch") == len(sent), what="every quote visible")
         seen = get_json(api, "/api/topics/quotes.ch", limit=1000)["records"]
         epoch, last_seq = subscribed(api_port, "quotes.ch")
         assert last_seq == len(sent)
@@ -590,11 +582,11 @@ def test_sigkill_of_gauss_serve_keeps_what_clients_saw_under_the_same_epoch(tmp_
     server = serve.Server(config)
     try:
         assert subscribed(api_port, "quotes.ch") == (epoch, len(sent)), "same epoch, same last seq"
-        wait_until(lambda: delivered(api, ["quotes.ch"]), "the spool delivered after the restart")
+        wait_until(lambda: delivered(api, ["quotes.ch"]), what="the spool delivered after the restart")
         assert get_json(api, "/api/topics/quotes.ch", limit=1000)["records"] == seen
         more = serve.quotes(SYMBOLS, now, 5, 100)
         send(source, more)
-        wait_until(lambda: stored_count(api, "quotes.ch") == len(sent) + 5, "new quotes after the restart")
+        wait_until(lambda: stored_count(api, "quotes.ch") == len(sent) + 5, what="new quotes after the restart")
         after = get_json(api, "/api/topics/quotes.ch", since_seq=len(sent), limit=1000)["records"]
         assert [r["seq"] for r in after] == list(range(len(sent) + 1, len(sent) + 6)), "no seq handed out twice"
     finally:

@@ -13,12 +13,12 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from gauss_plugins.transport.nats import shard_of
 from nats_helpers import BusClient, NatsServer, quote_messages, require_nats_server
-from support import free_port
+from support import free_port, wait_until
 from support.serve import Server, expected_candles, quotes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,14 +115,6 @@ class Cluster:
         finally:
             self.client.close()
             self.bus.stop()
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def recent_quotes(count: int, step_ms: int = 100) -> list[dict[str, Any]]:

@@ -10,27 +10,21 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gevent
 import gevent.socket
 import pytest
+from support import free_port, wait_until
 
 from gauss.hub import Hub
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK_TOPICS = ("quotes.csv", "quotes.proto", "quotes.avro")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def default_config_on_free_ports(directory: Path) -> tuple[Path, dict[int, int]]:
@@ -47,14 +41,6 @@ def default_config_on_free_ports(directory: Path) -> tuple[Path, dict[int, int]]
     path = directory / "config.toml"
     path.write_text(text)
     return path, ports
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        gevent.sleep(0.05)
 
 
 def gen_command() -> list[str]:
@@ -104,7 +90,7 @@ def warm_up(hub: Hub, port: int) -> None:
             gevent.sleep(0.1)
             return all(hub.query(t, key="WARMUP", limit=1).records for t in LOOPBACK_TOPICS)
 
-        wait_until(delivered, "the loopback sources to connect")
+        wait_until(delivered, what="the loopback sources to connect")
     finally:
         sock.close()
 
@@ -117,11 +103,11 @@ def test_quotes_into_9100_come_back_identical_through_csv_protobuf_and_avro(hub:
     run_gen("generate", "--count", "5000", "--seed", "11", "--symbols", symbols, "--out", str(quotes_file))
     run_gen("file", str(quotes_file), "--speed", "max", "--target", f"127.0.0.1:{source_port}")
 
-    wait_until(lambda: len(datas(hub, "quotes.raw", "WARMUP")) == 5000, "quotes.raw to hold every quote")
+    wait_until(lambda: len(datas(hub, "quotes.raw", "WARMUP")) == 5000, what="quotes.raw to hold every quote")
     raw = datas(hub, "quotes.raw", "WARMUP")
     assert {q["symbol"] for q in raw} == set(symbols.split(","))
     for topic in LOOPBACK_TOPICS:
-        wait_until(lambda t=topic: len(datas(hub, t, "WARMUP")) >= 5000, f"{topic} to hold every quote")
+        wait_until(lambda t=topic: len(datas(hub, t, "WARMUP")) >= 5000, what=f"{topic} to hold every quote")
         assert datas(hub, topic, "WARMUP") == raw, topic
 
 
@@ -131,7 +117,7 @@ def test_generator_file_at_max_speed_delivers_every_quote_of_the_file(hub: Hub, 
     run_gen("generate", "--count", "20000", "--seed", "5", "--out", str(quotes_file))
     run_gen("file", str(quotes_file), "--speed", "max", "--target", f"127.0.0.1:{source_port}")
     expected = [json.loads(line) for line in quotes_file.read_text().splitlines()]
-    wait_until(lambda: len(datas(hub, "quotes.raw")) >= len(expected), "quotes.raw to hold every quote")
+    wait_until(lambda: len(datas(hub, "quotes.raw")) >= len(expected), what="quotes.raw to hold every quote")
     assert datas(hub, "quotes.raw") == expected
 
 

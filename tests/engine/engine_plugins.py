@@ -143,7 +143,6 @@ def create_republish(table: dict[str, Any]) -> Republish:
 import json as _json  # noqa: E402
 import time as _time  # noqa: E402
 
-import gevent as _gevent  # noqa: E402
 import gevent.socket as _gsocket  # noqa: E402
 
 
@@ -174,14 +173,6 @@ def read_lines(sock: Any, count: int, timeout: float = 20.0) -> list[bytes]:
             raise AssertionError(f"connection closed after {buffer.count(NL)} of {count} lines")
         buffer += chunk
     return buffer.split(b"\n")[:count]
-
-
-def wait_until(condition: Any, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = _time.monotonic() + timeout
-    while not condition():
-        if _time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        _gevent.sleep(0.01)
 
 
 def send_until_cut(sock: Any, data: bytes, timeout: float = 10.0, between: Any = None) -> int:

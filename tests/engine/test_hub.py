@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import gevent
 import pytest
-from engine_plugins import wait_until
+from support import wait_until
 
 from gauss.core import TopicRecord
 from gauss.errors import UnknownTopic

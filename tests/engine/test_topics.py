@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gevent
 import pytest
-from engine_plugins import ListStorage, wait_until
+from engine_plugins import ListStorage
+from support import wait_until
 
 from gauss.config import TopicSpec
 from gauss.core import TopicRecord

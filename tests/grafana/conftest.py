@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,8 @@ import pytest
 
 pytest.importorskip("grpc")
 pytest.importorskip("pyarrow")
+
+from support import free_port  # noqa: E402
 
 from gauss.grafana.harness import PluginProcess, plugin_env, start_plugin  # noqa: E402
 
@@ -52,7 +53,4 @@ def plugin(gpx: Path, grafana_env: dict[str, str]) -> Iterator[PluginProcess]:
 @pytest.fixture
 def closed_url() -> str:
     """An http URL where nothing listens: Gauss is down."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"

@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import pyarrow as pa
 import pytest
+from support import free_ports
 
 from gauss.grafana.harness import PluginProcess, plugin_context
 from gauss.grafana.pluginv2 import backend_pb2 as pb
@@ -33,18 +34,6 @@ HISTORY_QUOTES = 600  # 100 minutes of quotes every 10 s per symbol
 TIMEFRAMES = ("1s", "5s", "1m", "5m", "15m", "1h", "4h", "1d")
 ALLOWED_TYPES = (pa.string(), pa.int64(), pa.float64(), pa.timestamp("ns"))
 TOKEN = "s3cret-token"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    for _ in range(count):
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        sockets.append(probe)
-    ports = [int(s.getsockname()[1]) for s in sockets]
-    for probe in sockets:
-        probe.close()
-    return ports
 
 
 CONFIG = """

@@ -217,14 +217,6 @@ class ServeProcess:
         return int(self.proc.returncode)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def metric_value(exposition: str, series: str) -> float:
     """One series of a Prometheus text exposition (``name{labels}``), or the sum of a name's series (0 when absent)."""
     total = 0.0

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 import requests
 import websocket
-from http_helpers import free_port
+from support import free_port
 
 from gauss.config import load_config
 from gauss.errors import ConfigError

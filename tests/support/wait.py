@@ -10,7 +10,7 @@ import gevent
 __all__ = ["wait_until"]
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition", interval: float = 0.02) -> None:
+def wait_until(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition", interval: float = 0.02) -> None:
     """Poll ``condition()`` every ``interval`` s until it is true; ``AssertionError`` naming ``what`` after ``timeout`` s.
 
     It sleeps with ``gevent.sleep``: a hub running in the test's own process

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import gevent
+from support import wait_until
 
 from gauss.core import TopicRecord
 from gauss.hub import Hub
@@ -33,13 +33,6 @@ def config() -> dict[str, Any]:
             {"type": "ohlc", "topic": "quotes.raw", "timeframes": ["1s", "1m"], "open_interval_ms": 20, "late_topic": "late"},
         ],
     }
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        gevent.sleep(0.02)
 
 
 def closes(hub: Hub, topic: str) -> list[tuple[str, int, float, int]]:

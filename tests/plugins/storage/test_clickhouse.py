@@ -16,12 +16,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from gauss_plugins.storage.clickhouse import ClickHouseStorage, create
 from gauss_plugins.storage.clickhouse.client import ClickHouseError, ClickHouseUnavailable, classify
 from gauss_plugins.storage.clickhouse.spool import DiskSpool
+from support import wait_until
 
 from gauss import registry
 from gauss.core import TopicRecord
@@ -61,14 +62,6 @@ def make_record(fmt: DataFormat, seq: int, key: str, ts: int, rnd: random.Random
 
 def dicts(records: list[TopicRecord]) -> list[dict[str, Any]]:
     return [r.as_dict() for r in records]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def unique_db() -> str:

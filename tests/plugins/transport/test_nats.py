@@ -10,10 +10,11 @@ from typing import Any, Callable
 
 import gevent
 import pytest
-from engine_plugins import ListStorage, quote, wait_until
+from engine_plugins import ListStorage, quote
 from gauss_plugins.transport import nats as bus
 from gauss_plugins.transport.nats import fnv1a_32, shard_of, subject_token
 from nats_helpers import BusClient, NatsServer, quote_messages
+from support import wait_until
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
