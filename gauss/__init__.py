@@ -8,12 +8,10 @@ package never monkey-patches anything; the commands patch gevent at start-up.
 from gauss.core import CORE, TopicRecord
 from gauss.errors import (
     ConfigError,
-    ConnectionClosed,
     DecodeError,
     FrameTooLarge,
     GaussError,
     QueryError,
-    RejectedQuote,
     StorageError,
     UnknownPluginError,
     UnknownTopic,
@@ -64,9 +62,7 @@ __all__ = [
     "UnknownPluginError",
     "FrameTooLarge",
     "DecodeError",
-    "RejectedQuote",
     "QueryError",
     "UnknownTopic",
     "StorageError",
-    "ConnectionClosed",
 ]

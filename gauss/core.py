@@ -1,7 +1,9 @@
 """The kernels in use: compiled (``_core``) unless ``GAUSS_PURE=1`` or absent.
 
 This is the one place the choice is made; everything else imports kernels
-from here. ``CORE`` is ``"cython"`` or ``"python"``.
+from here. ``CORE`` is ``"cython"`` or ``"python"``; what a caller must do
+differently for one or the other is declared here too (``OHLC_TAKES_ARRAYS``),
+so no module outside this one branches on ``CORE``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 
 __all__ = [
     "CORE",
+    "OHLC_TAKES_ARRAYS",
     "TopicRecord",
     "LineDecoder",
     "LengthPrefixedDecoder",
@@ -45,3 +48,8 @@ else:
         from gauss._pycore import *  # noqa: F403
 
         CORE = "python"
+
+OHLC_TAKES_ARRAYS: bool = CORE == "cython"
+"""``OhlcAggregator.update`` works on int64/float64 numpy arrays as they are (the compiled
+kernel's typed memoryviews); the pure twin is faster on plain lists (numpy scalars would
+leak into its candles and cost more per quote)."""

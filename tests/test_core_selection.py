@@ -14,6 +14,12 @@ def test_core_matches_environment() -> None:
         assert gauss.CORE in ("cython", "python")
 
 
+def test_what_the_kernels_take_is_declared_by_core() -> None:
+    from gauss.core import OHLC_TAKES_ARRAYS
+
+    assert OHLC_TAKES_ARRAYS is (gauss.CORE == "cython")
+
+
 def test_import_does_not_monkey_patch() -> None:
     import socket
 

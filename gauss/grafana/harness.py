@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from gauss.errors import GaussError
 from gauss.grafana.pluginv2 import backend_pb2 as pb
 from gauss.grafana.pluginv2 import backend_pb2_grpc as pb_grpc
 from gauss.grafana.pluginv2 import grpc_controller_pb2 as controller_pb
@@ -31,7 +32,7 @@ HANDSHAKE_TIMEOUT = 60.0  # go-plugin's StartTimeout
 KILL_GRACE_SECONDS = 2.0  # go-plugin waits this long after Shutdown before killing
 
 
-class HandshakeError(RuntimeError):
+class HandshakeError(GaussError, RuntimeError):
     """The plugin did not print a valid handshake line in time."""
 
 

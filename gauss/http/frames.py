@@ -13,6 +13,8 @@ from typing import Callable
 
 from geventwebsocket.websocket import Header
 
+from gauss.errors import GaussError
+
 __all__ = ["OP_CONTINUATION", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "Message", "FrameReader", "frame", "frame_header", "close_frame", "ConnectionGone"]
 
 OP_CONTINUATION = 0x0
@@ -25,7 +27,7 @@ OP_PONG = 0xA
 _DISCARD_PIECE = 65_536
 
 
-class ConnectionGone(ConnectionError):
+class ConnectionGone(GaussError, ConnectionError):
     """The peer closed the connection, or broke the framing so it cannot go on."""
 
 

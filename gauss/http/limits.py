@@ -130,7 +130,7 @@ class ConnectionTable:
 # --- bytes in flight ----------------------------------------------------------------------
 
 
-class InflightLimit(GaussError):
+class InflightLimit(GaussError, RuntimeError):
     """No room under ``max_inflight_bytes`` within ``inflight_wait_s``: answered 503."""
 
 

@@ -25,7 +25,7 @@ import gevent.lock
 import msgspec
 
 from gauss.core import TopicRecord
-from gauss.errors import QueryError, StorageError, UnknownTopic
+from gauss.errors import GaussError, QueryError, StorageError, UnknownTopic
 from gauss.http.encoding import CHUNK_BYTES, dumps, record_chunks, records_message_parts
 from gauss.http.frames import (
     OP_BINARY,
@@ -66,7 +66,7 @@ _MISSING = object()
 _decode = msgspec.json.Decoder().decode
 
 
-class ClientError(ValueError):
+class ClientError(GaussError, ValueError):
     """A client message that cannot be served; answered with an error, the connection stays open."""
 
 

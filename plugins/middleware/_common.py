@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import gevent
 
-from gauss.errors import InflateBudgetExceeded
+from gauss.errors import GaussError, InflateBudgetExceeded
 from gauss.records import Rejected
 
 __all__ = ["BombError", "decode_each", "PAUSE_BYTES"]
@@ -32,7 +32,7 @@ PAUSE_BYTES = 1 << 20
 """Bytes inflated between two yields to the other greenlets."""
 
 
-class BombError(ValueError):
+class BombError(GaussError, ValueError):
     """The payload would inflate past the limit."""
 
 

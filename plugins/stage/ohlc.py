@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from gauss.core import CORE, OhlcAggregator, TopicRecord
+from gauss.core import OHLC_TAKES_ARRAYS, OhlcAggregator, TopicRecord
 from gauss.errors import ConfigError
 from gauss.protocols import PublishContext, RecoveryContext
 from gauss.ratelimit import RateLimitedLog
@@ -52,7 +52,6 @@ _INT64 = (-(1 << 63), (1 << 63) - 1)
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _LABEL = re.compile(r"([1-9][0-9]*)([smhd])\Z")
 
-_COMPILED = CORE == "cython"
 _RECORD_ERRORS = (ArithmeticError, LookupError, TypeError, ValueError, AttributeError)
 """What a record the kernel cannot take makes its columns or the kernel raise."""
 
@@ -217,15 +216,15 @@ class OhlcProcessor:
 
         NOTE: numpy checks them in C (numeric, ts_ms within int64), so a bad
         record (a mis-wired topic) is skipped and never half-applies a batch.
-        The compiled kernel takes the arrays as they are; the pure twin gets
-        lists (numpy scalars would leak into the candles and cost more per quote).
+        The kernel gets the arrays or, where it is faster on them, the lists
+        (``gauss.core.OHLC_TAKES_ARRAYS``).
         """
         keys = [r.key for r in records]
         ts_ms = [r.ts_ms for r in records]
         bids = [r.data["bid"] for r in records]
         asks = [r.data["ask"] for r in records]
         arrays = (np.asarray(ts_ms, dtype=np.int64), np.asarray(bids, dtype=np.float64), np.asarray(asks, dtype=np.float64))
-        if _COMPILED:
+        if OHLC_TAKES_ARRAYS:
             return keys, *arrays
         return keys, ts_ms, bids, asks
 
