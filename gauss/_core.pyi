@@ -26,7 +26,8 @@ _Ints = Sequence[int] | npt.NDArray[np.integer[Any]]
 _Floats = Sequence[float] | npt.NDArray[np.floating[Any]]
 _KeyInfo = tuple[str, int, int]
 _Candle = tuple[str, int, int, float, float, float, float, int, bool]
-"""``(key, timeframe_ms, start_ms, open, high, low, close, ticks, is_open)``"""
+"""``(key, timeframe_ms, start_ms, open, high, low, close, ticks, is_open)``: the fields of
+``gauss.records.Candle`` in order (plain tuples: the OHLC stage unpacks them into these names, see plugins/stage/ohlc.py)."""
 
 class TopicRecord:
     """One record of a topic: event time, routing key, payload; ``seq`` 0 until stored."""

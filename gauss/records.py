@@ -16,6 +16,7 @@ __all__ = [
     "TopicQuery",
     "QueryResult",
     "KeyInfo",
+    "Candle",
     "Rejected",
     "OverflowPolicy",
     "DataFormat",
@@ -74,6 +75,27 @@ class Rejected(NamedTuple):
 
     raw: bytes
     reason: str
+
+
+class Candle(NamedTuple):
+    """One OHLC candle as ``OhlcAggregator.update`` reports it, read by name.
+
+    The kernels (compiled and pure) return plain 9-tuples in this order
+    (``_Candle`` in gauss/_core.pyi; tests/gauss/test_records.py checks it);
+    ``Candle._make(t)`` reads one by name. PERF: the OHLC stage's hot loop
+    unpacks the tuples into these names instead of wrapping each one, which
+    measured about 40% slower there (see ``KernelCandle`` in plugins/stage/ohlc.py).
+    """
+
+    key: str
+    timeframe_ms: int
+    start_ms: int
+    open: float
+    high: float
+    low: float
+    close: float
+    ticks: int
+    is_open: bool
 
 
 class KeyInfo(NamedTuple):
