@@ -45,7 +45,6 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO / "tests" / "e2e")]
 _conftest = importlib.util.spec_from_file_location("gauss_test_conftest", REPO / "tests" / "conftest.py")
 assert _conftest is not None and _conftest.loader is not None
 _conftest.loader.exec_module(importlib.util.module_from_spec(_conftest))  # makes tests/support importable as ``support``

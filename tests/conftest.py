@@ -3,10 +3,12 @@
 ``kernels`` runs a test against both kernel builds: the compiled module
 (``cy``) and its pure-Python twin (``py``).
 
-``tests/support`` becomes importable here as the package ``support`` through a
-finder that looks in this folder for that one name: the one way any test (or a
-``bench/`` script loading this file) reaches it. Putting ``tests/`` on
-``sys.path`` instead would let ``tests/gauss`` shadow the real ``gauss``.
+``tests/support`` becomes importable here as the package ``support``, and the
+few per-folder helpers (``engine_plugins``, ``http_helpers``, ...) by their
+names, through one finder that looks for exactly those names in their folders
+(:data:`HELPERS`): the one way any test (or a ``bench/`` script loading this
+file) reaches them. Putting ``tests/`` on ``sys.path`` instead would let
+``tests/gauss`` shadow the real ``gauss``.
 """
 
 from __future__ import annotations
@@ -21,18 +23,34 @@ from types import ModuleType
 
 import pytest
 
+_HERE = Path(__file__).resolve().parent
 
-class _SupportFinder(importlib.abc.MetaPathFinder):
-    """Finds the top-level package ``support`` in this folder only (nothing else here becomes importable)."""
+# Top-level module name -> the folder holding it. ``support`` serves every test;
+# the others are helpers of one test folder that other folders use too (and
+# ``engine_plugins`` / ``fake_plugins`` are named in plugin configs as
+# ``module:factory``), kept where they are until the tests mirror the package.
+HELPERS = {
+    "support": _HERE,
+    "engine_plugins": _HERE / "engine",
+    "fake_plugins": _HERE / "gauss",
+    "http_helpers": _HERE / "http",
+    "format_helpers": _HERE / "plugins" / "format",
+    "nats_helpers": _HERE / "e2e",
+    "serve_helpers": _HERE / "e2e",
+    "browser_helpers": _HERE / "browser",
+}
 
-    folder = str(Path(__file__).resolve().parent)
+
+class _HelperFinder(importlib.abc.MetaPathFinder):
+    """Finds the modules of :data:`HELPERS` in their folders, and nothing else (no folder goes on ``sys.path``)."""
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
-        return importlib.machinery.PathFinder.find_spec(name, [self.folder]) if name == "support" else None
+        folder = HELPERS.get(name)
+        return None if folder is None else importlib.machinery.PathFinder.find_spec(name, [str(folder)])
 
 
-if not any(isinstance(finder, _SupportFinder) for finder in sys.meta_path):
-    sys.meta_path.append(_SupportFinder())
+if not any(type(finder).__name__ == "_HelperFinder" for finder in sys.meta_path):
+    sys.meta_path.append(_HelperFinder())
 pytest_plugins = ["support"]
 
 

@@ -12,17 +12,13 @@ or to ``GAUSS_BROWSER_ARTIFACTS``.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from browser_helpers import Dashboard, Page
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-
-from browser_helpers import Dashboard, Page  # noqa: E402
 
 ENABLED = os.environ.get("GAUSS_BROWSER_TESTS") == "1"
 CHROMIUM = os.environ.get("GAUSS_CHROMIUM", "/usr/bin/chromium")

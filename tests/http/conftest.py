@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from http_helpers import Api, hub_config
 
-HERE = str(Path(__file__).resolve().parent)
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
-
-from http_helpers import Api, hub_config  # noqa: E402
-
-from gauss.hub import Hub  # noqa: E402
+from gauss.hub import Hub
 
 
 @pytest.fixture

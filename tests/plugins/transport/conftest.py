@@ -1,19 +1,12 @@
-"""NATS fixtures: a private nats-server per test (``tests/e2e/nats_helpers.py``), engine helpers importable."""
+"""NATS fixtures: a private nats-server per test (``tests/e2e/nats_helpers.py``)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-_TESTS = Path(__file__).resolve().parents[2]
-for _helpers in (_TESTS / "e2e", _TESTS / "engine"):
-    if str(_helpers) not in sys.path:
-        sys.path.insert(0, str(_helpers))
-
-from nats_helpers import NatsServer  # noqa: E402
+from nats_helpers import NatsServer
 
 
 @pytest.fixture
