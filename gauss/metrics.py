@@ -9,7 +9,7 @@ at scrape time from the live subscriptions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, overload
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,7 +18,40 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from gauss.topics import TopicRegistry
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "MetricCount", "current"]
+
+
+def current(child: Counter | Gauge) -> float:
+    """A labelled counter's or gauge's value now, read from the child itself.
+
+    The counters a component keeps live only here, in its hub's
+    :class:`Metrics` (never a second plain attribute beside them); the
+    attributes tests and the status line read (``Topic.published``,
+    ``Source.frames``, ...) are properties reading them through this.
+    :meth:`Metrics.value` would collect the whole registry instead.
+    """
+    return float(child._value.get())
+
+
+class MetricCount:
+    """A read-only integer attribute: the value of the counter (or gauge) child held in attribute ``attr``.
+
+    ``frames = MetricCount("_m_frames", "Frames received")`` on a class makes
+    ``obj.frames`` read ``current(obj._m_frames)``: the count lives once, in Metrics.
+    """
+
+    def __init__(self, attr: str, doc: str = "") -> None:
+        self.attr = attr
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> MetricCount: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> int: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> MetricCount | int:
+        if obj is None:
+            return self
+        return int(current(getattr(obj, self.attr)))
 
 
 class _SubscriberCollector(Collector):

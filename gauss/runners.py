@@ -15,7 +15,7 @@ import time
 
 import gevent
 
-from gauss.metrics import Metrics
+from gauss.metrics import MetricCount, Metrics, current
 from gauss.protocols import PublishContext, RecoveringProcessor, RecoveryContext, TopicProcessor
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import OverflowPolicy
@@ -48,13 +48,19 @@ class ProcessorRunner:
         self.name = f"{processor.name}({topic.name})"
         self.subscription: Subscription | None = None
         self.busy = False
-        self.lagging = False
-        self.errors = 0
-        self._metrics = metrics
-        self._lag_gauge = metrics.processor_lagging(self.name) if metrics else None
-        self._error_counter = metrics.processor_errors(self.name) if metrics else None
+        # The counters live once, in Metrics (a runner made alone gets a Metrics of its own).
+        self._metrics = metrics = metrics if metrics is not None else Metrics()
+        self._lag_gauge = metrics.processor_lagging(self.name)
+        self._error_counter = metrics.processor_errors(self.name)
         self._error_log = RateLimitedLog(log, level=logging.ERROR)
         self._greenlet: gevent.Greenlet | None = None
+
+    @property
+    def lagging(self) -> bool:
+        """True while the processor holds up its topic (``gauss_processor_lagging``)."""
+        return current(self._lag_gauge) == 1
+
+    errors = MetricCount("_error_counter", "Batches (and recover/flush calls) the processor failed on (``gauss_processor_errors``).")
 
     @property
     def idle(self) -> bool:
@@ -80,9 +86,7 @@ class ProcessorRunner:
 
     def _stalled(self, seconds: float) -> None:
         if not self.lagging:
-            self.lagging = True
-            if self._lag_gauge is not None:
-                self._lag_gauge.set(1)
+            self._lag_gauge.set(1)
             log.warning(
                 "processor %s is behind: its queue of %d records is full and holds up topic %s (waiting %.1fs)",
                 self.name, self.capacity, self.topic.name, seconds,
@@ -105,9 +109,7 @@ class ProcessorRunner:
                 finally:
                     self.busy = False
                 if self.lagging and subscription.depth < self.capacity // 2:
-                    self.lagging = False
-                    if self._lag_gauge is not None:
-                        self._lag_gauge.set(0)
+                    self._lag_gauge.set(0)
                     log.info("processor %s caught up", self.name)
             elif subscription.closed or (subscription.sealed and subscription.depth == 0):
                 return
@@ -116,9 +118,7 @@ class ProcessorRunner:
                 next_flush = time.monotonic() + (interval or 0.0)
 
     def _failed(self, what: str, exc: Exception) -> None:
-        self.errors += 1
-        if self._error_counter is not None:
-            self._error_counter.inc()
+        self._error_counter.inc()
         self._error_log("processor %s: %s failed: %s: %s", self.name, what, type(exc).__name__, exc)
         log.debug("processor %s: %s failed", self.name, what, exc_info=exc)
 

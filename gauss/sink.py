@@ -38,7 +38,7 @@ from typing import Any
 import gevent
 
 from gauss.core import TopicRecord
-from gauss.metrics import Metrics
+from gauss.metrics import MetricCount, Metrics, current
 from gauss.protocols import Connection, CountingTransport, RecordConnection, Transport
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import OverflowPolicy
@@ -57,6 +57,10 @@ DEFAULT_WRITE_TIMEOUT_S = 30.0
 
 DEFAULT_OVERFLOW_GRACE_S = 10.0
 """Seconds a client's queue may stay overflowed before the client is disconnected (the WebSocket default)."""
+
+
+_OWN_REASONS = ("write_timeout", "slow")
+"""Why the sink itself disconnects a client (its transport has reasons of its own: max_connections, ...)."""
 
 
 class _Client:
@@ -92,15 +96,13 @@ class StreamSink:
         self.overflow_grace_s = overflow_grace_s
         self.capacity = DEFAULT_CAPACITY
         self.policy = OverflowPolicy.DROP
-        self.records_sent = 0
         self.bytes_sent = 0
-        self.disconnects: dict[str, int] = {"write_timeout": 0, "slow": 0}
-        """Clients the sink disconnected itself, by reason."""
         self._topic: Topic | None = None
         self._clients: dict[Subscription, _Client] = {}
         self._stopping = False
         self._label = ""
-        self._metrics: Metrics | None = None
+        self._metrics = Metrics()  # the hub's, once attached; the counters live once, there
+        self._count_with(self._metrics)
         self._watchdog: gevent.Greenlet | None = None
         self._cut_log = RateLimitedLog(log)
         if isinstance(transport, CountingTransport):
@@ -129,12 +131,23 @@ class StreamSink:
         transport = self.transport
         return {**(transport.closed_by if isinstance(transport, CountingTransport) else {}), **self.disconnects}
 
+    records_sent = MetricCount("_sent", "Records written to clients (``gauss_sink_records_sent``).")
+
+    @property
+    def disconnects(self) -> dict[str, int]:
+        """Clients the sink disconnected itself, by reason (``gauss_sink_disconnects``)."""
+        return {reason: int(current(self._metrics.sink_disconnects(self._label, reason))) for reason in _OWN_REASONS}
+
+    def _count_with(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._sent = metrics.sink_sent(self._label)
+        self._clients_gauge = metrics.sink_clients(self._label)
+        for reason in _OWN_REASONS:  # the series exist (at 0) from the start
+            metrics.sink_disconnects(self._label, reason)
+
     def _count_disconnect(self, reason: str) -> None:
         """A client the sink (or its transport: max_connections, idle_timeout, ...) disconnected."""
-        if reason in self.disconnects:
-            self.disconnects[reason] += 1
-        if self._metrics is not None:
-            self._metrics.sink_disconnects(self._label, reason).inc()
+        self._metrics.sink_disconnects(self._label, reason).inc()
 
     def attach(
         self,
@@ -149,8 +162,8 @@ class StreamSink:
         self._topic = topic
         self.capacity = capacity
         self.policy = OverflowPolicy.parse(policy)
-        self._metrics = metrics
         self._label = label or topic.name
+        self._count_with(metrics if metrics is not None else self._metrics)
 
     def start(self) -> None:
         self._stopping = False
@@ -170,10 +183,9 @@ class StreamSink:
         else:
             sub = Subscription(None, policy=self.policy, capacity=self.capacity, kind="sink")
         client = self._clients[sub] = _Client(conn, sub)
-        gauge = self._metrics.sink_clients(self._label) if self._metrics is not None else None
-        sent = self._metrics.sink_sent(self._label) if self._metrics is not None else None
-        if gauge is not None:
-            gauge.inc()
+        gauge = self._clients_gauge
+        sent = self._sent
+        gauge.inc()
         log.debug("%s: client %s connected", self.description, conn.peer)
         encode = self.encode
         sendall = conn.sendall
@@ -188,9 +200,7 @@ class StreamSink:
                 for batch in delivery.batches:
                     if send_records is not None:
                         self.bytes_sent += send_records(batch.topic, batch.records, encode)
-                        self.records_sent += len(batch.records)
-                        if sent is not None:
-                            sent.inc(len(batch.records))
+                        sent.inc(len(batch.records))
                         continue
                     data = batch.encoded(self, encode)
                     if data:
@@ -199,11 +209,8 @@ class StreamSink:
                             sendall(data)
                         finally:
                             timer.cancel()
-                        n = len(batch.records)
-                        self.records_sent += n
                         self.bytes_sent += len(data)
-                        if sent is not None:
-                            sent.inc(n)
+                        sent.inc(len(batch.records))
         except gevent.Timeout as exc:
             if exc is not timer:
                 raise
@@ -213,8 +220,7 @@ class StreamSink:
                 log.debug("%s: client %s gone: %s", self.description, conn.peer, exc)
         finally:
             self._clients.pop(sub, None)
-            if gauge is not None:
-                gauge.dec()
+            gauge.dec()
             if sub.dropped:
                 log.debug("%s: client %s lost %d records (too slow)", self.description, conn.peer, sub.dropped)
             sub.close()

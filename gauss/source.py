@@ -31,6 +31,7 @@ reports the counts.
 from __future__ import annotations
 
 import base64
+import builtins
 import logging
 import time
 from typing import Any, Callable, Sequence
@@ -40,7 +41,7 @@ import gevent
 from gauss.config import SourceSpec
 from gauss.core import TopicRecord
 from gauss.errors import FrameTooLarge, InflateBudgetExceeded
-from gauss.metrics import Metrics
+from gauss.metrics import MetricCount, Metrics
 from gauss.protocols import Codec, Connection, CountingTransport, FeedingTransport, Framing, Middleware, Transport
 from gauss.quotes import QuoteCheck, RecordCheck
 from gauss.ratelimit import RateLimitedLog
@@ -85,7 +86,8 @@ class Source:
         self.max_frame_bytes = spec.max_frame_bytes
         self.max_inflate_bytes = spec.max_inflate_bytes
         self.name = spec.name or f"{spec.topic}@{self.transport.description}"
-        self._metrics = metrics
+        # The counters live once, in Metrics (a source made alone gets a Metrics of its own).
+        self._metrics = metrics = metrics if metrics is not None else Metrics()
         label = spec.name or spec.topic
         self.label = label
         self.queue = BoundedQueue(
@@ -93,32 +95,22 @@ class Source:
             policy=spec.policy,
             capacity=spec.queue_size,
             kind="source",
-            on_shed=metrics.source_dropped(label).inc if metrics else None,
+            on_shed=metrics.source_dropped(label).inc,
         )
-        # Plain counters (cheap to read for the status line and tests).
-        self.connections = 0
         self.ended = 0
         """Connections that have ended (for the status line's churn counts)."""
         self.connected_at = 0.0
         """``time.perf_counter()`` of the latest connection (for benchmarks)."""
-        self.frames = 0
-        self.bytes = 0
-        self.records = 0
-        self.bad_frames = 0
-        self.rejected_quotes = 0
-        self.oversize = 0
-        self.inflate_closed = 0
-        """Connections closed because one read would inflate past ``max_inflate_bytes``."""
         self._closed_metrics: dict[str, Any] = {}
-        if metrics is not None:
-            self._m_connections = metrics.source_connections(label)
-            self._m_open = metrics.source_open(label)
-            self._m_frames = metrics.source_frames(label)
-            self._m_bytes = metrics.source_bytes(label)
-            self._m_records = metrics.source_records(label)
-            self._m_bad = metrics.decode_errors(label, "bad_frame")
-            self._m_rejected = metrics.decode_errors(label, "rejected_quote")
-            self._m_oversize = metrics.decode_errors(label, "oversize_frame")
+        self._m_connections = metrics.source_connections(label)
+        self._m_open = metrics.source_open(label)
+        self._m_frames = metrics.source_frames(label)
+        self._m_bytes = metrics.source_bytes(label)
+        self._m_records = metrics.source_records(label)
+        self._m_bad = metrics.decode_errors(label, "bad_frame")
+        self._m_rejected = metrics.decode_errors(label, "rejected_quote")
+        self._m_oversize = metrics.decode_errors(label, "oversize_frame")
+        self._m_inflate_closed = self._closed_counter("inflate_budget")
         self._bad_log = RateLimitedLog(log)
         self._close_log = RateLimitedLog(log)
         if isinstance(self.transport, CountingTransport):
@@ -207,51 +199,56 @@ class Source:
                 for hook in self.published_hooks:
                     hook(delivery.records, stored)
 
-    def _count_closed(self, reason: str) -> None:
-        """A connection the source (or its transport) closed itself, counted by reason."""
-        if self._metrics is None:
-            return
+    # --- counters (held once, in Metrics) ------------------------------------------
+
+    connections = MetricCount("_m_connections", "Connections accepted or made (``gauss_source_connections``).")
+    frames = MetricCount("_m_frames", "Frames received (``gauss_source_frames``).")
+    bytes = MetricCount("_m_bytes", "Bytes received (``gauss_source_bytes``).")
+    records = MetricCount("_m_records", "Records accepted (``gauss_source_records``).")
+    bad_frames = MetricCount("_m_bad", "Bad frames or payloads (``gauss_source_decode_errors{reason=bad_frame}``).")
+    rejected_quotes = MetricCount("_m_rejected", "Quotes the SPEC 1 checks refused (``reason=rejected_quote``).")
+    oversize = MetricCount("_m_oversize", "Frames over ``max_frame_bytes``, each closed its connection (``reason=oversize_frame``).")
+    inflate_closed = MetricCount("_m_inflate_closed", "Connections closed because one read would inflate past ``max_inflate_bytes``.")
+
+    def _closed_counter(self, reason: str) -> Any:
         counter = self._closed_metrics.get(reason)
         if counter is None:
             counter = self._closed_metrics[reason] = self._metrics.source_closed(self.label, reason)
-        counter.inc()
+        return counter
+
+    def _count_closed(self, reason: str) -> None:
+        """A connection the source (or its transport) closed itself, counted by reason."""
+        self._closed_counter(reason).inc()
 
     # --- one connection ----------------------------------------------------------
 
     def _handle(self, conn: Connection) -> None:
         self.connected_at = time.perf_counter()
-        self.connections += 1
-        metrics = self._metrics
-        if metrics is not None:
-            self._m_connections.inc()
-            self._m_open.inc()
+        self._m_connections.inc()
+        self._m_open.inc()
         log.debug("source %s: connection from %s", self.name, conn.peer)
         decoder = self.wire.decoder()
         recv = conn.recv
         feed = decoder.feed
         sleep = gevent.sleep
+        count_bytes = self._m_bytes.inc
         try:
             while True:
                 chunk = recv(CHUNK_BYTES)
                 if not chunk:
                     break
-                self.bytes += len(chunk)
-                if metrics is not None:
-                    self._m_bytes.inc(len(chunk))
+                count_bytes(len(chunk))
                 try:
                     frames = feed(chunk)
                 except FrameTooLarge as exc:
-                    self.oversize += 1
-                    if metrics is not None:
-                        self._m_oversize.inc()
+                    self._m_oversize.inc()
                     self._close_log("source %s: closing connection %s: %s", self.name, conn.peer, exc)
                     return
                 if frames:
                     try:
                         self.ingest(frames, conn.peer)
                     except InflateBudgetExceeded as exc:
-                        self.inflate_closed += 1
-                        self._count_closed("inflate_budget")
+                        self._m_inflate_closed.inc()
                         self._close_log("source %s: closing connection %s: %s", self.name, conn.peer, exc)
                         return
                 # PERF: let the publisher and the subscribers run after every chunk. A
@@ -262,36 +259,27 @@ class Source:
                 sleep(0)
         finally:
             self.ended += 1
-            if metrics is not None:
-                self._m_open.dec()
+            self._m_open.dec()
             log.debug("source %s: connection %s closed", self.name, conn.peer)
 
-    def ingest(self, frames: list[bytes], peer: str = "") -> int:
+    def ingest(self, frames: list[builtins.bytes], peer: str = "") -> int:  # builtins: ``bytes`` is a count here
         """Decode a batch of frames and queue the good records (bad ones are counted); returns how many were good.
 
         Raises :class:`InflateBudgetExceeded` (and queues nothing of the
         batch) when the middleware would inflate it past ``max_inflate_bytes``.
         """
-        self.frames += len(frames)
-        if self._metrics is not None:
-            self._m_frames.inc(len(frames))
+        self._m_frames.inc(len(frames))
         records, bad, refused = self.wire.decode(
             frames, self.check, max_frame_bytes=self.max_frame_bytes, budget=self.max_inflate_bytes
         )
         if bad:
-            self.bad_frames += len(bad)
-            if self._metrics is not None:
-                self._m_bad.inc(len(bad))
+            self._m_bad.inc(len(bad))
             self._reject(bad, peer, "bad frame")
         if refused:
-            self.rejected_quotes += len(refused)
-            if self._metrics is not None:
-                self._m_rejected.inc(len(refused))
+            self._m_rejected.inc(len(refused))
             self._reject(refused, peer, "rejected quote")
         if records:
-            self.records += len(records)
-            if self._metrics is not None:
-                self._m_records.inc(len(records))
+            self._m_records.inc(len(records))
             self.queue.offer(PublishedBatch(self.topic.name, records))
         return len(records)
 

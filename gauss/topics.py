@@ -17,6 +17,7 @@ import gevent.lock
 
 from gauss.core import TopicRecord
 from gauss.errors import UnknownTopic
+from gauss.metrics import MetricCount, Metrics
 from gauss.protocols import ReplayableStorage, TopicStorage
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, OverflowPolicy, QueryResult, TopicQuery
@@ -24,7 +25,6 @@ from gauss.subscription import DEFAULT_CAPACITY, PublishedBatch, Subscription
 
 if TYPE_CHECKING:
     from gauss.config import TopicSpec
-    from gauss.metrics import Metrics
 
 __all__ = ["Topic", "TopicRegistry"]
 
@@ -63,14 +63,14 @@ class Topic:
             epoch, last_seq = self._restore(journal, str(epoch), int(last_seq))
         self.epoch: str = str(epoch)
         self.last_seq: int = int(last_seq)
-        self.published = 0
-        """Records published since this process opened the topic."""
-        self.write_errors = 0
         self._subscriptions: tuple[Subscription, ...] = ()
         self._lock = gevent.lock.Semaphore()
-        self._metrics = metrics
-        self._published_counter = metrics.topic_published(name) if metrics else None
-        self._stored_counter = metrics.topic_stored(name) if metrics else None
+        # The counters live once, in Metrics (a topic made alone gets a Metrics of its own).
+        self._metrics = metrics = metrics if metrics is not None else Metrics()
+        self._published_counter = metrics.topic_published(name)
+        self._stored_counter = metrics.topic_stored(name)
+        self._write_error_counter = metrics.storage_write_errors(name)
+        self._failed_counter = metrics.storage_failed_records(name)
         self._store_errors = RateLimitedLog(log, level=logging.ERROR)
 
     def _restore(self, journal: ReplayableStorage, epoch: str, last_seq: int) -> tuple[str, int]:
@@ -99,6 +99,9 @@ class Topic:
         if isinstance(self.storage, ReplayableStorage):
             return self.storage.replay(0)
         return iter(())
+
+    published = MetricCount("_published_counter", "Records published since this process opened the topic (``gauss_topic_records_published``).")
+    write_errors = MetricCount("_write_error_counter", "Batches the journal or storage failed to store (``gauss_storage_write_errors``).")
 
     def __repr__(self) -> str:
         return f"Topic({self.name!r}, format={self.format.value!r}, storage={self.storage_type!r}, last_seq={self.last_seq})"
@@ -129,17 +132,13 @@ class Topic:
                     append(record.with_seq(seq))
             kept = self._store(numbered)
             if kept < len(numbered):  # only what was stored is numbered and shown
-                if self._metrics is not None:
-                    self._metrics.storage_failed_records(self.name).inc(len(numbered) - kept)
+                self._failed_counter.inc(len(numbered) - kept)
                 if not kept:
                     return None
                 numbered = numbered[:kept]
                 seq = numbered[-1].seq
             self.last_seq = seq
-            n = len(numbered)
-            self.published += n
-            if self._published_counter is not None:
-                self._published_counter.inc(n)
+            self._published_counter.inc(len(numbered))
             batch = PublishedBatch(self.name, numbered)  # type: ignore[arg-type]
             for subscription in self._subscriptions:
                 subscription.offer(batch)
@@ -167,11 +166,10 @@ class Topic:
             self._store_failed(self.storage_type, records, exc)
             if self.journal is None:
                 kept = self._kept(records)
-                if kept and self._stored_counter is not None:
+                if kept:
                     self._stored_counter.inc(kept)
                 return kept
-        if self._stored_counter is not None:
-            self._stored_counter.inc(len(records))
+        self._stored_counter.inc(len(records))
         return len(records)
 
     def _kept(self, records: Sequence[TopicRecord]) -> int:
@@ -191,9 +189,7 @@ class Topic:
         return min(max(last - first + 1, 0), len(records))
 
     def _store_failed(self, what: str, records: Sequence[TopicRecord], exc: Exception) -> None:
-        self.write_errors += 1
-        if self._metrics is not None:
-            self._metrics.storage_write_errors(self.name).inc()
+        self._write_error_counter.inc()
         self._store_errors("topic %s: %s failed to store %d records: %s", self.name, what, len(records), exc)
 
     # --- subscribing ---------------------------------------------------------
@@ -211,7 +207,7 @@ class Topic:
         Never switches greenlets, so a query made right after (or before)
         sees exactly the records up to ``start_seq``.
         """
-        on_shed = self._metrics.dropped(self.name, kind).inc if self._metrics is not None else None
+        on_shed = self._metrics.dropped(self.name, kind).inc
         subscription = Subscription(
             self, key=key, policy=policy, capacity=capacity, kind=kind, start_seq=self.last_seq, on_shed=on_shed
         )
@@ -275,7 +271,7 @@ class TopicRegistry:
     """
 
     def __init__(self, specs: Sequence[TopicSpec] = (), *, metrics: Metrics | None = None) -> None:
-        self._metrics = metrics
+        self._metrics = metrics if metrics is not None else Metrics()
         self._topics: dict[str, Topic] = {}
         self._exact = {spec.name: spec for spec in specs if not spec.is_template}
         # Longest prefix first, so "ohlc.1m.*" wins over "ohlc.*" and "*".

@@ -1,0 +1,74 @@
+"""Counters held once, in Metrics: the attributes tests and the status line read are the Prometheus samples."""
+
+from __future__ import annotations
+
+import gevent
+from engine_plugins import ListStorage
+
+from gauss.core import TopicRecord
+from gauss.metrics import MetricCount, Metrics
+from gauss.runners import ProcessorRunner
+from gauss.topics import Topic
+
+
+def records(n: int) -> list[TopicRecord]:
+    return [TopicRecord(i + 1, "K", {"i": i}) for i in range(n)]
+
+
+def test_a_topics_counts_are_its_metrics_samples() -> None:
+    metrics = Metrics()
+    topic = Topic("t", "any", ListStorage(), metrics=metrics)
+    topic.publish(records(3))
+    topic.publish(records(2))
+    assert topic.published == 5 == metrics.value("gauss_topic_records_published_total", topic="t")
+    # The only place the count is kept: a change to the sample is what the attribute reads.
+    metrics.topic_published("t").inc(10)
+    assert topic.published == 15
+    failing = Topic("f", "any", ListStorage(fail=True), metrics=metrics)
+    failing.publish(records(1))
+    assert failing.write_errors == 1 == metrics.value("gauss_storage_write_errors_total", topic="f")
+
+
+def test_without_a_hub_each_part_gets_a_metrics_of_its_own() -> None:
+    a = Topic("t", "any", ListStorage())
+    b = Topic("t", "any", ListStorage())
+    a.publish(records(4))
+    assert (a.published, b.published) == (4, 0)
+
+
+def test_a_runners_errors_and_lag_are_its_metrics_samples() -> None:
+    class Failing:
+        name = "failing"
+        flush_interval = None
+
+        def start(self, context: object) -> None:
+            pass
+
+        def process(self, topic: str, batch: object, context: object) -> None:
+            raise ValueError("boom")
+
+        def flush(self, context: object) -> None:
+            pass
+
+        def stop(self, context: object) -> None:
+            pass
+
+    metrics = Metrics()
+    topic = Topic("t", "any", ListStorage(), metrics=metrics)
+    runner = ProcessorRunner(Failing(), topic, context=None, capacity=10, metrics=metrics)  # type: ignore[arg-type]
+    runner.start()
+    for n in (1, 2):  # one failing batch after the other (batches waiting together are one call)
+        topic.publish(records(1))
+        for _ in range(500):
+            if runner.errors == n:
+                break
+            gevent.sleep(0.01)
+    assert runner.errors == 2 == metrics.value("gauss_processor_errors_total", processor=runner.name)
+    assert runner.lagging is False
+    metrics.processor_lagging(runner.name).set(1)
+    assert runner.lagging is True
+    runner.stop(timeout=2)
+
+
+def test_metric_count_on_the_class_is_the_descriptor() -> None:
+    assert isinstance(Topic.published, MetricCount) and "gauss_topic_records_published" in (Topic.published.__doc__ or "")
