@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -28,32 +27,14 @@ from typing import Any
 import pytest
 import requests
 import websocket
-from support import free_port
-from support.serve import expected_candles, serve_command
-
-from gauss.resources import resource_path
+from support.serve import default_config_on_free_ports, expected_candles, serve_command
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("GAUSS_LONG_CHECKS") != "1", reason="long check: set GAUSS_LONG_CHECKS=1 (tox env cython does)"
 )
 
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD"]
-DEFAULT_PORTS = (9100, 9200, 9300, 9301, 9302, 9303)
 MINUTE = 60_000
-
-
-def default_config_on_free_ports(directory: Path, *, fsync: str | None) -> tuple[Path, dict[int, int]]:
-    """The shipped config.toml with every port moved to a free one (and optionally the tick log's fsync)."""
-    text = resource_path("config.toml").read_text()
-    ports = {port: free_port() for port in DEFAULT_PORTS}
-    for old, new in ports.items():
-        text = re.sub(rf"\bport = {old}\b", f"port = {new}", text)
-    if fsync is not None:
-        text, n = re.subn(r'fsync = "\w+"', f'fsync = "{fsync}"', text)
-        assert n, "config.toml names no fsync policy to override"
-    path = directory / "config.toml"
-    path.write_text(text)
-    return path, ports
 
 
 class Watchers:

@@ -9,7 +9,6 @@ quotes come from the real ``gauss-quotes-gen`` command in a subprocess.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -19,28 +18,12 @@ from typing import Any
 import gevent
 import gevent.socket
 import pytest
-from support import free_port, wait_until
+from support import wait_until
+from support.serve import default_config_on_free_ports
 
 from gauss.hub import Hub
 
-REPO = Path(__file__).resolve().parents[2]
 LOOPBACK_TOPICS = ("quotes.csv", "quotes.proto", "quotes.avro")
-
-
-def default_config_on_free_ports(directory: Path) -> tuple[Path, dict[int, int]]:
-    """The repository's config.toml with every port moved to a free one (same port, same replacement)."""
-    text = (REPO / "config.toml").read_text()
-    ports: dict[int, int] = {}
-
-    def replace(match: re.Match[str]) -> str:
-        port = int(match.group(1))
-        ports.setdefault(port, free_port())
-        return f"port = {ports[port]}"
-
-    text = re.sub(r"\bport = (\d+)", replace, text)
-    path = directory / "config.toml"
-    path.write_text(text)
-    return path, ports
 
 
 def gen_command() -> list[str]:

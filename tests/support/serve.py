@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Server", "expected_candles", "quotes", "serve_command"]
+from gauss.resources import resource_path
+from support.net import free_port
+
+__all__ = ["Server", "default_config_on_free_ports", "expected_candles", "quotes", "serve_command"]
 
 
 def serve_command() -> list[str]:
@@ -66,3 +70,27 @@ def expected_candles(sent: list[dict[str, Any]], width: int) -> dict[tuple[str, 
         c = out[key]
         c[1], c[2], c[3], c[4] = max(c[1], mid), min(c[2], mid), mid, c[4] + 1
     return {k: tuple(v) for k, v in out.items()}  # type: ignore[misc]
+
+
+def default_config_on_free_ports(directory: Path, *, fsync: str | None = None) -> tuple[Path, dict[int, int]]:
+    """The shipped ``config.toml`` with every port moved to a free one, written into ``directory``.
+
+    Returns the file and ``{shipped port: free port}`` (a port named twice gets
+    the same replacement, a commented-out one too). ``fsync`` replaces the
+    tick log's fsync policy.
+    """
+    text = resource_path("config.toml").read_text()
+    ports: dict[int, int] = {}
+
+    def replace(match: re.Match[str]) -> str:
+        port = int(match.group(1))
+        ports.setdefault(port, free_port())
+        return f"port = {ports[port]}"
+
+    text = re.sub(r"\bport = (\d+)\b", replace, text)
+    if fsync is not None:
+        text, n = re.subn(r'fsync = "\w+"', f'fsync = "{fsync}"', text)
+        assert n, "config.toml names no fsync policy to override"
+    path = directory / "config.toml"
+    path.write_text(text)
+    return path, ports
