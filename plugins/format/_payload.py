@@ -26,6 +26,7 @@ __all__ = [
     "make_record",
     "read_field_options",
     "EncodeFailureLog",
+    "plain_quote",
 ]
 
 DEFAULT_KEY_FIELD = "symbol"
@@ -77,3 +78,33 @@ class EncodeFailureLog:
     def record(self, data: Any, exc: BaseException) -> None:
         self.count += 1
         self._log("%s codec: cannot encode payload %.200r: %s; skipped", self._codec, data, exc)
+
+
+PlainQuote = tuple[str, float, float, float, float, int]
+
+
+def plain_quote(data: Any) -> PlainQuote | None:
+    """``(symbol, bid, ask, bid_size, ask_size, ts_ms)`` of a quote dict of exact types, else None.
+
+    What a codec's quote encoder may write without its general path (which
+    decides, and explains, everything else); shared by csv and avro.
+    """
+    if type(data) is not dict:
+        return None
+    get = data.get
+    symbol = get("symbol")
+    bid = get("bid")
+    ask = get("ask")
+    bid_size = get("bid_size")
+    ask_size = get("ask_size")
+    ts = get("ts_ms")
+    if (
+        type(symbol) is not str
+        or type(bid) is not float
+        or type(ask) is not float
+        or type(bid_size) is not float
+        or type(ask_size) is not float
+        or type(ts) is not int
+    ):
+        return None
+    return symbol, bid, ask, bid_size, ask_size, ts

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import fastavro
 from fastavro.schema import SchemaParseException, UnknownType
-from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
+from gauss_plugins.format._payload import EncodeFailureLog, make_record, plain_quote, read_field_options
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, DecodeError
@@ -99,24 +99,11 @@ class QuoteLayout:
     @staticmethod
     def encode(data: Any) -> bytes | None:
         """The datum of ``data``, or ``None`` when fastavro must decide (odd types, out of range)."""
-        if type(data) is not dict:
+        quote = plain_quote(data)
+        if quote is None:
             return None
-        get = data.get
-        symbol = get("symbol")
-        bid = get("bid")
-        ask = get("ask")
-        bid_size = get("bid_size")
-        ask_size = get("ask_size")
-        ts = get("ts_ms")
-        if (
-            type(symbol) is not str
-            or type(bid) is not float
-            or type(ask) is not float
-            or type(bid_size) is not float
-            or type(ask_size) is not float
-            or type(ts) is not int
-            or not _LONG_MIN <= ts <= _LONG_MAX
-        ):
+        symbol, bid, ask, bid_size, ask_size, ts = quote
+        if not _LONG_MIN <= ts <= _LONG_MAX:
             return None
         try:
             raw = symbol.encode("utf-8")

@@ -24,7 +24,7 @@ import csv as _csv
 import logging
 from typing import Any, Sequence
 
-from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
+from gauss_plugins.format._payload import EncodeFailureLog, make_record, plain_quote, read_field_options
 
 from gauss.core import QUOTE_FIELDS, TopicRecord
 from gauss.errors import ConfigError, DecodeError
@@ -124,27 +124,11 @@ def _read_quote(payload: bytes) -> TopicRecord | None:
 
 def _write_quote(data: Any) -> bytes | None:
     """The row of a quote of exact types needing no quoting, or ``None`` for the general path."""
-    if type(data) is not dict:
+    quote = plain_quote(data)
+    if quote is None:
         return None
-    get = data.get
-    symbol = get("symbol")
-    bid = get("bid")
-    ask = get("ask")
-    bid_size = get("bid_size")
-    ask_size = get("ask_size")
-    ts = get("ts_ms")
-    if (
-        type(symbol) is not str
-        or type(bid) is not float
-        or type(ask) is not float
-        or type(bid_size) is not float
-        or type(ask_size) is not float
-        or type(ts) is not int
-        or "," in symbol
-        or '"' in symbol
-        or "\n" in symbol
-        or "\r" in symbol
-    ):
+    symbol, bid, ask, bid_size, ask_size, ts = quote
+    if "," in symbol or '"' in symbol or "\n" in symbol or "\r" in symbol:
         return None
     try:
         return f"{symbol},{bid!r},{ask!r},{bid_size!r},{ask_size!r},{ts}".encode()
