@@ -49,8 +49,8 @@ _conftest = importlib.util.spec_from_file_location("gauss_test_conftest", REPO /
 assert _conftest is not None and _conftest.loader is not None
 _conftest.loader.exec_module(importlib.util.module_from_spec(_conftest))  # makes tests/support importable as ``support``
 
-from nats_helpers import BusClient, NatsServer  # noqa: E402
 from support import free_port  # noqa: E402
+from support.nats import BusClient, NatsServer  # noqa: E402
 from support.serve import Server  # noqa: E402
 
 SYMBOLS = [f"SYM{i:02d}" for i in range(20)]

@@ -3,12 +3,12 @@
 ``kernels`` runs a test against both kernel builds: the compiled module
 (``cy``) and its pure-Python twin (``py``).
 
-``tests/support`` becomes importable here as the package ``support``, and the
-few per-folder helpers (``engine_plugins``, ``http_helpers``, ...) by their
-names, through one finder that looks for exactly those names in their folders
-(:data:`HELPERS`): the one way any test (or a ``bench/`` script loading this
-file) reaches them. Putting ``tests/`` on ``sys.path`` instead would let
-``tests/gauss`` shadow the real ``gauss``.
+``tests/support`` becomes importable here as the package ``support`` (every
+helper shared between test folders lives there: ``support.plugins``,
+``support.http``, ``support.nats``, ...), through one finder that looks for
+exactly that name (:data:`HELPERS`): the one way any test (or a ``bench/``
+script loading this file) reaches them. Putting ``tests/`` on ``sys.path``
+instead would let ``tests/gauss`` shadow the real ``gauss``.
 """
 
 from __future__ import annotations
@@ -25,20 +25,9 @@ import pytest
 
 _HERE = Path(__file__).resolve().parent
 
-# Top-level module name -> the folder holding it. ``support`` serves every test;
-# the others are helpers of one test folder that other folders use too (and
-# ``engine_plugins`` / ``fake_plugins`` are named in plugin configs as
-# ``module:factory``), kept where they are until the tests mirror the package.
-HELPERS = {
-    "support": _HERE,
-    "engine_plugins": _HERE / "engine",
-    "fake_plugins": _HERE / "gauss",
-    "http_helpers": _HERE / "http",
-    "format_helpers": _HERE / "plugins" / "format",
-    "nats_helpers": _HERE / "e2e",
-    "serve_helpers": _HERE / "e2e",
-    "browser_helpers": _HERE / "browser",
-}
+# Top-level module name -> the folder holding it: only ``support`` (plugin configs
+# name its test plugins as ``support.plugins:create_storage`` and the like).
+HELPERS = {"support": _HERE}
 
 
 class _HelperFinder(importlib.abc.MetaPathFinder):

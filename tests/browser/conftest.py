@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from browser_helpers import Dashboard, Page
+from support.browser import Dashboard, Page
 
 HERE = Path(__file__).resolve().parent
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from browser_helpers import MINUTE, Dashboard, Page, history, quote
 from support import wait_until
+from support.browser import MINUTE, Dashboard, Page, history, quote
 
 SYMBOLS = ["EURUSD", "USDJPY", "BTC/USD"]
 TOKEN = "dash-s3cret"

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from gauss_plugins.transport.nats import shard_of
-from nats_helpers import BusClient, NatsServer, quote_messages, require_nats_server
 from support import free_port, wait_until
+from support.nats import BusClient, NatsServer, quote_messages, require_nats_server
 from support.serve import Server, expected_candles, quotes
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from engine_plugins import lines, quote, send_until_cut
 from support import free_port
+from support.plugins import lines, quote, send_until_cut
 from support.serve import Server
 
 from gauss.core import encode_length_prefixed

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from serve_helpers import Server, free_port
+from support import free_port
+from support.serve import Server
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("GAUSS_LONG_CHECKS") != "1", reason="long check: set GAUSS_LONG_CHECKS=1 (tox env cython does)"

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_plugins import lines, read_lines
 from support import free_port
+from support.plugins import lines, read_lines
 from support.serve import Server, expected_candles, quotes, serve_command
 
 from gauss.hub import Hub

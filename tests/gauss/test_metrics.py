@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gevent
-from engine_plugins import ListStorage
+from support.plugins import ListStorage
 
 from gauss.core import TopicRecord
 from gauss.metrics import MetricCount, Metrics

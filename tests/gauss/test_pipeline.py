@@ -12,8 +12,8 @@ from typing import Any, Iterator
 import gevent
 import gevent.socket
 import pytest
-from engine_plugins import connect, lines, quote, read_lines, send_until_cut
 from support import wait_until
+from support.plugins import connect, lines, quote, read_lines, send_until_cut
 
 from gauss.config import load_config
 from gauss.core import encode_length_prefixed

@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fake_plugins import IncompleteProcessor, IncompleteSink
+from support.fake_plugins import IncompleteProcessor, IncompleteSink
 
 from gauss.config import load_config
 from gauss.errors import ConfigError
 from gauss.hub import Hub
 
 CASES = [
-    ("sinks", "fake_plugins:create_incomplete", IncompleteSink, "sink", "TopicSink", "attach, closed_by"),
+    ("sinks", "support.fake_plugins:create_incomplete", IncompleteSink, "sink", "TopicSink", "attach, closed_by"),
     (
         "processors",
-        "fake_plugins:create_incomplete_processor",
+        "support.fake_plugins:create_incomplete_processor",
         IncompleteProcessor,
         "processor",
         "TopicProcessor",
@@ -33,7 +33,7 @@ def test_refused_at_load_with_its_name(
     assert info.value.key == f"{section}[0].type"
     assert (
         info.value.reason
-        == f"{kind} {factory!r} (fake_plugins.{cls.__name__}) does not implement {protocol}: missing {missing}"
+        == f"{kind} {factory!r} (support.fake_plugins.{cls.__name__}) does not implement {protocol}: missing {missing}"
     )
 
 
@@ -49,7 +49,7 @@ def test_refused_by_the_hub_with_its_name(
             add(cls(), "q")
         assert (
             info.value.reason
-            == f"{kind} {cls.__name__!r} (fake_plugins.{cls.__name__}) does not implement {protocol}: missing {missing}"
+            == f"{kind} {cls.__name__!r} (support.fake_plugins.{cls.__name__}) does not implement {protocol}: missing {missing}"
         )
         assert hub.sinks == [] and hub.processors == []
     finally:

@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 import gevent
 import pytest
-from engine_plugins import ListStorage
 from support import wait_until
+from support.plugins import ListStorage
 
 from gauss.core import TopicRecord
 from gauss.metrics import Metrics

@@ -7,8 +7,8 @@ from typing import Any, Callable, Sequence
 
 import gevent
 import pytest
-from engine_plugins import ListStorage, connect
 from support import wait_until
+from support.plugins import ListStorage, connect
 
 from gauss.config import SourceSpec
 from gauss.core import TopicRecord

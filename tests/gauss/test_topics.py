@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gevent
 import pytest
-from engine_plugins import ListStorage
 from support import wait_until
+from support.plugins import ListStorage
 
 from gauss.config import TopicSpec
 from gauss.core import TopicRecord
@@ -219,7 +219,7 @@ def test_volatile_storage_gets_a_new_epoch_each_start() -> None:
     assert Topic("v", "any", ListStorage()).epoch != Topic("v", "any", ListStorage()).epoch
 
 
-STORAGE = {"type": "engine_plugins:create_storage"}
+STORAGE = {"type": "support.plugins:create_storage"}
 
 
 def registry(*specs: TopicSpec) -> TopicRegistry:
@@ -239,7 +239,7 @@ def test_registry_creates_exact_topics_at_open_and_refuses_unknown_names() -> No
 
 
 def test_template_topics_are_made_on_first_publish_with_substituted_storage() -> None:
-    storage = {"type": "engine_plugins:create_storage", "dir": "data/{suffix}"}
+    storage = {"type": "support.plugins:create_storage", "dir": "data/{suffix}"}
     reg = registry(TopicSpec("ohlc.*", DataFormat.CANDLE, storage, create=("ohlc.1m",)))
     assert [t.name for t in reg.topics()] == ["ohlc.1m"]
     reg.publish("ohlc.5m", quotes(2))

@@ -10,7 +10,11 @@ where ``tests/gauss`` would shadow the real ``gauss``) and registers it with
 
 Modules: :mod:`support.net` (ports), :mod:`support.wait` (``wait_until``),
 :mod:`support.clickhouse` (the server and its fixtures), :mod:`support.serve`
-(``gauss-serve`` as a subprocess, quotes and their expected candles).
+(``gauss-serve`` as a subprocess, quotes and their expected candles); the
+helpers shared between test folders: :mod:`support.plugins` (test plugins named
+``support.plugins:...`` in configs, TCP line helpers),
+:mod:`support.fake_plugins`, :mod:`support.http` (API clients),
+:mod:`support.formats`, :mod:`support.nats`, :mod:`support.browser`.
 """
 
 from __future__ import annotations

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
+
 from support import free_port, wait_until
 from support.serve import Server
 
 __all__ = ["ARTIFACTS", "MINUTE", "Dashboard", "Page", "history", "quote"]
 
-ARTIFACTS = Path(os.environ.get("GAUSS_BROWSER_ARTIFACTS") or Path(__file__).resolve().parent / "artifacts")
+ARTIFACTS = Path(os.environ.get("GAUSS_BROWSER_ARTIFACTS") or Path(__file__).resolve().parents[1] / "browser" / "artifacts")
 MINUTE = 60_000
 
 

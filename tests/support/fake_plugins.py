@@ -1,4 +1,4 @@
-"""Plugins that lack a member of their protocol (named ``fake_plugins:...`` in configs)."""
+"""Plugins that lack a member of their protocol (named ``support.fake_plugins:...`` in configs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Helpers the codec tests share (importable by name: this folder's conftest puts it on ``sys.path``)."""
+"""Helpers the codec tests share (``from support.formats import canon``)."""
 
 from __future__ import annotations
 

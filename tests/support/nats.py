@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support import free_port
 
 __all__ = ["NatsServer", "BusClient", "nats_binary", "require_nats_server", "publish_messages", "quote_messages"]

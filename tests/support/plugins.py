@@ -1,4 +1,4 @@
-"""Small test-local plugins for the engine tests (named ``engine_plugins:...`` in configs).
+"""Small test-local plugins for the engine tests (named ``support.plugins:...`` in configs).
 
 ``ListStorage`` is a complete, simple TopicStorage (a list, with candle
 upsert), so engine tests do not depend on the storage engineer's plugins;

@@ -16,7 +16,7 @@ from support import free_port  # noqa: E402
 
 from gauss.grafana.harness import PluginProcess, plugin_env, start_plugin  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PLUGIN_DIR = REPO / "grafana"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PLUGIN_DIR = REPO / "grafana"
 PROTO_DIR = REPO / "gauss" / "grafana" / "pluginv2"
 

@@ -1,11 +1,11 @@
-"""API test fixtures (helpers in http_helpers.py, importable from the tests here)."""
+"""API test fixtures (helpers in ``tests/support/http.py``, imported as ``support.http``)."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
 import pytest
-from http_helpers import Api, hub_config
+from support.http import Api, hub_config
 
 from gauss.hub import Hub
 

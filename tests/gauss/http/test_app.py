@@ -10,7 +10,7 @@ from typing import Any
 import gevent
 import pytest
 import requests
-from http_helpers import NOW_MS, Api, off_loop, quote, quotes
+from support.http import NOW_MS, Api, off_loop, quote, quotes
 
 from gauss.core import TopicRecord
 

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from typing import Callable
 
 import pytest
-from http_helpers import Api
+from support.http import Api
 
 from gauss.http.dashboard import CONTENT_SECURITY_POLICY, STATIC_DIR, load_static
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 import websocket
-from http_helpers import Api, off_loop
+from support.http import Api, off_loop
 
 from gauss.http.guard import host_refusal, origin_refusal
 from gauss.http.options import ApiOptions

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import gevent
 import pytest
 import websocket
-from http_helpers import Api, metric_value, off_loop, quotes, stalled_ws, wait_for
+from support.http import Api, metric_value, off_loop, quotes, stalled_ws, wait_for
 
 from gauss.http.limits import ConnectionTable, InflightBudget, InflightLimit, Share
 
@@ -207,7 +207,7 @@ def test_a_websocket_that_never_reads_pushes_is_cut_off_at_write_timeout(make_ap
 
 
 def _masked(message: dict[str, Any]) -> bytes:
-    from http_helpers import masked_text_frame
+    from support.http import masked_text_frame
 
     return masked_text_frame(json.dumps(message).encode())
 

@@ -6,8 +6,8 @@ import socket
 import time
 from typing import Callable
 
-from http_helpers import Api, off_loop, quotes, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from support.http import Api, off_loop, quotes, wait_for
 
 
 def samples(api: Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

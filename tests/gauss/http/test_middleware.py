@@ -6,7 +6,7 @@ from typing import Callable
 
 import pytest
 import websocket
-from http_helpers import Api, WsClient, off_loop, quotes
+from support.http import Api, WsClient, off_loop, quotes
 
 
 @pytest.fixture

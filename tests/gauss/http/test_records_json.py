@@ -15,7 +15,7 @@ import pytest
 from gauss_plugins.storage._keys import key_file_name
 from gauss_plugins.storage.clickhouse.rowbinary import layout_for
 from gauss_plugins.storage.raw_file import iter_raw_log, segments
-from http_helpers import NOW_MS, Api, hub_config, off_loop
+from support.http import NOW_MS, Api, hub_config, off_loop
 
 from gauss.core import TopicRecord
 from gauss.hub import Hub

@@ -20,7 +20,7 @@ from gauss.config import load_config
 from gauss.errors import ConfigError
 from gauss.http.options import ApiOptions
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

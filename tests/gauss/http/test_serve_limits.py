@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 import websocket
-from http_helpers import ServeProcess, masked_text_frame, metric_value, stalled_ws
 from support import free_port
+from support.http import ServeProcess, masked_text_frame, metric_value, stalled_ws
 
 MIB = 1 << 20
 RECORDS = 100_000

@@ -9,7 +9,7 @@ import gevent
 import gevent.event
 import pytest
 import websocket
-from http_helpers import NOW_MS, Api, masked_text_frame, off_loop, quote, quotes, stalled_ws, wait_for
+from support.http import NOW_MS, Api, masked_text_frame, off_loop, quote, quotes, stalled_ws, wait_for
 
 from gauss.http.ws import push_message
 from gauss.subscription import PublishedBatch

@@ -16,9 +16,9 @@ from typing import Any
 
 import fastavro
 import pytest
-from format_helpers import canon
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.formats import canon
 
 from gauss.core import TopicRecord
 from gauss.registry import create

@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 import pytest
-from format_helpers import canon
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.formats import canon
 
 from gauss.config import load_config
 from gauss.core import TopicRecord

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from format_helpers import canon
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.formats import canon
 
 from gauss.core import TopicRecord
 from gauss.registry import create

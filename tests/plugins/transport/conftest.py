@@ -1,4 +1,4 @@
-"""NATS fixtures: a private nats-server per test (``tests/e2e/nats_helpers.py``)."""
+"""NATS fixtures: a private nats-server per test (``tests/support/nats.py``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from nats_helpers import NatsServer
+from support.nats import NatsServer
 
 
 @pytest.fixture

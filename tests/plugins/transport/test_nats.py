@@ -10,11 +10,11 @@ from typing import Any, Callable
 
 import gevent
 import pytest
-from engine_plugins import ListStorage, quote
 from gauss_plugins.transport import nats as bus
 from gauss_plugins.transport.nats import fnv1a_32, shard_of, subject_token
-from nats_helpers import BusClient, NatsServer, quote_messages
 from support import wait_until
+from support.nats import BusClient, NatsServer, quote_messages
+from support.plugins import ListStorage, quote
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
@@ -178,7 +178,7 @@ def test_jetstream_source_stores_each_message_once_and_acks_after_storage(nats_s
     symbols = [f"S{i}" for i in range(5)]
     sent = quotes_for(symbols, 2000)
     with BusClient(nats_server.url) as client:
-        hub = quote_hub(tmp_path, source_table(nats_server, tmp_path, reconnect_max=0.2), storage="engine_plugins:create_storage")
+        hub = quote_hub(tmp_path, source_table(nats_server, tmp_path, reconnect_max=0.2), storage="support.plugins:create_storage")
         try:
             wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
             storage = hub.registry.get("quotes.raw").storage
@@ -206,7 +206,7 @@ def test_redeliveries_after_a_crash_are_not_stored_twice(nats_server: NatsServer
     symbols = [f"S{i}" for i in range(4)]
     sent = quotes_for(symbols, 1200)
     table = source_table(nats_server, tmp_path, ack_wait_s=1.0)
-    storage = {"type": "engine_plugins:create_storage", "durable": True}
+    storage = {"type": "support.plugins:create_storage", "durable": True}
     with BusClient(nats_server.url) as client:
         monkeypatch.setattr(bus.NatsTransport, "_ack", lambda self, msgs, nak: None)  # every ack lost
         hub = quote_hub(tmp_path, table, storage=storage)

@@ -13,9 +13,9 @@ from typing import Any
 import gevent
 import gevent.socket
 import pytest
-from engine_plugins import connect
 from gauss_plugins.transport.tcp import TcpClient, TcpConnection, TcpServer
 from support import wait_until
+from support.plugins import connect
 
 from gauss.errors import ConfigError
 from gauss.registry import create
