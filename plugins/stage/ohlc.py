@@ -336,7 +336,7 @@ class OhlcProcessor:
             by_series.setdefault((key, t), []).append(candle)
         per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
         for (key, t), candles in by_series.items():
-            stored = self._stored(context, key, t, [c[_START] for c in candles])
+            stored = self._stored(context, key, t, [Candle._make(c).start_ms for c in candles])
             pending = self._pending_open.get((key, t))
             for raw in candles:
                 candle = Candle._make(raw)

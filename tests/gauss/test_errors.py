@@ -15,7 +15,6 @@ import gauss
 from gauss import errors
 from gauss.errors import GaussError
 
-ROOT = Path(gauss.__file__).resolve().parent.parent
 BUILTIN_ERRORS = tuple(
     v for v in vars(builtins).values() if isinstance(v, type) and issubclass(v, Exception) and v is not Exception
 )
@@ -52,7 +51,9 @@ def test_every_exception_gauss_defines_is_a_gauss_error_and_a_builtin_one() -> N
 
 
 def test_every_exported_error_is_raised_somewhere() -> None:
-    source = "\n".join(p.read_text("utf-8") for d in ("gauss", "plugins") for p in (ROOT / d).rglob("*.py"))
+    # The installed packages (a wheel installs plugins/ as gauss_plugins), not the checkout's folders.
+    folders = [Path(path) for package in (gauss, gauss_plugins) for path in package.__path__]
+    source = "\n".join(p.read_text("utf-8") for folder in folders for p in folder.rglob("*.py"))
     for name in errors.__all__:
         if name == "GaussError":
             continue
