@@ -234,6 +234,7 @@ class _RingIndex:
             old.popleft()
             if not old:
                 del self._by_key[old_key]
+                self._key_gone(old_key)
             self._first_seq += 1
         else:
             self._count += 1
@@ -246,6 +247,9 @@ class _RingIndex:
         bucket.append(seq)
         self._last_seq = seq
         return slot
+
+    def _key_gone(self, key: str) -> None:
+        """Called when the ring no longer holds any record of ``key``."""
 
     def _candidate_seqs(self, key: str | None, since_seq: int | None) -> Iterable[int]:
         if key is not None:
@@ -357,6 +361,7 @@ class QuoteRing(_RingIndex):
         self._ask_size = np.zeros(capacity, dtype=np.float64)
         self._symbols: list[str] = []
         self._symbol_ids: dict[str, int] = {}
+        self._free_ids: list[int] = []  # ids of keys no longer held, reused first: the table stays bounded
 
     @property
     def nbytes(self) -> int:
@@ -368,9 +373,19 @@ class QuoteRing(_RingIndex):
     def _symbol_id(self, key: str) -> int:
         sid = self._symbol_ids.get(key)
         if sid is None:
-            sid = self._symbol_ids[key] = len(self._symbols)
-            self._symbols.append(key)
+            if self._free_ids:
+                sid = self._free_ids.pop()
+                self._symbols[sid] = key
+            else:
+                sid = len(self._symbols)
+                self._symbols.append(key)
+            self._symbol_ids[key] = sid
         return sid
+
+    def _key_gone(self, key: str) -> None:
+        sid = self._symbol_ids.pop(key)
+        self._symbols[sid] = ""
+        self._free_ids.append(sid)
 
     def append(self, records: Sequence[TopicRecord]) -> None:
         """Append quote records; ``data`` must hold bid, ask, bid_size, ask_size."""

@@ -218,6 +218,32 @@ def test_quote_ring_stores_at_most_64_bytes_a_quote(kernels: ModuleType) -> None
     assert ring.nbytes / ring.capacity <= 64
 
 
+def test_quote_ring_key_table_holds_only_the_keys_it_holds(kernels: ModuleType) -> None:
+    """200,000 symbols through a ring of 100: memory follows the capacity, not the symbols seen."""
+    import tracemalloc
+
+    ring = kernels.QuoteRing(100)
+    seq = 0
+
+    def feed(first: int, n: int) -> None:
+        nonlocal seq
+        keys = [f"S{i:07d}" for i in range(first, first + n)]
+        ring.append_columns(seq + 1, keys, list(range(n)), [1.0] * n, [1.0] * n, [1.0] * n, [1.0] * n)
+        seq += n
+
+    feed(0, 1_000)
+    tracemalloc.start()
+    try:
+        for first in range(1_000, 201_000, 1_000):
+            feed(first, 1_000)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 256 * 1024, f"{held} bytes still held after 200,000 symbols through a ring of 100"
+    assert [k for k, _, _ in ring.keys()] == [f"S{i:07d}" for i in range(200_900, 201_000)]
+    assert ring.query("S0200950")[0][0].data["symbol"] == "S0200950"
+
+
 def test_quote_ring_returns_the_six_quote_fields(kernels: ModuleType) -> None:
     ring = kernels.QuoteRing(2)
     data = {"symbol": "EURUSD", "bid": 1.1, "ask": 1.2, "bid_size": 3.0, "ask_size": 4.0, "ts_ms": 99, "x": 1}
