@@ -197,8 +197,8 @@ def check_restart(base: str, ws_url: str, watchers: Watchers, epoch: str) -> Non
 def test_sigkill_loses_nothing_a_client_saw(tmp_path: Path, fsync: str | None) -> None:
     seed = int(os.environ.get("GAUSS_CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    # 20 kills under the default policy; 10 under "always" (each kill costs a restart: CI time).
-    kills = int(os.environ.get("GAUSS_CRASH_KILLS", "20" if fsync is None else "10"))
+    # 20 kills under the default policy; 6 under "always" (each kill costs a restart: CI time).
+    kills = int(os.environ.get("GAUSS_CRASH_KILLS", "20" if fsync is None else "6"))
     config, ports = default_config_on_free_ports(tmp_path, fsync=fsync)
     base, ws_url = f"http://127.0.0.1:{ports[9200]}", f"ws://127.0.0.1:{ports[9200]}/ws"
     log = tmp_path / "serve.log"

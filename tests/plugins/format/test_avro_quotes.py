@@ -111,7 +111,7 @@ def payloads(draw: st.DrawFn) -> bytes:
     return good[:-1] + pad + good[-1:]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(datas(), max_size=8))
 def test_encode_is_fastavros_bytes_and_skips_the_same_data(batch: list[Any]) -> None:
     fast, reference = codecs()
@@ -119,7 +119,7 @@ def test_encode_is_fastavros_bytes_and_skips_the_same_data(batch: list[Any]) -> 
     assert fast._encode_failures.count == reference._encode_failures.count
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(payloads(), max_size=8))
 def test_decode_accepts_and_refuses_what_fastavro_does(batch: list[bytes]) -> None:
     fast, reference = codecs()

@@ -106,7 +106,7 @@ def payloads(draw: st.DrawFn) -> bytes:
     return ",".join(draw(st.lists(field_texts, min_size=count, max_size=count))).encode("utf-8", "surrogatepass")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(datas(), max_size=8))
 def test_encode_matches_the_general_path(batch: list[Any]) -> None:
     fast, reference = codecs()
@@ -114,7 +114,7 @@ def test_encode_matches_the_general_path(batch: list[Any]) -> None:
     assert fast._encode_failures.count == reference._encode_failures.count
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(payloads(), max_size=8))
 def test_decode_matches_the_general_path(batch: list[bytes]) -> None:
     fast, reference = codecs()

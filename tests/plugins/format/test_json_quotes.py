@@ -117,7 +117,7 @@ frames = st.lists(st.one_of(quote_payloads(), st.just(dumps(QUOTE)), raw_frames)
     [QuoteCheck(), QuoteCheck(None), QuoteCheck(60_000, check_prices=False), QuoteCheck(None, check_prices=False)],
     ids=["default", "no-clock", "no-prices", "none"],
 )
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(payloads=frames)
 def test_fused_path_equals_decode_then_check(check: QuoteCheck, payloads: list[bytes]) -> None:
     codec = create("codec", "json")
