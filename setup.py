@@ -73,37 +73,37 @@ def extensions():
 
 PLUGINS = {
     "gauss.transports": [
-        "tcp-server = gauss_plugins.transport.tcp:create_server",
-        "tcp-client = gauss_plugins.transport.tcp:create_client",
-        "nats = gauss_plugins.transport.nats:create",
+        "tcp-server = gauss_plugins.transport.tcp:TcpServer",
+        "tcp-client = gauss_plugins.transport.tcp:TcpClient",
+        "nats = gauss_plugins.transport.nats:NatsTransport",
     ],
     "gauss.framings": [
-        "lines = gauss_plugins.framing.lines:create",
-        "length-prefixed = gauss_plugins.framing.length_prefixed:create",
+        "lines = gauss_plugins.framing.lines:LinesFraming",
+        "length-prefixed = gauss_plugins.framing.length_prefixed:LengthPrefixedFraming",
     ],
     "gauss.middleware": [
-        "gzip = gauss_plugins.middleware.gzip:create",
-        "lz4 = gauss_plugins.middleware.lz4:create",
-        "snappy = gauss_plugins.middleware.snappy:create",
+        "gzip = gauss_plugins.middleware.gzip:GzipMiddleware",
+        "lz4 = gauss_plugins.middleware.lz4:Lz4Middleware",
+        "snappy = gauss_plugins.middleware.snappy:SnappyMiddleware",
     ],
     "gauss.codecs": [
-        "json = gauss_plugins.format.json:create",
-        "csv = gauss_plugins.format.csv:create",
-        "protobuf = gauss_plugins.format.protobuf:create",
-        "avro = gauss_plugins.format.avro:create",
+        "json = gauss_plugins.format.json:JsonCodec",
+        "csv = gauss_plugins.format.csv:CsvCodec",
+        "protobuf = gauss_plugins.format.protobuf:ProtobufCodec",
+        "avro = gauss_plugins.format.avro:AvroCodec",
     ],
     "gauss.storages": [
-        "memory = gauss_plugins.storage.memory:create",
-        "file = gauss_plugins.storage.file:create",
-        "raw-file = gauss_plugins.storage.raw_file:create",
-        "clickhouse = gauss_plugins.storage.clickhouse:create",
+        "memory = gauss_plugins.storage.memory:MemoryStorage",
+        "file = gauss_plugins.storage.file:FileStorage",
+        "raw-file = gauss_plugins.storage.raw_file:RawFileStorage",
+        "clickhouse = gauss_plugins.storage.clickhouse:ClickHouseStorage",
     ],
     "gauss.processors": [
-        "ohlc = gauss_plugins.stage.ohlc:create",
-        "symbol-filter = gauss_plugins.stage.symbol_filter:create",
+        "ohlc = gauss_plugins.stage.ohlc:OhlcProcessor",
+        "symbol-filter = gauss_plugins.stage.symbol_filter:SymbolFilter",
     ],
     "gauss.sinks": [
-        "stream = gauss.sink:create",
+        "stream = gauss.sink:StreamSink",
     ],
     "console_scripts": [
         "gauss-serve = gauss.cli.serve:main",

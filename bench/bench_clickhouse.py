@@ -31,10 +31,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gauss_plugins.storage.clickhouse import ClickHouseClient, create, layout_for
+from gauss_plugins.storage.clickhouse import ClickHouseClient, layout_for
 
 from gauss.core import TopicRecord
 from gauss.records import DataFormat
+from gauss.registry import create
 from gauss.topics import TopicRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def make_quotes(count: int, seed: int) -> list[TopicRecord]:
 
 
 def bench_direct(url: str, database: str, quotes: list[TopicRecord], batch_size: int) -> float:
-    storage = create({"url": url, "database": database, "table": "direct", "spool_dir": False})
+    storage = create("storage", {"type": "clickhouse", "url": url, "database": database, "table": "direct", "spool_dir": False})
     storage.open("bench.direct", DataFormat.QUOTE)
     storage.close()
     client = ClickHouseClient(url)
@@ -90,7 +91,7 @@ def bench_gauss(
     """``(quotes/s until the last publish returned, quotes/s until ClickHouse held them all)``."""
     label = fsync if spool is not None else "memory"
     storage = create(
-        {"url": url, "database": database, "table": f"gauss_{label}", "batch_size": batch_size,
+        "storage", {"type": "clickhouse", "url": url, "database": database, "table": f"gauss_{label}", "batch_size": batch_size,
          "spool_dir": str(spool / label) if spool is not None else False, "fsync": fsync, "flush_interval": 0.2}
     )  # fmt: skip
     topics = TopicRegistry()

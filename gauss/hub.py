@@ -153,12 +153,12 @@ class Hub:
 
     def _start_api(self) -> None:
         """Start the HTTP REST + WebSocket API on ``self.api`` (see :mod:`gauss.http`)."""
-        if not self.api.enabled:
+        if self.api is None:
             return  # a library hub without an [api] table serves no API
-        from gauss.http import ApiOptions, ApiServer
+        from gauss.http import ApiServer
 
-        options = ApiOptions.parse(self.api.options)
-        server = ApiServer(self, self.api.bind, self.api.port, options)
+        options = self.api.with_environ()
+        server = ApiServer(self, options.bind, options.port, options)
         server.start()
         self._api_server = server
 

@@ -156,7 +156,11 @@ class Codec(Protocol):
 
 @runtime_checkable
 class QuoteCodec(Codec, Protocol):
-    """A codec with a fused fast path for quote topics (optional; the json codec has one).
+    """A codec with a fused fast path for quote topics (every built-in quote codec has one).
+
+    The built-ins share :func:`gauss_plugins.format._payload.decode_quotes`:
+    the codec reads the six values, :meth:`~gauss.quotes.QuoteCheck.quote`
+    checks them and builds the record in one step.
 
     A source feeding a ``DataFormat.QUOTE`` topic prefers it to ``decode``
     followed by ``check.check``; it must give the same result, in order.
@@ -327,8 +331,12 @@ class FeedingTransport(Transport, Protocol):
         ...
 
 
-def missing_members(plugin: object, protocol: type) -> list[str]:
-    """The members ``protocol`` declares that ``plugin`` lacks (a declared method must be callable)."""
+def missing_members(plugin: object, protocol: type, *, methods_only: bool = False) -> list[str]:
+    """The members ``protocol`` declares that ``plugin`` lacks (a declared method must be callable).
+
+    ``methods_only`` checks a plugin *class* before any instance exists: its
+    data members may be set by ``__init__``, so only the methods are looked for.
+    """
     missing: list[str] = []
     seen: set[str] = set()
     for base in protocol.__mro__:
@@ -339,6 +347,8 @@ def missing_members(plugin: object, protocol: type) -> list[str]:
                 continue
             seen.add(member)
             declared = vars(base).get(member)
+            if methods_only and not (callable(declared) and not isinstance(declared, property)):
+                continue
             value = getattr(plugin, member, _MISSING)
             if value is _MISSING or (callable(declared) and not isinstance(declared, property) and not callable(value)):
                 missing.append(member)
@@ -349,12 +359,17 @@ _MISSING: Any = object()
 
 
 def require(plugin: Any, protocol: type, *, kind: str, name: str, where: str = "") -> Any:
-    """``plugin``, or a :class:`ConfigError` at ``{where}.type`` naming the plugin and what it lacks of ``protocol``."""
-    missing = missing_members(plugin, protocol)
+    """``plugin``, or a :class:`ConfigError` at ``{where}.type`` naming the plugin and what it lacks of ``protocol``.
+
+    Given a class (a configuration names a plugin, nothing is built yet), only the methods are checked.
+    """
+    is_class = isinstance(plugin, type)
+    missing = missing_members(plugin, protocol, methods_only=is_class)
     if missing:
+        cls = plugin if is_class else type(plugin)
         raise ConfigError(
             f"{where}.type" if where else "type",
-            f"{kind} {name!r} ({type(plugin).__module__}.{type(plugin).__qualname__}) does not implement "
+            f"{kind} {name!r} ({cls.__module__}.{cls.__qualname__}) does not implement "
             f"{protocol.__name__}: missing {', '.join(missing)}",
         )
     return plugin

@@ -1,24 +1,49 @@
-"""Plugin lookup by short name, and the option reader plugins share.
+"""Plugin lookup by short name, and the typed configuration plugins are made from.
 
-A plugin is a factory: ``factory(table: dict) -> instance``, where ``table``
-is its TOML table without the ``type`` key. Built-ins and third-party
+A plugin is a class that declares its options as a frozen
+:class:`PluginConfig` (a ``msgspec.Struct`` named ``Config``) and is made by
+``from_config(config)`` (the :class:`Plugin` protocol). Its TOML table,
+without the ``type`` key, is converted into that struct once: unknown keys,
+wrong types and values out of range are refused there with the key's path,
+so ``from_config`` never sees a bad option. Built-ins and third-party
 plugins are Python entry points in one group per kind (``gauss.codecs``,
-...); a configuration may also name ``package.module:factory`` directly.
+...); a configuration may also name ``package.module:Class`` directly.
 """
 
 from __future__ import annotations
 
-import builtins
-import contextvars
+import enum
+import functools
 import importlib
 import math
+import re
+import typing
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Self, TypeVar, runtime_checkable
 
-from gauss.errors import ConfigError, UnknownPluginError
+import msgspec
 
-__all__ = ["KINDS", "known", "lookup", "create", "Options", "config_dir"]
+from gauss.errors import ConfigError, GaussError, UnknownPluginError
+
+__all__ = [
+    "KINDS",
+    "PluginConfig",
+    "Plugin",
+    "PluginSpec",
+    "TransportSpec",
+    "FramingSpec",
+    "MiddlewareSpec",
+    "CodecSpec",
+    "StorageSpec",
+    "known",
+    "lookup",
+    "configure",
+    "create",
+    "convert",
+    "default",
+]
+
 
 KINDS: dict[str, str] = {
     "transport": "gauss.transports",
@@ -30,10 +55,163 @@ KINDS: dict[str, str] = {
     "sink": "gauss.sinks",
 }
 
-Factory = Callable[[dict[str, Any]], Any]
 
-config_dir: contextvars.ContextVar[Path | None] = contextvars.ContextVar("gauss_config_dir", default=None)
-"""Directory that relative paths in the table being read resolve against."""
+class PluginConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every plugin's and configuration section's options: frozen, no unknown keys.
+
+    Constraints live in the field types (``Annotated[int, Meta(ge=1)]``);
+    checks across fields in ``__post_init__`` (raise :class:`ConfigError`
+    naming the key). A ``Path`` field is relative to the configuration
+    file: :meth:`resolve_paths` makes it absolute.
+    """
+
+    def options(self, *, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The fields as keyword arguments, for a ``from_config`` whose constructor takes them by the same names."""
+        return {name: getattr(self, name) for name in self.__struct_fields__ if name not in exclude}
+
+    def resolve_paths(self, base_dir: Path) -> Self:
+        """This config with every relative ``Path`` in it (nested plugins included) made absolute against ``base_dir``.
+
+        :func:`convert` resolves the paths a table gives while it reads them
+        (so ``__post_init__`` sees where a file really is), then calls this for
+        the defaults; a config holding a path in another type overrides it.
+        """
+        changes = {}
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            resolved = _resolved(value, base_dir)
+            if resolved is not value:
+                changes[name] = resolved
+        return msgspec.structs.replace(self, **changes) if changes else self
+
+    def substitute(self, replacements: Mapping[str, str]) -> Self:
+        """This config with each placeholder replaced in its text and paths (a template topic's ``{name}``, ``{suffix}``)."""
+
+        def replaced(value: Any) -> Any:
+            if isinstance(value, str):
+                for old, new in replacements.items():
+                    value = value.replace(old, new)
+                return value
+            if isinstance(value, Path):
+                text = replaced(str(value))
+                return value if text == str(value) else Path(text)
+            return value
+
+        return self.map_values(replaced)
+
+    def map_values(self, leaf: Callable[[Any], Any]) -> Self:
+        """This config with ``leaf`` applied to every value in it (nested configs and tuples walked); unchanged: itself."""
+        changes = {}
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            mapped = _map_value(value, leaf)
+            if mapped is not value and mapped != value:
+                changes[name] = mapped
+        return msgspec.structs.replace(self, **changes) if changes else self
+
+
+def _resolved(value: Any, base_dir: Path) -> Any:
+    if isinstance(value, Path):
+        return value if value.is_absolute() else base_dir / value
+    if isinstance(value, (PluginConfig, PluginSpec)):
+        return value.resolve_paths(base_dir)
+    if isinstance(value, tuple):
+        resolved = tuple(_resolved(v, base_dir) for v in value)
+        return value if all(a is b for a, b in zip(resolved, value, strict=True)) else resolved
+    return value
+
+
+def _map_value(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    if isinstance(value, (PluginConfig, PluginSpec)):
+        return value.map_values(leaf)
+    if isinstance(value, tuple):
+        mapped = tuple(_map_value(v, leaf) for v in value)
+        return value if mapped == value else mapped
+    return leaf(value)
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    """What a plugin class declares: its options struct and how it is made from them."""
+
+    Config: ClassVar[type[PluginConfig]]
+
+    @classmethod
+    def from_config(cls, config: Any) -> Any: ...
+
+
+C = TypeVar("C", bound=PluginConfig)
+
+
+class PluginSpec:
+    """A plugin chosen and configured: its class and its checked options, ready to :meth:`build`.
+
+    As the type of a config field (one subclass per kind, e.g. :class:`CodecSpec`), it
+    reads a plugin table or a bare type name: ``codec: CodecSpec``.
+    """
+
+    KIND: ClassVar[str] = ""
+    """The kind a field of this type reads (empty for the base class)."""
+    __slots__ = ("kind", "type", "plugin", "config")
+
+    def __init__(self, kind: str, type: str, plugin: type[Any], config: PluginConfig) -> None:
+        self.kind = kind
+        self.type = type
+        self.plugin = plugin
+        self.config = config
+
+    def build(self) -> Any:
+        """A new instance (a source, a sink or each topic of a template builds its own)."""
+        return self.plugin.from_config(self.config)
+
+    def resolve_paths(self, base_dir: Path) -> Self:
+        config = self.config.resolve_paths(base_dir)
+        return self if config is self.config else type(self)(self.kind, self.type, self.plugin, config)
+
+    def substitute(self, replacements: Mapping[str, str]) -> Self:
+        """This plugin with placeholders replaced in its config (see :meth:`PluginConfig.substitute`)."""
+        config = self.config.substitute(replacements)
+        return self if config is self.config else type(self)(self.kind, self.type, self.plugin, config)
+
+    def map_values(self, leaf: Callable[[Any], Any]) -> Self:
+        config = self.config.map_values(leaf)
+        return self if config is self.config else type(self)(self.kind, self.type, self.plugin, config)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PluginSpec) or type(other) is not type(self):
+            return False
+        return (self.kind, self.type, self.plugin, self.config) == (other.kind, other.type, other.plugin, other.config)
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.plugin, self.config))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.type!r}, {self.config!r})"
+
+
+class TransportSpec(PluginSpec):
+    KIND = "transport"
+
+
+class FramingSpec(PluginSpec):
+    KIND = "framing"
+
+
+class MiddlewareSpec(PluginSpec):
+    KIND = "middleware"
+
+
+class CodecSpec(PluginSpec):
+    KIND = "codec"
+
+
+class StorageSpec(PluginSpec):
+    KIND = "storage"
+
+
+_SPEC_TYPES: dict[str, type[PluginSpec]] = {
+    cls.KIND: cls for cls in (TransportSpec, FramingSpec, MiddlewareSpec, CodecSpec, StorageSpec)
+}
 
 
 def _group(kind: str) -> str:
@@ -48,157 +226,172 @@ def known(kind: str) -> list[str]:
     return sorted({ep.name for ep in entry_points(group=_group(kind))})
 
 
-def lookup(kind: str, name: str) -> Factory:
-    """The factory for ``name``: an entry point, or ``package.module:factory``."""
+def lookup(kind: str, name: str) -> type[Plugin]:
+    """The plugin class for ``name``: an entry point, or ``package.module:Class``; refused unless it is a :class:`Plugin`."""
     group = _group(kind)
     if not isinstance(name, str) or not name:
         raise UnknownPluginError("type", f"must name a {kind}; known: {', '.join(known(kind))}")
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
-            module = importlib.import_module(module_name)
-            return getattr(module, attr)  # type: ignore[no-any-return]
+            found = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise UnknownPluginError("type", f"cannot load {kind} {name!r}: {exc}") from None
+        return _plugin_class(kind, name, found)
     for ep in entry_points(group=group, name=name):
         try:
-            return ep.load()  # type: ignore[no-any-return]
+            return _plugin_class(kind, name, ep.load())
         except (ImportError, AttributeError) as exc:
             raise UnknownPluginError("type", f"{kind} {name!r} failed to load: {exc}") from None
     raise UnknownPluginError("type", f"unknown {kind} {name!r}; known: {', '.join(known(kind))}")
 
 
-def create(kind: str, table: Mapping[str, Any] | str, *, where: str = "") -> Any:
-    """Create a plugin of ``kind`` from its table (or a bare type name).
+def _plugin_class(kind: str, name: str, found: object) -> type[Plugin]:
+    config = found.__dict__.get("Config") if isinstance(found, type) else None
+    if not (isinstance(config, type) and issubclass(config, PluginConfig) and isinstance(found, Plugin)):
+        raise UnknownPluginError(
+            "type",
+            f"{kind} {name!r} ({found!r}) is not a plugin: it needs a Config class (a gauss.registry.PluginConfig) "
+            "and a from_config(config) classmethod",
+        )
+    return found  # type: ignore[return-value]
 
-    Every :class:`ConfigError` raised is prefixed with ``where`` so it names
-    the full key path.
+
+def configure(kind: str, table: Mapping[str, Any] | str, *, where: str = "", base_dir: Path | None = None) -> PluginSpec:
+    """Choose and configure a plugin of ``kind`` from its table (or a bare type name), without building it.
+
+    Every :class:`ConfigError` raised names the full key path, prefixed with ``where``.
     """
     if isinstance(table, str):
         table = {"type": table}
     if not isinstance(table, Mapping):
-        raise ConfigError(where, f"must be a table with a 'type' (a {kind})")
+        raise ConfigError(where, f"must be a {kind} type name or a table with a 'type', got {table!r}")
     options = dict(table)
     name = options.pop("type", None)
     try:
         if name is None:
             raise ConfigError("type", f"missing; known {kind} types: {', '.join(known(kind))}")
-        factory = lookup(kind, name)
-        return factory(options)
+        plugin = lookup(kind, name)
+        config = convert(options, plugin.Config, base_dir=base_dir)
     except ConfigError as exc:
         raise exc.at(where) from None
+    return _SPEC_TYPES.get(kind, PluginSpec)(kind, name, plugin, config)
 
 
-_REQUIRED: Any = object()
+S = TypeVar("S", bound=PluginSpec)
 
 
-class Options:
-    """Typed, checked reading of a plugin's table.
+def default(spec_type: type[S], name: str) -> Callable[[], S]:
+    """A ``default_factory`` for a plugin field: the plugin ``name``, configured with its defaults."""
 
-    Each getter consumes a key; :meth:`done` then refuses any key left over,
-    so a typo in ``config.toml`` is an error, not a silent default.
+    def make() -> S:
+        spec = configure(spec_type.KIND, name)
+        assert isinstance(spec, spec_type)
+        return spec
+
+    return make
+
+
+def create(kind: str, table: Mapping[str, Any] | str, *, where: str = "", base_dir: Path | None = None) -> Any:
+    """A plugin of ``kind`` built from its table (or a bare type name): :func:`configure`, then build."""
+    return configure(kind, table, where=where, base_dir=base_dir).build()
+
+
+def convert(table: Mapping[str, Any], config_type: type[C], *, base_dir: Path | None = None) -> C:
+    """``table`` checked and converted into ``config_type``; a mistake raises :class:`ConfigError` naming its key.
+
+    Messages are msgspec's, e.g. ``queue_size: Expected int >= 1, got 0``.
+    Relative paths resolve against ``base_dir`` when one is given.
     """
-
-    def __init__(self, table: Mapping[str, Any]) -> None:
-        if not isinstance(table, Mapping):
-            raise ConfigError("", "must be a table")
-        self._table = dict(table)
-        self._used: set[builtins.str] = set()
-
-    def _get(self, name: builtins.str, default: Any) -> Any:
-        self._used.add(name)
-        if name in self._table:
-            return self._table[name]
-        if default is _REQUIRED:
-            raise ConfigError(name, "missing (required)")
-        return default
-
-    def has(self, name: builtins.str) -> builtins.bool:
-        return name in self._table
-
-    def str(
-        self, name: builtins.str, default: Any = _REQUIRED, *, choices: Sequence[builtins.str] | None = None, empty: bool = False
-    ) -> Any:
-        value = self._get(name, default)
-        if value is default and name not in self._table:
-            return value
-        if not isinstance(value, str):
-            raise ConfigError(name, f"must be a string, got {value!r}")
-        if not empty and not value:
-            raise ConfigError(name, "must not be empty")
-        if choices is not None and value not in choices:
-            raise ConfigError(name, f"unknown value {value!r}; known: {', '.join(choices)}")
-        return value
-
-    def int(self, name: builtins.str, default: Any = _REQUIRED, *, min: builtins.int | None = None, max: builtins.int | None = None) -> Any:
-        value = self._get(name, default)
-        if value is default and name not in self._table:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(name, f"must be an integer, got {value!r}")
-        if min is not None and value < min:
-            raise ConfigError(name, f"must be at least {min}, got {value}")
-        if max is not None and value > max:
-            raise ConfigError(name, f"must be at most {max}, got {value}")
-        return value
-
-    def float(
-        self, name: builtins.str, default: Any = _REQUIRED, *, min: builtins.float | None = None, max: builtins.float | None = None
-    ) -> Any:
-        value = self._get(name, default)
-        if value is default and name not in self._table:
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(name, f"must be a number, got {value!r}")
-        if min is not None and value < min:
-            raise ConfigError(name, f"must be at least {min}, got {value}")
-        if max is not None and value > max:
-            raise ConfigError(name, f"must be at most {max}, got {value}")
-        return float(value)
-
-    def bool(self, name: builtins.str, default: Any = _REQUIRED) -> Any:
-        value = self._get(name, default)
-        if value is default and name not in self._table:
-            return value
-        if not isinstance(value, bool):
-            raise ConfigError(name, f"must be true or false, got {value!r}")
-        return value
-
-    def str_list(self, name: builtins.str, default: Any = _REQUIRED) -> Any:
-        value = self._get(name, default)
-        if value is default and name not in self._table:
-            return value
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(name, f"must be a list of non-empty strings, got {value!r}")
-        return list(value)
-
-    def path(self, name: builtins.str, default: Any = _REQUIRED) -> Any:
-        """A filesystem path; relative ones resolve against the config file's directory."""
-        value = self.str(name, default)
-        return None if value is None else _resolve(Path(value))
-
-    def table(self, name: builtins.str, default: Any = _REQUIRED) -> Any:
-        value = self._get(name, default)
-        if value is default and name not in self._table:
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(name, f"must be a table, got {value!r}")
-        return dict(value)
-
-    def raw(self, name: builtins.str, default: Any = _REQUIRED) -> Any:
-        """The value as written, unchecked (the caller checks it)."""
-        return self._get(name, default)
-
-    def done(self) -> None:
-        """Refuse keys no getter asked for."""
-        unknown = sorted(set(self._table) - self._used)
-        if unknown:
-            known_keys = ", ".join(sorted(self._used)) or "none"
-            raise ConfigError(unknown[0], f"unknown option; known: {known_keys}")
+    if not isinstance(table, Mapping):
+        raise ConfigError("", f"must be a table, got {table!r}")
+    try:
+        config = msgspec.convert(dict(table), config_type, dec_hook=functools.partial(_decode, base_dir=base_dir))
+    except msgspec.ValidationError as exc:
+        raise _config_error(exc, table, config_type) from None
+    _refuse_non_finite(config)
+    return config.resolve_paths(base_dir) if base_dir is not None else config
 
 
-def _resolve(path: Path) -> Path:
-    base = config_dir.get()
-    if not path.is_absolute() and base is not None:
-        return base / path
-    return path
+def _decode(type_: type, value: Any, *, base_dir: Path | None) -> Any:
+    """Types msgspec does not convert itself: ``Path`` (a non-empty string, resolved against ``base_dir``) and plugins."""
+    if type_ is Path:
+        if isinstance(value, str) and value:
+            path = Path(value)
+            return base_dir / path if base_dir is not None and not path.is_absolute() else path
+        raise ValueError(f"Expected a path (a non-empty string), got {value!r}")
+    if isinstance(type_, type) and issubclass(type_, PluginSpec) and type_.KIND:
+        try:
+            return configure(type_.KIND, value, base_dir=base_dir)
+        except ConfigError as exc:
+            raise _Nested(exc) from None
+    raise NotImplementedError(f"cannot read a {type_!r} from a configuration")
+
+
+class _Nested(GaussError, ValueError):
+    """A nested plugin's ConfigError carried through msgspec (which adds the path it sits at)."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+_AT = re.compile(r"^(?P<reason>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_FIELD = re.compile(r"^Object (?P<what>contains unknown|missing required) field `(?P<field>[^`]+)`$")
+_TOKEN = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+def _config_error(exc: msgspec.ValidationError, table: Mapping[str, Any], config_type: type[msgspec.Struct]) -> ConfigError:
+    match = _AT.match(str(exc))
+    assert match is not None  # the pattern matches any text
+    reason, path = match.group("reason"), (match.group("path") or "").lstrip(".")
+    cause = exc.__cause__
+    if isinstance(cause, _Nested):
+        return cause.error.at(path)
+    if isinstance(cause, ConfigError):  # raised by a __post_init__: its key is relative to the struct at path
+        return cause.at(path) if path else cause
+    field = _FIELD.match(reason)
+    if field is not None:
+        key = f"{path}.{field.group('field')}" if path else field.group("field")
+        if field.group("what") == "missing required":
+            return ConfigError(key, "missing (required)")
+        known_keys = ", ".join(config_type.__struct_fields__) if not path else ""
+        return ConfigError(key, f"unknown option; known: {known_keys}" if known_keys else "unknown option")
+    reason = reason.replace("`", "")
+    choices = _choices_at(config_type, path)
+    if reason.startswith("Invalid enum value") and choices:
+        return ConfigError(path, f"unknown value {reason.removeprefix('Invalid enum value ')}; known: {', '.join(choices)}")
+    if reason.startswith("Expected") and ", got" not in reason:
+        found, value = _value_at(table, path)
+        if found:
+            reason = f"{reason}, got {value!r}"
+    return ConfigError(path, reason)
+
+
+def _choices_at(config_type: type, path: str) -> list[str]:
+    """The values an enum or ``Literal`` field may take, for the field ``path`` names in ``config_type`` (a direct one)."""
+    for field in msgspec.structs.fields(config_type) if "." not in path and "[" not in path else ():
+        if field.encode_name == path and str not in typing.get_args(field.type):  # a free text choice lists nothing
+            for t in (field.type, *typing.get_args(field.type)):
+                if isinstance(t, type) and issubclass(t, enum.Enum):
+                    return [str(m.value) for m in t]
+                if typing.get_origin(t) is typing.Literal:
+                    return [str(v) for v in typing.get_args(t)]
+    return []
+
+
+def _value_at(table: Any, path: str) -> tuple[bool, Any]:
+    value = table
+    for name, index in _TOKEN.findall(f".{path}" if path and not path.startswith("[") else path):
+        try:
+            value = value[int(index)] if index else value[name]
+        except (KeyError, IndexError, TypeError):
+            return False, None
+    return True, value
+
+
+def _refuse_non_finite(config: PluginConfig) -> None:
+    for name in config.__struct_fields__:
+        value = getattr(config, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(name, f"must be a finite number, got {value!r}")

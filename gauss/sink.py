@@ -33,22 +33,22 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Annotated
 
 import gevent
+import msgspec
 
 from gauss.core import TopicRecord
 from gauss.metrics import MetricCount, Metrics, current
 from gauss.protocols import Connection, CountingTransport, RecordConnection, Transport
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import OverflowPolicy
-from gauss.registry import Options
-from gauss.registry import create as create_plugin
+from gauss.registry import TransportSpec
 from gauss.subscription import DEFAULT_CAPACITY, Subscription
 from gauss.topics import Topic
-from gauss.wire import WireFormat
+from gauss.wire import WireConfig, WireFormat
 
-__all__ = ["StreamSink", "create", "DEFAULT_WRITE_TIMEOUT_S", "DEFAULT_OVERFLOW_GRACE_S"]
+__all__ = ["StreamSink", "StreamSinkConfig", "DEFAULT_WRITE_TIMEOUT_S", "DEFAULT_OVERFLOW_GRACE_S"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,14 @@ DEFAULT_OVERFLOW_GRACE_S = 10.0
 
 _OWN_REASONS = ("write_timeout", "slow")
 """Why the sink itself disconnects a client (its transport has reasons of its own: max_connections, ...)."""
+
+
+class StreamSinkConfig(WireConfig, frozen=True, kw_only=True):
+    """A ``stream`` sink's own keys: its transport, its wire format (``framing``, ``middleware``, ``codec``) and its limits."""
+
+    transport: TransportSpec
+    write_timeout_s: Annotated[float, msgspec.Meta(ge=0.001)] = DEFAULT_WRITE_TIMEOUT_S
+    overflow_grace_s: Annotated[float, msgspec.Meta(ge=0.0)] = DEFAULT_OVERFLOW_GRACE_S
 
 
 class _Client:
@@ -81,6 +89,16 @@ class StreamSink:
     """Fan-out of one topic to every connection of a transport (a :class:`~gauss.protocols.TopicSink`)."""
 
     name = "stream"
+    Config = StreamSinkConfig
+
+    @classmethod
+    def from_config(cls, config: StreamSinkConfig) -> StreamSink:
+        return cls(
+            config.transport.build(),
+            WireFormat.from_config(config),
+            write_timeout_s=config.write_timeout_s,
+            overflow_grace_s=config.overflow_grace_s,
+        )
 
     def __init__(
         self,
@@ -278,19 +296,3 @@ class StreamSink:
             self._watchdog.kill(block=False)
             self._watchdog = None
         self.transport.close()
-
-
-def create(table: dict[str, Any]) -> StreamSink:
-    """Create a ``stream`` sink from its table.
-
-    Options: ``transport`` (required), ``framing`` (default lines), ``codec``
-    (default json), ``middleware`` (default none), ``write_timeout_s``
-    (default 30), ``overflow_grace_s`` (default 10).
-    """
-    opts = Options(table)
-    write_timeout_s = opts.float("write_timeout_s", DEFAULT_WRITE_TIMEOUT_S, min=0.001)
-    overflow_grace_s = opts.float("overflow_grace_s", DEFAULT_OVERFLOW_GRACE_S, min=0.0)
-    transport = create_plugin("transport", opts.raw("transport"), where="transport")
-    wire = WireFormat.from_options(opts)
-    opts.done()
-    return StreamSink(transport, wire, write_timeout_s=float(write_timeout_s), overflow_grace_s=float(overflow_grace_s))

@@ -139,7 +139,7 @@ class Topic:
                 seq = numbered[-1].seq
             self.last_seq = seq
             self._published_counter.inc(len(numbered))
-            batch = PublishedBatch(self.name, numbered)  # type: ignore[arg-type]
+            batch = PublishedBatch(self.name, numbered)  # type: ignore[arg-type, unused-ignore]
             for subscription in self._subscriptions:
                 subscription.offer(batch)
             return batch

@@ -5,9 +5,10 @@ A source reads ``framing -> middleware* -> codec``, a sink and
 middleware is in reading order (the first one is undone first, so it is
 applied last on the way out), and a sink's output reads back with the same
 table. All three
-build their plugins through :class:`WireFormat`, which checks the
-combination once, here and nowhere else: ``lines`` carries only
-uncompressed text codecs (:func:`check_combination`).
+read their ``framing``/``middleware``/``codec`` keys as a :class:`WireConfig`,
+which checks the combination once, here and nowhere else, when the
+configuration is read: ``lines`` carries only uncompressed text codecs
+(:func:`check_combination`).
 
 PERF: :meth:`WireFormat.decode` takes a whole read's frames as one batch;
 for a quote topic it prefers the codec's fused quote path
@@ -18,25 +19,45 @@ pass; any other codec decodes, then the check runs on its records.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Annotated, Any, Mapping, Sequence
+
+import msgspec
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
 from gauss.protocols import Codec, FrameDecoder, Framing, Middleware, QuoteCodec
 from gauss.quotes import QuoteCheck, RecordCheck
 from gauss.records import Rejected
-from gauss.registry import Options, create
+from gauss.registry import CodecSpec, FramingSpec, MiddlewareSpec, PluginConfig, convert, default
 
-__all__ = ["WireFormat", "check_combination", "middleware_list", "DEFAULT_FRAMING", "DEFAULT_CODEC"]
+__all__ = ["WireFormat", "WireConfig", "FramingConfig", "check_combination", "DEFAULT_FRAMING", "DEFAULT_CODEC"]
 
 DEFAULT_FRAMING = "lines"
 DEFAULT_CODEC = "json"
 
-PluginTable = str | Mapping[str, Any]
-"""A plugin as written in a configuration: a bare type name or a table with ``type``."""
+
+class FramingConfig(PluginConfig, frozen=True):
+    """The options every framing takes."""
+
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """The largest frame; None: the source's or sink's ``max_frame_bytes``."""
 
 
-def check_combination(framing: Framing, codec: Codec, middleware: Sequence[Middleware]) -> None:
+class WireConfig(PluginConfig, frozen=True):
+    """The ``framing`` (default lines), ``middleware`` (default none) and ``codec`` (default json) keys of a table."""
+
+    framing: FramingSpec = msgspec.field(default_factory=default(FramingSpec, DEFAULT_FRAMING))
+    middleware: tuple[MiddlewareSpec, ...] = ()
+    codec: CodecSpec = msgspec.field(default_factory=default(CodecSpec, DEFAULT_CODEC))
+
+    def __post_init__(self) -> None:
+        # The plugin classes: the rule reads only their class attributes (name, text_only, text).
+        check_combination(self.framing.plugin, self.codec.plugin, [m.plugin for m in self.middleware])
+
+
+def check_combination(
+    framing: Framing | type[Framing], codec: Codec | type[Codec], middleware: Sequence[Middleware | type[Middleware]]
+) -> None:
     """The SPEC section 2 rule: ``lines`` (a ``text_only`` framing) carries only uncompressed text codecs.
 
     Raises :class:`ConfigError` at ``codec`` or ``middleware`` (the caller
@@ -58,17 +79,6 @@ def check_combination(framing: Framing, codec: Codec, middleware: Sequence[Middl
         )
 
 
-def middleware_list(value: Any) -> list[PluginTable]:
-    """A ``middleware`` option as written: a list of middleware types or tables."""
-    if not isinstance(value, list):
-        raise ConfigError("middleware", f"must be a list of middleware types or tables, got {value!r}")
-    return value
-
-
-def _at(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
 class WireFormat:
     """The framing, middleware and codec plugins of one source, sink or generator."""
 
@@ -85,31 +95,19 @@ class WireFormat:
 
     @classmethod
     def build(
-        cls,
-        framing: PluginTable = DEFAULT_FRAMING,
-        codec: PluginTable = DEFAULT_CODEC,
-        middleware: Sequence[PluginTable] = (),
-        *,
-        where: str = "",
+        cls, framing: str | Mapping[str, Any] = DEFAULT_FRAMING, codec: str | Mapping[str, Any] = DEFAULT_CODEC,
+        middleware: Sequence[str | Mapping[str, Any]] = (),
     ) -> WireFormat:
-        """Create the plugins from their tables; every :class:`ConfigError` names its key below ``where``."""
-        framing_plugin = create("framing", framing, where=_at(where, "framing"))
-        middleware_plugins = [
-            create("middleware", m, where=_at(where, f"middleware[{i}]")) for i, m in enumerate(middleware)
-        ]
-        codec_plugin = create("codec", codec, where=_at(where, "codec"))
-        try:
-            return cls(framing_plugin, codec_plugin, middleware_plugins)
-        except ConfigError as exc:
-            raise exc.at(where) from None
+        """From plugin tables or bare type names (as a command line gives them); raises :class:`ConfigError`."""
+        return cls.from_config(convert({"framing": framing, "codec": codec, "middleware": list(middleware)}, WireConfig))
 
     @classmethod
-    def from_options(cls, opts: Options) -> WireFormat:
-        """The ``framing`` (default lines), ``middleware`` (default none) and ``codec`` (default json) keys of a table."""
-        framing = opts.raw("framing", DEFAULT_FRAMING)
-        middleware = middleware_list(opts.raw("middleware", []))
-        codec = opts.raw("codec", DEFAULT_CODEC)
-        return cls.build(framing, codec, middleware)
+    def from_config(cls, config: WireConfig, *, max_frame_bytes: int | None = None) -> WireFormat:
+        """The plugins ``config`` names, built; ``max_frame_bytes`` is the framing's unless its table set one."""
+        framing = config.framing
+        if max_frame_bytes is not None and isinstance(framing.config, FramingConfig) and framing.config.max_frame_bytes is None:
+            framing = type(framing)(framing.kind, framing.type, framing.plugin, msgspec.structs.replace(framing.config, max_frame_bytes=max_frame_bytes))
+        return cls(framing.build(), config.codec.build(), [m.build() for m in config.middleware])
 
     def chain(self, *, outbound: bool = False) -> str:
         """``lines -> json`` as a source reads it, ``json -> lines`` (``outbound``) as a sink writes it."""

@@ -26,7 +26,7 @@ import pytest
 _HERE = Path(__file__).resolve().parent
 
 # Top-level module name -> the folder holding it: only ``support`` (plugin configs
-# name its test plugins as ``support.plugins:create_storage`` and the like).
+# name its test plugins as ``support.plugins:ListStorage`` and the like).
 HELPERS = {"support": _HERE}
 
 

@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_open_files_limit(log)
     try:
         hub.start()
+    except ConfigError as exc:  # a plugin the configuration names, refused when it is built
+        print(f"gauss-serve: {exc.in_file(str(path)) if exc.file is None else exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"gauss-serve: cannot start: {exc}", file=sys.stderr)
         return 1

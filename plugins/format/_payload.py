@@ -13,31 +13,53 @@ codec's.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any, Callable, Sequence
+
+import msgspec
 
 from gauss.core import TopicRecord
-from gauss.quotes import TS_RANGE, as_int_ts, check_ts
+from gauss.errors import ConfigError
+from gauss.quotes import TS_RANGE, QuoteCheck, as_int_ts, check_ts
 from gauss.ratelimit import RateLimitedLog
-from gauss.registry import Options
+from gauss.records import Rejected
+from gauss.registry import PluginConfig
 
 __all__ = [
     "DEFAULT_KEY_FIELD",
     "DEFAULT_TS_FIELD",
+    "FieldName",
+    "PayloadConfig",
+    "check_fields",
     "make_record",
-    "read_field_options",
     "EncodeFailureLog",
     "plain_quote",
+    "QuoteValues",
+    "QuotePath",
+    "decode_quotes",
 ]
 
 DEFAULT_KEY_FIELD = "symbol"
 DEFAULT_TS_FIELD = "ts_ms"
 
 
-def read_field_options(opts: Options) -> tuple[str, str]:
-    """Read ``key_field`` and ``ts_field`` (the options every codec has)."""
-    key_field = opts.str("key_field", DEFAULT_KEY_FIELD)
-    ts_field = opts.str("ts_field", DEFAULT_TS_FIELD)
-    return key_field, ts_field
+FieldName = Annotated[str, msgspec.Meta(min_length=1)]
+"""A payload field's name (never empty)."""
+
+
+class PayloadConfig(PluginConfig, frozen=True, kw_only=True):
+    """The options every codec has (each codec's config inherits them)."""
+
+    key_field: FieldName = DEFAULT_KEY_FIELD
+    """The payload field holding the record's key."""
+    ts_field: FieldName = DEFAULT_TS_FIELD
+    """The payload field holding the record's timestamp (``ts_ms``)."""
+
+
+def check_fields(config: PayloadConfig, fields: Sequence[str], what: str) -> None:
+    """Refuse a key or timestamp field that ``what`` (a schema, a message type) lacks, naming the option."""
+    for option, name in (("key_field", config.key_field), ("ts_field", config.ts_field)):
+        if name not in fields:
+            raise ConfigError(option, f"{what} has no field {name!r}; fields: {', '.join(fields)}")
 
 
 def make_record(data: Any, key_field: str, ts_field: str) -> TopicRecord:
@@ -108,3 +130,76 @@ def plain_quote(data: Any) -> PlainQuote | None:
     ):
         return None
     return symbol, bid, ask, bid_size, ask_size, ts
+
+
+QuoteValues = tuple[Any, Any, Any, Any, Any, Any]
+"""``(symbol, bid, ask, bid_size, ask_size, ts_ms)`` as a codec's quote reader found them in one payload."""
+
+GeneralDecode = Callable[[Sequence[bytes]], tuple[list[TopicRecord], list[Rejected]]]
+
+
+def decode_quotes(
+    payloads: Sequence[bytes],
+    check: QuoteCheck,
+    read_quote: Callable[[bytes], QuoteValues | None] | None,
+    decode: GeneralDecode,
+) -> tuple[list[TopicRecord], list[Rejected], list[Rejected]]:
+    """The fused quote path every codec shares (:class:`~gauss.protocols.QuoteCodec`).
+
+    ``read_quote`` is the codec's own reader of the six quote values, None
+    where it cannot tell (an odd payload); :meth:`QuoteCheck.quote` checks
+    them (SPEC section 1) and builds the record in the same step. A payload
+    either refuses, and a codec without a reader (``None``: other field
+    names), goes through ``decode`` and ``check.check``, which explain; the
+    result is the same as that general path's, in arrival order.
+    """
+    if read_quote is None:
+        decoded, not_decoded = decode(payloads)
+        checked, not_checked = check.check(decoded) if decoded else ([], [])
+        return checked, not_decoded, not_checked
+    latest_ts = check.latest_ts()
+    quote = check.quote
+    records: list[TopicRecord] = []
+    bad: list[Rejected] = []
+    refused: list[Rejected] = []
+    append = records.append
+    for payload in payloads:
+        try:
+            values = read_quote(payload)
+        except ValueError:  # the general path explains
+            values = None
+        if values is not None:
+            try:
+                append(quote(*values, latest_ts))
+                continue
+            except ValueError:  # the general path explains
+                pass
+        decoded, rejected = decode((payload,))
+        if rejected:
+            bad.extend(rejected)
+            continue
+        good, refusals = check.check(decoded)
+        records.extend(good)
+        refused.extend(refusals)
+    return records, bad, refused
+
+
+class QuotePath:
+    """The :class:`~gauss.protocols.QuoteCodec` path of a built-in codec, through its ``read_quote``.
+
+    A codec's ``read_quote`` is its reader of the six values of a plain
+    payload, or None where it has none (other field names, another schema):
+    then every payload takes ``decode`` and the check.
+    """
+
+    decode: GeneralDecode  # each codec's own general path
+
+    @property
+    def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:
+        return None
+
+    def decode_quotes(
+        self, payloads: Sequence[bytes], check: QuoteCheck
+    ) -> tuple[list[TopicRecord], list[Rejected], list[Rejected]]:
+        """``(records, bad frames, refused quotes)`` of a batch, as ``decode`` then ``check.check`` gives them."""
+        return decode_quotes(payloads, check, self.read_quote, self.decode)

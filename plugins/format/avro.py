@@ -1,7 +1,7 @@
 """``avro`` codec: one schemaless Avro binary datum per payload (SPEC section 2).
 
-The writer schema is ``schema`` (a ``.avsc`` path; default the shipped
-``schemas/quote.avsc``, record ``gauss.Quote``). Both ends must use the same
+The writer schema is option ``schema`` (:class:`AvroConfig`; a ``.avsc``
+path, default the shipped ``schemas/quote.avsc``, record ``gauss.Quote``). Both ends must use the same
 schema: a schemaless datum does not carry it. A datum must be consumed to
 its last byte; trailing bytes make the payload bad.
 
@@ -24,20 +24,27 @@ import json
 import logging
 import struct
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import fastavro
 from fastavro.schema import SchemaParseException, UnknownType
-from gauss_plugins.format._payload import EncodeFailureLog, make_record, plain_quote, read_field_options
+from gauss_plugins.format._payload import (
+    EncodeFailureLog,
+    PayloadConfig,
+    QuotePath,
+    QuoteValues,
+    check_fields,
+    make_record,
+    plain_quote,
+)
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, DecodeError
 from gauss.quotes import TS_RANGE
 from gauss.records import Rejected
-from gauss.registry import Options
 from gauss.resources import resource_path
 
-__all__ = ["AvroCodec", "QuoteLayout", "create", "load_schema"]
+__all__ = ["AvroCodec", "AvroConfig", "QuoteLayout", "load_schema"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +123,15 @@ class QuoteLayout:
     @staticmethod
     def decode(payload: bytes) -> dict[str, Any] | None:
         """The datum of ``payload``, or ``None`` when fastavro must decide (bad, truncated, long varints)."""
+        values = QuoteLayout.read(payload)
+        if values is None:
+            return None
+        symbol, bid, ask, bid_size, ask_size, ts = values
+        return {"symbol": symbol, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size, "ts_ms": ts}
+
+    @staticmethod
+    def read(payload: bytes) -> QuoteValues | None:
+        """The six values of the datum in ``payload``, or ``None`` when fastavro must decide."""
         end = len(payload)
         if not end:
             return None
@@ -156,7 +172,7 @@ class QuoteLayout:
             if got is None or got[1] != end:
                 return None
             ts = got[0]
-        return {"symbol": symbol, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size, "ts_ms": ts}
+        return (symbol, bid, ask, bid_size, ask_size, ts)
 
 
 def _read_varint(payload: bytes, pos: int, end: int) -> tuple[int, int] | None:
@@ -188,11 +204,32 @@ def load_schema(path: Path) -> Any:
         raise ConfigError("schema", f"{str(path)!r} is not a valid Avro schema: {exc}") from None
 
 
-class AvroCodec:
+class AvroConfig(PayloadConfig):
+    """The ``avro`` codec's options; a record schema must have the key and timestamp fields."""
+
+    schema: Path | None = None
+    """The writer schema (``.avsc``); None: the shipped ``schemas/quote.avsc``."""
+
+    def __post_init__(self) -> None:
+        # A relative path is checked once the registry has made it absolute (against the config file's directory).
+        if self.schema is None or self.schema.is_absolute():
+            _schema(self)
+
+
+def _schema(config: AvroConfig) -> Any:
+    """The parsed schema ``config`` names; raises ``ConfigError`` naming the option at fault."""
+    schema = load_schema(config.schema if config.schema is not None else resource_path("schemas/quote.avsc"))
+    if isinstance(schema, dict) and schema.get("type") == "record":
+        check_fields(config, [field["name"] for field in schema.get("fields", ())], "schema record")
+    return schema
+
+
+class AvroCodec(QuotePath):
     """Codec and FormatSerializer for schemaless Avro datums."""
 
     name = "avro"
     text = False
+    Config = AvroConfig
 
     def __init__(self, schema: Any, key_field: str = "symbol", ts_field: str = "ts_ms") -> None:
         self.schema = schema
@@ -200,6 +237,15 @@ class AvroCodec:
         self.ts_field = ts_field
         self._encode_failures = EncodeFailureLog(log, self.name)
         self.quote_layout = is_quote_schema(schema)
+
+    @classmethod
+    def from_config(cls, config: AvroConfig) -> AvroCodec:
+        return cls(_schema(config), config.key_field, config.ts_field)
+
+    @property
+    def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:
+        plain = self.quote_layout and (self.key_field, self.ts_field) == ("symbol", "ts_ms")
+        return QuoteLayout.read if plain else None
 
     def deserialize(self, payload: bytes) -> Any:
         """The datum of one payload; raises ``DecodeError``."""
@@ -270,17 +316,3 @@ class AvroCodec:
                 continue
             out.append(stream.getvalue())
         return out
-
-
-def create(table: dict[str, Any]) -> AvroCodec:
-    opts = Options(table)
-    schema_path = opts.path("schema", None)
-    key_field, ts_field = read_field_options(opts)
-    opts.done()
-    schema = load_schema(schema_path if schema_path is not None else resource_path("schemas/quote.avsc"))
-    if isinstance(schema, dict) and schema.get("type") == "record":
-        fields = [field["name"] for field in schema.get("fields", ())]
-        for option, name in (("key_field", key_field), ("ts_field", ts_field)):
-            if name not in fields:
-                raise ConfigError(option, f"schema record has no field {name!r}; fields: {', '.join(fields)}")
-    return AvroCodec(schema, key_field, ts_field)

@@ -22,17 +22,24 @@ from __future__ import annotations
 
 import csv as _csv
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from gauss_plugins.format._payload import EncodeFailureLog, make_record, plain_quote, read_field_options
+from gauss_plugins.format._payload import (
+    EncodeFailureLog,
+    FieldName,
+    PayloadConfig,
+    QuotePath,
+    QuoteValues,
+    make_record,
+    plain_quote,
+)
 
 from gauss.core import QUOTE_FIELDS, TopicRecord
 from gauss.errors import ConfigError, DecodeError
 from gauss.quotes import TS_RANGE
 from gauss.records import Rejected
-from gauss.registry import Options
 
-__all__ = ["CsvCodec", "create", "DEFAULT_COLUMNS"]
+__all__ = ["CsvCodec", "CsvConfig", "DEFAULT_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +89,8 @@ def _format(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} {value!r} as a CSV field")
 
 
-def _read_quote(payload: bytes) -> TopicRecord | None:
-    """The record of a plain default-column row, or ``None`` for the general path to decide."""
+def _read_values(payload: bytes) -> QuoteValues | None:
+    """The six values of a plain default-column row, or ``None`` for the general path to decide."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
@@ -105,20 +112,21 @@ def _read_quote(payload: bytes) -> TopicRecord | None:
     ):
         return None
     try:
-        prices = (float(bid), float(ask), float(bid_size), float(ask_size))
-        ts = int(ts_text)
+        values = (symbol, float(bid), float(ask), float(bid_size), float(ask_size), int(ts_text))
     except ValueError:
         return None
-    if ts not in TS_RANGE:  # zero or past 9999: the general path explains
+    if values[5] not in TS_RANGE:  # zero or past 9999: the general path explains
         return None
-    data = {
-        "symbol": symbol,
-        "bid": prices[0],
-        "ask": prices[1],
-        "bid_size": prices[2],
-        "ask_size": prices[3],
-        "ts_ms": ts,
-    }
+    return values
+
+
+def _read_quote(payload: bytes) -> TopicRecord | None:
+    """The record of a plain default-column row, or ``None`` for the general path to decide."""
+    values = _read_values(payload)
+    if values is None:
+        return None
+    symbol, bid, ask, bid_size, ask_size, ts = values
+    data = {"symbol": symbol, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size, "ts_ms": ts}
     return TopicRecord(ts, symbol, data)
 
 
@@ -136,11 +144,27 @@ def _write_quote(data: Any) -> bytes | None:
         return None
 
 
-class CsvCodec:
+class CsvConfig(PayloadConfig):
+    """The ``csv`` codec's options; the key and timestamp fields must be columns."""
+
+    columns: tuple[FieldName, ...] = DEFAULT_COLUMNS
+    """The payload field of each column, in row order (no repeats)."""
+
+    def __post_init__(self) -> None:
+        columns = self.columns
+        if len(set(columns)) != len(columns):
+            raise ConfigError("columns", f"must not repeat a column, got {list(columns)!r}")
+        for option, field in (("key_field", self.key_field), ("ts_field", self.ts_field)):
+            if field not in columns:
+                raise ConfigError(option, f"{field!r} is not one of the columns ({', '.join(columns)})")
+
+
+class CsvCodec(QuotePath):
     """Codec and FormatSerializer for CSV rows."""
 
     name = "csv"
     text = True
+    Config = CsvConfig
 
     def __init__(
         self, columns: Sequence[str] = DEFAULT_COLUMNS, key_field: str = "symbol", ts_field: str = "ts_ms"
@@ -151,6 +175,10 @@ class CsvCodec:
         self._key_index = self.columns.index(key_field)
         self.quote_layout = self.columns == DEFAULT_COLUMNS and key_field == "symbol" and ts_field == "ts_ms"
         self._encode_failures = EncodeFailureLog(log, self.name)
+
+    @classmethod
+    def from_config(cls, config: CsvConfig) -> CsvCodec:
+        return cls(config.columns, config.key_field, config.ts_field)
 
     def _split(self, payload: bytes) -> list[str]:
         text = payload.decode("utf-8")
@@ -199,6 +227,10 @@ class CsvCodec:
                 rejected.append(Rejected(bytes(payload), str(exc)))
         return records, rejected
 
+    @property
+    def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:
+        return _read_values if self.quote_layout else None
+
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """One row per record's ``data``; a record that cannot be written is logged and skipped."""
         return self.serialize([record.data for record in records])
@@ -219,16 +251,3 @@ class CsvCodec:
             except (TypeError, ValueError, AttributeError, UnicodeEncodeError) as exc:
                 self._encode_failures.record(data, exc)
         return out
-
-
-def create(table: dict[str, Any]) -> CsvCodec:
-    opts = Options(table)
-    columns = opts.str_list("columns", list(DEFAULT_COLUMNS))
-    key_field, ts_field = read_field_options(opts)
-    opts.done()
-    if len(set(columns)) != len(columns):
-        raise ConfigError("columns", f"must not repeat a column, got {columns!r}")
-    for option, field in (("key_field", key_field), ("ts_field", ts_field)):
-        if field not in columns:
-            raise ConfigError(option, f"{field!r} is not one of the columns ({', '.join(columns)})")
-    return CsvCodec(columns, key_field, ts_field)

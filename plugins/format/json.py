@@ -27,18 +27,17 @@ frames and the reject reasons stay those of the generic path.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import msgspec
-from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
+from gauss_plugins.format._payload import EncodeFailureLog, PayloadConfig, QuotePath, QuoteValues, make_record
 
 from gauss.core import TopicRecord
 from gauss.errors import DecodeError
-from gauss.quotes import TS_RANGE, QuoteCheck
+from gauss.quotes import TS_RANGE
 from gauss.records import Rejected
-from gauss.registry import Options
 
-__all__ = ["JsonCodec", "QuoteStruct", "create"]
+__all__ = ["JsonCodec", "JsonConfig", "QuoteStruct"]
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +57,16 @@ class QuoteStruct(msgspec.Struct, gc=False):
     ask_size: float = 0.0
 
 
-class JsonCodec:
+class JsonConfig(PayloadConfig):
+    """The ``json`` codec's options: only the key and timestamp fields."""
+
+
+class JsonCodec(QuotePath):
     """Codec and FormatSerializer for JSON objects."""
 
     name = "json"
     text = True
+    Config = JsonConfig
 
     def __init__(self, key_field: str = "symbol", ts_field: str = "ts_ms") -> None:
         self.key_field = key_field
@@ -71,6 +75,10 @@ class JsonCodec:
         self._decode_quote = msgspec.json.Decoder(QuoteStruct).decode
         self._encode = msgspec.json.Encoder().encode
         self._encode_failures = EncodeFailureLog(log, self.name)
+
+    @classmethod
+    def from_config(cls, config: JsonConfig) -> JsonCodec:
+        return cls(config.key_field, config.ts_field)
 
     def decode(self, payloads: Sequence[bytes]) -> tuple[list[TopicRecord], list[Rejected]]:
         """Records of the good payloads, and the bad ones with the reason."""
@@ -100,46 +108,17 @@ class JsonCodec:
                 rejected.append(Rejected(bytes(payload), str(exc)))
         return records, rejected
 
-    def decode_quotes(
-        self, payloads: Sequence[bytes], check: QuoteCheck
-    ) -> tuple[list[TopicRecord], list[Rejected], list[Rejected]]:
-        """Quote records of the good payloads: ``(records, bad frames, refused quotes)``.
+    @property
+    def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:
+        return self._read_quote if (self.key_field, self.ts_field) == ("symbol", "ts_ms") else None
 
-        The same result as :meth:`decode` followed by ``check.check``, in
-        arrival order, at a fraction of the cost.
-        """
-        if self.key_field != "symbol" or self.ts_field != "ts_ms":
-            decoded, not_decoded = self.decode(payloads)
-            checked, not_checked = check.check(decoded) if decoded else ([], [])
-            return checked, not_decoded, not_checked
-        decode = self._decode_quote
-        latest_ts = check.latest_ts()
-        quote = check.quote
-        records: list[TopicRecord] = []
-        bad: list[Rejected] = []
-        refused: list[Rejected] = []
-        append = records.append
-        for payload in payloads:
-            # NOTE: the typed decoder skips unknown fields without validating their UTF-8, so a
-            # payload that is not ASCII takes the generic path, which does (found by tests/fuzz).
-            try:
-                q = decode(payload) if payload.isascii() else None
-            except ValueError:  # msgspec.DecodeError / ValidationError: the generic path explains
-                q = None
-            if q is not None:
-                try:
-                    append(quote(q.symbol, q.bid, q.ask, q.bid_size, q.ask_size, q.ts_ms, latest_ts))
-                    continue
-                except ValueError:  # the generic path explains
-                    pass
-            decoded, rejected = self.decode((payload,))
-            if rejected:
-                bad.extend(rejected)
-                continue
-            good, refusals = check.check(decoded)
-            records.extend(good)
-            refused.extend(refusals)
-        return records, bad, refused
+    def _read_quote(self, payload: bytes) -> QuoteValues | None:
+        # NOTE: the typed decoder skips unknown fields without validating their UTF-8, so a
+        # payload that is not ASCII takes the generic path, which does (found by tests/fuzz).
+        if not payload.isascii():
+            return None
+        q = self._decode_quote(payload)  # a ValueError (msgspec's): the generic path explains
+        return (q.symbol, q.bid, q.ask, q.bid_size, q.ask_size, q.ts_ms)
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """The JSON of each record's ``data``; a record that cannot be encoded is logged and skipped."""
@@ -164,10 +143,3 @@ class JsonCodec:
             return self._decode(payload)
         except ValueError as exc:
             raise DecodeError(f"bad JSON: {exc}") from None
-
-
-def create(table: dict[str, Any]) -> JsonCodec:
-    opts = Options(table)
-    key_field, ts_field = read_field_options(opts)
-    opts.done()
-    return JsonCodec(key_field, ts_field)

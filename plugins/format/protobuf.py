@@ -2,8 +2,8 @@
 
 The message type comes from a compiled ``FileDescriptorSet`` (``.desc``),
 so any message a user compiles can be decoded without generated Python
-code: options ``descriptor`` (default: the shipped ``schemas/quote.desc``)
-and ``message`` (default ``gauss.Quote``). A payload becomes a dict of the
+code: options (:class:`ProtobufConfig`) ``descriptor`` (default: the
+shipped ``schemas/quote.desc``) and ``message`` (default ``gauss.Quote``). A payload becomes a dict of the
 message's fields by name (scalars as Python numbers and strings, nested
 messages as dicts, repeated fields as lists). Proto3 cannot tell ``""`` or
 ``0`` from absent, so an empty key or a zero timestamp counts as missing.
@@ -14,19 +14,26 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Callable, Sequence
 
-from gauss_plugins.format._payload import EncodeFailureLog, make_record, read_field_options
+import msgspec
+from gauss_plugins.format._payload import (
+    EncodeFailureLog,
+    PayloadConfig,
+    QuotePath,
+    QuoteValues,
+    check_fields,
+    make_record,
+)
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from gauss.core import TopicRecord
+from gauss.core import QUOTE_FIELDS, TopicRecord
 from gauss.errors import ConfigError, DecodeError
 from gauss.records import Rejected
-from gauss.registry import Options
 from gauss.resources import resource_path
 
-__all__ = ["ProtobufCodec", "create", "load_message_class", "DEFAULT_MESSAGE"]
+__all__ = ["ProtobufCodec", "ProtobufConfig", "load_message_class", "DEFAULT_MESSAGE"]
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +137,43 @@ class _Shape:
                 shape.fill(getattr(msg, name).add(), item)
 
 
-class ProtobufCodec:
+class ProtobufConfig(PayloadConfig):
+    """The ``protobuf`` codec's options; the message must exist and have the key and timestamp fields."""
+
+    descriptor: Path | None = None
+    """The compiled ``FileDescriptorSet`` (``.desc``); None: the shipped ``schemas/quote.desc``."""
+    message: Annotated[str, msgspec.Meta(min_length=1)] = DEFAULT_MESSAGE
+    """The full name of the message type of a payload."""
+
+    def __post_init__(self) -> None:
+        # A relative path is checked once the registry has made it absolute (against the config file's directory).
+        if self.descriptor is None or self.descriptor.is_absolute():
+            _message_class(self)
+
+
+def _message_class(config: ProtobufConfig) -> type[message.Message]:
+    """The message class ``config`` names; raises ``ConfigError`` naming the option at fault."""
+    path = config.descriptor if config.descriptor is not None else resource_path("schemas/quote.desc")
+    message_name = config.message
+    try:
+        message_class = load_message_class(path, message_name)
+    except OSError as exc:
+        raise ConfigError("descriptor", f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except message.DecodeError as exc:
+        raise ConfigError("descriptor", f"{str(path)!r} is not a compiled FileDescriptorSet: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError("message", f"no message {message_name!r} in {str(path)!r}: {exc}") from None
+    _Shape(message_class.DESCRIPTOR)  # refuses what the codec cannot map
+    check_fields(config, [field.name for field in message_class.DESCRIPTOR.fields], message_name)
+    return message_class
+
+
+class ProtobufCodec(QuotePath):
     """Codec and FormatSerializer for one protobuf message type."""
 
     name = "protobuf"
     text = False
+    Config = ProtobufConfig
 
     def __init__(
         self,
@@ -148,6 +187,17 @@ class ProtobufCodec:
         self._shape = _Shape(message_class.DESCRIPTOR)
         self._parse = message_class.FromString
         self._encode_failures = EncodeFailureLog(log, self.name)
+        shape = self._shape
+        self.quote_layout = (
+            sorted(shape.scalars) == sorted(QUOTE_FIELDS)
+            and not (shape.repeated or shape.messages or shape.repeated_messages)
+            and (key_field, ts_field) == ("symbol", "ts_ms")
+        )
+        """The message is the shipped quote's shape: :meth:`decode_quotes` reads the six fields directly."""
+
+    @classmethod
+    def from_config(cls, config: ProtobufConfig) -> ProtobufCodec:
+        return cls(_message_class(config), config.key_field, config.ts_field)
 
     def deserialize(self, payload: bytes) -> dict[str, Any]:
         """The payload dict of one message; raises ``DecodeError``."""
@@ -170,6 +220,17 @@ class ProtobufCodec:
                 rejected.append(Rejected(bytes(payload), str(exc)))
         return records, rejected
 
+    @property
+    def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:
+        return self._read_quote if self.quote_layout else None
+
+    def _read_quote(self, payload: bytes) -> QuoteValues | None:
+        try:
+            msg: Any = self._parse(payload)
+        except (message.DecodeError, ValueError):  # the general path explains
+            return None
+        return (msg.symbol, msg.bid, msg.ask, msg.bid_size, msg.ask_size, msg.ts_ms)
+
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """One message per record's ``data``; a record that does not fit is logged and skipped."""
         return self.serialize([record.data for record in records])
@@ -186,25 +247,3 @@ class ProtobufCodec:
             except (TypeError, ValueError, AttributeError, OverflowError, message.EncodeError) as exc:
                 self._encode_failures.record(data, exc)
         return out
-
-
-def create(table: dict[str, Any]) -> ProtobufCodec:
-    opts = Options(table)
-    descriptor = opts.path("descriptor", None)
-    message_name = opts.str("message", DEFAULT_MESSAGE)
-    key_field, ts_field = read_field_options(opts)
-    opts.done()
-    path = descriptor if descriptor is not None else resource_path("schemas/quote.desc")
-    try:
-        message_class = load_message_class(path, message_name)
-    except OSError as exc:
-        raise ConfigError("descriptor", f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    except message.DecodeError as exc:
-        raise ConfigError("descriptor", f"{str(path)!r} is not a compiled FileDescriptorSet: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError("message", f"no message {message_name!r} in {str(path)!r}: {exc}") from None
-    fields = {field.name: field for field in message_class.DESCRIPTOR.fields}
-    for option, name in (("key_field", key_field), ("ts_field", ts_field)):
-        if name not in fields:
-            raise ConfigError(option, f"{message_name} has no field {name!r}; fields: {', '.join(fields)}")
-    return ProtobufCodec(message_class, key_field, ts_field)

@@ -2,30 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from gauss.core import DEFAULT_MAX_FRAME_BYTES, LineDecoder, encode_lines
-from gauss.registry import Options
+from gauss.wire import FramingConfig
 
-__all__ = ["LinesFraming", "create"]
+__all__ = ["LinesFraming"]
 
 
 class LinesFraming:
     name = "lines"
     text_only = True
+    Config = FramingConfig
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
+
+    @classmethod
+    def from_config(cls, config: FramingConfig) -> LinesFraming:
+        return cls(config.max_frame_bytes or DEFAULT_MAX_FRAME_BYTES)
 
     def decoder(self) -> LineDecoder:
         return LineDecoder(self.max_frame_bytes)
 
     def encode(self, payloads: Sequence[bytes]) -> bytes:
         return encode_lines(payloads)
-
-
-def create(table: dict[str, Any]) -> LinesFraming:
-    opts = Options(table)
-    framing = LinesFraming(opts.int("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES, min=1))
-    opts.done()
-    return framing

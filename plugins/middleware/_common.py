@@ -19,14 +19,14 @@ a loaded machine.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import gevent
 
 from gauss.errors import GaussError, InflateBudgetExceeded
 from gauss.records import Rejected
 
-__all__ = ["BombError", "decode_each", "PAUSE_BYTES"]
+__all__ = ["BombError", "Decompressor", "decode_each", "PAUSE_BYTES"]
 
 PAUSE_BYTES = 1 << 20
 """Bytes inflated between two yields to the other greenlets."""
@@ -78,3 +78,20 @@ def decode_each(
             gevent.sleep(0)
             since_pause = 0
     return out, rejected
+
+
+class Decompressor:
+    """The ``decode`` and ``from_config`` every compression middleware shares; each has its own ``inflate``."""
+
+    name: ClassVar[str]
+    inflate: ClassVar[Callable[[bytes, int], bytes]]
+    """``inflate(payload, limit)``: the payload expanded, or :class:`BombError` past ``limit``."""
+
+    @classmethod
+    def from_config(cls, config: Any) -> Any:
+        return cls(**config.options())
+
+    def decode(
+        self, payloads: Sequence[bytes], max_bytes: int, budget: int | None = None
+    ) -> tuple[list[bytes], list[Rejected]]:
+        return decode_each(self.name, payloads, max_bytes, type(self).inflate, budget)

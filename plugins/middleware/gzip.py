@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import gzip as _gzip
 import zlib
-from typing import Any, Sequence
+from typing import Annotated, Sequence
 
-from gauss_plugins.middleware._common import BombError, decode_each
+import msgspec
+from gauss_plugins.middleware._common import BombError, Decompressor
 
-from gauss.records import Rejected
-from gauss.registry import Options
+from gauss.registry import PluginConfig
 
-__all__ = ["GzipMiddleware", "create"]
+__all__ = ["GzipMiddleware", "GzipConfig"]
 
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 
@@ -36,25 +36,22 @@ def inflate(payload: bytes, max_bytes: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-class GzipMiddleware:
+class GzipConfig(PluginConfig, frozen=True, kw_only=True):
+    """The options of the ``gzip`` middleware."""
+
+    level: Annotated[int, msgspec.Meta(ge=0, le=9)] = 6
+    """The compression level of what a sink writes (0: none, 9: smallest)."""
+
+
+class GzipMiddleware(Decompressor):
     name = "gzip"
+    inflate = staticmethod(inflate)
+    Config = GzipConfig
 
     def __init__(self, level: int = 6) -> None:
         self.level = level
-
-    def decode(
-        self, payloads: Sequence[bytes], max_bytes: int, budget: int | None = None
-    ) -> tuple[list[bytes], list[Rejected]]:
-        return decode_each(self.name, payloads, max_bytes, inflate, budget)
 
     def encode(self, payloads: Sequence[bytes]) -> list[bytes]:
         # mtime=0: the same payload always compresses to the same bytes.
         level = self.level
         return [_gzip.compress(payload, compresslevel=level, mtime=0) for payload in payloads]
-
-
-def create(table: dict[str, Any]) -> GzipMiddleware:
-    opts = Options(table)
-    middleware = GzipMiddleware(opts.int("level", 6, min=0, max=9))
-    opts.done()
-    return middleware

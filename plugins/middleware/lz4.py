@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Annotated, Sequence
 
 import lz4.frame
-from gauss_plugins.middleware._common import BombError, decode_each
+import msgspec
+from gauss_plugins.middleware._common import BombError, Decompressor
 
-from gauss.records import Rejected
-from gauss.registry import Options
+from gauss.registry import PluginConfig
 
-__all__ = ["Lz4Middleware", "create"]
+__all__ = ["Lz4Middleware", "Lz4Config"]
 
 
 def inflate(payload: bytes, max_bytes: int) -> bytes:
@@ -26,25 +26,22 @@ def inflate(payload: bytes, max_bytes: int) -> bytes:
     return out  # type: ignore[no-any-return]
 
 
-class Lz4Middleware:
+class Lz4Config(PluginConfig, frozen=True, kw_only=True):
+    """The options of the ``lz4`` middleware."""
+
+    level: Annotated[int, msgspec.Meta(ge=-1, le=16)] = 0
+    """The compression level of what a sink writes (0: the fast default, 3-16: high compression)."""
+
+
+class Lz4Middleware(Decompressor):
     name = "lz4"
+    inflate = staticmethod(inflate)
+    Config = Lz4Config
 
     def __init__(self, level: int = 0) -> None:
         self.level = level
-
-    def decode(
-        self, payloads: Sequence[bytes], max_bytes: int, budget: int | None = None
-    ) -> tuple[list[bytes], list[Rejected]]:
-        return decode_each(self.name, payloads, max_bytes, inflate, budget)
 
     def encode(self, payloads: Sequence[bytes]) -> list[bytes]:
         compress = lz4.frame.compress
         level = self.level
         return [compress(payload, compression_level=level, store_size=True) for payload in payloads]
-
-
-def create(table: dict[str, Any]) -> Lz4Middleware:
-    opts = Options(table)
-    middleware = Lz4Middleware(opts.int("level", 0, min=-1, max=16))
-    opts.done()
-    return middleware

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import snappy as _snappy
-from gauss_plugins.middleware._common import BombError, decode_each
+from gauss_plugins.middleware._common import BombError, Decompressor
 
-from gauss.records import Rejected
-from gauss.registry import Options
+from gauss.registry import PluginConfig
 
-__all__ = ["SnappyMiddleware", "create", "uncompressed_length"]
+__all__ = ["SnappyMiddleware", "SnappyConfig", "uncompressed_length"]
 
 
 def uncompressed_length(payload: bytes) -> int:
@@ -34,20 +33,15 @@ def inflate(payload: bytes, max_bytes: int) -> bytes:
     return bytes(out)
 
 
-class SnappyMiddleware:
-    name = "snappy"
+class SnappyConfig(PluginConfig, frozen=True, kw_only=True):
+    """The ``snappy`` middleware takes no options."""
 
-    def decode(
-        self, payloads: Sequence[bytes], max_bytes: int, budget: int | None = None
-    ) -> tuple[list[bytes], list[Rejected]]:
-        return decode_each(self.name, payloads, max_bytes, inflate, budget)
+
+class SnappyMiddleware(Decompressor):
+    name = "snappy"
+    inflate = staticmethod(inflate)
+    Config = SnappyConfig
 
     def encode(self, payloads: Sequence[bytes]) -> list[bytes]:
         compress = _snappy.compress
         return [bytes(compress(payload)) for payload in payloads]
-
-
-def create(table: dict[str, Any]) -> SnappyMiddleware:
-    opts = Options(table)
-    opts.done()
-    return SnappyMiddleware()

@@ -30,8 +30,9 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from typing import Any, Iterator, Sequence
+from typing import Annotated, Any, Iterator, Sequence
 
+import msgspec
 import numpy as np
 
 from gauss.core import OHLC_TAKES_ARRAYS, OhlcAggregator, TopicRecord
@@ -39,9 +40,9 @@ from gauss.errors import ConfigError
 from gauss.protocols import PublishContext, RecoveryContext
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import MAX_QUERY_LIMIT, Candle, TopicQuery
-from gauss.registry import Options
+from gauss.registry import PluginConfig
 
-__all__ = ["OhlcProcessor", "create", "parse_timeframe", "DEFAULT_TIMEFRAMES"]
+__all__ = ["OhlcProcessor", "OhlcConfig", "parse_timeframe", "DEFAULT_TIMEFRAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,41 @@ def _is_ts(value: Any) -> bool:
     return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
+class OhlcConfig(PluginConfig, frozen=True, kw_only=True):
+    """The options of the ``ohlc`` processor."""
+
+    timeframes: tuple[str, ...] = tuple(DEFAULT_TIMEFRAMES)
+    """Candle widths such as ``1s``, ``3m``, ``4h``, ``1d``, each a different width; one output topic each."""
+    output_prefix: Annotated[str, msgspec.Meta(min_length=1)] = "ohlc."
+    """Candles of timeframe ``label`` go to ``<output_prefix><label>``."""
+    hold_buckets: Annotated[int, msgspec.Meta(ge=1)] = 2
+    """Buckets held per symbol and timeframe: a quote older than all of them is late."""
+    open_interval_ms: Annotated[int, msgspec.Meta(ge=1)] = 250
+    """How often changed open candles are published."""
+    late_topic: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    """Where late quotes are published (None: only counted)."""
+    max_keys: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_KEYS
+    """Symbols held at most; beyond it the one idle longest is evicted."""
+
+    def __post_init__(self) -> None:
+        if not self.timeframes:
+            raise ConfigError("timeframes", "must list at least one timeframe")
+        widths: dict[int, str] = {}
+        for label in self.timeframes:
+            try:
+                width = parse_timeframe(label)
+            except ValueError as exc:
+                raise ConfigError("timeframes", str(exc)) from None
+            if width in widths:
+                raise ConfigError("timeframes", f"{label!r} and {widths[width]!r} are the same width")
+            widths[width] = label
+
+
 class OhlcProcessor:
     """Candles per symbol for each configured timeframe."""
 
     name = "ohlc"
+    Config = OhlcConfig
 
     def __init__(
         self,
@@ -128,6 +160,10 @@ class OhlcProcessor:
         self._idle_order: OrderedDict[str, None] = OrderedDict()
         """Held symbols, the one idle longest first."""
         self._evict_log = RateLimitedLog(log, level=logging.WARNING)
+
+    @classmethod
+    def from_config(cls, config: OhlcConfig) -> OhlcProcessor:
+        return cls(**config.options())
 
     @property
     def skipped_records(self) -> int:
@@ -376,33 +412,3 @@ class OhlcProcessor:
         if found.truncated:
             records = [r for start in starts for r in context.query(topic, TopicQuery(key=key, from_ms=start, to_ms=start + 1, limit=1)).records]
         return {r.ts_ms: (r.data["open"], r.data["high"], r.data["low"], r.data["close"], r.data["ticks"]) for r in records}
-
-
-def create(table: dict[str, Any]) -> OhlcProcessor:
-    opts = Options(table)
-    timeframes = opts.str_list("timeframes", DEFAULT_TIMEFRAMES)
-    if not timeframes:
-        raise ConfigError("timeframes", "must list at least one timeframe")
-    widths: dict[int, str] = {}
-    for label in timeframes:
-        try:
-            width = parse_timeframe(label)
-        except ValueError as exc:
-            raise ConfigError("timeframes", str(exc)) from None
-        if width in widths:
-            raise ConfigError("timeframes", f"{label!r} and {widths[width]!r} are the same width")
-        widths[width] = label
-    output_prefix = opts.str("output_prefix", "ohlc.")
-    hold_buckets = opts.int("hold_buckets", 2, min=1)
-    open_interval_ms = opts.int("open_interval_ms", 250, min=1)
-    late_topic = opts.str("late_topic", None)
-    max_keys = opts.int("max_keys", DEFAULT_MAX_KEYS, min=1)
-    opts.done()
-    return OhlcProcessor(
-        timeframes,
-        output_prefix=output_prefix,
-        hold_buckets=hold_buckets,
-        open_interval_ms=open_interval_ms,
-        late_topic=late_topic,
-        max_keys=max_keys,
-    )

@@ -8,14 +8,36 @@ gets its ``seq`` there), carrying the same ``ts_ms``, ``key`` and ``data``.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Annotated, Iterable, Sequence
+
+import msgspec
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
 from gauss.protocols import PublishContext
-from gauss.registry import Options
+from gauss.registry import PluginConfig
 
-__all__ = ["SymbolFilter", "create"]
+__all__ = ["SymbolFilter", "SymbolFilterConfig"]
+
+
+_Name = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class SymbolFilterConfig(PluginConfig, frozen=True, kw_only=True):
+    """The options of the ``symbol-filter`` processor: ``output`` and exactly one of ``allow`` or ``deny``."""
+
+    output: _Name
+    """The topic matching records are published to."""
+    allow: tuple[_Name, ...] | None = None
+    """Only these symbols pass."""
+    deny: tuple[_Name, ...] | None = None
+    """All symbols but these pass."""
+
+    def __post_init__(self) -> None:
+        if self.allow is not None and self.deny is not None:
+            raise ConfigError("deny", "give either 'allow' or 'deny', not both")
+        if self.allow is None and self.deny is None:
+            raise ConfigError("allow", "missing: give 'allow' (symbols to keep) or 'deny' (symbols to drop)")
 
 
 class SymbolFilter:
@@ -23,6 +45,7 @@ class SymbolFilter:
 
     name = "symbol-filter"
     flush_interval: float | None = None
+    Config = SymbolFilterConfig
 
     def __init__(self, output: str, *, allow: Iterable[str] | None = None, deny: Iterable[str] | None = None) -> None:
         if (allow is None) == (deny is None):
@@ -32,6 +55,10 @@ class SymbolFilter:
         self.allow = allow is not None
         self.passed = 0
         """Records forwarded so far."""
+
+    @classmethod
+    def from_config(cls, config: SymbolFilterConfig) -> SymbolFilter:
+        return cls(config.output, allow=config.allow, deny=config.deny)
 
     def start(self, context: PublishContext) -> None:
         """Nothing to prepare."""
@@ -51,16 +78,3 @@ class SymbolFilter:
 
     def stop(self, context: PublishContext) -> None:
         """Nothing is held back."""
-
-
-def create(table: dict[str, Any]) -> SymbolFilter:
-    opts = Options(table)
-    output = opts.str("output")
-    allow = opts.str_list("allow", None)
-    deny = opts.str_list("deny", None)
-    opts.done()
-    if allow is not None and deny is not None:
-        raise ConfigError("deny", "give either 'allow' or 'deny', not both")
-    if allow is None and deny is None:
-        raise ConfigError("allow", "missing: give 'allow' (symbols to keep) or 'deny' (symbols to drop)")
-    return SymbolFilter(output, allow=allow, deny=deny)

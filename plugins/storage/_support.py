@@ -1,8 +1,9 @@
 """Small helpers the durable storages share.
 
-Epochs, atomic writes, whole writes with roll-back, the ``fsync`` policy,
-the ``_meta.json`` file and the decision, at open, of which epoch and seq to
-continue from (SPEC section 1 "Seq is a promise", section 6 "Durability").
+Epochs, atomic writes, whole writes with roll-back, the ``fsync`` option
+(:class:`DurableConfig`), the ``_meta.json`` file and the decision, at open,
+of which epoch and seq to continue from (SPEC section 1 "Seq is a promise",
+section 6 "Durability").
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import gevent
 import msgspec
 
-from gauss.errors import ConfigError
 from gauss.ratelimit import RateLimitedLog
-from gauss.registry import Options
+from gauss.registry import PluginConfig
 
 __all__ = [
     "new_epoch",
@@ -31,7 +31,8 @@ __all__ = [
     "fsync_dir",
     "PeriodicTask",
     "FSYNC_POLICIES",
-    "fsync_option",
+    "FsyncPolicy",
+    "DurableConfig",
     "boot_id",
     "read_meta",
     "meta_record",
@@ -44,7 +45,8 @@ __all__ = [
     "MAX_FSYNC_INTERVAL",
 ]
 
-FSYNC_POLICIES = ("always", "interval", "never")
+FsyncPolicy = Literal["always", "interval", "never"]
+FSYNC_POLICIES: tuple[FsyncPolicy, ...] = ("always", "interval", "never")
 MAX_FSYNC_INTERVAL = 1.0
 """SPEC section 6: with ``fsync = "interval"`` data reaches the disk at most this many seconds after it was written."""
 CORRUPT_SUFFIX = ".corrupt"
@@ -157,19 +159,20 @@ def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return gevent.get_hub().threadpool.apply(func, args, kwargs)
 
 
-def fsync_option(opts: Options) -> str:
-    """The ``fsync`` option of a durable storage: ``always``, ``interval`` (default) or ``never``.
+class DurableConfig(PluginConfig, frozen=True, kw_only=True):
+    """The option every durable storage takes: its ``fsync`` policy."""
 
-    ``true`` and ``false`` (the older boolean form) mean ``always`` and ``never``.
-    """
-    value = opts.raw("fsync", "interval")
-    if value is True:
-        return "always"
-    if value is False:
-        return "never"
-    if value not in FSYNC_POLICIES:
-        raise ConfigError("fsync", f"unknown value {value!r}; known: {', '.join(FSYNC_POLICIES)}")
-    return str(value)
+    fsync: FsyncPolicy | bool = "interval"
+    """``always`` (before ``append`` returns), ``interval`` (within a second) or ``never``; ``true``/``false`` (the older form): always/never."""
+
+    @property
+    def fsync_policy(self) -> FsyncPolicy:
+        """``fsync`` as one of :data:`FSYNC_POLICIES` (the boolean form translated)."""
+        if self.fsync is True:
+            return "always"
+        if self.fsync is False:
+            return "never"
+        return self.fsync
 
 
 _BOOT_ID: list[str | None] = []

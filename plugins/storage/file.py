@@ -43,7 +43,7 @@ import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Annotated, Iterable, Sequence
 
 import gevent
 import gevent.event
@@ -53,11 +53,11 @@ from gauss_plugins.storage._index import RecordIndex
 from gauss_plugins.storage._keys import KEY_FILE_SUFFIX, key_file_name
 from gauss_plugins.storage._support import (
     MAX_FSYNC_INTERVAL,
+    DurableConfig,
     MetaWriter,
     PeriodicTask,
     fsync_dir,
     fsync_now,
-    fsync_option,
     in_thread,
     move_aside,
     read_meta,
@@ -73,9 +73,8 @@ from gauss.errors import StorageError
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.records import encode_record_lines as encode_records
-from gauss.registry import Options
 
-__all__ = ["FileStorage", "create", "META_FILE", "encode_records", "decode_record"]
+__all__ = ["FileStorage", "FileConfig", "META_FILE", "encode_records", "decode_record"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +113,26 @@ def decode_record(line: bytes) -> TopicRecord:
     if type(ts) is not int or not isinstance(key, str) or type(seq) is not int or seq < 1:
         raise ValueError("missing or wrong ts_ms, key or seq")
     return TopicRecord(ts, key, obj.get("data"), seq)
+
+
+class FileConfig(DurableConfig):
+    """Options of the ``file`` storage."""
+
+    dir: Path
+    """The topic's directory (relative to the configuration file)."""
+    flush_interval: Annotated[float, msgspec.Meta(ge=0.001, le=MAX_FSYNC_INTERVAL)] = MAX_FSYNC_INTERVAL
+    """Seconds between fsyncs (``fsync = "interval"``) and updates of ``_meta.json``."""
+    max_buffered: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """Ignored, accepted for older configs: appends write through, nothing is buffered."""
+    max_records_per_key: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_RECORDS_PER_KEY
+    retention_ms: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """A key keeps the records within this many ms of its newest ``ts_ms``; None: no age limit."""
+    compact_interval: Annotated[float, msgspec.Meta(ge=0.001)] = 60.0
+    """Seconds between looks for files with more dead lines than live ones to rewrite."""
+    max_keys: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_KEYS
+    """Keys held in memory; past that the longest-idle key leaves the index (its file stays)."""
+    max_open_files: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_OPEN_FILES
+    """Append descriptors kept open (least recently used closed first)."""
 
 
 class _Slicer:
@@ -156,6 +175,7 @@ class FileStorage(MetaWriter):
 
     name = "file"
     durable = True
+    Config = FileConfig
 
     def __init__(
         self,
@@ -210,6 +230,10 @@ class FileStorage(MetaWriter):
         self._loader: gevent.Greenlet | None = None
         self._task: PeriodicTask | None = None
         self._errors = RateLimitedLog(log, level=logging.ERROR)
+
+    @classmethod
+    def from_config(cls, config: FileConfig) -> FileStorage:
+        return cls(config.dir, fsync=config.fsync_policy, **config.options(exclude=("dir", "fsync", "max_buffered")))
 
     # --- opening -----------------------------------------------------------
 
@@ -663,27 +687,3 @@ def _fsync_names(directory: str, names: Iterable[str]) -> None:
 
 def _by_seq(record: TopicRecord) -> int:
     return record.seq
-
-
-def create(table: dict[str, Any]) -> FileStorage:
-    opts = Options(table)
-    directory = opts.path("dir")
-    flush_interval = opts.float("flush_interval", MAX_FSYNC_INTERVAL, min=0.001, max=MAX_FSYNC_INTERVAL)
-    opts.int("max_buffered", 0, min=1)  # NOTE: accepted for older configs; appends write through, nothing is buffered
-    max_records_per_key = opts.int("max_records_per_key", DEFAULT_MAX_RECORDS_PER_KEY, min=1)
-    retention_ms = opts.int("retention_ms", None, min=1)
-    compact_interval = opts.float("compact_interval", 60.0, min=0.001)
-    fsync = fsync_option(opts)
-    max_keys = opts.int("max_keys", DEFAULT_MAX_KEYS, min=1)
-    max_open_files = opts.int("max_open_files", DEFAULT_MAX_OPEN_FILES, min=1)
-    opts.done()
-    return FileStorage(
-        directory,
-        flush_interval=flush_interval,
-        max_records_per_key=max_records_per_key,
-        retention_ms=retention_ms,
-        compact_interval=compact_interval,
-        fsync=fsync,
-        max_keys=max_keys,
-        max_open_files=max_open_files,
-    )

@@ -10,19 +10,27 @@ new random string at every :meth:`open`, and ``seq`` restarts at 1.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Annotated, Sequence
 
+import msgspec
 from gauss_plugins.storage._index import RecordIndex
 from gauss_plugins.storage._support import new_epoch
 
 from gauss.core import QuoteRing, RecordRing, TopicRecord
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
-from gauss.registry import Options
+from gauss.registry import PluginConfig
 
-__all__ = ["MemoryStorage", "create", "DEFAULT_QUOTE_CAPACITY", "DEFAULT_CAPACITY"]
+__all__ = ["MemoryStorage", "MemoryConfig", "DEFAULT_QUOTE_CAPACITY", "DEFAULT_CAPACITY"]
 
 DEFAULT_QUOTE_CAPACITY = 1_000_000
 DEFAULT_CAPACITY = 100_000
+
+
+class MemoryConfig(PluginConfig, frozen=True, kw_only=True):
+    """Options of the ``memory`` storage."""
+
+    capacity: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """The most records held; None: ``DEFAULT_QUOTE_CAPACITY`` for quotes, ``DEFAULT_CAPACITY`` for other records."""
 
 
 class MemoryStorage:
@@ -30,6 +38,7 @@ class MemoryStorage:
 
     name = "memory"
     durable = False
+    Config = MemoryConfig
 
     def __init__(self, capacity: int | None = None) -> None:
         if capacity is not None and capacity < 1:
@@ -38,6 +47,10 @@ class MemoryStorage:
         self.topic = ""
         self.epoch = ""
         self._store: QuoteRing | RecordRing | RecordIndex | None = None
+
+    @classmethod
+    def from_config(cls, config: MemoryConfig) -> MemoryStorage:
+        return cls(config.capacity)
 
     def open(self, topic: str, data_format: DataFormat) -> tuple[str, int]:
         fmt = DataFormat(data_format)
@@ -90,10 +103,3 @@ class MemoryStorage:
 
     def close(self) -> None:
         """Nothing to release early: the records stay readable until the storage is dropped."""
-
-
-def create(table: dict[str, Any]) -> MemoryStorage:
-    opts = Options(table)
-    capacity = opts.int("capacity", None, min=1)
-    opts.done()
-    return MemoryStorage(capacity)

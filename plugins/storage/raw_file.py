@@ -46,7 +46,7 @@ import time
 import zlib
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Annotated, Iterator, Sequence
 
 import gevent.lock
 import msgspec
@@ -54,10 +54,10 @@ from gauss_plugins.storage._index import RecordIndex
 from gauss_plugins.storage._support import (
     CORRUPT_SUFFIX,
     MAX_FSYNC_INTERVAL,
+    DurableConfig,
     MetaWriter,
     PeriodicTask,
     fsync_dir,
-    fsync_option,
     fsync_paths,
     move_aside,
     read_meta,
@@ -72,9 +72,8 @@ from gauss.core import TopicRecord
 from gauss.errors import StorageError
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery, encode_record, encode_record_lines
-from gauss.registry import Options
 
-__all__ = ["RawFileStorage", "create", "iter_raw_log", "segments", "encode_frames", "SEGMENT_SUFFIX", "main"]
+__all__ = ["RawFileStorage", "RawFileConfig", "iter_raw_log", "segments", "encode_frames", "SEGMENT_SUFFIX", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +235,31 @@ def _cut(path: Path, damaged: list[tuple[int, int]], size: int, *, fsync: bool) 
     return kept
 
 
+class RawFileConfig(DurableConfig):
+    """Options of the ``raw-file`` storage."""
+
+    path: Path
+    """The log's directory (relative to the configuration file)."""
+    flush_interval: Annotated[float, msgspec.Meta(ge=0.001, le=MAX_FSYNC_INTERVAL)] = MAX_FSYNC_INTERVAL
+    """Seconds between fsyncs (``fsync = "interval"``) and updates of ``_meta.json``."""
+    tail_records: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    """The newest records kept in memory to answer queries."""
+    max_file_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """A new segment starts when the current one would pass this size; 0: never."""
+    max_files: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """The oldest segments beyond this many are deleted; 0: none are."""
+    max_age_s: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    """Segments last written longer ago than this are deleted; 0: none are."""
+    max_buffered: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Ignored, accepted for older configs: appends write through, nothing is buffered."""
+
+
 class RawFileStorage(MetaWriter):
     """Durable append-only frame log of one topic in directory ``path``."""
 
     name = "raw-file"
     durable = True
+    Config = RawFileConfig
 
     def __init__(
         self,
@@ -287,6 +306,10 @@ class RawFileStorage(MetaWriter):
         self._lock = gevent.lock.RLock()
         self._task: PeriodicTask | None = None
         self._errors = RateLimitedLog(log, level=logging.ERROR)
+
+    @classmethod
+    def from_config(cls, config: RawFileConfig) -> RawFileStorage:
+        return cls(config.path, fsync=config.fsync_policy, **config.options(exclude=("path", "fsync", "max_buffered")))
 
     # --- opening -----------------------------------------------------------
 
@@ -545,23 +568,6 @@ class RawFileStorage(MetaWriter):
 
     def bounds(self) -> tuple[int, int]:
         return self._opened.bounds()
-
-
-def create(table: dict[str, Any]) -> RawFileStorage:
-    opts = Options(table)
-    path = opts.path("path")
-    storage = RawFileStorage(
-        path,
-        flush_interval=opts.float("flush_interval", MAX_FSYNC_INTERVAL, min=0.001, max=MAX_FSYNC_INTERVAL),
-        tail_records=opts.int("tail_records", 100_000, min=1),
-        max_file_bytes=opts.int("max_file_bytes", 0, min=0),
-        max_files=opts.int("max_files", 0, min=0),
-        max_age_s=opts.float("max_age_s", 0.0, min=0.0),
-        fsync=fsync_option(opts),
-    )
-    opts.int("max_buffered", 0, min=0)  # NOTE: accepted for older configs; appends write through, nothing is buffered
-    opts.done()
-    return storage
 
 
 def main(argv: Sequence[str] | None = None) -> int:

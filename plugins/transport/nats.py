@@ -55,10 +55,11 @@ import os
 import time
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Iterator, Sequence
 
 import gevent
 import gevent.event
+import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -66,20 +67,20 @@ from gauss.core import TopicRecord
 from gauss.errors import ConfigError, FrameTooLarge, InflateBudgetExceeded
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import OverflowPolicy, TopicQuery
-from gauss.registry import Options
+from gauss.registry import PluginConfig
 
 if TYPE_CHECKING:
     from gauss.source import Source
 
 __all__ = [
     "NatsTransport",
+    "NatsConfig",
     "NatsSinkConnection",
     "NatsSender",
     "SubjectWire",
     "fnv1a_32",
     "subject_token",
     "shard_of",
-    "create",
     "DEFAULT_URL",
 ]
 
@@ -280,11 +281,58 @@ def _register_metrics(metrics: Any) -> None:
 
 # --- the transport -------------------------------------------------------------------
 
+_Name = Annotated[str, msgspec.Meta(min_length=1)]
+_Seconds = Annotated[float, msgspec.Meta(ge=0.001)]
+
+
+class NatsConfig(PluginConfig, frozen=True, kw_only=True):
+    """The options of a ``nats`` transport (SPEC section 7)."""
+
+    url: _Name = DEFAULT_URL
+    """A nats:// or tls:// URL."""
+    subject: _Name
+    """A source may use wildcards, a sink ``{topic}``, ``{key}``, ``{shard}``."""
+    stream: _Name | None = None
+    """The JetStream stream (with ``durable``: a durable consumer; a sink's is only created when missing)."""
+    durable: _Name | None = None
+    """The durable consumer's name (needs ``stream``)."""
+    stream_subjects: tuple[_Name, ...] | None = None
+    """The subjects of a stream created when missing (default: ``subject``)."""
+    shards: Annotated[int, msgspec.Meta(ge=1, le=1 << 16)] = 1
+    """What a sink's ``{shard}`` is taken modulo."""
+    batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    """Messages per fetch of a durable consumer."""
+    max_ack_pending: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    ack_wait_s: Annotated[float, msgspec.Meta(ge=0.1)] = 30.0
+    queue_size: Annotated[int, msgspec.Meta(ge=1)] = 1024
+    """Messages handed to gevent at most."""
+    reconnect_min: _Seconds = 0.1
+    """The first back-off of the first connection, in seconds."""
+    reconnect_max: _Seconds = 1.0
+    """The longest back-off, and the reconnect interval once connected, in seconds."""
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=64)] = DEFAULT_MAX_MESSAGE_BYTES
+    """A sink splits its messages below it (the server's ``max_payload``)."""
+    state_dir: Path = Path("nats-state")
+    """Where a durable consumer keeps its state file (relative: beside the config file)."""
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("nats://", "tls://")):
+            raise ConfigError("url", f"must be a nats:// or tls:// URL, got {self.url!r}")
+        if any(c.isspace() for c in self.subject):
+            raise ConfigError("subject", f"must not contain white space, got {self.subject!r}")
+        if self.durable is not None and self.stream is None:
+            raise ConfigError("durable", "needs a 'stream' (a JetStream durable consumer reads one stream)")
+        if self.durable is not None and any(c in self.durable for c in ".*> \t"):
+            raise ConfigError("durable", f"must not contain '.', '*', '>' or white space, got {self.durable!r}")
+        if self.reconnect_max < self.reconnect_min:
+            raise ConfigError("reconnect_max", f"must be at least reconnect_min ({self.reconnect_min}), got {self.reconnect_max}")
+
 
 class NatsTransport:
     """One ``nats`` transport table: a connection, and a source or a sink role."""
 
     dials = True
+    Config = NatsConfig
 
     def __init__(
         self,
@@ -346,6 +394,12 @@ class NatsTransport:
         self._out_room = gevent.event.Event()
         self._out_room.set()
         self._sink_conn: NatsSinkConnection | None = None
+
+    @classmethod
+    def from_config(cls, config: NatsConfig) -> NatsTransport:
+        if "{shard}" in config.subject and config.shards == 1:
+            log.debug("nats subject %s names {shard} with shards = 1", config.subject)
+        return cls(**config.options())
 
     @property
     def description(self) -> str:
@@ -1053,55 +1107,3 @@ class NatsSender:
                 pass
             self._nc = None
         self._loop.close()
-
-
-# --- factory -------------------------------------------------------------------------
-
-
-def create(table: dict[str, Any]) -> NatsTransport:
-    """Create a ``nats`` transport from its table (SPEC section 7).
-
-    Options: ``url`` (default nats://127.0.0.1:4222), ``subject`` (required;
-    a source may use wildcards, a sink ``{topic}``, ``{key}``, ``{shard}``),
-    ``stream`` and ``durable`` (together: a JetStream durable consumer; a
-    sink's ``stream`` is only created when missing), ``stream_subjects``
-    (default ``[subject]``), ``shards`` (default 1), ``batch`` (messages per
-    fetch, 256), ``max_ack_pending`` (10000), ``ack_wait_s`` (30),
-    ``queue_size`` (messages handed to gevent at most, 1024),
-    ``reconnect_min`` / ``reconnect_max`` (0.1 / 1.0 s), ``max_message_bytes``
-    (1 MiB) and ``state_dir`` (default ``nats-state``, beside the config file).
-    """
-    opts = Options(table)
-    url = opts.str("url", DEFAULT_URL)
-    if not url.startswith(("nats://", "tls://")):
-        raise ConfigError("url", f"must be a nats:// or tls:// URL, got {url!r}")
-    subject = opts.str("subject")
-    if any(c.isspace() for c in subject):
-        raise ConfigError("subject", f"must not contain white space, got {subject!r}")
-    stream = opts.str("stream", None)
-    durable = opts.str("durable", None)
-    if durable is not None and stream is None:
-        raise ConfigError("durable", "needs a 'stream' (a JetStream durable consumer reads one stream)")
-    if durable is not None and any(c in durable for c in ".*> \t"):
-        raise ConfigError("durable", f"must not contain '.', '*', '>' or white space, got {durable!r}")
-    reconnect_min = opts.float("reconnect_min", 0.1, min=0.001)
-    transport = NatsTransport(
-        url,
-        subject,
-        stream=stream,
-        durable=durable,
-        stream_subjects=opts.str_list("stream_subjects", None),
-        shards=opts.int("shards", 1, min=1, max=1 << 16),
-        batch=opts.int("batch", 256, min=1, max=100_000),
-        max_ack_pending=opts.int("max_ack_pending", 10_000, min=1),
-        ack_wait_s=opts.float("ack_wait_s", 30.0, min=0.1),
-        queue_size=opts.int("queue_size", 1024, min=1),
-        reconnect_min=reconnect_min,
-        reconnect_max=opts.float("reconnect_max", 1.0, min=reconnect_min),
-        max_message_bytes=opts.int("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, min=64),
-        state_dir=opts.path("state_dir", "nats-state"),
-    )
-    opts.done()
-    if "{shard}" in subject and transport.shards == 1 and not opts.has("shards"):
-        log.debug("nats subject %s names {shard} with shards = 1", subject)
-    return transport

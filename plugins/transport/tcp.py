@@ -26,15 +26,25 @@ import errno
 import logging
 import socket as _stdsocket
 import time
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import gevent
 import gevent.socket
+import msgspec
 
+from gauss.errors import ConfigError
 from gauss.ratelimit import RateLimitedLog
-from gauss.registry import Options
+from gauss.registry import PluginConfig
 
-__all__ = ["TcpConnection", "TcpServer", "TcpClient", "create_server", "create_client", "CLOSE_REASONS"]
+__all__ = [
+    "TcpConnection",
+    "TcpServer",
+    "TcpClient",
+    "TcpSocketConfig",
+    "TcpServerConfig",
+    "TcpClientConfig",
+    "CLOSE_REASONS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,54 @@ CLOSE_REASONS = ("max_connections", "per_peer", "idle_timeout", "descriptors")
 Handler = Callable[["TcpConnection"], None]
 
 _monotonic = time.monotonic
+
+_Host = Annotated[str, msgspec.Meta(min_length=1)]
+_Buffer = Annotated[int, msgspec.Meta(ge=0, le=1 << 30)]
+_Seconds = Annotated[float, msgspec.Meta(ge=0.001)]
+
+
+class TcpSocketConfig(PluginConfig, frozen=True, kw_only=True):
+    """The socket options both TCP transports take."""
+
+    nodelay: bool = True
+    """Set TCP_NODELAY (quotes are small and latency matters)."""
+    recv_buffer: _Buffer = DEFAULT_BUFFER
+    """SO_RCVBUF in bytes (0: the kernel's default)."""
+    send_buffer: _Buffer = DEFAULT_BUFFER
+    """SO_SNDBUF in bytes (0: the kernel's default)."""
+
+
+class TcpServerConfig(TcpSocketConfig, frozen=True, kw_only=True):
+    """The options of a ``tcp-server`` transport."""
+
+    bind: _Host = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    """The port to listen on (0: any free port)."""
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_CONNECTIONS
+    """When full, the longest-idle connection is closed to admit a new one."""
+    max_connections_per_peer: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Connections one address may hold (0: no limit)."""
+    idle_timeout_s: _Seconds | None = None
+    """Seconds without a byte in or out after which a connection is closed (None: never)."""
+    backlog: Annotated[int, msgspec.Meta(ge=1)] = 128
+    """The listen() backlog."""
+
+
+class TcpClientConfig(TcpSocketConfig, frozen=True, kw_only=True):
+    """The options of a ``tcp-client`` transport."""
+
+    host: _Host = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    reconnect_min: _Seconds = 0.1
+    """The first back-off after a failed connect, in seconds (doubled each attempt)."""
+    reconnect_max: _Seconds = 5.0
+    """The longest back-off, in seconds."""
+    connect_timeout: _Seconds = 5.0
+    """Seconds one connect attempt may take."""
+
+    def __post_init__(self) -> None:
+        if self.reconnect_max < self.reconnect_min:
+            raise ConfigError("reconnect_max", f"must be at least reconnect_min ({self.reconnect_min}), got {self.reconnect_max}")
 
 
 def _tune(sock: Any, nodelay: bool, recv_buffer: int, send_buffer: int) -> None:
@@ -147,6 +205,7 @@ class TcpServer:
     """Listens on ``bind:port`` (port 0: any free port, see :attr:`address`)."""
 
     dials = False
+    Config = TcpServerConfig
 
     def __init__(
         self,
@@ -184,6 +243,10 @@ class TcpServer:
         """Connections the server closed itself, by reason (:data:`CLOSE_REASONS`)."""
         self.on_close: Callable[[str], None] | None = None
         """Called with the reason each time the server closes a connection itself (for metrics)."""
+
+    @classmethod
+    def from_config(cls, config: TcpServerConfig) -> TcpServer:
+        return cls(**config.options())
 
     @property
     def description(self) -> str:
@@ -336,6 +399,7 @@ class TcpClient:
     """Dials ``host:port``; reconnects with capped exponential back-off while open."""
 
     dials = True
+    Config = TcpClientConfig
 
     def __init__(
         self,
@@ -362,6 +426,10 @@ class TcpClient:
         self._closing = False
         self.connects = 0
         """Connections made so far."""
+
+    @classmethod
+    def from_config(cls, config: TcpClientConfig) -> TcpClient:
+        return cls(**config.options())
 
     @property
     def description(self) -> str:
@@ -421,55 +489,3 @@ class TcpClient:
         if self._dialer is not None:
             self._dialer.kill(block=True, timeout=timeout)
             self._dialer = None
-
-
-def _buffer_options(opts: Options) -> dict[str, Any]:
-    return {
-        "nodelay": opts.bool("nodelay", True),
-        "recv_buffer": opts.int("recv_buffer", DEFAULT_BUFFER, min=0, max=1 << 30),
-        "send_buffer": opts.int("send_buffer", DEFAULT_BUFFER, min=0, max=1 << 30),
-    }
-
-
-def create_server(table: dict[str, Any]) -> TcpServer:
-    """Create a ``tcp-server`` transport from its table.
-
-    Options: ``bind`` (default 127.0.0.1), ``port`` (required; 0 = any free),
-    ``max_connections`` (default 1024; when full, the longest-idle connection
-    is closed to admit a new one), ``max_connections_per_peer`` (default 0:
-    no limit), ``idle_timeout_s`` (default none), ``backlog``, ``nodelay``,
-    ``recv_buffer``, ``send_buffer``.
-    """
-    opts = Options(table)
-    idle_timeout = opts.float("idle_timeout_s", None, min=0.001)
-    server = TcpServer(
-        opts.str("bind", "127.0.0.1"),
-        opts.int("port", min=0, max=65535),
-        max_connections=opts.int("max_connections", DEFAULT_MAX_CONNECTIONS, min=1),
-        max_connections_per_peer=opts.int("max_connections_per_peer", 0, min=0),
-        idle_timeout_s=None if idle_timeout is None else float(idle_timeout),
-        backlog=opts.int("backlog", 128, min=1),
-        **_buffer_options(opts),
-    )
-    opts.done()
-    return server
-
-
-def create_client(table: dict[str, Any]) -> TcpClient:
-    """Create a ``tcp-client`` transport from its table.
-
-    Options: ``host`` (default 127.0.0.1), ``port`` (required), ``reconnect_min``,
-    ``reconnect_max``, ``connect_timeout``, ``nodelay``, ``recv_buffer``, ``send_buffer``.
-    """
-    opts = Options(table)
-    reconnect_min = opts.float("reconnect_min", 0.1, min=0.001)
-    client = TcpClient(
-        opts.str("host", "127.0.0.1"),
-        opts.int("port", min=1, max=65535),
-        reconnect_min=reconnect_min,
-        reconnect_max=opts.float("reconnect_max", 5.0, min=reconnect_min),
-        connect_timeout=opts.float("connect_timeout", 5.0, min=0.001),
-        **_buffer_options(opts),
-    )
-    opts.done()
-    return client

@@ -122,11 +122,11 @@ def test_server_image_is_multi_stage_alpine_with_the_real_entrypoint() -> None:
 
 def test_container_config_binds_everything_to_all_interfaces_and_takes_the_token_from_the_environment() -> None:
     config = load_config(ROOT / "config.container.toml")
-    assert config.api.bind == "0.0.0.0" and config.api.port == 9200
-    assert config.api.options.get("token_env") == "GAUSS_API_TOKEN"
-    listeners = [s.transport for s in config.sources] + [s.options["transport"] for s in config.sinks]
-    assert all(t["bind"] == "0.0.0.0" for t in listeners if t["type"] == "tcp-server")
-    ports = {config.api.port} | {t["port"] for t in listeners}
+    assert config.api is not None and config.api.bind == "0.0.0.0" and config.api.port == 9200
+    assert config.api.token_env == "GAUSS_API_TOKEN"
+    listeners = [s.transport for s in config.sources] + [s.plugin.config.transport for s in config.sinks]  # type: ignore[union-attr, attr-defined]
+    assert all(t.config.bind == "0.0.0.0" for t in listeners if t.type == "tcp-server")
+    ports = {config.api.port} | {t.config.port for t in listeners}
     assert ports == SPEC_PORTS
     # Every storage table is a valid plugin configuration (built, not opened).
     for spec in config.topics:
@@ -139,10 +139,10 @@ def test_container_api_token_comes_from_gauss_api_token_and_fails_closed_without
     from gauss.http.options import TOKEN_ENV, ApiOptions
 
     config = load_config(ROOT / "config.container.toml")  # the loader checks [api] with the API's own parser
-    assert config.api.enabled
-    with_token = ApiOptions.parse(config.api.options, environ={TOKEN_ENV: "s3cret"})
+    assert isinstance(config.api, ApiOptions)
+    with_token = config.api.with_environ({TOKEN_ENV: "s3cret"})
     assert with_token.token == "s3cret" and with_token.token_env == TOKEN_ENV
-    without = ApiOptions.parse(config.api.options, environ={})
+    without = config.api.with_environ({})
     assert without.token == "", "no GAUSS_API_TOKEN must lock the API (empty token), not open it"
 
 
@@ -179,7 +179,7 @@ def test_compose_services_commands_and_ports() -> None:
 
     config = load_config(ROOT / "config.container.toml")
     clickhouse_urls = {
-        spec.storage["url"] for spec in config.topics if spec.storage_type == "clickhouse"
+        spec.storage.config.url for spec in config.topics if spec.storage_type == "clickhouse"  # type: ignore[attr-defined]
     }
     assert clickhouse_urls == {"http://clickhouse:8123"}
     assert "clickhouse" in services

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import yaml
 
-from gauss.config import load_config
+from gauss.config import GaussConfig, load_config
 from gauss.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,20 +24,27 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+def sink_transports(config: GaussConfig) -> list[Any]:
+    """Each sink's own config (a stream sink's: its topic's transport beside the wire format)."""
+    return [SimpleNamespace(topic=s.topic, transport=s.plugin.config.transport) for s in config.sinks]  # type: ignore[union-attr, attr-defined]
+
+
 def test_shard_config_defaults_are_shard_0_of_1_on_the_default_ports(clean_env: pytest.MonkeyPatch) -> None:
     config = load_config(ROOT / "config.nats.toml")
     (source,) = config.sources
     assert source.topic == "quotes.raw"
-    assert source.transport == {
-        "type": "nats", "url": "nats://127.0.0.1:4222", "subject": "quotes.0.*", "stream": "QUOTES",
-        "stream_subjects": ["quotes.*.*"], "durable": "gauss-shard-0", "state_dir": "data/shard-0/nats",
-    }  # fmt: skip
+    transport = source.transport.config
+    assert source.transport.type == "nats"
+    assert (transport.url, transport.subject, transport.stream, transport.stream_subjects, transport.durable) == (
+        "nats://127.0.0.1:4222", "quotes.0.*", "QUOTES", ("quotes.*.*",), "gauss-shard-0",
+    )  # fmt: skip
+    assert transport.state_dir == ROOT / "data/shard-0/nats"
     assert source.name == "quotes.raw shard 0 of 1"
-    assert (config.api.bind, config.api.port) == ("127.0.0.1", 9200)
-    bus_sinks = {s.topic: s.options["transport"] for s in config.sinks if s.options["transport"]["type"] == "nats"}
+    assert config.api is not None and (config.api.bind, config.api.port) == ("127.0.0.1", 9200)
+    bus_sinks = {s.topic: s.transport for s in sink_transports(config) if s.transport.type == "nats"}
     assert sorted(bus_sinks) == sorted(f"ohlc.{tf}" for tf in TIMEFRAMES)
-    assert {t["subject"] for t in bus_sinks.values()} == {"gauss.{topic}.{key}"}
-    assert [s.options["transport"]["port"] for s in config.sinks if s.options["transport"]["type"] == "tcp-server"] == [9300]
+    assert {t.config.subject for t in bus_sinks.values()} == {"gauss.{topic}.{key}"}
+    assert [s.transport.config.port for s in sink_transports(config) if s.transport.type == "tcp-server"] == [9300]
 
 
 def test_shard_config_takes_the_environment(clean_env: pytest.MonkeyPatch) -> None:
@@ -44,20 +53,21 @@ def test_shard_config_takes_the_environment(clean_env: pytest.MonkeyPatch) -> No
     clean_env.setenv("GAUSS_SHARDS", "4")
     clean_env.setenv("GAUSS_BIND", "0.0.0.0")
     config = load_config(ROOT / "config.nats.toml")
-    transport = config.sources[0].transport
-    assert (transport["url"], transport["subject"], transport["durable"]) == ("nats://bus:4333", "quotes.3.*", "gauss-shard-3")
+    transport = config.sources[0].transport.config
+    assert (transport.url, transport.subject, transport.durable) == ("nats://bus:4333", "quotes.3.*", "gauss-shard-3")
     assert config.sources[0].name == "quotes.raw shard 3 of 4"
-    assert config.api.bind == "0.0.0.0"
-    assert all(s.options["transport"]["url"] == "nats://bus:4333" for s in config.sinks if s.options["transport"]["type"] == "nats")
+    assert config.api is not None and config.api.bind == "0.0.0.0"
+    assert all(s.transport.config.url == "nats://bus:4333" for s in sink_transports(config) if s.transport.type == "nats")
 
 
 def test_edge_config_consumes_every_timeframe_into_its_own_topics(clean_env: pytest.MonkeyPatch) -> None:
     config = load_config(ROOT / "config.edge.toml")
     assert [s.topic for s in config.sources] == [f"ohlc.{tf}" for tf in TIMEFRAMES]
     for source, tf in zip(config.sources, TIMEFRAMES, strict=True):
-        assert source.transport["subject"] == f"gauss.ohlc.{tf}.*"
-        assert (source.transport["stream"], source.transport["durable"]) == ("GAUSS", f"gauss-edge-0-ohlc-{tf}")
-    assert config.api.port == 9210
+        transport = source.transport.config
+        assert transport.subject == f"gauss.ohlc.{tf}.*"
+        assert (transport.stream, transport.durable) == ("GAUSS", f"gauss-edge-0-ohlc-{tf}")
+    assert config.api is not None and config.api.port == 9210
     assert not config.processors and not config.sinks
 
 

@@ -25,21 +25,16 @@ from typing import Any, Callable
 
 import fastavro
 from fuzz_input import FuzzInput
-from gauss_plugins.format import avro, csv, json, protobuf
 
 from gauss.core import TopicRecord
 from gauss.errors import DecodeError
 from gauss.quotes import QuoteCheck, RecordCheck
+from gauss.registry import create
 
 __all__ = ["CODECS", "check_codec", "seeds"]
 
 SEPARATOR = b"\x1e"
-CODECS: dict[str, Any] = {
-    "json": json.create({}),
-    "csv": csv.create({}),
-    "protobuf": protobuf.create({}),
-    "avro": avro.create({}),
-}
+CODECS: dict[str, Any] = {name: create("codec", name) for name in ("json", "csv", "protobuf", "avro")}
 CHECKS = (
     QuoteCheck(max_future_ms=None),
     QuoteCheck(max_future_ms=None, check_prices=False),

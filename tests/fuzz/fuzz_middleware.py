@@ -26,15 +26,15 @@ from typing import Any, Callable
 import lz4.frame
 import snappy as std_snappy
 from fuzz_input import FuzzInput
-from gauss_plugins.middleware import gzip, snappy
-from gauss_plugins.middleware import lz4 as gauss_lz4
+from gauss_plugins.middleware import snappy
 
 from gauss import errors
+from gauss.registry import create
 
 __all__ = ["MIDDLEWARE", "check_middleware", "seeds"]
 
 SEPARATOR = b"\x1e"
-MIDDLEWARE: dict[str, Any] = {"gzip": gzip.create({}), "lz4": gauss_lz4.create({}), "snappy": snappy.create({})}
+MIDDLEWARE: dict[str, Any] = {name: create("middleware", name) for name in ("gzip", "lz4", "snappy")}
 LIMITS = (0, 1, 8, 64, 1024, 65_536, 1 << 20)
 BUDGETS = (None, 0, 16, 1024, 65_536, 1 << 20)
 BudgetExceeded: type[Exception] | None = getattr(errors, "InflateBudgetExceeded", None)

@@ -46,11 +46,13 @@ transport = { type = "tcp-server", port = 9100 }
 
 def test_valid_config_becomes_typed_specs(tmp_path: Path) -> None:
     config = load_config(minimal(api={"port": 9999, "token": "s3cret"}), base_dir=tmp_path)
-    assert config.api.port == 9999 and config.api.bind == "127.0.0.1" and config.api.options == {"token": "s3cret"}
+    assert config.api is not None
+    assert config.api.port == 9999 and config.api.bind == "127.0.0.1" and config.api.token == "s3cret"
     assert config.topics[0].format is DataFormat.QUOTE
     assert config.sources[0].policy is OverflowPolicy.BACK_PRESSURE
     assert config.processors[0].policy is OverflowPolicy.BACK_PRESSURE
-    assert config.processors[0].options == {"timeframes": ["1m"]}
+    plugin = config.processors[0].plugin
+    assert plugin is not None and plugin.type == "ohlc" and plugin.config.timeframes == ("1m",)  # type: ignore[attr-defined]
     assert config.sinks[0].policy is OverflowPolicy.DROP and config.sinks[0].type == "stream"
 
 
@@ -76,7 +78,7 @@ def test_unknown_key_inside_a_plugin_table_is_refused(tmp_path: Path) -> None:
 
 def test_bad_port_is_refused(tmp_path: Path) -> None:
     message = error_of(tmp_path, GOOD_SOURCE.replace("9100", "70000"))
-    assert "sources[0].transport.port: must be at most 65535, got 70000" in message
+    assert "sources[0].transport.port: Expected int <= 65535, got 70000" in message
 
 
 def test_unknown_section_is_refused(tmp_path: Path) -> None:
@@ -167,17 +169,19 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_relative_storage_paths_resolve_against_the_config_dir(tmp_path: Path) -> None:
-    config = load_config(minimal(), base_dir=tmp_path)
+    config = load_config(minimal(topics=[{"name": "q.*", "storage": {"type": "file", "dir": "data/{suffix}"}}], sources=[], processors=[], sinks=[]), base_dir=tmp_path)
     assert config.base_dir == tmp_path.resolve()
-    assert all(spec.base_dir == tmp_path.resolve() for spec in config.topics)
+    (spec,) = config.topics
+    assert spec.storage.config.dir == tmp_path.resolve() / "data/{suffix}"  # type: ignore[attr-defined]
+    assert spec.build_storage("q.1m").directory == tmp_path.resolve() / "data/1m"
 
 
 def test_default_config_toml_is_valid() -> None:
     pytest.importorskip("gauss_plugins.storage.file", reason="file storage not installed yet")
     config = load_config(REPO / "config.toml")
-    assert [s.transport["port"] for s in config.sources] == [9100, 9301, 9302, 9303]
-    assert config.api.port == 9200
-    assert [s.options["transport"]["port"] for s in config.sinks] == [9300, 9301, 9302, 9303]
+    assert [s.transport.config.port for s in config.sources] == [9100, 9301, 9302, 9303]  # type: ignore[attr-defined]
+    assert config.api is not None and config.api.port == 9200
+    assert [s.plugin.config.transport.config.port for s in config.sinks] == [9300, 9301, 9302, 9303]  # type: ignore[union-attr]
     assert config.topics[1].create == tuple(
         f"ohlc.{tf}" for tf in ("1s", "5s", "1m", "5m", "15m", "1h", "4h", "1d")
     )
@@ -208,13 +212,14 @@ def test_env_references_expand_in_every_string_value(tmp_path: Path) -> None:
     path.write_text(ENV_CONFIG)
     environ = {"GAUSS_TEST_TOKEN": "s3cret", "GAUSS_TEST_HOST": "a.example", "GAUSS_TEST_DATA": ""}
     config = load_config(path, environ=environ)
-    assert config.api.bind == "127.0.0.1"  # unset: the default
-    assert config.api.options["token"] == "s3cret"
-    assert config.api.options["cors_origins"] == ["https://a.example", "https://b.example"]
-    assert config.topics[0].storage["dir"] == "data/quotes"  # set but empty: the default too
+    assert config.api is not None and config.api.bind == "127.0.0.1"  # unset: the default
+    assert config.api.token == "s3cret"
+    assert config.api.cors_origins == ("https://a.example", "https://b.example")
+    assert config.topics[0].storage.config.dir == tmp_path / "data/quotes"  # type: ignore[attr-defined]  # set but empty: the default too
     assert config.sources[0].name == "feed-s3cret-${literal}"
     config = load_config(path, environ={**environ, "GAUSS_TEST_BIND": "0.0.0.0", "GAUSS_TEST_DATA": "/srv"})
-    assert config.api.bind == "0.0.0.0" and config.topics[0].storage["dir"] == "/srv/quotes"
+    assert config.api is not None and config.api.bind == "0.0.0.0"
+    assert config.topics[0].storage.config.dir == Path("/srv/quotes")  # type: ignore[attr-defined]
 
 
 def test_unset_env_reference_names_file_key_and_variable(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from gauss.core import TopicRecord
 from gauss.errors import UnknownTopic
 from gauss.hub import Hub
 
-STORE = {"type": "support.plugins:create_storage"}
+STORE = {"type": "support.plugins:ListStorage"}
 
 
 def records(n: int, start: int = 0) -> list[TopicRecord]:
@@ -24,7 +24,7 @@ def hub_config(**processor: Any) -> dict[str, Any]:
     return {
         "hub": {"status_interval": 0},
         "topics": [{"name": "in", "storage": STORE}, {"name": "out.*", "storage": STORE}],
-        "processors": [{"type": "support.plugins:create_republish", "topic": "in", "target": "out.copy", **processor}],
+        "processors": [{"type": "support.plugins:Republish", "topic": "in", "target": "out.copy", **processor}],
     }
 
 

@@ -1,4 +1,4 @@
-"""Plugin lookup by short name or ``module:factory``, and the checked option reader."""
+"""Plugin lookup by short name or ``module:Class``, and the typed option structs (``PluginConfig``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import sys
 import textwrap
 import uuid
 from pathlib import Path
+from typing import Annotated, Literal
 
+import msgspec
 import pytest
 
 from gauss.errors import ConfigError, UnknownPluginError
-from gauss.registry import KINDS, Options, config_dir, create, known, lookup
+from gauss.registry import KINDS, PluginConfig, convert, create, known, lookup
 
 
 def test_unknown_type_lists_the_known_ones() -> None:
@@ -33,7 +35,7 @@ def test_known_lists_installed_built_ins() -> None:
 def test_missing_type_and_non_table_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"^x\.type: missing; known framing types: .*lines"):
         create("framing", {}, where="x")
-    with pytest.raises(ConfigError, match="must be a table"):
+    with pytest.raises(ConfigError, match="must be a framing type name or a table with a 'type', got 3"):
         create("framing", 3, where="x")  # type: ignore[arg-type]
 
 
@@ -49,33 +51,41 @@ def test_short_name_creates_the_plugin_with_options() -> None:
     assert create("framing", "length-prefixed").name == "length-prefixed"
 
 
-def test_module_factory_names_any_importable_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = f"gauss_test_factory_{uuid.uuid4().hex[:8]}"
+def test_module_class_names_any_importable_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = f"gauss_test_plugin_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{module}.py").write_text(
         textwrap.dedent(
             """
-            from gauss.registry import Options
+            from gauss.registry import PluginConfig
+
+            class UpperConfig(PluginConfig):
+                prefix: str = "> "
 
             class Upper:
+                Config = UpperConfig
+
                 def __init__(self, prefix):
                     self.prefix = prefix
 
+                @classmethod
+                def from_config(cls, config):
+                    return cls(config.prefix)
+
             def create(table):
-                opts = Options(table)
-                made = Upper(opts.str("prefix", "> "))
-                opts.done()
-                return made
+                return Upper(table.get("prefix", ""))
             """
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    made = create("middleware", {"type": f"{module}:create", "prefix": "# "})
+    made = create("middleware", {"type": f"{module}:Upper", "prefix": "# "})
     assert made.prefix == "# "
-    assert lookup("middleware", f"{module}:create").__name__ == "create"
+    assert lookup("middleware", f"{module}:Upper").__name__ == "Upper"
+    with pytest.raises(UnknownPluginError, match=rf"middleware '{module}:create' .* is not a plugin: it needs a Config"):
+        create("middleware", f"{module}:create")
     with pytest.raises(UnknownPluginError, match=rf"cannot load middleware '{module}:missing'"):
         create("middleware", f"{module}:missing")
     with pytest.raises(UnknownPluginError, match="cannot load"):
-        create("middleware", "no_such_module_anywhere:create")
+        create("middleware", "no_such_module_anywhere:Upper")
 
 
 def test_unknown_option_names_key_path_and_known_options() -> None:
@@ -85,51 +95,49 @@ def test_unknown_option_names_key_path_and_known_options() -> None:
 
 
 def test_option_type_and_range_errors_name_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"^f\.max_frame_bytes: must be an integer, got '10'$"):
+    with pytest.raises(ConfigError, match=r"^f\.max_frame_bytes: Expected int \| null, got str$"):
         create("framing", {"type": "lines", "max_frame_bytes": "10"}, where="f")
-    with pytest.raises(ConfigError, match=r"^f\.max_frame_bytes: must be at least 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^f\.max_frame_bytes: Expected int >= 1, got 0$"):
         create("framing", {"type": "lines", "max_frame_bytes": 0}, where="f")
 
 
-def test_options_getters_check_their_values(tmp_path: Path) -> None:
-    opts = Options(
-        {
-            "name": "x",
-            "mode": "fast",
-            "ratio": 2,
-            "flag": True,
-            "list": ["a", "b"],
-            "dir": "data",
-            "sub": {"k": 1},
-        }
-    )
-    assert opts.str("name") == "x"
-    assert opts.str("mode", choices=["fast", "slow"]) == "fast"
-    assert opts.float("ratio", max=3.0) == 2.0
-    assert opts.bool("flag") is True
-    assert opts.str_list("list") == ["a", "b"]
-    token = config_dir.set(tmp_path)
-    try:
-        assert opts.path("dir") == tmp_path / "data"
-    finally:
-        config_dir.reset(token)
-    assert opts.table("sub") == {"k": 1}
-    assert opts.int("absent", 5) == 5
-    opts.done()
+class Example(PluginConfig):
+    name: str
+    mode: Literal["fast", "slow"] = "fast"
+    ratio: Annotated[float, msgspec.Meta(le=3.0)] = 1.0
+    flag: bool = False
+    names: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
+    dir: Path = Path("data")
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 5
+
+    def __post_init__(self) -> None:
+        if self.mode == "slow" and self.flag:
+            raise ConfigError("flag", "a slow example cannot be flagged")
+
+
+def test_a_config_struct_reads_its_table(tmp_path: Path) -> None:
+    config = convert({"name": "x", "mode": "fast", "ratio": 2, "flag": True, "names": ["a", "b"], "dir": "d"}, Example, base_dir=tmp_path)
+    assert config == Example(name="x", mode="fast", ratio=2.0, flag=True, names=("a", "b"), dir=tmp_path / "d")
+    assert convert({"name": "x", "dir": "/abs"}, Example, base_dir=tmp_path).dir == Path("/abs")
+    assert convert({"name": "x"}, Example).dir == Path("data")  # no base: as written
 
     cases = [
-        ({"mode": "medium"}, lambda o: o.str("mode", choices=["fast", "slow"]), "mode: unknown value 'medium'; known: fast, slow"),
-        ({"name": ""}, lambda o: o.str("name"), "name: must not be empty"),
-        ({"ratio": float("nan")}, lambda o: o.float("ratio"), "ratio: must be a number"),
-        ({"flag": 1}, lambda o: o.bool("flag"), "flag: must be true or false"),
-        ({"n": True}, lambda o: o.int("n"), "n: must be an integer"),
-        ({"list": ["a", ""]}, lambda o: o.str_list("list"), "list: must be a list of non-empty strings"),
-        ({}, lambda o: o.str("needed"), "needed: missing (required)"),
+        ({"name": "x", "mode": "medium"}, "mode: unknown value 'medium'; known: fast, slow"),
+        ({"name": "x", "ratio": float("nan")}, "ratio: Expected float <= 3.0, got nan"),
+        ({"name": "x", "dir": "d", "ratio": float("-inf")}, "ratio: must be a finite number, got -inf"),
+        ({"name": "x", "ratio": 4}, "ratio: Expected float <= 3.0, got 4"),
+        ({"name": "x", "flag": 1}, "flag: Expected bool, got int"),
+        ({"name": "x", "limit": True}, "limit: Expected int, got bool"),
+        ({"name": "x", "names": ["a", ""]}, "names[1]: Expected str of length >= 1, got ''"),
+        ({"name": "x", "dir": ""}, "dir: Expected a path (a non-empty string), got ''"),
+        ({"name": "x", "mode": "slow", "flag": True}, "flag: a slow example cannot be flagged"),
+        ({}, "name: missing (required)"),
+        ({"name": "x", "nmae": 1}, "nmae: unknown option; known: name, mode, ratio, flag, names, dir, limit"),
     ]
-    for table, read, message in cases:
+    for table, message in cases:
         with pytest.raises(ConfigError) as info:
-            read(Options(table))
-        assert str(info.value).startswith(message)
+            convert(table, Example)
+        assert str(info.value) == message
 
 
 OOT_PLUGIN = '''
@@ -138,12 +146,21 @@ OOT_PLUGIN = '''
 import json
 
 from gauss.core import TopicRecord
-from gauss.registry import Options
+from gauss.registry import PluginConfig
+
+
+class ReversedJsonConfig(PluginConfig):
+    key_field: str = "symbol"
 
 
 class ReversedJson:
     name = "{name}"
     text = True
+    Config = ReversedJsonConfig
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.key_field)
 
     def __init__(self, key_field):
         self.key_field = key_field
@@ -157,13 +174,6 @@ class ReversedJson:
 
     def encode(self, records):
         return [json.dumps({{k: v[::-1] if isinstance(v, str) else v for k, v in r.data.items()}}).encode() for r in records]
-
-
-def create(table):
-    opts = Options(table)
-    codec = ReversedJson(opts.str("key_field", "symbol"))
-    opts.done()
-    return codec
 '''
 
 CHECK = '''
@@ -212,7 +222,7 @@ def test_out_of_tree_plugin_distribution_is_used_by_name(tmp_path: Path) -> None
             version = "0.0.1"
 
             [project.entry-points."gauss.codecs"]
-            "{name}" = "{package}:create"
+            "{name}" = "{package}:ReversedJson"
 
             [tool.setuptools]
             packages = ["{package}"]

@@ -16,7 +16,7 @@ from gauss.errors import ConfigError
 from gauss.hub import Hub
 from gauss.protocols import TopicSink
 from gauss.records import OverflowPolicy
-from gauss.registry import create
+from gauss.registry import convert, create
 from gauss.sink import StreamSink
 from gauss.topics import Topic
 from gauss.wire import WireFormat
@@ -210,13 +210,7 @@ def test_what_a_sink_writes_a_source_with_the_same_table_reads() -> None:
     hub.start()
     try:
         port = hub.sinks[0].address[1]  # type: ignore[attr-defined]
-        spec = SourceSpec(
-            topic="b",
-            transport={"type": "tcp-client", "port": port},
-            framing={"type": "length-prefixed"},
-            codec={"type": "avro"},
-            middleware=({"type": "lz4"}, {"type": "snappy"}),
-        )
+        spec = convert({"topic": "b", "transport": {"type": "tcp-client", "port": port}, **wire_table}, SourceSpec)
         source = hub.add_source(spec)
         assert source.wire.chain() == "length-prefixed -> lz4 -> snappy -> avro"
         wait_until(lambda: hub.sinks[0].clients == 1)  # type: ignore[attr-defined]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gevent
 import pytest
 from support import wait_until
@@ -12,6 +14,7 @@ from gauss.core import TopicRecord
 from gauss.errors import UnknownTopic
 from gauss.metrics import Metrics
 from gauss.records import DataFormat, OverflowPolicy, TopicQuery
+from gauss.registry import convert
 from gauss.runners import ProcessorRunner
 from gauss.topics import Topic, TopicRegistry
 
@@ -219,7 +222,11 @@ def test_volatile_storage_gets_a_new_epoch_each_start() -> None:
     assert Topic("v", "any", ListStorage()).epoch != Topic("v", "any", ListStorage()).epoch
 
 
-STORAGE = {"type": "support.plugins:create_storage"}
+STORAGE = {"type": "support.plugins:ListStorage"}
+
+
+def spec(name: str, data_format: DataFormat, storage: dict[str, str], **extra: Any) -> TopicSpec:
+    return convert({"name": name, "format": data_format.value, "storage": storage, **extra}, TopicSpec)
 
 
 def registry(*specs: TopicSpec) -> TopicRegistry:
@@ -229,7 +236,7 @@ def registry(*specs: TopicSpec) -> TopicRegistry:
 
 
 def test_registry_creates_exact_topics_at_open_and_refuses_unknown_names() -> None:
-    reg = registry(TopicSpec("quotes.raw", DataFormat.QUOTE, STORAGE))
+    reg = registry(spec("quotes.raw", DataFormat.QUOTE, STORAGE))
     assert [t.name for t in reg.topics()] == ["quotes.raw"]
     assert reg.get("quotes.raw").format is DataFormat.QUOTE
     with pytest.raises(UnknownTopic):
@@ -239,8 +246,8 @@ def test_registry_creates_exact_topics_at_open_and_refuses_unknown_names() -> No
 
 
 def test_template_topics_are_made_on_first_publish_with_substituted_storage() -> None:
-    storage = {"type": "support.plugins:create_storage", "dir": "data/{suffix}"}
-    reg = registry(TopicSpec("ohlc.*", DataFormat.CANDLE, storage, create=("ohlc.1m",)))
+    storage = {"type": "support.plugins:ListStorage", "dir": "data/{suffix}"}
+    reg = registry(spec("ohlc.*", DataFormat.CANDLE, storage, create=["ohlc.1m"]))
     assert [t.name for t in reg.topics()] == ["ohlc.1m"]
     reg.publish("ohlc.5m", quotes(2))
     assert [t.name for t in reg.topics()] == ["ohlc.1m", "ohlc.5m"]
@@ -251,7 +258,7 @@ def test_template_topics_are_made_on_first_publish_with_substituted_storage() ->
 
 
 def test_longest_template_wins() -> None:
-    reg = registry(TopicSpec("*", DataFormat.ANY, STORAGE), TopicSpec("ohlc.*", DataFormat.CANDLE, STORAGE))
+    reg = registry(spec("*", DataFormat.ANY, STORAGE), spec("ohlc.*", DataFormat.CANDLE, STORAGE))
     reg.publish("ohlc.1s", quotes(1))
     reg.publish("misc", quotes(1))
     assert reg.get("ohlc.1s").format is DataFormat.CANDLE

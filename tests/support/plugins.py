@@ -9,17 +9,32 @@ upsert), so engine tests do not depend on the storage engineer's plugins;
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterator, Sequence
+from typing import Annotated, Any, Iterator, Sequence
+
+import msgspec
 
 from gauss.core import TopicRecord
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
-from gauss.registry import Options
+from gauss.registry import PluginConfig
 
 _DURABLE: dict[str, tuple[str, list[TopicRecord]]] = {}
 
 
+class ListStorageConfig(PluginConfig):
+    durable: bool = False
+    fail: bool = False
+    dir: str | None = None
+    """Accepted so templates can be tested with {suffix} substitution."""
+
+
 class ListStorage:
     name = "list"
+    Config = ListStorageConfig
+
+    @classmethod
+    def from_config(cls, config: ListStorageConfig) -> ListStorage:
+        return cls(config.durable, config.fail)
+
 
     def __init__(self, durable: bool = False, fail: bool = False, fail_appends: Sequence[int] = ()) -> None:
         self.durable = durable
@@ -99,18 +114,22 @@ class ListStorage:
         self.closed = True
 
 
-def create_storage(table: dict[str, Any]) -> ListStorage:
-    opts = Options(table)
-    storage = ListStorage(opts.bool("durable", False), opts.bool("fail", False))
-    opts.str("dir", None)  # accepted so templates can be tested with {suffix} substitution
-    opts.done()
-    return storage
+
+
+class RepublishConfig(PluginConfig):
+    target: str
+    flush_interval: Annotated[float, msgspec.Meta(ge=0.01)] | None = None
 
 
 class Republish:
     """Processor: publishes every record it reads to ``target`` (data unchanged)."""
 
     name = "republish"
+    Config = RepublishConfig
+
+    @classmethod
+    def from_config(cls, config: RepublishConfig) -> Republish:
+        return cls(config.target, config.flush_interval)
 
     def __init__(self, target: str, flush_interval: float | None) -> None:
         self.target = target
@@ -131,11 +150,6 @@ class Republish:
         self.stopped = True
 
 
-def create_republish(table: dict[str, Any]) -> Republish:
-    opts = Options(table)
-    processor = Republish(opts.str("target"), opts.float("flush_interval", None, min=0.01))
-    opts.done()
-    return processor
 
 
 # --- helpers for tests that talk to a hub over real sockets ---------------------------

@@ -2,14 +2,14 @@
 
 One module a job: :mod:`.client` (the HTTP interface and its errors),
 :mod:`.rowbinary` (rows both ways), :mod:`.spool` (batches waiting on disk)
-and :mod:`.storage` (the storage itself, and ``create``, its factory, which
-the ``clickhouse`` entry point names).
+and :mod:`.storage` (the storage itself, which the ``clickhouse`` entry
+point names, and its options, :class:`ClickHouseConfig`).
 """
 
 from __future__ import annotations
 
 from .client import ClickHouseClient, ClickHouseError
 from .rowbinary import RowLayout, layout_for
-from .storage import ClickHouseStorage, create
+from .storage import ClickHouseConfig, ClickHouseStorage
 
-__all__ = ["ClickHouseStorage", "ClickHouseClient", "ClickHouseError", "RowLayout", "layout_for", "create"]
+__all__ = ["ClickHouseStorage", "ClickHouseConfig", "ClickHouseClient", "ClickHouseError", "RowLayout", "layout_for"]

@@ -46,13 +46,14 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Annotated, Any, Iterable, Literal, Self, Sequence
 
+import msgspec
 from gauss_plugins.storage._support import (
     FSYNC_POLICIES,
     MAX_FSYNC_INTERVAL,
+    DurableConfig,
     boot_id,
-    fsync_option,
     fsync_paths,
     new_epoch,
     resume_point,
@@ -62,13 +63,12 @@ from gauss.core import TopicRecord
 from gauss.errors import ConfigError, StorageError, StorageUnavailable
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
-from gauss.registry import Options
 
 from .client import ClickHouseClient, ClickHouseError, ClickHouseUnavailable, sql_name, sql_string
 from .rowbinary import _ANY, layout_for, read_string
 from .spool import DeadLetter, DiskSpool, Frame, MemorySpool, SpoolFull, file_name
 
-__all__ = ["ClickHouseStorage", "create"]
+__all__ = ["ClickHouseStorage", "ClickHouseConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,68 @@ DEFAULT_SPOOL_DIR = "data/clickhouse-spool"
 # ClickHouse error codes the worker repairs itself (creating the table again) before judging a failure.
 _UNKNOWN_TABLE = 60
 _UNKNOWN_DATABASE = 81
+
+_Name = Annotated[str, msgspec.Meta(min_length=1)]
+_Seconds = Annotated[float, msgspec.Meta(ge=0.001)]
+
+
+class ClickHouseConfig(DurableConfig):
+    """Options of the ``clickhouse`` storage (docs/clickhouse.md tells each)."""
+
+    url: str = DEFAULT_URL
+    """ClickHouse's HTTP interface, ``http://`` or ``https://``."""
+    database: _Name = DEFAULT_DATABASE
+    table: _Name | None = None
+    """None: ``quotes``, ``candles`` or ``records`` by the topic's format."""
+    meta_table: _Name = DEFAULT_META_TABLE
+    """The epochs of the topics (one row per new epoch)."""
+    user: _Name = "default"
+    password: str = ""
+    password_env: _Name | None = None
+    """Read the password from this environment variable instead (when the storage is built)."""
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    """Records per insert, at most."""
+    flush_interval: _Seconds = 1.0
+    """Seconds: a partial batch goes out at least this often."""
+    connect_timeout: _Seconds = 5.0
+    timeout: _Seconds = 30.0
+    """Seconds to wait for an answer."""
+    startup_timeout: Annotated[float, msgspec.Meta(ge=0.0)] = 30.0
+    """Seconds to wait for ClickHouse when the topic opens."""
+    flush_timeout: Annotated[float, msgspec.Meta(ge=0.0)] = 10.0
+    """Seconds ``flush`` waits for the spool to be delivered (what is left stays in the spool)."""
+    retry_min: _Seconds = 0.1
+    """Seconds of back-off after a failed insert (doubling, with jitter, up to ``retry_max``)."""
+    retry_max: _Seconds = 10.0
+    max_buffer_records: Annotated[int, msgspec.Meta(ge=1)] = 1_000_000
+    """Records waiting for ClickHouse that queries still see from memory."""
+    spool_dir: str | Literal[False] = DEFAULT_SPOOL_DIR
+    """Where every batch is written before it is visible (relative to the configuration file); ``false`` or ``""``: none (not durable)."""
+    max_spool_bytes: Annotated[int, msgspec.Meta(ge=1)] = 1 << 30
+    """Bound of the spool, per topic; a batch past it is refused."""
+    max_dead_letter_bytes: Annotated[int, msgspec.Meta(ge=0)] = 1 << 30
+    """Bound of the dead-letter files, per topic."""
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError("url", f"must be an http:// or https:// URL, got {self.url!r}")
+        if self.password_env is not None and self.password:
+            raise ConfigError("password_env", "give either 'password' or 'password_env', not both")
+        if self.retry_max < self.retry_min:
+            raise ConfigError("retry_max", f"must be at least retry_min ({self.retry_min})")
+
+    @property
+    def spool_path(self) -> Path | None:
+        """``spool_dir`` as a path; None without a spool."""
+        return Path(self.spool_dir) if self.spool_dir else None
+
+    def resolve_paths(self, base_dir: Path) -> Self:
+        """Resolves ``spool_dir`` too: a ``str`` field, since a ``Path`` one could not read ``false``."""
+        config = super().resolve_paths(base_dir)
+        spool = config.spool_path
+        if spool is None or spool.is_absolute():
+            return config
+        return msgspec.structs.replace(config, spool_dir=str(base_dir / spool))
 
 
 class ClickHouseStorage:
@@ -95,6 +157,7 @@ class ClickHouseStorage:
 
     name = "clickhouse"
     durable = True
+    Config = ClickHouseConfig
 
     def __init__(
         self,
@@ -179,6 +242,18 @@ class ClickHouseStorage:
         """The last insert could not even connect: reads fail at once instead of waiting to time out."""
         self._warn = RateLimitedLog(log, level=logging.ERROR)
         self._refused = RateLimitedLog(log, level=logging.ERROR)
+
+    @classmethod
+    def from_config(cls, config: ClickHouseConfig) -> ClickHouseStorage:
+        password = config.password
+        if config.password_env is not None:
+            password = os.environ.get(config.password_env, "")
+        return cls(
+            password=password,
+            spool_dir=config.spool_path,
+            fsync=config.fsync_policy,
+            **config.options(exclude=("password", "password_env", "spool_dir", "fsync")),
+        )
 
     # -- health ---------------------------------------------------------------
 
@@ -749,50 +824,3 @@ class ClickHouseStorage:
         if not seqs:
             return low, high
         return min(low, min(seqs)), max(high, max(seqs))
-
-
-
-
-def create(table: dict[str, Any]) -> ClickHouseStorage:
-    """Build the storage from its TOML table (see docs/clickhouse.md for every option)."""
-    opts = Options(table)
-    url = opts.str("url", DEFAULT_URL)
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError("url", f"must be an http:// or https:// URL, got {url!r}")
-    password = opts.str("password", "", empty=True)
-    password_env = opts.str("password_env", None)
-    if password_env is not None:
-        if password:
-            raise ConfigError("password_env", "give either 'password' or 'password_env', not both")
-        password = os.environ.get(password_env, "")
-    spool = opts.raw("spool_dir", DEFAULT_SPOOL_DIR)
-    if spool is False or spool == "":
-        spool_dir = None
-    else:
-        spool_dir = opts.path("spool_dir", DEFAULT_SPOOL_DIR)
-    storage = ClickHouseStorage(
-        url=url,
-        database=opts.str("database", DEFAULT_DATABASE),
-        table=opts.str("table", None),
-        meta_table=opts.str("meta_table", DEFAULT_META_TABLE),
-        user=opts.str("user", "default"),
-        password=password,
-        batch_size=opts.int("batch_size", 10_000, min=1, max=1_000_000),
-        flush_interval=opts.float("flush_interval", 1.0, min=0.001),
-        connect_timeout=opts.float("connect_timeout", 5.0, min=0.001),
-        timeout=opts.float("timeout", 30.0, min=0.001),
-        startup_timeout=opts.float("startup_timeout", 30.0, min=0.0),
-        flush_timeout=opts.float("flush_timeout", 10.0, min=0.0),
-        retry_min=opts.float("retry_min", 0.1, min=0.001),
-        retry_max=opts.float("retry_max", 10.0, min=0.001),
-        max_buffer_records=opts.int("max_buffer_records", 1_000_000, min=1),
-        spool_dir=spool_dir,
-        max_spool_bytes=opts.int("max_spool_bytes", 1 << 30, min=1),
-        max_dead_letter_bytes=opts.int("max_dead_letter_bytes", 1 << 30, min=0),
-        fsync=fsync_option(opts),
-    )
-    opts.done()
-    if storage.retry_max < storage.retry_min:
-        raise ConfigError("retry_max", f"must be at least retry_min ({storage.retry_min})")
-    return storage
-

@@ -80,8 +80,8 @@ def test_a_quote_sent_to_the_source_reaches_a_websocket_subscriber_and_rest(serv
 
 def test_default_config_binds_the_api_to_localhost_without_a_token() -> None:
     config = load_config(REPO / "config.toml")
-    assert config.api.enabled and config.api.bind == "127.0.0.1" and config.api.port == 9200
-    assert ApiOptions.parse(config.api.options, environ={}).token is None
+    assert config.api is not None and config.api.bind == "127.0.0.1" and config.api.port == 9200
+    assert config.api.with_environ({}).token is None
 
 
 @pytest.mark.parametrize(

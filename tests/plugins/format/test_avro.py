@@ -8,6 +8,7 @@ from pathlib import Path
 
 import fastavro
 import pytest
+from gauss_plugins.format.avro import AvroCodec, AvroConfig
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
@@ -83,6 +84,10 @@ def test_configurable_schema_path(tmp_path: Path) -> None:
         ("{not json", {}, "schema"),
         ('{"type": "record", "name": "Q", "fields": [{"name": "a", "type": "nope"}]}', {}, "schema"),
         ('{"type": "record", "name": "Q", "fields": [{"name": "symbol", "type": "string"}]}', {}, "ts_field"),
+        (None, {"schema": ""}, "schema"),
+        (None, {"schema": 5}, "schema"),
+        (None, {"key_field": ""}, "key_field"),
+        (None, {"shema": "q.avsc"}, "shema"),
     ],
 )
 def test_bad_schema_is_a_config_error(tmp_path: Path, schema_text: str | None, table_extra: dict, key: str) -> None:
@@ -95,3 +100,16 @@ def test_bad_schema_is_a_config_error(tmp_path: Path, schema_text: str | None, t
     with pytest.raises(ConfigError) as info:
         create("codec", table)
     assert info.value.key == key
+
+
+def test_relative_schema_resolves_against_the_config_directory(tmp_path: Path) -> None:
+    (tmp_path / "q.avsc").write_text(resource_path("schemas/quote.avsc").read_text())
+    assert create("codec", {"type": "avro", "schema": "q.avsc"}, base_dir=tmp_path).quote_layout
+    with pytest.raises(ConfigError) as info:
+        create("codec", {"type": "avro", "schema": "missing.avsc"}, base_dir=tmp_path)
+    assert info.value.key == "schema" and str(tmp_path / "missing.avsc") in info.value.reason
+
+
+def test_from_config_maps_the_fields() -> None:
+    codec = AvroCodec.from_config(AvroConfig(key_field="symbol", ts_field="ts_ms"))
+    assert codec.quote_layout and (codec.key_field, codec.ts_field) == ("symbol", "ts_ms")

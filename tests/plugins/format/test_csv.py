@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from gauss_plugins.format.csv import CsvCodec, CsvConfig
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, DecodeError
@@ -89,6 +90,8 @@ def test_custom_columns() -> None:
         ({"columns": ["symbol", "b"]}, "ts_field"),
         ({"columns": ["symbol", "ts_ms", "symbol"]}, "columns"),
         ({"columns": "symbol,ts_ms"}, "columns"),
+        ({"columns": ["symbol", "", "ts_ms"]}, "columns[1]"),
+        ({"key_field": ""}, "key_field"),
         ({"quote": "'"}, "quote"),
     ],
 )
@@ -96,6 +99,21 @@ def test_bad_options_are_config_errors(table: dict, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         create("codec", {"type": "csv", **table})
     assert info.value.key == key
+
+
+def test_config_errors_say_what_is_wrong() -> None:
+    with pytest.raises(ConfigError, match=r"^columns\[1\]: Expected str of length >= 1"):
+        create("codec", {"type": "csv", "columns": ["symbol", ""]})
+    with pytest.raises(ConfigError, match=r"^columns: Expected array, got str"):
+        create("codec", {"type": "csv", "columns": "symbol,ts_ms"})
+    with pytest.raises(ConfigError, match=r"^ts_field: 'time' is not one of the columns \(symbol, px\)"):
+        CsvConfig(columns=("symbol", "px"), ts_field="time")
+
+
+def test_from_config_maps_the_fields() -> None:
+    codec = CsvCodec.from_config(CsvConfig(columns=("time", "pair"), key_field="pair", ts_field="time"))
+    assert (codec.columns, codec.key_field, codec.ts_field) == (("time", "pair"), "pair", "time")
+    assert CsvCodec.from_config(CsvConfig()).quote_layout
 
 
 def test_unwritable_value_is_skipped(codec: Codec) -> None:

@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+from gauss_plugins.format.json import JsonCodec, JsonConfig
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError, DecodeError
@@ -94,6 +95,21 @@ def test_custom_key_and_ts_fields() -> None:
 def test_unknown_option_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="key_feld"):
         create("codec", {"type": "json", "key_feld": "pair"})
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "gist"),
+    [({"key_field": ""}, "key_field", "length >= 1"), ({"ts_field": 5}, "ts_field", "Expected str")],
+)
+def test_bad_option_value_is_refused_with_its_key(table: dict, key: str, gist: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        create("codec", {"type": "json", **table})
+    assert info.value.key == key and gist in info.value.reason
+
+
+def test_from_config_maps_the_fields() -> None:
+    codec = JsonCodec.from_config(JsonConfig(key_field="pair", ts_field="time"))
+    assert (codec.key_field, codec.ts_field) == ("pair", "time")
 
 
 def test_encode_writes_data_only_and_round_trips(codec: Codec) -> None:

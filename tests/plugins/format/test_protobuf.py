@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from gauss_plugins.format.protobuf import ProtobufCodec, ProtobufConfig
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
 from gauss.protocols import Codec, FormatSerializer
-from gauss.registry import config_dir, create
+from gauss.registry import create
 from gauss.resources import resource_path
 
 QUOTE = {"symbol": "EURUSD", "bid": 1.085, "ask": 1.0852, "bid_size": 1e6, "ask_size": 5e5, "ts_ms": 1732406400123}
@@ -81,14 +82,11 @@ def test_any_message_of_a_user_descriptor_set(tmp_path: Path) -> None:
          f"--descriptor_set_out={tmp_path / 'trade.desc'}", str(tmp_path / "trade.proto")],
         check=True,
     )
-    token = config_dir.set(tmp_path)  # relative paths resolve against the config file's directory
-    try:
-        codec = create(
-            "codec",
-            {"type": "protobuf", "descriptor": "trade.desc", "message": "acme.Trade", "key_field": "pair", "ts_field": "time"},
-        )
-    finally:
-        config_dir.reset(token)
+    codec = create(  # a relative path resolves against the config file's directory
+        "codec",
+        {"type": "protobuf", "descriptor": "trade.desc", "message": "acme.Trade", "key_field": "pair", "ts_field": "time"},
+        base_dir=tmp_path,
+    )
     data = {"pair": "BTC/USD", "time": 17, "px": 65000.5, "flags": [1, 2], "side": {"name": "buy"}}
     (record,), rejected = codec.decode(codec.encode([TopicRecord(17, "BTC/USD", data)]))
     assert rejected == []
@@ -118,6 +116,9 @@ def test_shipped_descriptor_matches_the_proto(tmp_path: Path) -> None:
         ({"key_field": "pair"}, "key_field"),
         ({"ts_field": "time"}, "ts_field"),
         ({"schema": "x"}, "schema"),
+        ({"message": ""}, "message"),
+        ({"descriptor": ""}, "descriptor"),
+        ({"descriptor": 5}, "descriptor"),
     ],
 )
 def test_bad_options_are_config_errors(table: dict, key: str) -> None:
@@ -131,3 +132,17 @@ def test_descriptor_that_is_not_a_descriptor_set(tmp_path: Path) -> None:
     bogus.write_bytes(b"\xff\xff\xff not a descriptor")
     with pytest.raises(ConfigError, match="descriptor"):
         create("codec", {"type": "protobuf", "descriptor": str(bogus)})
+
+
+def test_relative_descriptor_resolves_against_the_config_directory(tmp_path: Path) -> None:
+    shutil.copy(resource_path("schemas/quote.desc"), tmp_path / "q.desc")
+    assert create("codec", {"type": "protobuf", "descriptor": "q.desc"}, base_dir=tmp_path).key_field == "symbol"
+    with pytest.raises(ConfigError) as info:
+        create("codec", {"type": "protobuf", "descriptor": "missing.desc"}, base_dir=tmp_path)
+    assert info.value.key == "descriptor" and str(tmp_path / "missing.desc") in info.value.reason
+
+
+def test_from_config_maps_the_fields() -> None:
+    codec = ProtobufCodec.from_config(ProtobufConfig())
+    assert codec.message_class.DESCRIPTOR.full_name == "gauss.Quote"
+    assert (codec.key_field, codec.ts_field) == ("symbol", "ts_ms")

@@ -150,7 +150,21 @@ def test_lz4_refuses_trailing_bytes_after_frame() -> None:
     assert decoded == [] and "after the LZ4 frame" in rejected[0].reason
 
 
-@pytest.mark.parametrize(("table", "key"), [({"type": "gzip", "level": 10}, "level"), ({"type": "snappy", "level": 1}, "level")])
-def test_bad_option_is_a_config_error(table: dict, key: str) -> None:
-    with pytest.raises(ConfigError, match=key):
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"type": "gzip", "level": 10}, "level: Expected int <= 9"),
+        ({"type": "gzip", "level": "9"}, "level: Expected int, got str"),
+        ({"type": "lz4", "level": -2}, "level: Expected int >= -1"),
+        ({"type": "lz4", "level": 17}, "level: Expected int <= 16"),
+        ({"type": "snappy", "level": 1}, "level: unknown option"),
+    ],
+)
+def test_bad_option_is_a_config_error(table: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
         create("middleware", table)
+
+
+@pytest.mark.parametrize(("table", "level"), [({"type": "gzip"}, 6), ({"type": "gzip", "level": 0}, 0), ({"type": "lz4"}, 0), ({"type": "lz4", "level": 16}, 16)])
+def test_level_reaches_the_middleware(table: dict, level: int) -> None:
+    assert create("middleware", table).level == level

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from gauss_plugins.stage.ohlc import DEFAULT_TIMEFRAMES, OhlcProcessor, create, parse_timeframe
+from gauss_plugins.stage.ohlc import DEFAULT_TIMEFRAMES, OhlcConfig, OhlcProcessor, parse_timeframe
 
 from gauss import registry
 from gauss.core import TopicRecord
@@ -193,7 +193,7 @@ def test_records_without_prices_are_skipped_and_counted(context: Any) -> None:
 
 
 def test_candles_go_to_the_output_prefix() -> None:
-    processor = create({"timeframes": ["3m"], "output_prefix": "bars/"})
+    processor = OhlcProcessor.from_config(OhlcConfig(timeframes=("3m",), output_prefix="bars/"))
     assert processor.topics == ["bars/3m"]
     assert processor.widths_ms == [180_000]
 
@@ -213,16 +213,19 @@ def test_parse_timeframe(label: str, ms: int) -> None:
         ({"timeframes": ["m"]}, "timeframes: bad timeframe 'm'"),
         ({"timeframes": ["1m", "60s"]}, "timeframes: '60s' and '1m' are the same width"),
         ({"timeframes": []}, "timeframes: must list at least one"),
-        ({"timeframes": "1m"}, "timeframes: must be a list"),
-        ({"hold_buckets": 0}, "hold_buckets: must be at least 1"),
-        ({"open_interval_ms": 0}, "open_interval_ms: must be at least 1"),
-        ({"late_topic": ""}, "late_topic: must not be empty"),
+        ({"timeframes": "1m"}, "timeframes: Expected array, got str"),
+        ({"timeframes": ["1m", 5]}, r"timeframes\[1\]: Expected str, got int"),
+        ({"hold_buckets": 0}, "hold_buckets: Expected int >= 1, got 0"),
+        ({"open_interval_ms": 0}, "open_interval_ms: Expected int >= 1, got 0"),
+        ({"max_keys": 0}, "max_keys: Expected int >= 1, got 0"),
+        ({"late_topic": ""}, "late_topic: Expected str of length >= 1"),
+        ({"output_prefix": 1}, "output_prefix: Expected str, got int"),
         ({"timeframe": ["1m"]}, "timeframe: unknown option"),
     ],
 )
 def test_bad_options_name_the_key(table: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        create(table)
+        registry.create("processor", {"type": "ohlc", **table})
 
 
 def test_defaults_through_the_registry() -> None:

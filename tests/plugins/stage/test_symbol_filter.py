@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from gauss_plugins.stage.symbol_filter import SymbolFilter, create
+from gauss_plugins.stage.symbol_filter import SymbolFilter, SymbolFilterConfig
 
 from gauss import registry
 from gauss.core import TopicRecord
@@ -33,7 +33,7 @@ def test_allow_list_forwards_only_those_symbols_as_new_records(context: Any) -> 
 
 
 def test_deny_list_forwards_everything_else(context: Any) -> None:
-    processor = create({"output": "quotes.fx", "deny": ["BTC/USD"]})
+    processor = SymbolFilter.from_config(SymbolFilterConfig(output="quotes.fx", deny=("BTC/USD",)))
     processor.process("quotes.raw", batch(), context)
     assert [r.key for r in context.records("quotes.fx")] == ["EURUSD", "EURUSD", "XAU"]
 
@@ -53,11 +53,12 @@ def test_nothing_matching_publishes_nothing(context: Any) -> None:
         ({"allow": ["A"]}, "output: missing"),
         ({"output": "o"}, "allow: missing"),
         ({"output": "o", "allow": ["A"], "deny": ["B"]}, "deny: give either 'allow' or 'deny', not both"),
-        ({"output": "o", "allow": "A"}, "allow: must be a list"),
-        ({"output": "o", "deny": [""]}, "deny: must be a list of non-empty strings"),
+        ({"output": "o", "allow": "A"}, r"allow: Expected array \| null, got str"),
+        ({"output": "o", "deny": [""]}, r"deny\[0\]: Expected str of length >= 1"),
+        ({"output": "", "allow": ["A"]}, "output: Expected str of length >= 1"),
         ({"output": "o", "allow": ["A"], "alow": ["B"]}, "alow: unknown option"),
     ],
 )
 def test_bad_options_name_the_key(table: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        create(table)
+        registry.create("processor", {"type": "symbol-filter", **table})

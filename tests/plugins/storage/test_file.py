@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import gevent
 import pytest
 from gauss_plugins.storage._keys import decode_key, encode_key, key_file_name
-from gauss_plugins.storage.file import META_FILE, FileStorage, create, encode_records
+from gauss_plugins.storage.file import META_FILE, FileConfig, FileStorage, encode_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -271,27 +271,37 @@ def test_file_storage_answers_like_the_naive_model_across_a_restart(
     storage.close()
 
 
-def test_factory_options_and_relative_dir(tmp_path: Path) -> None:
-    token = registry.config_dir.set(tmp_path)
-    try:
-        storage = registry.create("storage", {"type": "file", "dir": "data/ohlc/1m", "flush_interval": 0.5, "retention_ms": 10})
-    finally:
-        registry.config_dir.reset(token)
+def create(table: dict[str, Any]) -> FileStorage:
+    storage = registry.create("storage", {"type": "file", **table})
+    assert isinstance(storage, FileStorage)
+    return storage
+
+
+def test_config_options_and_relative_dir(tmp_path: Path) -> None:
+    table = {"type": "file", "dir": "data/ohlc/1m", "flush_interval": 0.5, "retention_ms": 10}
+    storage = registry.create("storage", table, base_dir=tmp_path)
     assert isinstance(storage, FileStorage)
     assert storage.directory == tmp_path / "data/ohlc/1m" and storage.flush_interval == 0.5 and storage.retention_ms == 10
     assert storage.durable is True
-    with pytest.raises(ConfigError, match="dir: missing"):
+    assert create({"dir": "/abs/dir"}).directory == Path("/abs/dir")
+    assert FileStorage.from_config(FileConfig(dir=Path("x"), max_keys=7)).max_keys == 7
+    with pytest.raises(ConfigError, match=r"dir: missing \(required\)"):
         create({})
-    with pytest.raises(ConfigError, match="max_buffered: must be at least 1"):
+    with pytest.raises(ConfigError, match="max_buffered: Expected int >= 1, got 0"):
         create({"dir": "x", "max_buffered": 0})
-    with pytest.raises(ConfigError, match="retention: unknown option"):
+    with pytest.raises(ConfigError, match="retention: unknown option; known: dir, "):
         create({"dir": "x", "retention": 5})
-    assert create({"dir": "x"}).fsync == "interval"
+    assert create({"dir": "x", "max_buffered": 10}).fsync == "interval"
     assert create({"dir": "x", "fsync": "never", "max_keys": 5}).max_keys == 5
-    with pytest.raises(ConfigError, match="fsync: unknown value 'yes'"):
+    assert create({"dir": "x", "fsync": True}).fsync == "always"
+    with pytest.raises(ConfigError, match="fsync: unknown value 'yes'; known: always, interval, never"):
         create({"dir": "x", "fsync": "yes"})
-    with pytest.raises(ConfigError, match="flush_interval: must be at most 1.0"):
+    with pytest.raises(ConfigError, match="flush_interval: Expected float <= 1.0, got 2"):
         create({"dir": "x", "flush_interval": 2})
+    with pytest.raises(ConfigError, match="compact_interval: must be a finite number"):
+        create({"dir": "x", "compact_interval": float("inf")})
+    with pytest.raises(ConfigError, match="max_open_files: Expected int >= 1, got 0"):
+        create({"dir": "x", "max_open_files": 0})
 
 
 def test_unreadable_meta_is_moved_aside_and_a_new_epoch_starts(tmp_path: Path) -> None:

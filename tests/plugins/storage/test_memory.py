@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from gauss_plugins.storage.memory import MemoryStorage, create
+from gauss_plugins.storage.memory import MemoryConfig, MemoryStorage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -135,15 +135,16 @@ def test_each_open_starts_a_new_epoch_and_seq() -> None:
     assert storage.durable is False
 
 
-def test_factory_reads_capacity_and_refuses_typos() -> None:
+def test_config_reads_capacity_and_refuses_typos() -> None:
     storage = registry.create("storage", {"type": "memory", "capacity": 10})
     assert isinstance(storage, MemoryStorage) and storage.capacity == 10
-    with pytest.raises(ConfigError, match="capacity"):
-        create({"capacity": 0})
-    with pytest.raises(ConfigError, match="capacity: must be an integer"):
-        create({"capacity": "big"})
-    with pytest.raises(ConfigError, match="capacty: unknown option"):
-        create({"capacty": 5})
+    assert MemoryStorage.from_config(MemoryConfig()).capacity is None
+    with pytest.raises(ConfigError, match="capacity: Expected int >= 1, got 0"):
+        registry.create("storage", {"type": "memory", "capacity": 0})
+    with pytest.raises(ConfigError, match=r"capacity: Expected int \| null, got str"):
+        registry.create("storage", {"type": "memory", "capacity": "big"})
+    with pytest.raises(ConfigError, match="capacty: unknown option; known: capacity"):
+        registry.create("storage", {"type": "memory", "capacty": 5})
 
 
 def test_use_before_open_is_a_clear_error() -> None:

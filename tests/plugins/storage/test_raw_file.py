@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gauss_plugins.storage.raw_file import RawFileStorage, create, iter_raw_log, main, segments
+from gauss_plugins.storage.raw_file import RawFileConfig, RawFileStorage, iter_raw_log, main, segments
 
 from gauss import registry
 from gauss.core import TopicRecord
@@ -172,25 +172,31 @@ def test_command_line_reader_prints_json_lines(tmp_path: Path, capsysbinary: pyt
     assert [json.loads(line)["seq"] for line in done.stdout.splitlines()] == [1, 2]
 
 
-def test_factory_options(tmp_path: Path) -> None:
-    token = registry.config_dir.set(tmp_path)
-    try:
-        storage = registry.create("storage", {"type": "raw-file", "path": "raw/quotes", "max_file_bytes": 1024, "max_files": 2})
-    finally:
-        registry.config_dir.reset(token)
+def create(table: dict[str, Any]) -> RawFileStorage:
+    storage = registry.create("storage", {"type": "raw-file", **table})
+    assert isinstance(storage, RawFileStorage)
+    return storage
+
+
+def test_config_options(tmp_path: Path) -> None:
+    table = {"type": "raw-file", "path": "raw/quotes", "max_file_bytes": 1024, "max_files": 2}
+    storage = registry.create("storage", table, base_dir=tmp_path)
     assert isinstance(storage, RawFileStorage)
     assert storage.path == tmp_path / "raw/quotes" and storage.max_file_bytes == 1024 and storage.max_files == 2
     assert storage.fsync == "interval" and storage.flush_interval == 1.0
+    assert RawFileStorage.from_config(RawFileConfig(path=Path("x"), max_age_s=60)).max_age_s == 60
     assert create({"path": "x", "fsync": "always"}).fsync == "always"
     assert create({"path": "x", "fsync": False, "max_buffered": 10}).fsync == "never"
     with pytest.raises(ConfigError, match="fsync: unknown value 'sometimes'; known: always, interval, never"):
         create({"path": "x", "fsync": "sometimes"})
-    with pytest.raises(ConfigError, match="flush_interval: must be at most 1.0"):
+    with pytest.raises(ConfigError, match="flush_interval: Expected float <= 1.0, got 5"):
         create({"path": "x", "flush_interval": 5})
-    with pytest.raises(ConfigError, match="path: missing"):
+    with pytest.raises(ConfigError, match=r"path: missing \(required\)"):
         create({})
-    with pytest.raises(ConfigError, match="tail_records: must be at least 1"):
+    with pytest.raises(ConfigError, match="tail_records: Expected int >= 1, got 0"):
         create({"path": "x", "tail_records": 0})
+    with pytest.raises(ConfigError, match="max_files: Expected int >= 0, got -1"):
+        create({"path": "x", "max_files": -1})
     with pytest.raises(ConfigError, match="rotate: unknown option"):
         create({"path": "x", "rotate": True})
 

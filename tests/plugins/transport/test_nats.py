@@ -80,17 +80,39 @@ def test_subject_token_escapes_only_what_a_subject_cannot_carry() -> None:
     assert subject_token("") == "_"
 
 
-def test_config_errors_name_the_option() -> None:
-    with pytest.raises(ConfigError, match="durable"):
-        create("transport", {"type": "nats", "subject": "q.>", "durable": "d"})
-    with pytest.raises(ConfigError, match="url"):
-        create("transport", {"type": "nats", "subject": "q.>", "url": "http://x"})
-    with pytest.raises(ConfigError, match="durable"):
-        create("transport", {"type": "nats", "subject": "q.>", "stream": "Q", "durable": "a.b"})
-    with pytest.raises(ConfigError, match="subject"):
-        create("transport", {"type": "nats"})
-    with pytest.raises(ConfigError, match="unknown option"):
-        create("transport", {"type": "nats", "subject": "q", "shard": 2})
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"subject": "q.>", "durable": "d"}, "durable: needs a 'stream'"),
+        ({"subject": "q.>", "url": "http://x"}, "url: must be a nats:// or tls:// URL"),
+        ({"subject": "q.>", "stream": "Q", "durable": "a.b"}, "durable: must not contain"),
+        ({}, r"subject: missing \(required\)"),
+        ({"subject": "q a"}, "subject: must not contain white space"),
+        ({"subject": "q", "shard": 2}, "shard: unknown option"),
+        ({"subject": "q", "shards": 0}, "shards: Expected int >= 1, got 0"),
+        ({"subject": "q", "batch": 100_001}, "batch: Expected int <= 100000"),
+        ({"subject": "q", "max_message_bytes": 63}, "max_message_bytes: Expected int >= 64"),
+        ({"subject": "q", "ack_wait_s": 0.05}, "ack_wait_s: Expected float >= 0.1"),
+        ({"subject": "q", "stream_subjects": ["a", ""]}, r"stream_subjects\[1\]: Expected str of length >= 1"),
+        ({"subject": "q", "reconnect_min": 2, "reconnect_max": 1}, "reconnect_max: must be at least reconnect_min"),
+        ({"subject": "q", "state_dir": ""}, "state_dir: Expected a path"),
+    ],
+)
+def test_config_errors_name_the_option(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create("transport", {"type": "nats", **table})
+
+
+def test_options_reach_the_transport(tmp_path: Path) -> None:
+    table = {"type": "nats", "subject": "q.>", "stream": "Q", "durable": "d", "shards": 3, "state_dir": "state"}
+    transport = create("transport", table, base_dir=tmp_path)
+    assert (transport.url, transport.subject, transport.stream, transport.durable) == (bus.DEFAULT_URL, "q.>", "Q", "d")
+    assert transport.stream_subjects == ["q.>"] and transport.shards == 3
+    assert (transport.batch, transport.max_ack_pending, transport.ack_wait_s, transport.queue_size) == (256, 10_000, 30.0, 1024)
+    assert (transport.reconnect_min, transport.reconnect_max, transport.max_message_bytes) == (0.1, 1.0, 1 << 20)
+    assert transport.state_dir == tmp_path / "state"
+    assert create("transport", {"type": "nats", "subject": "q"}, base_dir=tmp_path).state_dir == tmp_path / "nats-state"
+    assert create("transport", {"type": "nats", "subject": "q", "stream_subjects": ["a", "b"]}).stream_subjects == ["a", "b"]
 
 
 def test_a_jetstream_source_refuses_a_shedding_queue(nats_server: NatsServer, tmp_path: Path) -> None:
@@ -178,7 +200,7 @@ def test_jetstream_source_stores_each_message_once_and_acks_after_storage(nats_s
     symbols = [f"S{i}" for i in range(5)]
     sent = quotes_for(symbols, 2000)
     with BusClient(nats_server.url) as client:
-        hub = quote_hub(tmp_path, source_table(nats_server, tmp_path, reconnect_max=0.2), storage="support.plugins:create_storage")
+        hub = quote_hub(tmp_path, source_table(nats_server, tmp_path, reconnect_max=0.2), storage="support.plugins:ListStorage")
         try:
             wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
             storage = hub.registry.get("quotes.raw").storage
@@ -206,7 +228,7 @@ def test_redeliveries_after_a_crash_are_not_stored_twice(nats_server: NatsServer
     symbols = [f"S{i}" for i in range(4)]
     sent = quotes_for(symbols, 1200)
     table = source_table(nats_server, tmp_path, ack_wait_s=1.0)
-    storage = {"type": "support.plugins:create_storage", "durable": True}
+    storage = {"type": "support.plugins:ListStorage", "durable": True}
     with BusClient(nats_server.url) as client:
         monkeypatch.setattr(bus.NatsTransport, "_ack", lambda self, msgs, nak: None)  # every ack lost
         hub = quote_hub(tmp_path, table, storage=storage)

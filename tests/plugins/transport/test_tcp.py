@@ -216,17 +216,40 @@ def test_client_reconnects_after_an_outage_and_logs_it_once(caplog: pytest.LogCa
         client.close()
 
 
-def test_factories_check_their_options() -> None:
-    assert isinstance(create("transport", {"type": "tcp-server", "port": 0}), TcpServer)
-    assert isinstance(create("transport", {"type": "tcp-client", "port": 9}), TcpClient)
-    with pytest.raises(ConfigError, match="port: missing"):
-        create("transport", {"type": "tcp-server"})
-    with pytest.raises(ConfigError, match="idle_timeout_s: must be at least"):
-        create("transport", {"type": "tcp-server", "port": 0, "idle_timeout_s": 0})
-    with pytest.raises(ConfigError, match="max_connections_per_peer: must be an integer"):
-        create("transport", {"type": "tcp-server", "port": 0, "max_connections_per_peer": "2"})
-    with pytest.raises(ConfigError, match="reconnect_max: must be at least"):
-        create("transport", {"type": "tcp-client", "port": 9, "reconnect_min": 2.0, "reconnect_max": 1.0})
+def test_options_reach_the_transports() -> None:
+    server = create("transport", {"type": "tcp-server", "port": 0})
+    assert isinstance(server, TcpServer)
+    assert (server.bind, server.max_connections, server.max_connections_per_peer, server.idle_timeout_s) == ("127.0.0.1", 1024, 0, None)
+    assert (server.nodelay, server.recv_buffer, server.send_buffer) == (True, 1 << 20, 1 << 20)
+    server = create("transport", {"type": "tcp-server", "port": 7000, "idle_timeout_s": 2, "backlog": 8, "nodelay": False, "recv_buffer": 0})
+    assert (server.port, server.idle_timeout_s, server.backlog, server.nodelay, server.recv_buffer) == (7000, 2.0, 8, False, 0)
+    client = create("transport", {"type": "tcp-client", "port": 9, "reconnect_max": 1, "send_buffer": 4096})
+    assert isinstance(client, TcpClient)
+    assert (client.host, client.port, client.reconnect_min, client.reconnect_max, client.connect_timeout) == ("127.0.0.1", 9, 0.1, 1.0, 5.0)
+    assert client.send_buffer == 4096
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"type": "tcp-server"}, "port: missing"),
+        ({"type": "tcp-server", "port": 65536}, "port: Expected int <= 65535"),
+        ({"type": "tcp-client", "port": 0}, "port: Expected int >= 1"),
+        ({"type": "tcp-server", "port": 0, "idle_timeout_s": 0}, "idle_timeout_s: Expected float >= 0.001"),
+        ({"type": "tcp-server", "port": 0, "max_connections_per_peer": "2"}, "max_connections_per_peer: Expected int, got str"),
+        ({"type": "tcp-server", "port": 0, "max_connections": 0}, "max_connections: Expected int >= 1"),
+        ({"type": "tcp-server", "port": 0, "bind": ""}, "bind: Expected str of length >= 1"),
+        ({"type": "tcp-server", "port": 0, "recv_buffer": -1}, "recv_buffer: Expected int >= 0"),
+        ({"type": "tcp-client", "port": 9, "send_buffer": 1 << 31}, "send_buffer: Expected int <= 1073741824"),
+        ({"type": "tcp-client", "port": 9, "nodelay": 1}, "nodelay: Expected bool, got int"),
+        ({"type": "tcp-client", "port": 9, "reconnect_min": 2.0, "reconnect_max": 1.0}, "reconnect_max: must be at least reconnect_min"),
+        ({"type": "tcp-client", "port": 9, "connect_timeout": float("inf")}, "connect_timeout: "),
+        ({"type": "tcp-client", "port": 9, "backlog": 8}, "backlog: unknown option"),
+    ],
+)
+def test_bad_options_name_the_key(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create("transport", table)
 
 
 DESCRIPTOR_LIMITED_SERVER = """

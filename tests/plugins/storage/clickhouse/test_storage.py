@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gauss_plugins.storage.clickhouse import ClickHouseStorage, create
+from gauss_plugins.storage.clickhouse import ClickHouseConfig, ClickHouseStorage
 from gauss_plugins.storage.clickhouse.client import ClickHouseError, ClickHouseUnavailable, classify
 from gauss_plugins.storage.clickhouse.spool import DiskSpool
 from support import wait_until
@@ -64,6 +64,12 @@ def dicts(records: list[TopicRecord]) -> list[dict[str, Any]]:
     return [r.as_dict() for r in records]
 
 
+def create(table: dict[str, Any]) -> ClickHouseStorage:
+    storage = registry.create("storage", {"type": "clickhouse", **table})
+    assert isinstance(storage, ClickHouseStorage)
+    return storage
+
+
 def unique_db() -> str:
     return "t_" + uuid.uuid4().hex[:12]
 
@@ -101,13 +107,17 @@ def test_registered_as_clickhouse_entry_point() -> None:
     ("table", "key", "reason"),
     [
         ({"url": "127.0.0.1:8123"}, "url", "http"),
-        ({"batch_size": 0}, "batch_size", "at least 1"),
-        ({"flush_interval": "1s"}, "flush_interval", "number"),
+        ({"batch_size": 0}, "batch_size", "Expected int >= 1, got 0"),
+        ({"batch_size": 2_000_000}, "batch_size", "<= 1000000"),
+        ({"flush_interval": "1s"}, "flush_interval", "Expected float, got str"),
         ({"bogus": 1}, "bogus", "unknown option"),
         ({"retry_min": 5.0, "retry_max": 1.0}, "retry_max", "retry_min"),
         ({"password": "x", "password_env": "GAUSS_CH_PASSWORD"}, "password_env", "not both"),
-        ({"fsync": "sometimes"}, "fsync", "known: always, interval, never"),
-        ({"max_spool_bytes": 0}, "max_spool_bytes", "at least 1"),
+        ({"fsync": "sometimes"}, "fsync", "unknown value 'sometimes'; known: always, interval, never"),
+        ({"max_spool_bytes": 0}, "max_spool_bytes", ">= 1"),
+        ({"database": ""}, "database", "length >= 1"),
+        ({"spool_dir": True}, "spool_dir", "Invalid enum value True"),
+        ({"startup_timeout": float("inf")}, "startup_timeout", "finite"),
     ],
 )
 def test_bad_option_names_the_key(table: dict[str, Any], key: str, reason: str) -> None:
@@ -115,6 +125,19 @@ def test_bad_option_names_the_key(table: dict[str, Any], key: str, reason: str) 
         create(table)
     assert info.value.key == key
     assert reason in info.value.reason
+
+
+def test_spool_dir_is_relative_to_the_config_file_or_false_for_none(tmp_path: Path) -> None:
+    storage = registry.create("storage", {"type": "clickhouse", "spool_dir": "spool"}, base_dir=tmp_path)
+    assert isinstance(storage, ClickHouseStorage)
+    assert storage.spool_dir == tmp_path / "spool" and storage.durable is True
+    default = registry.create("storage", {"type": "clickhouse"}, base_dir=tmp_path)
+    assert default.spool_dir == tmp_path / "data/clickhouse-spool"
+    assert create({"spool_dir": str(tmp_path / "abs")}).spool_dir == tmp_path / "abs"
+    for none in (False, ""):
+        storage = create({"spool_dir": none})
+        assert storage.spool_dir is None and storage.durable is False
+    assert ClickHouseStorage.from_config(ClickHouseConfig(spool_dir=False, fsync=True)).fsync == "always"
 
 
 def test_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -547,12 +570,12 @@ def test_append_returns_with_the_batch_in_the_spool_file(make_storage: Any, tmp_
 
 CHILD = """
 import sys, time
-from gauss_plugins.storage.clickhouse import create
+from gauss_plugins.storage.clickhouse import ClickHouseConfig, ClickHouseStorage
 from gauss.core import TopicRecord
 from gauss.records import DataFormat
 url, database, spool, fsync = sys.argv[1:5]
-storage = create({"url": url, "database": database, "spool_dir": spool, "fsync": fsync,
-                  "flush_interval": 0.05, "batch_size": 7})
+storage = ClickHouseStorage.from_config(ClickHouseConfig(url=url, database=database, spool_dir=spool, fsync=fsync,
+                                                         flush_interval=0.05, batch_size=7))
 epoch, seq = storage.open("quotes.raw", DataFormat.QUOTE)
 print(epoch, seq, flush=True)
 while True:
@@ -673,12 +696,12 @@ def test_spool_files_of_the_earlier_format_are_migrated_and_delivered(make_stora
 
 FULL_DISK_CHILD = """
 import os, resource, signal, sys
-from gauss_plugins.storage.clickhouse import create
+from gauss_plugins.storage.clickhouse import ClickHouseConfig, ClickHouseStorage
 from gauss.core import TopicRecord
 from gauss.errors import StorageError
 from gauss.records import DataFormat
 url, database, spool = sys.argv[1:4]
-storage = create({"url": url, "database": database, "spool_dir": spool, "flush_interval": 3600.0})
+storage = ClickHouseStorage.from_config(ClickHouseConfig(url=url, database=database, spool_dir=spool, flush_interval=3600.0))
 epoch, seq = storage.open("quotes.raw", DataFormat.QUOTE)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
 resource.setrlimit(resource.RLIMIT_FSIZE, (3000, resource.RLIM_INFINITY))
