@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -184,14 +184,9 @@ class DataService(pb_grpc.DataServicer):
         return pb.DataResponse(frames=frames, status=200)
 
     def _candles(self, settings: DatasourceSettings, query: CandleQuery) -> list[bytes]:
-        params = {"from": query.bucket_from_ms, "to": query.to_ms + 1, "limit": query.limit}
-
-        def frame(symbol: str) -> bytes:
-            records, truncated = settings.client.records(
-                query.topic, key=symbol, from_ms=params["from"], to_ms=params["to"], limit=params["limit"]
-            )
+        def frame(symbol: str, records: list[dict[str, Any]], truncated: bool, url: str) -> bytes:
             meta = _meta(
-                settings.client.url(f"/api/topics/{query.topic}", {"key": symbol, **params}),
+                url,
                 settings.client.base_url,
                 StreamPath.candles(query.timeframe, symbol, query.topic_prefix).channel(settings.uid),
                 {"topic": query.topic, "timeframe": query.timeframe, "requestedTimeframe": query.requested,
@@ -201,17 +196,12 @@ class DataService(pb_grpc.DataServicer):
             )  # fmt: skip
             return to_arrow(candle_frame(symbol, records, ref_id=query.ref_id, meta=meta))
 
-        return list(self.fetchers.map(frame, query.symbols))
+        return self._frames(settings, query.topic, query.symbols, query.bucket_from_ms, query.to_ms, query.limit, frame)
 
     def _quotes(self, settings: DatasourceSettings, query: QuoteQuery) -> list[bytes]:
-        params = {"from": query.from_ms, "to": query.to_ms + 1, "limit": query.limit}
-
-        def frame(symbol: str) -> bytes:
-            records, truncated = settings.client.records(
-                query.topic, key=symbol, from_ms=params["from"], to_ms=params["to"], limit=params["limit"]
-            )
+        def frame(symbol: str, records: list[dict[str, Any]], truncated: bool, url: str) -> bytes:
             meta = _meta(
-                settings.client.url(f"/api/topics/{query.topic}", {"key": symbol, **params}),
+                url,
                 settings.client.base_url,
                 StreamPath.quotes(symbol, query.topic).channel(settings.uid),
                 {"topic": query.topic, "truncated": truncated},
@@ -220,8 +210,26 @@ class DataService(pb_grpc.DataServicer):
             )
             return to_arrow(quote_frame(symbol, records, ref_id=query.ref_id, meta=meta))
 
-        return list(self.fetchers.map(frame, query.symbols))
+        return self._frames(settings, query.topic, query.symbols, query.from_ms, query.to_ms, query.limit, frame)
 
+    def _frames(
+        self,
+        settings: DatasourceSettings,
+        topic: str,
+        symbols: Sequence[str],
+        from_ms: int,
+        to_ms: int,
+        limit: int,
+        frame: Callable[[str, list[dict[str, Any]], bool, str], bytes],
+    ) -> list[bytes]:
+        """One frame per symbol, fetched in parallel: ``frame(symbol, records, truncated, url)`` of each answer."""
+        params = {"from": from_ms, "to": to_ms + 1, "limit": limit}
+
+        def fetch(symbol: str) -> bytes:
+            records, truncated = settings.client.records(topic, key=symbol, from_ms=params["from"], to_ms=params["to"], limit=limit)
+            return frame(symbol, records, truncated, settings.client.url(f"/api/topics/{topic}", {"key": symbol, **params}))
+
+        return list(self.fetchers.map(fetch, symbols))
 
 def _meta(url: str, base_url: str, channel: str, custom: dict[str, Any], reason: str, notice: str | bool) -> dict[str, Any]:
     executed = "GET " + url[len(base_url):]

@@ -30,6 +30,7 @@ __all__ = [
     "FieldName",
     "PayloadConfig",
     "check_fields",
+    "decode_records",
     "make_record",
     "EncodeFailureLog",
     "plain_quote",
@@ -53,6 +54,34 @@ class PayloadConfig(PluginConfig, frozen=True, kw_only=True):
     """The payload field holding the record's key."""
     ts_field: FieldName = DEFAULT_TS_FIELD
     """The payload field holding the record's timestamp (``ts_ms``)."""
+
+
+def decode_records(
+    payloads: Sequence[bytes],
+    deserialize: Callable[[bytes], Any],
+    key_field: str,
+    ts_field: str,
+    read_record: Callable[[bytes], TopicRecord | None] | None = None,
+) -> tuple[list[TopicRecord], list[Rejected]]:
+    """Records of the good payloads, and the bad ones with the reason: the general decode of a codec.
+
+    ``read_record`` is the codec's quick reader of a plain payload (None
+    where it cannot tell); the rest is ``deserialize`` then :func:`make_record`.
+    """
+    records: list[TopicRecord] = []
+    rejected: list[Rejected] = []
+    append = records.append
+    for payload in payloads:
+        if read_record is not None:
+            record = read_record(payload)
+            if record is not None:
+                append(record)
+                continue
+        try:
+            append(make_record(deserialize(payload), key_field, ts_field))
+        except ValueError as exc:  # DecodeError is a ValueError
+            rejected.append(Rejected(bytes(payload), str(exc)))
+    return records, rejected
 
 
 def check_fields(config: PayloadConfig, fields: Sequence[str], what: str) -> None:

@@ -34,7 +34,7 @@ from gauss_plugins.format._payload import (
     QuotePath,
     QuoteValues,
     check_fields,
-    make_record,
+    decode_records,
     plain_quote,
 )
 
@@ -175,6 +175,16 @@ class QuoteLayout:
         return (symbol, bid, ask, bid_size, ask_size, ts)
 
 
+def _read_record(payload: bytes) -> TopicRecord | None:
+    """The record of a plain quote datum, or ``None`` for fastavro and make_record to decide."""
+    datum = QuoteLayout.decode(payload)
+    if datum is None:
+        return None
+    symbol = datum["symbol"]
+    ts = datum["ts_ms"]
+    return TopicRecord(ts, symbol, datum) if symbol and ts in TS_RANGE else None  # else make_record explains
+
+
 def _read_varint(payload: bytes, pos: int, end: int) -> tuple[int, int] | None:
     """``(value, next position)`` of the zigzag varint at ``pos``; ``None`` if truncated or over 9 bytes."""
     n = 0
@@ -269,27 +279,8 @@ class AvroCodec(QuotePath):
 
     def decode(self, payloads: Sequence[bytes]) -> tuple[list[TopicRecord], list[Rejected]]:
         """Records of the good datums, and the bad ones with the reason."""
-        records: list[TopicRecord] = []
-        rejected: list[Rejected] = []
-        key_field = self.key_field
-        ts_field = self.ts_field
-        fast = self.quote_layout and key_field == "symbol" and ts_field == "ts_ms"
-        fast_decode = QuoteLayout.decode
-        append = records.append
-        for payload in payloads:
-            if fast:
-                datum = fast_decode(payload)
-                if datum is not None:
-                    symbol = datum["symbol"]
-                    ts = datum["ts_ms"]
-                    if symbol and ts in TS_RANGE:  # else make_record explains
-                        append(TopicRecord(ts, symbol, datum))
-                        continue
-            try:
-                append(make_record(self.deserialize(payload), key_field, ts_field))
-            except ValueError as exc:
-                rejected.append(Rejected(bytes(payload), str(exc)))
-        return records, rejected
+        quick = _read_record if self.read_quote is not None else None
+        return decode_records(payloads, self.deserialize, self.key_field, self.ts_field, quick)
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """One datum per record's ``data``; a record that does not fit the schema is logged and skipped."""

@@ -30,7 +30,7 @@ from gauss_plugins.format._payload import (
     PayloadConfig,
     QuotePath,
     QuoteValues,
-    make_record,
+    decode_records,
     plain_quote,
 )
 
@@ -209,23 +209,8 @@ class CsvCodec(QuotePath):
 
     def decode(self, payloads: Sequence[bytes]) -> tuple[list[TopicRecord], list[Rejected]]:
         """Records of the good rows, and the bad ones with the reason."""
-        records: list[TopicRecord] = []
-        rejected: list[Rejected] = []
-        key_field = self.key_field
-        ts_field = self.ts_field
-        fast = self.quote_layout
-        append = records.append
-        for payload in payloads:
-            if fast:
-                record = _read_quote(payload)
-                if record is not None:
-                    append(record)
-                    continue
-            try:
-                append(make_record(self.deserialize(payload), key_field, ts_field))
-            except ValueError as exc:  # DecodeError is a ValueError
-                rejected.append(Rejected(bytes(payload), str(exc)))
-        return records, rejected
+        quick = _read_quote if self.quote_layout else None
+        return decode_records(payloads, self.deserialize, self.key_field, self.ts_field, quick)
 
     @property
     def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:

@@ -23,7 +23,7 @@ from gauss_plugins.format._payload import (
     QuotePath,
     QuoteValues,
     check_fields,
-    make_record,
+    decode_records,
 )
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -209,16 +209,7 @@ class ProtobufCodec(QuotePath):
 
     def decode(self, payloads: Sequence[bytes]) -> tuple[list[TopicRecord], list[Rejected]]:
         """Records of the good messages, and the bad ones with the reason."""
-        records: list[TopicRecord] = []
-        rejected: list[Rejected] = []
-        key_field = self.key_field
-        ts_field = self.ts_field
-        for payload in payloads:
-            try:
-                records.append(make_record(self.deserialize(payload), key_field, ts_field))
-            except ValueError as exc:
-                rejected.append(Rejected(bytes(payload), str(exc)))
-        return records, rejected
+        return decode_records(payloads, self.deserialize, self.key_field, self.ts_field)
 
     @property
     def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:

@@ -13,13 +13,16 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping
 
 import gevent
 import msgspec
 
 from gauss.ratelimit import RateLimitedLog
 from gauss.registry import PluginConfig
+
+if TYPE_CHECKING:
+    from gauss_plugins.storage._index import RecordIndex
 
 __all__ = [
     "new_epoch",
@@ -291,11 +294,13 @@ def resume_point(meta: Mapping[str, Any], data_last_seq: int, *, data_doubtful: 
 class MetaWriter:
     """The ``_meta.json`` of a durable storage: written at open, while records arrive, and at close.
 
-    Mixed into the storages; they set ``_meta_path``, ``_lock``, ``epoch``,
-    ``topic``, ``format``, ``fsync``, ``_resumed_seq`` and ``_meta_seq``, and
-    have an ``_opened`` index.
+    Mixed into the storages; they set ``name``, ``_meta_path``, ``_lock``,
+    ``epoch``, ``topic``, ``format``, ``fsync``, ``_resumed_seq`` and
+    ``_meta_seq``, and ``_index`` in ``open()``.
     """
 
+    name: str
+    _index: RecordIndex | None
     _meta_path: Path
     _lock: Any
     _resumed_seq: int
@@ -306,8 +311,11 @@ class MetaWriter:
     fsync: str
 
     @property
-    def _opened(self) -> Any:
-        raise NotImplementedError
+    def _opened(self) -> RecordIndex:
+        """The index ``open()`` made; a storage used before it is a bug of its caller."""
+        if self._index is None:
+            raise RuntimeError(f"{self.name} storage used before open()")
+        return self._index
 
     def _last_seq(self) -> int:
         """Never less than the seq open() continued from (a close without appends must not record less)."""

@@ -416,12 +416,6 @@ class FileStorage(MetaWriter):
 
     # --- writing -----------------------------------------------------------
 
-    @property
-    def _opened(self) -> RecordIndex:
-        if self._index is None:
-            raise RuntimeError("file storage used before open()")
-        return self._index
-
     def append(self, records: Sequence[TopicRecord]) -> None:
         """Write the batch through to the key files (and fsync them with ``always``), then index it.
 

@@ -392,12 +392,6 @@ class RawFileStorage(MetaWriter):
                 break
         return [r for records in reversed(collected) for r in records], data_last_seq, doubtful
 
-    @property
-    def _opened(self) -> RecordIndex:
-        if self._index is None:
-            raise RuntimeError("raw-file storage used before open()")
-        return self._index
-
     # --- writing -----------------------------------------------------------
 
     def append(self, records: Sequence[TopicRecord]) -> None:
