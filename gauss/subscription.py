@@ -231,25 +231,28 @@ class BoundedQueue:
         if len(kept) > self.capacity:
             shed.extend(kept[: len(kept) - self.capacity])
             kept = kept[len(kept) - self.capacity :]
-        self._shed(shed)
+        self._shed(shed, in_seq_order=False)
         self._items.clear()
         self.depth = 0
         self._push(PublishedBatch(batch.topic, kept), len(kept))
 
-    def _shed(self, records: Sequence[TopicRecord]) -> None:
+    def _shed(self, records: Sequence[TopicRecord], *, in_seq_order: bool = True) -> None:
+        """Count ``records`` as shed and widen the gap to report.
+
+        PERF: a published batch (or a slice of one) is in seq order, so its
+        ends bound the gap: a full subscriber costs O(1) a batch, not a pass
+        over its records (bench/bench_fanout.py).
+        """
         n = len(records)
         if not n:
             return
         self.dropped += n
         self._gap_dropped += n
-        lo = hi = 0
-        for record in records:
-            seq = record.seq
-            if seq:
-                if not lo or seq < lo:
-                    lo = seq
-                if seq > hi:
-                    hi = seq
+        if in_seq_order:
+            lo, hi = records[0].seq, records[-1].seq
+        else:
+            seqs = [record.seq for record in records if record.seq]
+            lo, hi = (min(seqs), max(seqs)) if seqs else (0, 0)
         if lo and (not self._gap_from or lo < self._gap_from):
             self._gap_from = lo
         if hi > self._gap_to:
@@ -327,6 +330,9 @@ class Subscription(BoundedQueue):
         on_shed: Callable[[int], None] | None = None,
         on_stall: Callable[[float], None] | None = None,
     ) -> None:
+        self._topic = topic
+        self._stall_seq = 0
+        """While stalled: the last seq shed before the topic stopped offering batches (0: not stalled)."""
         super().__init__(
             topic.name if topic is not None else "",
             policy=policy,
@@ -335,9 +341,25 @@ class Subscription(BoundedQueue):
             on_shed=on_shed,
             on_stall=on_stall,
         )
-        self._topic = topic
         self.key = key
         self.start_seq = start_seq
+
+    # A stalled subscription (full, ``drop``, no key filter) is not offered the topic's batches:
+    # it sheds everything published until its consumer takes again, so what it missed is
+    # ``topic.last_seq - _stall_seq``, folded into ``dropped`` and the gap when it next takes.
+
+    @property  # type: ignore[override]
+    def dropped(self) -> int:
+        """Records shed so far (those shed while stalled included)."""
+        return self._dropped + self._missed()
+
+    @dropped.setter
+    def dropped(self, value: int) -> None:
+        self._dropped = value - self._missed()
+
+    def _missed(self) -> int:
+        topic = self._topic
+        return topic.last_seq - self._stall_seq if self._stall_seq and topic is not None else 0
 
     def offer(self, batch: PublishedBatch) -> None:
         key = self.key
@@ -347,10 +369,45 @@ class Subscription(BoundedQueue):
                 return
             if len(records) != len(batch.records):
                 batch = PublishedBatch(batch.topic, records)
+        elif (
+            self.policy is OverflowPolicy.DROP
+            and self.depth >= self.capacity
+            and self._topic is not None
+            and not (self.closed or self._sealed)
+            and batch.records
+            and batch.records[-1].seq
+        ):
+            self._shed(batch.records)
+            self._stall_seq = batch.records[-1].seq
+            self._topic._stall(self)
+            return
         super().offer(batch)
+
+    def _catch_up(self) -> None:
+        """Fold what was shed while stalled into the counts and the gap; be offered batches again."""
+        if not self._stall_seq:
+            return
+        missed = self._missed()
+        topic = self._topic
+        self._stall_seq = 0
+        self._dropped += missed
+        if missed and topic is not None:
+            self._gap_dropped += missed
+            self._gap_to = max(self._gap_to, topic.last_seq)
+        if topic is not None:
+            topic._resume(self)
+
+    def take(self, timeout: float | None = None) -> Delivery | None:
+        self._catch_up()
+        return super().take(timeout)
+
+    def seal(self) -> None:
+        self._catch_up()
+        super().seal()
 
     def close(self) -> None:
         """Detach from the topic and drop what is queued."""
+        self._catch_up()
         topic = self._topic
         if topic is not None:
             self._topic = None

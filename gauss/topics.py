@@ -11,7 +11,7 @@ also what processors publish through (the ``PublishContext`` protocol).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import gevent.lock
 
@@ -64,6 +64,12 @@ class Topic:
         self.epoch: str = str(epoch)
         self.last_seq: int = int(last_seq)
         self._subscriptions: tuple[Subscription, ...] = ()
+        self._offered: tuple[Subscription, ...] = ()
+        """The subscriptions each batch is offered to: all but the stalled ones."""
+        self._stalled: dict[Subscription, None] = {}
+        """Full ``drop`` subscriptions: every batch is shed for them at once, without a call each (see :meth:`publish`)."""
+        self._stalled_counters: dict[Callable[[int], None], int] = {}
+        """How many stalled subscriptions count their sheds with each counter (one per kind)."""
         self._lock = gevent.lock.Semaphore()
         # The counters live once, in Metrics (a topic made alone gets a Metrics of its own).
         self._metrics = metrics = metrics if metrics is not None else Metrics()
@@ -140,9 +146,44 @@ class Topic:
             self.last_seq = seq
             self._published_counter.inc(len(numbered))
             batch = PublishedBatch(self.name, numbered)  # type: ignore[arg-type, unused-ignore]
-            for subscription in self._subscriptions:
+            # PERF: a stalled ``drop`` subscriber sheds every batch until its consumer reads
+            # again, so it is not offered them: it works out what it missed from ``last_seq``
+            # when it next takes, and the shed is counted here once per kind, not per
+            # subscriber (issue 13: 200 stalled WebSocket clients halved ingest;
+            # bench/bench_fanout.py). Those stalling on this very batch count it themselves.
+            stalled = tuple(self._stalled_counters.items())
+            for subscription in self._offered:
                 subscription.offer(batch)
+            for on_shed, count in stalled:
+                on_shed(len(numbered) * count)
             return batch
+
+    def _stall(self, subscription: Subscription) -> None:
+        """Stop offering batches to ``subscription`` (full, ``drop``): :meth:`publish` sheds them for it."""
+        if subscription in self._subscriptions and subscription not in self._stalled:
+            self._stalled[subscription] = None
+            self._offered = tuple(s for s in self._offered if s is not subscription)
+            if subscription.on_shed is not None:
+                counters = self._stalled_counters
+                counters[subscription.on_shed] = counters.get(subscription.on_shed, 0) + 1
+
+    def _unstall(self, subscription: Subscription) -> bool:
+        if subscription not in self._stalled:
+            return False
+        del self._stalled[subscription]
+        on_shed = subscription.on_shed
+        if on_shed is not None:
+            left = self._stalled_counters[on_shed] - 1
+            if left:
+                self._stalled_counters[on_shed] = left
+            else:
+                del self._stalled_counters[on_shed]
+        return True
+
+    def _resume(self, subscription: Subscription) -> None:
+        """Offer batches to ``subscription`` again (its consumer took what it held)."""
+        if self._unstall(subscription):
+            self._offered = (*self._offered, subscription)
 
     def _store(self, records: Sequence[TopicRecord]) -> int:
         """Journal, then store a numbered batch; how many of its records were kept (a prefix; 0: none).
@@ -212,10 +253,13 @@ class Topic:
             self, key=key, policy=policy, capacity=capacity, kind=kind, start_seq=self.last_seq, on_shed=on_shed
         )
         self._subscriptions = (*self._subscriptions, subscription)
+        self._offered = (*self._offered, subscription)
         return subscription
 
     def _unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions = tuple(s for s in self._subscriptions if s is not subscription)
+        self._offered = tuple(s for s in self._offered if s is not subscription)
+        self._unstall(subscription)
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:

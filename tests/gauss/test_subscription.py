@@ -6,10 +6,13 @@ import json
 
 import gevent
 import pytest
+from gauss_plugins.storage.memory import MemoryStorage
 
 from gauss.core import TopicRecord
+from gauss.metrics import Metrics
 from gauss.records import OverflowPolicy
 from gauss.subscription import BoundedQueue, PublishedBatch
+from gauss.topics import Topic
 
 
 def batch(first_seq: int, n: int, keys: str = "AB") -> PublishedBatch:
@@ -173,3 +176,52 @@ def test_shed_callback_counts_every_shed_record() -> None:
 def test_bad_capacity_is_refused() -> None:
     with pytest.raises(ValueError):
         BoundedQueue(capacity=0)
+
+
+# --- a full drop subscriber costs its topic nothing per batch (issue 13) -------------------
+
+
+def quotes(n: int, start: int = 0) -> list[TopicRecord]:
+    return [TopicRecord(1000 + start + i, "AB"[i % 2], {"i": start + i}) for i in range(n)]
+
+
+def test_a_full_drop_subscriber_stops_being_offered_and_catches_up_exactly_when_it_takes() -> None:
+    metrics = Metrics()
+    topic = Topic("t", "any", MemoryStorage(1000), metrics=metrics)
+    stalled = topic.subscribe(policy="drop", capacity=4, kind="client")
+    reader = topic.subscribe(policy="drop", capacity=1000, kind="client")
+    keyed = topic.subscribe(key="A", policy="drop", capacity=1, kind="client")
+    topic.publish(quotes(4))  # fills it
+    topic.publish(quotes(3, 4))  # seqs 5-7 shed: now stalled
+    assert stalled not in topic._offered and keyed in topic._offered  # a key filter never stalls
+    for i in range(10):
+        topic.publish(quotes(2, 7 + 2 * i))  # seqs 8-27, never offered to it
+    assert stalled.dropped == 23, "the count is live while stalled (watchdogs read it)"
+    assert stalled.depth == 4
+    delivery = stalled.take(timeout=0)
+    assert delivery is not None and [r.seq for r in delivery.records] == [1, 2, 3, 4]
+    assert delivery.gap is not None and (delivery.gap.dropped, delivery.gap.from_seq, delivery.gap.to_seq) == (23, 5, 27)
+    assert stalled in topic._offered and stalled.dropped == 23
+    topic.publish(quotes(1, 27))
+    again = stalled.take(timeout=0)
+    assert again is not None and [r.seq for r in again.records] == [28] and again.gap is None
+    reader_delivery = reader.take(timeout=0)
+    assert reader_delivery is not None and [r.seq for r in reader_delivery.records] == list(range(1, 29))
+    shed_metric = metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client")
+    assert shed_metric == stalled.dropped + keyed.dropped
+
+
+def test_a_stalled_subscriber_sealed_or_closed_stops_counting() -> None:
+    topic = Topic("t", "any", MemoryStorage(1000))
+    sealed = topic.subscribe(policy="drop", capacity=2)
+    closed = topic.subscribe(policy="drop", capacity=2)
+    topic.publish(quotes(2))
+    topic.publish(quotes(2, 2))
+    assert not topic._offered
+    sealed.seal()
+    closed.close()
+    topic.publish(quotes(5, 4))
+    assert sealed.dropped == 2 and not topic._stalled
+    delivery = sealed.take(timeout=0)
+    assert delivery is not None and [r.seq for r in delivery.records] == [1, 2]
+    assert sealed.take(timeout=0) is None
