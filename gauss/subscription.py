@@ -134,16 +134,26 @@ class BoundedQueue:
         """Records queued now."""
         self.delivered = 0
         """Records handed to the consumer so far."""
-        self.dropped = 0
-        """Records shed so far."""
+        self._dropped = 0
         self.closed = False
         self._sealed = False
         self._items: deque[PublishedBatch] = deque()
+        self._skip = 0
+        """Records at the front of the oldest queued batch already shed (``drop_oldest``; sliced off at take)."""
         self._ready = gevent.event.Event()
         self._room = gevent.event.Event()
         self._gap_dropped = 0
         self._gap_from = 0
         self._gap_to = 0
+
+    @property
+    def dropped(self) -> int:
+        """Records shed so far."""
+        return self._dropped + self._missed()
+
+    def _missed(self) -> int:
+        """Records shed but not yet counted in ``_dropped`` (a stalled :class:`Subscription`'s)."""
+        return 0
 
     # --- publisher side ------------------------------------------------------
 
@@ -169,7 +179,7 @@ class BoundedQueue:
             room = self.capacity - self.depth
             if room > 0:
                 self._push(PublishedBatch(batch.topic, records[:room]), room)
-                self._shed(records[room:])
+                self._shed_span(records, room, n)
             else:
                 self._shed(records)
         elif policy is OverflowPolicy.DROP_OLDEST:
@@ -190,38 +200,44 @@ class BoundedQueue:
                 self.on_stall(time.monotonic() - started)
 
     def _drop_oldest(self, batch: PublishedBatch, n: int) -> None:
+        """Evict the oldest queued records to make room: O(1) a batch (whole batches popped, the oldest skipped into)."""
         capacity = self.capacity
+        items = self._items
         if n >= capacity:
-            for old in self._items:
-                self._shed(old.records)
-            self._items.clear()
+            for i, old in enumerate(items):
+                self._shed_span(old.records, self._skip if i == 0 else 0, len(old.records))
+            items.clear()
+            self._skip = 0
             self.depth = 0
             if n > capacity:
-                self._shed(batch.records[: n - capacity])
+                self._shed_span(batch.records, 0, n - capacity)
                 batch = PublishedBatch(batch.topic, batch.records[n - capacity :])
             self._push(batch, len(batch.records))
             return
-        excess = self.depth + n - capacity
-        items = self._items
+        excess = total = self.depth + n - capacity
+        first = items[0].records[self._skip].seq  # the queue holds seqs in order: the shed run is contiguous
+        last = 0
         while excess > 0:
-            oldest = items[0]
-            size = len(oldest.records)
-            if size <= excess:
+            records = items[0].records
+            left = len(records) - self._skip
+            if left <= excess:
                 items.popleft()
-                self._shed(oldest.records)
-                self.depth -= size
-                excess -= size
+                last = records[-1].seq
+                self._skip = 0
+                self.depth -= left
+                excess -= left
             else:
-                self._shed(oldest.records[:excess])
-                items[0] = PublishedBatch(oldest.topic, oldest.records[excess:])
+                self._skip += excess
+                last = records[self._skip - 1].seq
                 self.depth -= excess
                 excess = 0
+        self._count_shed(total, first, last)
         self._push(batch, n)
 
     def _conflate(self, batch: PublishedBatch) -> None:
         latest: dict[str, TopicRecord] = {}
         shed: list[TopicRecord] = []
-        for source in (*self._items, batch):
+        for source in (*self._items, batch):  # (a conflate queue never skips into a batch: _skip is 0)
             for record in source.records:
                 previous = latest.pop(record.key, None)
                 if previous is not None:
@@ -237,22 +253,28 @@ class BoundedQueue:
         self._push(PublishedBatch(batch.topic, kept), len(kept))
 
     def _shed(self, records: Sequence[TopicRecord], *, in_seq_order: bool = True) -> None:
-        """Count ``records`` as shed and widen the gap to report.
+        """Count ``records`` as shed and widen the gap to report."""
+        if in_seq_order:
+            self._shed_span(records, 0, len(records))
+            return
+        seqs = [record.seq for record in records if record.seq]
+        self._count_shed(len(records), min(seqs, default=0), max(seqs, default=0))
 
-        PERF: a published batch (or a slice of one) is in seq order, so its
-        ends bound the gap: a full subscriber costs O(1) a batch, not a pass
-        over its records (bench/bench_fanout.py).
+    def _shed_span(self, records: Sequence[TopicRecord], start: int, stop: int) -> None:
+        """Count ``records[start:stop]`` as shed without copying them.
+
+        PERF: a published batch is in seq order, so its ends bound the gap: a
+        full subscriber costs O(1) a batch, not a pass over its records
+        (bench/bench_fanout.py).
         """
-        n = len(records)
+        if stop > start:
+            self._count_shed(stop - start, records[start].seq, records[stop - 1].seq)
+
+    def _count_shed(self, n: int, lo: int, hi: int) -> None:
         if not n:
             return
-        self.dropped += n
+        self._dropped += n
         self._gap_dropped += n
-        if in_seq_order:
-            lo, hi = records[0].seq, records[-1].seq
-        else:
-            seqs = [record.seq for record in records if record.seq]
-            lo, hi = (min(seqs), max(seqs)) if seqs else (0, 0)
         if lo and (not self._gap_from or lo < self._gap_from):
             self._gap_from = lo
         if hi > self._gap_to:
@@ -277,6 +299,9 @@ class BoundedQueue:
             if self.closed or not self._items:
                 return None
         batches = list(self._items)
+        if self._skip:
+            batches[0] = PublishedBatch(batches[0].topic, batches[0].records[self._skip :])
+            self._skip = 0
         self._items.clear()
         self.delivered += self.depth
         self.depth = 0
@@ -303,6 +328,7 @@ class BoundedQueue:
             return
         self.closed = True
         self._items.clear()
+        self._skip = 0
         self.depth = 0
         self._ready.set()
         self._room.set()
@@ -347,15 +373,6 @@ class Subscription(BoundedQueue):
     # A stalled subscription (full, ``drop``, no key filter) is not offered the topic's batches:
     # it sheds everything published until its consumer takes again, so what it missed is
     # ``topic.last_seq - _stall_seq``, folded into ``dropped`` and the gap when it next takes.
-
-    @property  # type: ignore[override]
-    def dropped(self) -> int:
-        """Records shed so far (those shed while stalled included)."""
-        return self._dropped + self._missed()
-
-    @dropped.setter
-    def dropped(self, value: int) -> None:
-        self._dropped = value - self._missed()
 
     def _missed(self) -> int:
         topic = self._topic

@@ -7,6 +7,8 @@ import json
 import gevent
 import pytest
 from gauss_plugins.storage.memory import MemoryStorage
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gauss.core import TopicRecord
 from gauss.metrics import Metrics
@@ -225,3 +227,41 @@ def test_a_stalled_subscriber_sealed_or_closed_stops_counting() -> None:
     delivery = sealed.take(timeout=0)
     assert delivery is not None and [r.seq for r in delivery.records] == [1, 2]
     assert sealed.take(timeout=0) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    policy=st.sampled_from(["drop", "drop_oldest"]),
+    capacity=st.integers(1, 12),
+    steps=st.lists(st.one_of(st.integers(1, 9), st.just(0)), max_size=40),  # a batch of n quotes, or 0: the consumer takes
+)
+def test_drop_policies_deliver_and_report_exactly_what_a_model_queue_does(policy: str, capacity: int, steps: list[int]) -> None:
+    topic = Topic("t", "any", MemoryStorage(1000))
+    sub = topic.subscribe(policy=policy, capacity=capacity)
+    model: list[int] = []
+    shed: list[int] = []
+    seq = 0
+    for step in [*steps, 0]:
+        if step:
+            topic.publish(quotes(step, seq))
+            new = list(range(seq + 1, seq + step + 1))
+            seq += step
+            if policy == "drop":
+                room = capacity - len(model)
+                model += new[: max(room, 0)]
+                shed += new[max(room, 0) :]
+            else:
+                model += new
+                shed += model[: max(len(model) - capacity, 0)]
+                model = model[-capacity:]
+            continue
+        delivery = sub.take(timeout=0)
+        got = [] if delivery is None else [r.seq for r in delivery.records]
+        assert got == model
+        gap = None if delivery is None else delivery.gap
+        if shed:
+            assert gap is not None and (gap.dropped, gap.from_seq, gap.to_seq) == (len(shed), min(shed), max(shed))
+        else:
+            assert gap is None
+        model, shed = [], []
+    assert sub.delivered + sub.dropped == seq
