@@ -31,6 +31,7 @@ from fastavro.schema import SchemaParseException, UnknownType
 from gauss_plugins.format._payload import (
     EncodeFailureLog,
     PayloadConfig,
+    QuoteFields,
     QuotePath,
     QuoteValues,
     check_fields,
@@ -123,11 +124,10 @@ class QuoteLayout:
     @staticmethod
     def decode(payload: bytes) -> dict[str, Any] | None:
         """The datum of ``payload``, or ``None`` when fastavro must decide (bad, truncated, long varints)."""
-        values = QuoteLayout.read(payload)
-        if values is None:
+        q = QuoteLayout.read(payload)
+        if q is None:
             return None
-        symbol, bid, ask, bid_size, ask_size, ts = values
-        return {"symbol": symbol, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size, "ts_ms": ts}
+        return {"symbol": q.symbol, "bid": q.bid, "ask": q.ask, "bid_size": q.bid_size, "ask_size": q.ask_size, "ts_ms": q.ts_ms}
 
     @staticmethod
     def read(payload: bytes) -> QuoteValues | None:
@@ -172,7 +172,7 @@ class QuoteLayout:
             if got is None or got[1] != end:
                 return None
             ts = got[0]
-        return (symbol, bid, ask, bid_size, ask_size, ts)
+        return QuoteFields(symbol, bid, ask, ts, bid_size, ask_size)
 
 
 def _read_record(payload: bytes) -> TopicRecord | None:

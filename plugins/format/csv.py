@@ -28,6 +28,7 @@ from gauss_plugins.format._payload import (
     EncodeFailureLog,
     FieldName,
     PayloadConfig,
+    QuoteFields,
     QuotePath,
     QuoteValues,
     decode_records,
@@ -112,10 +113,10 @@ def _read_values(payload: bytes) -> QuoteValues | None:
     ):
         return None
     try:
-        values = (symbol, float(bid), float(ask), float(bid_size), float(ask_size), int(ts_text))
+        values = QuoteFields(symbol, float(bid), float(ask), int(ts_text), float(bid_size), float(ask_size))
     except ValueError:
         return None
-    if values[5] not in TS_RANGE:  # zero or past 9999: the general path explains
+    if values.ts_ms not in TS_RANGE:  # zero or past 9999: the general path explains
         return None
     return values
 
@@ -125,9 +126,9 @@ def _read_quote(payload: bytes) -> TopicRecord | None:
     values = _read_values(payload)
     if values is None:
         return None
-    symbol, bid, ask, bid_size, ask_size, ts = values
-    data = {"symbol": symbol, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size, "ts_ms": ts}
-    return TopicRecord(ts, symbol, data)
+    data = {"symbol": values.symbol, "bid": values.bid, "ask": values.ask, "bid_size": values.bid_size,
+            "ask_size": values.ask_size, "ts_ms": values.ts_ms}  # fmt: skip
+    return TopicRecord(values.ts_ms, values.symbol, data)
 
 
 def _write_quote(data: Any) -> bytes | None:

@@ -30,7 +30,14 @@ import logging
 from typing import Any, Callable, Sequence
 
 import msgspec
-from gauss_plugins.format._payload import EncodeFailureLog, PayloadConfig, QuotePath, QuoteValues, make_record
+from gauss_plugins.format._payload import (
+    EncodeFailureLog,
+    PayloadConfig,
+    QuoteFields,
+    QuotePath,
+    QuoteValues,
+    make_record,
+)
 
 from gauss.core import TopicRecord
 from gauss.errors import DecodeError
@@ -42,19 +49,8 @@ __all__ = ["JsonCodec", "JsonConfig", "QuoteStruct"]
 log = logging.getLogger(__name__)
 
 
-class QuoteStruct(msgspec.Struct, gc=False):
-    """A quote as the typed decoder reads it: extra fields ignored, ints accepted as floats.
-
-    ``ts_ms`` as ``1.0`` or a float bid of ``1e400`` fail here and take the
-    generic path, which accepts or rejects them as SPEC section 1 says.
-    """
-
-    symbol: str
-    bid: float
-    ask: float
-    ts_ms: int
-    bid_size: float = 0.0
-    ask_size: float = 0.0
+QuoteStruct = QuoteFields
+"""What the typed decoder reads a quote payload into (see :class:`~gauss_plugins.format._payload.QuoteFields`)."""
 
 
 class JsonConfig(PayloadConfig):
@@ -108,17 +104,13 @@ class JsonCodec(QuotePath):
                 rejected.append(Rejected(bytes(payload), str(exc)))
         return records, rejected
 
+    # NOTE: the typed decoder skips unknown fields without validating their UTF-8, so a
+    # payload that is not ASCII takes the generic path, which does (found by tests/fuzz).
+    ascii_only = True
+
     @property
     def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:
-        return self._read_quote if (self.key_field, self.ts_field) == ("symbol", "ts_ms") else None
-
-    def _read_quote(self, payload: bytes) -> QuoteValues | None:
-        # NOTE: the typed decoder skips unknown fields without validating their UTF-8, so a
-        # payload that is not ASCII takes the generic path, which does (found by tests/fuzz).
-        if not payload.isascii():
-            return None
-        q = self._decode_quote(payload)  # a ValueError (msgspec's): the generic path explains
-        return (q.symbol, q.bid, q.ask, q.bid_size, q.ask_size, q.ts_ms)
+        return self._decode_quote if (self.key_field, self.ts_field) == ("symbol", "ts_ms") else None
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """The JSON of each record's ``data``; a record that cannot be encoded is logged and skipped."""
