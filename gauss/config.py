@@ -41,7 +41,7 @@ from gauss import registry
 from gauss.core import DEFAULT_MAX_FRAME_BYTES
 from gauss.errors import ConfigError
 from gauss.http.options import ApiOptions
-from gauss.protocols import ReplayableStorage, TopicProcessor, TopicSink, missing_members, require
+from gauss.protocols import ReplayableStorage, missing_members
 from gauss.quotes import DEFAULT_MAX_FUTURE_MS, DEFAULT_MAX_KEY_BYTES
 from gauss.records import DataFormat, OverflowPolicy
 from gauss.registry import PluginConfig, PluginSpec, StorageSpec, TransportSpec, configure, convert, default
@@ -325,9 +325,7 @@ def _section(where: str, table: Any, config_type: type[registry.C], base: Path) 
         raise exc.at(where) from None
 
 
-def _flat(
-    where: str, table: Mapping[str, Any], spec_type: type[ProcessorSpec] | type[SinkSpec], kind: str, protocol: type, base: Path
-) -> Any:
+def _flat(where: str, table: Mapping[str, Any], spec_type: type[ProcessorSpec] | type[SinkSpec], kind: str, base: Path) -> Any:
     """A processor or sink table: the engine's keys into ``spec_type``, the rest into the plugin ``type`` names."""
     if "plugin" in table:
         raise ConfigError(f"{where}.plugin", "unknown option")
@@ -335,7 +333,6 @@ def _flat(
     spec = _section(where, engine, spec_type, base)
     own = {k: v for k, v in table.items() if k not in spec_type.ENGINE_KEYS}
     plugin = configure(kind, {"type": spec.type, **own}, where=where, base_dir=base)
-    require(plugin.plugin, protocol, kind=kind, name=spec.type, where=where)
     return msgspec.structs.replace(spec, plugin=plugin)
 
 
@@ -362,12 +359,12 @@ def _parse(data: Mapping[str, Any], file: str | None, base: Path) -> GaussConfig
         sources.append(source)
     processors = []
     for where, table in _tables(data, "processors"):
-        processor = _flat(where, table, ProcessorSpec, "processor", TopicProcessor, base)
+        processor = _flat(where, table, ProcessorSpec, "processor", base)
         known_topic(f"{where}.topic", processor.topic)
         processors.append(processor)
     sinks = []
     for where, table in _tables(data, "sinks"):
-        sink = _flat(where, table, SinkSpec, "sink", TopicSink, base)
+        sink = _flat(where, table, SinkSpec, "sink", base)
         known_topic(f"{where}.topic", sink.topic)
         sinks.append(sink)
     return GaussConfig(api, hub, topics, tuple(sources), tuple(processors), tuple(sinks), file, base)

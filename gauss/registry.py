@@ -24,10 +24,13 @@ from typing import Any, Callable, ClassVar, Mapping, Protocol, Self, TypeVar, ru
 
 import msgspec
 
+from gauss import protocols
 from gauss.errors import ConfigError, GaussError, UnknownPluginError
+from gauss.protocols import require
 
 __all__ = [
     "KINDS",
+    "KIND_PROTOCOLS",
     "PluginConfig",
     "Plugin",
     "PluginSpec",
@@ -214,6 +217,18 @@ _SPEC_TYPES: dict[str, type[PluginSpec]] = {
 }
 
 
+KIND_PROTOCOLS: dict[str, type] = {
+    "transport": protocols.Transport,
+    "framing": protocols.Framing,
+    "middleware": protocols.Middleware,
+    "codec": protocols.Codec,
+    "storage": protocols.TopicStorage,
+    "processor": protocols.TopicProcessor,
+    "sink": protocols.TopicSink,
+}
+"""The protocol a plugin of each kind implements (gauss/protocols.py)."""
+
+
 def _group(kind: str) -> str:
     try:
         return KINDS[kind]
@@ -272,6 +287,7 @@ def configure(kind: str, table: Mapping[str, Any] | str, *, where: str = "", bas
         if name is None:
             raise ConfigError("type", f"missing; known {kind} types: {', '.join(known(kind))}")
         plugin = lookup(kind, name)
+        require(plugin, KIND_PROTOCOLS[kind], kind=kind, name=name)  # its methods; the instance once built
         config = convert(options, plugin.Config, base_dir=base_dir)
     except ConfigError as exc:
         raise exc.at(where) from None

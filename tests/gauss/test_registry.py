@@ -71,6 +71,16 @@ def test_module_class_names_any_importable_plugin(tmp_path: Path, monkeypatch: p
                 def from_config(cls, config):
                     return cls(config.prefix)
 
+                def decode(self, payloads, max_bytes, budget=None):
+                    return list(payloads), []
+
+                def encode(self, payloads):
+                    return [self.prefix.encode() + p for p in payloads]
+
+            class Half(Upper):
+                Config = UpperConfig
+                decode = None
+
             def create(table):
                 return Upper(table.get("prefix", ""))
             """
@@ -80,6 +90,8 @@ def test_module_class_names_any_importable_plugin(tmp_path: Path, monkeypatch: p
     made = create("middleware", {"type": f"{module}:Upper", "prefix": "# "})
     assert made.prefix == "# "
     assert lookup("middleware", f"{module}:Upper").__name__ == "Upper"
+    with pytest.raises(ConfigError, match=rf"^type: middleware '{module}:Half' .* does not implement Middleware: missing decode$"):
+        create("middleware", f"{module}:Half")
     with pytest.raises(UnknownPluginError, match=rf"middleware '{module}:create' .* is not a plugin: it needs a Config"):
         create("middleware", f"{module}:create")
     with pytest.raises(UnknownPluginError, match=rf"cannot load middleware '{module}:missing'"):
