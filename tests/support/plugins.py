@@ -9,15 +9,25 @@ upsert), so engine tests do not depend on the storage engineer's plugins;
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Iterator, Sequence
+from typing import Annotated, Any, Iterator, Mapping, Sequence, TypeVar
 
 import msgspec
 
+from gauss import registry
 from gauss.core import TopicRecord
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.registry import PluginConfig
 
 _DURABLE: dict[str, tuple[str, list[TopicRecord]]] = {}
+
+T = TypeVar("T")
+
+
+def built(kind: str, table: Mapping[str, Any], cls: type[T]) -> T:
+    """A plugin made through the registry from its table, checked to be a ``cls``."""
+    plugin = registry.create(kind, table)
+    assert isinstance(plugin, cls), plugin
+    return plugin
 
 
 class ListStorageConfig(PluginConfig):

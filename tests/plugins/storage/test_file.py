@@ -17,6 +17,7 @@ from gauss_plugins.storage._keys import decode_key, encode_key, key_file_name
 from gauss_plugins.storage.file import META_FILE, FileConfig, FileStorage, encode_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.plugins import built
 
 from gauss import registry
 from gauss.core import TopicRecord
@@ -272,9 +273,7 @@ def test_file_storage_answers_like_the_naive_model_across_a_restart(
 
 
 def create(table: dict[str, Any]) -> FileStorage:
-    storage = registry.create("storage", {"type": "file", **table})
-    assert isinstance(storage, FileStorage)
-    return storage
+    return built("storage", {"type": "file", **table}, FileStorage)
 
 
 def test_config_options_and_relative_dir(tmp_path: Path) -> None:

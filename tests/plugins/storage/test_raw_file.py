@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from gauss_plugins.storage.raw_file import RawFileConfig, RawFileStorage, iter_raw_log, main, segments
+from support.plugins import built
 
 from gauss import registry
 from gauss.core import TopicRecord
@@ -173,9 +174,7 @@ def test_command_line_reader_prints_json_lines(tmp_path: Path, capsysbinary: pyt
 
 
 def create(table: dict[str, Any]) -> RawFileStorage:
-    storage = registry.create("storage", {"type": "raw-file", **table})
-    assert isinstance(storage, RawFileStorage)
-    return storage
+    return built("storage", {"type": "raw-file", **table}, RawFileStorage)
 
 
 def test_config_options(tmp_path: Path) -> None:
