@@ -63,6 +63,7 @@ def extensions():
     ext = Extension(
         "gauss._core",
         [source],
+        depends=[os.path.join("gauss", "_codecs.pxi")],  # included by _core.pyx
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
@@ -124,7 +125,7 @@ setup(
     + ["gauss_plugins." + p for p in find_packages("plugins")],
     package_dir={"gauss": "gauss", "gauss_plugins": "plugins"},
     package_data={
-        "gauss": ["py.typed", "*.pyi", "*.pyx"],
+        "gauss": ["py.typed", "*.pyi", "*.pyx", "*.pxi"],
         "gauss.grafana.pluginv2": ["*.proto", "*.pyi"],
         "gauss.http": ["static/*", "static/*/*"],  # the dashboard (docs/dashboard.md)
     },

@@ -15,16 +15,28 @@ the OHLC state is a flat array of C structs indexed by ``key_id * n_tf + t``.
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.conversion cimport Py_DTSF_ADD_DOT_0, PyOS_double_to_string, PyOS_string_to_double
 from cpython.dict cimport PyDict_GetItem
+from cpython.mem cimport PyMem_Free
 from cpython.ref cimport PyObject
-from libc.stdint cimport int32_t, int64_t, uint32_t
+from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeASCII, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
+from libc.math cimport copysign, llround
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
-from libc.string cimport memchr, memcpy, memmove
+from libc.string cimport memchr, memcmp, memcpy, memmove, strlen
 
+from collections.abc import Sequence as _Sequence
+
+import msgspec
 import numpy as np
 
 from gauss._pycore import _MAX_LENGTH_PREFIX, DEFAULT_MAX_FRAME_BYTES, QUOTE_FIELDS
 from gauss.errors import FrameTooLarge
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object text)
+
+_encode_json = msgspec.json.encode
 
 cdef enum:
     _NL = 10  # "\n"
@@ -34,6 +46,10 @@ cdef Py_ssize_t _MAX_PREFIX = _MAX_LENGTH_PREFIX
 
 __all__ = [
     "TopicRecord",
+    "QuoteBatch",
+    "JsonQuoteParser",
+    "CsvQuoteParser",
+    "encode_csv_quotes",
     "LineDecoder",
     "LengthPrefixedDecoder",
     "encode_lines",
@@ -109,6 +125,867 @@ cdef inline TopicRecord _record(object ts_ms, object key, object data, object se
     record.data = data
     record.seq = seq
     return record
+
+
+# --- quote columns ---------------------------------------------------------
+
+
+cdef double[23] _P10 = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+]
+"""The powers of ten a double holds exactly (Clinger's fast path, both directions)."""
+
+cdef int64_t _DIGITS15 = 1000000000000000  # 10**15: below it every decimal is one double's shortest form
+
+
+cdef struct _Writer:
+    char* buf
+    Py_ssize_t size
+    Py_ssize_t alloc
+
+
+cdef int _w_reserve(_Writer* w, Py_ssize_t n) except -1:
+    cdef Py_ssize_t need = w.size + n, grow
+    cdef char* fresh
+    if need > w.alloc:
+        grow = max(need, w.alloc * 2, 4096)
+        fresh = <char*>realloc(w.buf, grow)
+        if fresh == NULL:
+            raise MemoryError()
+        w.buf = fresh
+        w.alloc = grow
+    return 0
+
+
+cdef inline int _w_raw(_Writer* w, const char* data, Py_ssize_t n) except -1:
+    _w_reserve(w, n)
+    memcpy(w.buf + w.size, data, n)
+    w.size += n
+    return 0
+
+
+cdef inline int _w_uint(_Writer* w, uint64_t value) except -1:
+    cdef char[24] digits
+    cdef int i = 24
+    while True:
+        i -= 1
+        digits[i] = <char>(48 + value % 10)
+        value //= 10
+        if value == 0:
+            break
+    return _w_raw(w, &digits[i], 24 - i)
+
+
+cdef inline int _w_int(_Writer* w, int64_t value) except -1:
+    if value < 0:
+        _w_raw(w, "-", 1)
+        return _w_uint(w, <uint64_t>(-(value + 1)) + 1)
+    return _w_uint(w, <uint64_t>value)
+
+
+cdef int _w_float(_Writer* w, double x, bint json=True) except -1:
+    """``repr(x)``: the shortest decimal that reads back as ``x``; if not finite ``null`` (JSON) or ``repr``'s word.
+
+    PERF: a price with a few decimals is found by Clinger's test in either
+    direction (``m / 10**k == x`` with ``m < 10**15``: then the decimal
+    ``m * 10**-k`` is the only one of its length for ``x``, so it is what
+    ``repr`` prints); anything else goes to CPython's own ``repr`` code.
+    """
+    cdef double a, y
+    cdef int64_t m, ip, frac
+    cdef int k, pad
+    cdef char* text
+    cdef char[24] digits
+    if not (x - x == 0.0):
+        if json:
+            return _w_raw(w, "null", 4)
+        if x != x:
+            return _w_raw(w, "nan", 3)
+        return _w_raw(w, "inf", 3) if x > 0 else _w_raw(w, "-inf", 4)
+    if x == 0.0:
+        if copysign(1.0, x) < 0.0:
+            return _w_raw(w, "-0.0", 4)
+        return _w_raw(w, "0.0", 3)
+    a = -x if x < 0.0 else x
+    if 1e-4 <= a < 1e15:
+        for k in range(16):
+            y = a * _P10[k]
+            if y >= <double>_DIGITS15:
+                break
+            m = llround(y)
+            if <double>m / _P10[k] == a:
+                if x < 0.0:
+                    _w_raw(w, "-", 1)
+                if k == 0:
+                    _w_uint(w, <uint64_t>m)
+                    return _w_raw(w, ".0", 2)
+                ip = m // <int64_t>_P10[k]
+                frac = m - ip * <int64_t>_P10[k]
+                _w_uint(w, <uint64_t>ip)
+                _w_raw(w, ".", 1)
+                pad = k
+                while pad > 0:
+                    pad -= 1
+                    digits[pad] = <char>(48 + frac % 10)
+                    frac //= 10
+                return _w_raw(w, digits, k)
+    text = PyOS_double_to_string(x, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    try:
+        _w_raw(w, text, strlen(text))
+    finally:
+        PyMem_Free(text)
+    return 0
+
+
+cdef inline bint _plain_ascii(str text) noexcept:
+    """Whether JSON writes ``text`` as it is between quotes (printable ASCII, no quote or backslash)."""
+    cdef Py_ssize_t i, n = PyUnicode_GET_LENGTH(text)
+    cdef Py_UCS4 c
+    if not PyUnicode_IS_ASCII(text):
+        return False
+    for i in range(n):
+        c = PyUnicode_READ_CHAR(text, i)
+        if c < 32 or c == 34 or c == 92 or c == 127:
+            return False
+    return True
+
+
+cdef class _Names:
+    """The text of each symbol a batch writes (JSON, or a CSV field), made once per symbol."""
+
+    cdef dict _texts
+    cdef bint _csv
+
+    def __cinit__(self, bint csv=False):
+        self._texts = {}
+        self._csv = csv
+
+    cdef bytes text(self, object symbol):
+        cdef PyObject* found = PyDict_GetItem(self._texts, symbol)
+        if found != NULL:
+            return <bytes>found
+        if self._csv:
+            text = _csv_field(symbol)
+        elif type(symbol) is str and _plain_ascii(symbol):
+            text = b'"' + (<str>symbol).encode("ascii") + b'"'
+        else:
+            text = _encode_json(symbol)
+        self._texts[symbol] = text
+        return text
+
+
+cdef bytes _csv_field(str text):
+    """``text`` as a CSV field (RFC 4180: quoted when it holds a comma, a quote or a line break), UTF-8."""
+    if "," in text or '"' in text or "\n" in text or "\r" in text:
+        text = '"' + text.replace('"', '""') + '"'
+    return text.encode("utf-8")
+
+
+cdef class QuoteBatch:
+    """A batch of quotes as columns: what a quote codec reads, a quote topic publishes and stores.
+
+    ``symbols`` is a list of ``str`` (a parser hands out one shared object per
+    distinct symbol, so the list is in effect ids into its symbol table),
+    ``ts_ms`` an int64 array, ``bid``/``ask``/``bid_size``/``ask_size`` float64
+    arrays. A batch a topic publishes is numbered by ``first_seq`` alone (its
+    quotes hold ``first_seq, first_seq + 1, ...``; 0 until numbered); one a
+    query gathered carries its own ``seqs``. It is a sequence of
+    :class:`TopicRecord`: indexing builds the one record asked for (``data``
+    the six quote fields), slicing gives a batch sharing the columns.
+    """
+
+    cdef readonly list symbols
+    cdef readonly object ts_ms, bid, ask, bid_size, ask_size
+    cdef object _seqs_arr  # None: seqs follow from _first_seq
+    cdef int64_t _first_seq
+    cdef const int64_t* _ts
+    cdef const double* _bid
+    cdef const double* _ask
+    cdef const double* _bid_size
+    cdef const double* _ask_size
+    cdef const int64_t* _seqs
+
+    def __init__(self, symbols, ts_ms, bid, ask, bid_size, ask_size, int64_t first_seq=0, seqs=None):
+        self.symbols = symbols if type(symbols) is list else list(symbols)
+        self.ts_ms = np.ascontiguousarray(ts_ms, dtype=np.int64)
+        self.bid = np.ascontiguousarray(bid, dtype=np.float64)
+        self.ask = np.ascontiguousarray(ask, dtype=np.float64)
+        self.bid_size = np.ascontiguousarray(bid_size, dtype=np.float64)
+        self.ask_size = np.ascontiguousarray(ask_size, dtype=np.float64)
+        cdef Py_ssize_t n = len(self.symbols)
+        if not (len(self.ts_ms) == len(self.bid) == len(self.ask) == len(self.bid_size) == len(self.ask_size) == n):
+            raise ValueError("columns differ in length")
+        if first_seq < 0:
+            raise ValueError(f"first_seq must not be negative, got {first_seq}")
+        self._ts = <const int64_t*>_column_ptr(self.ts_ms)
+        self._bid = <const double*>_column_ptr(self.bid)
+        self._ask = <const double*>_column_ptr(self.ask)
+        self._bid_size = <const double*>_column_ptr(self.bid_size)
+        self._ask_size = <const double*>_column_ptr(self.ask_size)
+        self._seqs_arr = None
+        self._seqs = NULL
+        self._first_seq = first_seq
+        if seqs is not None:
+            if first_seq:
+                raise ValueError("give first_seq or seqs, not both")
+            self._seqs_arr = np.ascontiguousarray(seqs, dtype=np.int64)
+            if len(self._seqs_arr) != n:
+                raise ValueError("columns differ in length")
+            self._seqs = <const int64_t*>_column_ptr(self._seqs_arr)
+            self._first_seq = self._seqs[0] if n else 0
+
+    @property
+    def first_seq(self):
+        """The seq of the first quote (0 while unnumbered)."""
+        return self._first_seq
+
+    @first_seq.setter
+    def first_seq(self, int64_t value):
+        if self._seqs != NULL:
+            raise ValueError("a batch that carries its own seqs cannot be renumbered")
+        if value < 0:
+            raise ValueError(f"first_seq must not be negative, got {value}")
+        self._first_seq = value
+
+    @property
+    def seqs(self):
+        """The seq of each quote as an int64 array (zeros while unnumbered)."""
+        if self._seqs_arr is not None:
+            return self._seqs_arr
+        n = len(self.symbols)
+        if not self._first_seq:
+            return np.zeros(n, dtype=np.int64)
+        return np.arange(self._first_seq, self._first_seq + n, dtype=np.int64)
+
+    cdef inline int64_t _seq(self, Py_ssize_t i) noexcept:
+        if self._seqs != NULL:
+            return self._seqs[i]
+        return self._first_seq + i if self._first_seq else 0
+
+    @classmethod
+    def from_records(cls, records):
+        """The batch of quote records (``data`` holding bid, ask, bid_size, ask_size), seqs kept."""
+        if isinstance(records, QuoteBatch):
+            return records
+        cdef Py_ssize_t n = len(records), i
+        cdef list symbols = [None] * n
+        ts = np.empty(n, dtype=np.int64)
+        bid = np.empty(n, dtype=np.float64)
+        ask = np.empty(n, dtype=np.float64)
+        bid_size = np.empty(n, dtype=np.float64)
+        ask_size = np.empty(n, dtype=np.float64)
+        seqs = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] ts_v = ts, seqs_v = seqs
+        cdef double[::1] bid_v = bid, ask_v = ask, bid_size_v = bid_size, ask_size_v = ask_size
+        cdef bint consecutive = True
+        for i in range(n):
+            record = records[i]
+            data = record.data
+            symbols[i] = record.key
+            ts_v[i] = record.ts_ms
+            bid_v[i] = data["bid"]
+            ask_v[i] = data["ask"]
+            bid_size_v[i] = data["bid_size"]
+            ask_size_v[i] = data["ask_size"]
+            seqs_v[i] = record.seq
+            if i and seqs_v[i] != seqs_v[0] + i:
+                consecutive = False
+        if consecutive:
+            return QuoteBatch(symbols, ts, bid, ask, bid_size, ask_size, seqs_v[0] if n else 0)
+        return QuoteBatch(symbols, ts, bid, ask, bid_size, ask_size, seqs=seqs)
+
+    @staticmethod
+    def concat(batches):
+        """One batch of ``batches`` in order, their seqs kept."""
+        if len(batches) == 1:
+            return batches[0]
+        if not batches:
+            return QuoteBatch([], (), (), (), (), ())
+        cdef int64_t first_seq = batches[0].first_seq
+        cdef int64_t expected = first_seq
+        cdef list symbols = []
+        cdef bint consecutive = True
+        for batch in batches:
+            if (<QuoteBatch>batch)._seqs != NULL or batch.first_seq != expected:
+                consecutive = False
+            expected += len(batch)
+            symbols.extend((<QuoteBatch>batch).symbols)
+        columns = [
+            np.concatenate([b.ts_ms for b in batches]),
+            np.concatenate([b.bid for b in batches]),
+            np.concatenate([b.ask for b in batches]),
+            np.concatenate([b.bid_size for b in batches]),
+            np.concatenate([b.ask_size for b in batches]),
+        ]
+        if consecutive:
+            return QuoteBatch(symbols, *columns, first_seq)
+        seqs = np.concatenate([b.seqs for b in batches])
+        if not seqs.any():
+            return QuoteBatch(symbols, *columns)
+        return QuoteBatch(symbols, *columns, seqs=seqs)
+
+    def take(self, indices):
+        """The quotes at ``indices`` (an int array), in that order, unnumbered."""
+        idx = np.asarray(indices, dtype=np.intp)
+        cdef list symbols = self.symbols
+        return QuoteBatch(
+            [symbols[i] for i in idx.tolist()],
+            self.ts_ms[idx], self.bid[idx], self.ask[idx], self.bid_size[idx], self.ask_size[idx],
+        )
+
+    @property
+    def last_seq(self):
+        """The seq of the last quote (0 while unnumbered or empty)."""
+        cdef Py_ssize_t n = len(self.symbols)
+        return self._seq(n - 1) if n else 0
+
+    def __len__(self):
+        return len(self.symbols)
+
+    def __getitem__(self, index):
+        cdef Py_ssize_t n = len(self.symbols), i, start, stop, step
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            if step != 1:
+                raise ValueError("a QuoteBatch slice must have step 1")
+            stop = max(start, stop)
+            columns = (
+                self.ts_ms[start:stop], self.bid[start:stop], self.ask[start:stop],
+                self.bid_size[start:stop], self.ask_size[start:stop],
+            )
+            if self._seqs_arr is not None:
+                return QuoteBatch(self.symbols[start:stop], *columns, seqs=self._seqs_arr[start:stop])
+            return QuoteBatch(self.symbols[start:stop], *columns, self._first_seq + start if self._first_seq else 0)
+        i = index
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("QuoteBatch index out of range")
+        return self._record(i)
+
+    cdef TopicRecord _record(self, Py_ssize_t i):
+        symbol = self.symbols[i]
+        ts = self._ts[i]
+        data = {
+            "symbol": symbol,
+            "bid": self._bid[i],
+            "ask": self._ask[i],
+            "bid_size": self._bid_size[i],
+            "ask_size": self._ask_size[i],
+            "ts_ms": ts,
+        }
+        return _record(ts, symbol, data, self._seq(i))
+
+    def __iter__(self):
+        return iter(self.records())
+
+    def records(self):
+        """Every quote as a :class:`TopicRecord` (for the consumers that want records)."""
+        cdef Py_ssize_t i, n = len(self.symbols)
+        return [self._record(i) for i in range(n)]
+
+    def __eq__(self, other):
+        """Equal to a batch of the same quotes and seqs, or to a list of the same records."""
+        if isinstance(other, (list, tuple)):
+            return self.records() == list(other)
+        if not isinstance(other, QuoteBatch) and type(other).__name__ != "QuoteBatch":
+            return NotImplemented
+        return bool(
+            self.symbols == other.symbols
+            and np.array_equal(self.seqs, other.seqs)
+            and np.array_equal(self.ts_ms, other.ts_ms)
+            and np.array_equal(self.bid, other.bid)
+            and np.array_equal(self.ask, other.ask)
+            and np.array_equal(self.bid_size, other.bid_size)
+            and np.array_equal(self.ask_size, other.ask_size)
+        )
+
+    def __ne__(self, other):
+        result = self.__eq__(other)
+        if result is NotImplemented:
+            return result
+        return not result
+
+    __hash__ = None
+
+    def __repr__(self):
+        return f"QuoteBatch({len(self.symbols)} quotes, first_seq={self._first_seq})"
+
+    def __reduce__(self):
+        columns = (self.symbols, self.ts_ms, self.bid, self.ask, self.bid_size, self.ask_size)
+        if self._seqs_arr is not None:
+            return (QuoteBatch, (*columns, 0, self._seqs_arr))
+        return (QuoteBatch, (*columns, self._first_seq))
+
+    # --- JSON, written from the columns --------------------------------------
+
+    cdef int _write_data(self, _Writer* w, Py_ssize_t i, bytes name) except -1:
+        _w_raw(w, '{"symbol":', 10)
+        _w_raw(w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+        _w_raw(w, ',"bid":', 7)
+        _w_float(w, self._bid[i])
+        _w_raw(w, ',"ask":', 7)
+        _w_float(w, self._ask[i])
+        _w_raw(w, ',"bid_size":', 12)
+        _w_float(w, self._bid_size[i])
+        _w_raw(w, ',"ask_size":', 12)
+        _w_float(w, self._ask_size[i])
+        _w_raw(w, ',"ts_ms":', 9)
+        _w_int(w, self._ts[i])
+        return _w_raw(w, "}", 1)
+
+    cdef int _write_record(self, _Writer* w, Py_ssize_t i, bytes name) except -1:
+        _w_raw(w, '{"ts_ms":', 9)
+        _w_int(w, self._ts[i])
+        _w_raw(w, ',"key":', 7)
+        _w_raw(w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+        _w_raw(w, ',"data":', 8)
+        self._write_data(w, i, name)
+        cdef int64_t seq = self._seq(i)
+        if seq:
+            _w_raw(w, ',"seq":', 7)
+            _w_int(w, seq)
+        return _w_raw(w, "}", 1)
+
+    def payloads_json(self):
+        """Each quote's six fields as a JSON object (what the ``json`` codec sends)."""
+        cdef _Writer w = _Writer(NULL, 0, 0)
+        cdef _Names names = _Names()
+        cdef Py_ssize_t i, n = len(self.symbols)
+        cdef list out = [None] * n
+        try:
+            for i in range(n):
+                w.size = 0
+                self._write_data(&w, i, names.text(self.symbols[i]))
+                out[i] = PyBytes_FromStringAndSize(w.buf, w.size)
+        finally:
+            free(w.buf)
+        return out
+
+    def record_lines(self):
+        """The SPEC section 1 form of every record as JSON lines, each ended by a newline."""
+        cdef _Writer w = _Writer(NULL, 0, 0)
+        cdef _Names names = _Names()
+        cdef Py_ssize_t i, n = len(self.symbols)
+        try:
+            for i in range(n):
+                self._write_record(&w, i, names.text(self.symbols[i]))
+                _w_raw(&w, "\n", 1)
+            return PyBytes_FromStringAndSize(w.buf, w.size)
+        finally:
+            free(w.buf)
+
+    def records_json(self):
+        """The JSON array of the records' SPEC section 1 forms."""
+        cdef _Writer w = _Writer(NULL, 0, 0)
+        cdef _Names names = _Names()
+        cdef Py_ssize_t i, n = len(self.symbols)
+        try:
+            _w_raw(&w, "[", 1)
+            for i in range(n):
+                if i:
+                    _w_raw(&w, ",", 1)
+                self._write_record(&w, i, names.text(self.symbols[i]))
+            _w_raw(&w, "]", 1)
+            return PyBytes_FromStringAndSize(w.buf, w.size)
+        finally:
+            free(w.buf)
+
+
+_Sequence.register(QuoteBatch)  # a sequence of records, as its pure twin (a Sequence subclass) is
+
+
+cdef inline const void* _column_ptr(object array) except NULL:
+    """The data pointer of a C-contiguous column, or a valid one for an empty column."""
+    if len(array) == 0:
+        return <const void*>_P10
+    return <const void*><size_t>array.ctypes.data
+
+
+# --- the json quote parser -------------------------------------------------
+
+
+cdef enum:
+    _F_SYMBOL = 1
+    _F_BID = 2
+    _F_ASK = 4
+    _F_BID_SIZE = 8
+    _F_ASK_SIZE = 16
+    _F_TS = 32
+    _F_REQUIRED = 1 | 2 | 4 | 32
+    _SYMBOL_CACHE = 1024
+
+
+cdef inline Py_ssize_t _skip_ws(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (p[i] == 32 or p[i] == 9 or p[i] == 10 or p[i] == 13):
+        i += 1
+    return i
+
+
+cdef inline int _field_of(const char* name, Py_ssize_t size) noexcept nogil:
+    if size == 6 and memcmp(name, b"symbol", 6) == 0:
+        return _F_SYMBOL
+    if size == 3:
+        if memcmp(name, b"bid", 3) == 0:
+            return _F_BID
+        if memcmp(name, b"ask", 3) == 0:
+            return _F_ASK
+    if size == 8:
+        if memcmp(name, b"bid_size", 8) == 0:
+            return _F_BID_SIZE
+        if memcmp(name, b"ask_size", 8) == 0:
+            return _F_ASK_SIZE
+    if size == 5 and memcmp(name, b"ts_ms", 5) == 0:
+        return _F_TS
+    return 0
+
+
+cdef inline Py_ssize_t _read_number(const char* p, Py_ssize_t i, Py_ssize_t n, double* out) except -2:
+    """Read the JSON number at ``p[i]`` as a double (an integer as ``float(int)``); its end, or -1.
+
+    PERF: Clinger's fast path (at most 15 significant digits, a power of ten
+    up to 22) is exact; anything else goes to CPython's correctly rounded
+    ``float()`` parser.
+    """
+    cdef Py_ssize_t start = i, j
+    cdef bint negative = False, integral = True
+    cdef uint64_t m = 0
+    cdef int digits = 0, frac = 0, exp = 0, e10
+    cdef bint exp_negative = False
+    cdef char* end
+    cdef double value
+    if i < n and p[i] == 45:  # "-"
+        negative = True
+        i += 1
+    if i >= n:
+        return -1
+    if p[i] == 48:  # "0"
+        i += 1
+    elif 49 <= p[i] <= 57:
+        while i < n and 48 <= p[i] <= 57:
+            if m or p[i] != 48:
+                if digits < 19:
+                    m = m * 10 + <uint64_t>(p[i] - 48)
+                digits += 1
+            i += 1
+    else:
+        return -1
+    if i < n and p[i] == 46:  # "."
+        integral = False
+        i += 1
+        j = i
+        while i < n and 48 <= p[i] <= 57:
+            if m or p[i] != 48:
+                if digits < 19:
+                    m = m * 10 + <uint64_t>(p[i] - 48)
+                digits += 1
+            if digits <= 19:
+                frac += 1
+            i += 1
+        if i == j:
+            return -1
+    if i < n and (p[i] == 101 or p[i] == 69):  # "e", "E"
+        integral = False
+        i += 1
+        if i < n and (p[i] == 43 or p[i] == 45):
+            exp_negative = p[i] == 45
+            i += 1
+        j = i
+        while i < n and 48 <= p[i] <= 57:
+            if exp < 10000:
+                exp = exp * 10 + (p[i] - 48)
+            i += 1
+        if i == j:
+            return -1
+    if digits <= 15:
+        e10 = (-exp if exp_negative else exp) - frac
+        if m == 0:
+            # "-0" is the integer 0 (float(0) is 0.0); "-0.0" is the float -0.0.
+            out[0] = -0.0 if negative and not integral else 0.0
+            return i
+        if -22 <= e10 <= 22:
+            value = <double>m
+            value = value * _P10[e10] if e10 >= 0 else value / _P10[-e10]
+            out[0] = -value if negative else value
+            return i
+    # The text was checked against JSON's grammar above: it is a number CPython reads the same way.
+    value = PyOS_string_to_double(p + start, &end, NULL)
+    if end != p + i:
+        return -1
+    out[0] = value
+    return i
+
+
+cdef inline Py_ssize_t _read_ts(const char* p, Py_ssize_t i, Py_ssize_t n, int64_t* out) noexcept nogil:
+    """Read a JSON integer of at most 18 digits, no sign, at ``p[i]``; its end, or -1."""
+    cdef int64_t value = 0
+    cdef Py_ssize_t start = i
+    if i < n and p[i] == 48:
+        i += 1
+    else:
+        while i < n and 48 <= p[i] <= 57:
+            value = value * 10 + (p[i] - 48)
+            i += 1
+            if i - start > 18:
+                return -1
+    if i == start or (i < n and (p[i] == 46 or p[i] == 101 or p[i] == 69)):
+        return -1
+    out[0] = value
+    return i
+
+
+cdef class _SymbolCache:
+    """The ``str`` of each symbol a parser reads, from a 1024-entry cache (no object a quote)."""
+
+    cdef list _slots
+
+    def __cinit__(self):
+        self._slots = [None] * _SYMBOL_CACHE
+
+    cdef object get(self, const char* text, Py_ssize_t size):
+        """The symbol of ``size`` ASCII bytes at ``text``."""
+        cdef uint32_t h = 2166136261
+        cdef Py_ssize_t k
+        for k in range(size):
+            h = (h ^ <unsigned char>text[k]) * 16777619
+        cdef Py_ssize_t slot = h & (_SYMBOL_CACHE - 1)
+        cached = self._slots[slot]
+        if (
+            cached is not None
+            and PyUnicode_GET_LENGTH(cached) == size
+            and memcmp(PyUnicode_DATA(cached), text, size) == 0
+        ):
+            return cached
+        symbol = PyUnicode_DecodeASCII(text, size, NULL)
+        self._slots[slot] = symbol
+        return symbol
+
+
+cdef class JsonQuoteParser:
+    """Reads plain JSON quote objects straight into a :class:`QuoteBatch` (the ``json`` codec's fast path).
+
+    ``parse(payloads)`` gives the batch of the payloads it could read and
+    their positions in ``payloads``; the others (an escaped or non-ASCII
+    symbol, unknown or repeated fields, a symbol of more than
+    ``max_key_bytes`` bytes or none, any doubt) are left to the codec's
+    general path. Values are exact: floats correctly rounded as ``float()``
+    reads them, an integer read as a float as ``float(int)`` converts it.
+    It checks types only; the rules of SPEC section 1 are the caller's
+    (``QuoteCheck.check_columns``).
+
+    PERF: one pass over each payload in C; a symbol is looked up in a
+    1024-entry cache of the ``str`` objects made so far (no object a quote).
+    """
+
+    cdef readonly Py_ssize_t max_key_bytes
+    cdef _SymbolCache _symbols
+
+    def __init__(self, Py_ssize_t max_key_bytes):
+        if max_key_bytes < 1:
+            raise ValueError(f"max_key_bytes must be at least 1, got {max_key_bytes}")
+        self.max_key_bytes = max_key_bytes
+        self._symbols = _SymbolCache()
+
+    def parse(self, payloads):
+        cdef Py_ssize_t count = len(payloads), row = 0, k, i, n, name_start, value_start
+        cdef list symbols = []
+        positions = np.empty(count, dtype=np.int64)
+        ts = np.empty(count, dtype=np.int64)
+        bid = np.empty(count, dtype=np.float64)
+        ask = np.empty(count, dtype=np.float64)
+        bid_size = np.empty(count, dtype=np.float64)
+        ask_size = np.empty(count, dtype=np.float64)
+        cdef int64_t[::1] pos_v = positions, ts_v = ts
+        cdef double[::1] bid_v = bid, ask_v = ask, bid_size_v = bid_size, ask_size_v = ask_size
+        cdef const char* p
+        cdef int seen, field
+        cdef double number
+        cdef int64_t stamp
+        cdef double values[4]
+        cdef Py_ssize_t sym_start = 0, sym_size = 0
+        cdef Py_ssize_t max_key = self.max_key_bytes
+        for k in range(count):
+            payload = payloads[k]
+            if type(payload) is not bytes:
+                continue
+            p = PyBytes_AS_STRING(payload)
+            n = PyBytes_GET_SIZE(payload)
+            i = _skip_ws(p, 0, n)
+            if i >= n or p[i] != 123:  # "{"
+                continue
+            i += 1
+            seen = 0
+            values[2] = 0.0
+            values[3] = 0.0
+            stamp = 0
+            while True:
+                i = _skip_ws(p, i, n)
+                if i >= n or p[i] != 34:  # '"' of a field name
+                    break
+                name_start = i + 1
+                i = name_start
+                while i < n and p[i] != 34 and p[i] != 92:
+                    i += 1
+                if i >= n or p[i] != 34:
+                    break
+                field = _field_of(p + name_start, i - name_start)
+                if field == 0 or seen & field:
+                    break
+                seen |= field
+                i = _skip_ws(p, i + 1, n)
+                if i >= n or p[i] != 58:  # ":"
+                    break
+                i = _skip_ws(p, i + 1, n)
+                if field == _F_SYMBOL:
+                    if i >= n or p[i] != 34:
+                        break
+                    value_start = i + 1
+                    i = value_start
+                    while i < n and 32 <= p[i] < 127 and p[i] != 34 and p[i] != 92:
+                        i += 1
+                    if i >= n or p[i] != 34 or not 0 < i - value_start <= max_key:
+                        break
+                    sym_start = value_start
+                    sym_size = i - value_start
+                    i += 1
+                elif field == _F_TS:
+                    i = _read_ts(p, i, n, &stamp)
+                    if i < 0:
+                        break
+                else:
+                    i = _read_number(p, i, n, &number)
+                    if i < 0:
+                        break
+                    if field == _F_BID:
+                        values[0] = number
+                    elif field == _F_ASK:
+                        values[1] = number
+                    elif field == _F_BID_SIZE:
+                        values[2] = number
+                    else:
+                        values[3] = number
+                i = _skip_ws(p, i, n)
+                if i < n and p[i] == 44:  # ","
+                    i += 1
+                    continue
+                if i < n and p[i] == 125:  # "}"
+                    i = _skip_ws(p, i + 1, n)
+                    if i == n and seen & _F_REQUIRED == _F_REQUIRED:
+                        symbols.append(self._symbols.get(p + sym_start, sym_size))
+                        pos_v[row] = k
+                        ts_v[row] = stamp
+                        bid_v[row] = values[0]
+                        ask_v[row] = values[1]
+                        bid_size_v[row] = values[2]
+                        ask_size_v[row] = values[3]
+                        row += 1
+                break
+        batch = QuoteBatch(symbols, ts[:row], bid[:row], ask[:row], bid_size[:row], ask_size[:row])
+        return batch, positions[:row]
+
+
+# --- the csv quote codec ---------------------------------------------------
+
+
+cdef class CsvQuoteParser:
+    """Reads plain CSV quote rows (``symbol,bid,ask,bid_size,ask_size,ts_ms``) straight into a :class:`QuoteBatch`.
+
+    Like :class:`JsonQuoteParser`: ``parse(payloads)`` gives the batch of
+    the rows it could read and their positions; it takes only six unquoted
+    fields, a printable ASCII symbol of 1 to ``max_key_bytes`` bytes, JSON
+    numbers for the prices and sizes and at most 18 digits for ``ts_ms``, and
+    leaves every other row (quoting, spaces, empty fields, ``nan``...) to the
+    codec's general path. Values are exact: ``float()`` of the text, an
+    integer as ``float(int)``.
+    """
+
+    cdef readonly Py_ssize_t max_key_bytes
+    cdef _SymbolCache _symbols
+
+    def __init__(self, Py_ssize_t max_key_bytes):
+        if max_key_bytes < 1:
+            raise ValueError(f"max_key_bytes must be at least 1, got {max_key_bytes}")
+        self.max_key_bytes = max_key_bytes
+        self._symbols = _SymbolCache()
+
+    def parse(self, payloads):
+        cdef Py_ssize_t count = len(payloads), row = 0, k, i, n, f
+        cdef list symbols = []
+        positions = np.empty(count, dtype=np.int64)
+        ts = np.empty(count, dtype=np.int64)
+        bid = np.empty(count, dtype=np.float64)
+        ask = np.empty(count, dtype=np.float64)
+        bid_size = np.empty(count, dtype=np.float64)
+        ask_size = np.empty(count, dtype=np.float64)
+        cdef int64_t[::1] pos_v = positions, ts_v = ts
+        cdef double[::1] bid_v = bid, ask_v = ask, bid_size_v = bid_size, ask_size_v = ask_size
+        cdef const char* p
+        cdef double values[4]
+        cdef int64_t stamp = 0
+        cdef Py_ssize_t max_key = self.max_key_bytes, sym_size
+        for k in range(count):
+            payload = payloads[k]
+            if type(payload) is not bytes:
+                continue
+            p = PyBytes_AS_STRING(payload)
+            n = PyBytes_GET_SIZE(payload)
+            i = 0
+            while i < n and 32 <= p[i] < 127 and p[i] != 44 and p[i] != 34:  # not "," or '"'
+                i += 1
+            if i == 0 or i > max_key or i >= n or p[i] != 44:
+                continue
+            sym_size = i
+            i += 1
+            for f in range(4):
+                i = _read_number(p, i, n, &values[f])
+                if i < 0 or i >= n or p[i] != 44:
+                    break
+                i += 1
+            else:
+                i = _read_ts(p, i, n, &stamp)
+                if i == n:
+                    symbols.append(self._symbols.get(p, sym_size))
+                    pos_v[row] = k
+                    ts_v[row] = stamp
+                    bid_v[row] = values[0]
+                    ask_v[row] = values[1]
+                    bid_size_v[row] = values[2]
+                    ask_size_v[row] = values[3]
+                    row += 1
+        batch = QuoteBatch(symbols, ts[:row], bid[:row], ask[:row], bid_size[:row], ask_size[:row])
+        return batch, positions[:row]
+
+
+def encode_csv_quotes(QuoteBatch batch):
+    """One CSV row per quote, as the ``csv`` codec writes it: floats as ``repr``, the symbol quoted when RFC 4180 says so.
+
+    Raises ``UnicodeEncodeError`` for a symbol that is not valid UTF-8 (a lone surrogate).
+    """
+    cdef _Writer w = _Writer(NULL, 0, 0)
+    cdef _Names names = _Names(True)
+    cdef Py_ssize_t i, n = len(batch.symbols)
+    cdef list out = [None] * n
+    cdef bytes name
+    try:
+        for i in range(n):
+            w.size = 0
+            name = names.text(batch.symbols[i])
+            _w_raw(&w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+            _w_raw(&w, ",", 1)
+            _w_float(&w, batch._bid[i], False)
+            _w_raw(&w, ",", 1)
+            _w_float(&w, batch._ask[i], False)
+            _w_raw(&w, ",", 1)
+            _w_float(&w, batch._bid_size[i], False)
+            _w_raw(&w, ",", 1)
+            _w_float(&w, batch._ask_size[i], False)
+            _w_raw(&w, ",", 1)
+            _w_int(&w, batch._ts[i])
+            out[i] = PyBytes_FromStringAndSize(w.buf, w.size)
+    finally:
+        free(w.buf)
+    return out
 
 
 # --- framing ---------------------------------------------------------------
@@ -399,13 +1276,20 @@ cdef int _cmp_match(const void* a, const void* b) noexcept nogil:
     return 0
 
 
+cdef enum:
+    _INV_NEXT = 0x40000000  # in a slot's key id: the next record of its key is older (one of ``_kinv``)
+    _KID_MASK = 0x3FFFFFFF
+
+
 cdef class _RingIndex:
     """Slot bookkeeping shared by both ring layouts.
 
     Slots are written round-robin, so ``seq`` maps to slot
-    ``(seq - 1) % capacity``. Each key has an id and a chain of its slots
-    (``_next``/``_prev``, oldest to newest); an evicted slot is always the
-    head of its key's chain. ``_inv`` / ``_kinv`` count neighbours out of
+    ``(seq - 1) % capacity``. Each key has an id and a chain of its slots,
+    linked newest to oldest (``_prev``), of ``_kcount`` slots: an evicted slot
+    is always the oldest of its key's, so the chain is walked for that many
+    steps from ``_tail`` and a link into an evicted slot is never followed.
+    A slot's ``_kid`` carries ``_INV_NEXT``: its key's next record is older. ``_inv`` / ``_kinv`` count neighbours out of
     ``ts_ms`` order in seq order / in each chain: when zero, (ts, seq) order
     is seq order and a query walks back from the newest record and stops as
     soon as it has ``limit`` + 1 matches.
@@ -418,13 +1302,11 @@ cdef class _RingIndex:
     cdef int64_t _inv
     cdef Py_ssize_t _last_slot
     # per slot (numpy-owned, so nbytes can report them)
-    cdef object _ts_arr, _kid_arr, _next_arr, _prev_arr
+    cdef object _ts_arr, _kid_arr, _prev_arr
     cdef int64_t* _ts
     cdef int32_t* _kid
-    cdef int32_t* _next
     cdef int32_t* _prev
     # per key id (C arrays, grown on demand)
-    cdef int32_t* _head
     cdef int32_t* _tail
     cdef int64_t* _kcount
     cdef int64_t* _kinv
@@ -437,14 +1319,12 @@ cdef class _RingIndex:
     cdef int32_t _last_kid
 
     def __cinit__(self, *args, **kwargs):
-        self._head = NULL
         self._tail = NULL
         self._kcount = NULL
         self._kinv = NULL
         self._kalloc = 0
 
     def __dealloc__(self):
-        free(self._head)
         free(self._tail)
         free(self._kcount)
         free(self._kinv)
@@ -452,8 +1332,8 @@ cdef class _RingIndex:
     def __init__(self, Py_ssize_t capacity):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
-        if capacity > 0x7FFFFFFF:
-            raise ValueError("capacity must be below 2**31")
+        if capacity > _KID_MASK:
+            raise ValueError("capacity must be below 2**30")
         self.capacity = capacity
         self._count = 0
         self._first_seq = 0
@@ -461,11 +1341,9 @@ cdef class _RingIndex:
         self._inv = 0
         self._ts_arr = np.zeros(capacity, dtype=np.int64)
         self._kid_arr = np.zeros(capacity, dtype=np.int32)
-        self._next_arr = np.full(capacity, -1, dtype=np.int32)
         self._prev_arr = np.full(capacity, -1, dtype=np.int32)
         self._ts = <int64_t*>_data_ptr(self._ts_arr)
         self._kid = <int32_t*>_data_ptr(self._kid_arr)
-        self._next = <int32_t*>_data_ptr(self._next_arr)
         self._prev = <int32_t*>_data_ptr(self._prev_arr)
         self._key_ids = {}
         self._key_names = []
@@ -486,10 +1364,6 @@ cdef class _RingIndex:
 
     cdef int _grow_keys(self) except -1:
         cdef Py_ssize_t n = max(16, self._kalloc * 2)
-        cdef int32_t* head = <int32_t*>realloc(self._head, n * sizeof(int32_t))
-        if head == NULL:
-            raise MemoryError()
-        self._head = head
         cdef int32_t* tail = <int32_t*>realloc(self._tail, n * sizeof(int32_t))
         if tail == NULL:
             raise MemoryError()
@@ -531,7 +1405,6 @@ cdef class _RingIndex:
                     self._grow_keys()
                 self._key_names.append(key)
             self._key_ids[key] = kid
-            self._head[kid] = -1
             self._tail[kid] = -1
             self._kcount[kid] = 0
             self._kinv[kid] = 0
@@ -550,7 +1423,7 @@ cdef class _RingIndex:
         """Free the slot of ``seq`` (dropping the oldest record if full); return it."""
         cdef Py_ssize_t cap = self.capacity
         cdef Py_ssize_t slot
-        cdef int32_t old, nxt
+        cdef int32_t old, tagged
         if self._count == 0:
             self._first_seq = seq
             return (seq - 1) % cap
@@ -560,19 +1433,14 @@ cdef class _RingIndex:
             slot = 0
         if self._count < cap:
             return slot
-        # Full: the slot holds the oldest record (first_seq), the head of its chain.
-        old = self._kid[slot]
-        nxt = self._next[slot]
-        if nxt >= 0:
-            self._prev[nxt] = -1
-            if self._ts[nxt] < self._ts[slot]:
-                self._kinv[old] -= 1
-            self._head[old] = nxt
-        else:
-            self._head[old] = -1
-            self._tail[old] = -1
+        # Full: the slot holds the oldest record (first_seq), the oldest of its key's chain.
+        tagged = self._kid[slot]
+        old = tagged & _KID_MASK
+        if tagged & _INV_NEXT:
+            self._kinv[old] -= 1
         self._kcount[old] -= 1
         if self._kcount[old] == 0:
+            self._tail[old] = -1
             self._release_key(old)
         if cap > 1 and self._ts[slot + 1 if slot + 1 < cap else 0] < self._ts[slot]:
             self._inv -= 1
@@ -597,14 +1465,10 @@ cdef class _RingIndex:
             self._inv += 1
         self._ts[slot] = ts
         self._kid[slot] = kid
-        self._next[slot] = -1
         self._prev[slot] = tail
-        if tail >= 0:
-            self._next[tail] = <int32_t>slot
-            if ts < self._ts[tail]:
-                self._kinv[kid] += 1
-        else:
-            self._head[kid] = <int32_t>slot
+        if tail >= 0 and ts < self._ts[tail]:
+            self._kinv[kid] += 1
+            self._kid[tail] |= _INV_NEXT
         self._tail[kid] = <int32_t>slot
         self._kcount[kid] += 1
         self._count += 1
@@ -625,7 +1489,7 @@ cdef class _RingIndex:
         cdef int32_t kid = -1
         cdef bint by_key = key is not None
         cdef bint ordered
-        cdef Py_ssize_t cap = self.capacity, slot, found = 0, keep, i, avail
+        cdef Py_ssize_t cap = self.capacity, slot, found = 0, keep, i, avail, chain_left = 0
         cdef int64_t seq, t, a, b, mid
         cdef _Match* matches
         cdef list slots = []
@@ -644,7 +1508,7 @@ cdef class _RingIndex:
             kid = self._find_key(key)
             if kid < 0:
                 return slots, False
-            avail = self._kcount[kid]
+            avail = chain_left = self._kcount[kid]
             ordered = self._kinv[kid] == 0
             slot = self._tail[kid]
         else:
@@ -688,9 +1552,10 @@ cdef class _RingIndex:
                     if ordered and found > limit:
                         break
                 if by_key:
-                    slot = self._prev[slot]
-                    if slot < 0:
+                    chain_left -= 1
+                    if chain_left == 0:  # the chain's oldest record: the link before it is stale
                         break
+                    slot = self._prev[slot]
                 else:
                     if seq == self._first_seq:
                         break
@@ -713,14 +1578,15 @@ cdef class _RingIndex:
     cdef Py_ssize_t _latest_of(self, int32_t kid) noexcept:
         """The slot of the greatest (ts, seq) of key ``kid``."""
         cdef Py_ssize_t slot = self._tail[kid], best = slot
+        cdef int64_t left = self._kcount[kid] - 1
         if self._kinv[kid] == 0:
             return best
-        slot = self._prev[slot]
-        while slot >= 0:
+        while left > 0:
             # Walking back, seq falls: a tie on ts keeps the newer ``best``.
+            slot = self._prev[slot]
+            left -= 1
             if self._ts[slot] > self._ts[best]:
                 best = slot
-            slot = self._prev[slot]
         return best
 
     cdef list _latest_slots(self, object key):
@@ -800,10 +1666,11 @@ cdef class RecordRing(_RingIndex):
 
 
 cdef class QuoteRing(_RingIndex):
-    """Columnar ring for quotes: numpy columns, 52 bytes a quote key included.
+    """Columnar ring for quotes: numpy columns, 48 bytes a quote key included.
 
     A slot holds a 4-byte key id (interned in a key table), ts, the four
-    prices and sizes, and two 4-byte links of its key's chain. Query results
+    prices and sizes, and the 4-byte link to its key's previous record; its
+    seq follows from the slot (seqs are consecutive). Query results
     are rebuilt as :class:`TopicRecord` with the six quote fields.
     """
 
@@ -830,13 +1697,16 @@ cdef class QuoteRing(_RingIndex):
         return sum(
             a.nbytes
             for a in (
-                self._kid_arr, self._ts_arr, self._next_arr, self._prev_arr,
+                self._kid_arr, self._ts_arr, self._prev_arr,
                 self._bid_arr, self._ask_arr, self._bid_size_arr, self._ask_size_arr,
             )
         )
 
     def append(self, records):
-        """Append quote records; ``data`` must hold bid, ask, bid_size, ask_size."""
+        """Append quote records (``data`` must hold bid, ask, bid_size, ask_size), or a numbered :class:`QuoteBatch`."""
+        if type(records) is QuoteBatch:
+            self._append_batch(records)
+            return
         cdef Py_ssize_t slot
         cdef int64_t seq, ts
         cdef int32_t kid
@@ -895,25 +1765,43 @@ cdef class QuoteRing(_RingIndex):
             self._ask_size[slot] = ask_size_v[i]
             seq += 1
 
-    cdef TopicRecord _quote(self, Py_ssize_t slot):
-        key = self._key_names[self._kid[slot]]
-        ts = self._ts[slot]
-        data = {
-            "symbol": key,
-            "bid": self._bid[slot],
-            "ask": self._ask[slot],
-            "bid_size": self._bid_size[slot],
-            "ask_size": self._ask_size[slot],
-            "ts_ms": ts,
-        }
-        return _record(ts, key, data, self._seq_of(slot))
+    cdef int _append_batch(self, QuoteBatch batch) except -1:
+        cdef Py_ssize_t n = len(batch.symbols), i, slot
+        cdef int64_t seq
+        cdef list symbols = batch.symbols
+        for i in range(n):
+            seq = batch._seq(i)
+            self._check_seq(seq)
+            slot = self._evict_for(seq)
+            self._link(slot, self._key_id(symbols[i]), batch._ts[i], seq)
+            self._bid[slot] = batch._bid[i]
+            self._ask[slot] = batch._ask[i]
+            self._bid_size[slot] = batch._bid_size[i]
+            self._ask_size[slot] = batch._ask_size[i]
+        return 0
+
+    cdef QuoteBatch _gather(self, list slots):
+        """The quotes of ``slots``, in that order, with their seqs: answers are columns too."""
+        cdef Py_ssize_t n = len(slots), i, slot
+        cdef list symbols = [None] * n
+        seqs = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] seqs_v = seqs
+        for i in range(n):
+            slot = slots[i]
+            symbols[i] = self._key_names[self._kid[slot] & _KID_MASK]
+            seqs_v[i] = self._seq_of(slot)
+        idx = np.asarray(slots, dtype=np.intp)
+        return QuoteBatch(
+            symbols, self._ts_arr[idx], self._bid_arr[idx], self._ask_arr[idx],
+            self._bid_size_arr[idx], self._ask_size_arr[idx], seqs=seqs,
+        )
 
     def query(self, key=None, from_ms=None, to_ms=None, since_seq=None, Py_ssize_t limit=1000):
         slots, truncated = self._match(key, from_ms, to_ms, since_seq, limit)
-        return [self._quote(s) for s in slots], truncated
+        return self._gather(slots), truncated
 
     def latest(self, key=None):
-        return [self._quote(s) for s in self._latest_slots(key)]
+        return self._gather(self._latest_slots(key))
 
 
 # --- OHLC aggregation ------------------------------------------------------
@@ -1266,3 +2154,6 @@ cdef class OhlcAggregator:
             if bk[j].start == start:
                 return (bk[j].open, bk[j].high, bk[j].low, bk[j].close, bk[j].ticks)
         return None
+
+
+include "_codecs.pxi"

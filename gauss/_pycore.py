@@ -8,15 +8,21 @@ not available. Behaviour, names and signatures match ``_core.pyx`` exactly;
 from __future__ import annotations
 
 import bisect
+import re
 from collections import deque
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence, overload
 
+import msgspec
 import numpy as np
 
 from gauss.errors import FrameTooLarge
 
 __all__ = [
     "TopicRecord",
+    "QuoteBatch",
+    "JsonQuoteParser",
+    "CsvQuoteParser",
+    "encode_csv_quotes",
     "LineDecoder",
     "LengthPrefixedDecoder",
     "encode_lines",
@@ -73,6 +79,401 @@ class TopicRecord:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (TopicRecord, (self.ts_ms, self.key, self.data, self.seq))
+
+
+# --- quote columns ---------------------------------------------------------
+
+
+class QuoteBatch(Sequence[TopicRecord]):
+    """A batch of quotes as columns: what a quote codec reads, a quote topic publishes and stores.
+
+    ``symbols`` is a list of ``str`` (a parser hands out one shared object per
+    distinct symbol, so the list is in effect ids into its symbol table),
+    ``ts_ms`` an int64 array, ``bid``/``ask``/``bid_size``/``ask_size`` float64
+    arrays. A batch a topic publishes is numbered by ``first_seq`` alone (its
+    quotes hold ``first_seq, first_seq + 1, ...``; 0 until numbered); one a
+    query gathered carries its own ``seqs``. It is a sequence of
+    :class:`TopicRecord`: indexing builds the one record asked for (``data``
+    the six quote fields), slicing gives a batch sharing the columns.
+    """
+
+    __slots__ = ("symbols", "ts_ms", "bid", "ask", "bid_size", "ask_size", "_first_seq", "_seqs")
+
+    def __init__(
+        self,
+        symbols: Sequence[str],
+        ts_ms: Any,
+        bid: Any,
+        ask: Any,
+        bid_size: Any,
+        ask_size: Any,
+        first_seq: int = 0,
+        seqs: Any = None,
+    ) -> None:
+        self.symbols = symbols if type(symbols) is list else list(symbols)
+        self.ts_ms = np.ascontiguousarray(ts_ms, dtype=np.int64)
+        self.bid = np.ascontiguousarray(bid, dtype=np.float64)
+        self.ask = np.ascontiguousarray(ask, dtype=np.float64)
+        self.bid_size = np.ascontiguousarray(bid_size, dtype=np.float64)
+        self.ask_size = np.ascontiguousarray(ask_size, dtype=np.float64)
+        n = len(self.symbols)
+        if not (len(self.ts_ms) == len(self.bid) == len(self.ask) == len(self.bid_size) == len(self.ask_size) == n):
+            raise ValueError("columns differ in length")
+        if first_seq < 0:
+            raise ValueError(f"first_seq must not be negative, got {first_seq}")
+        self._first_seq = first_seq
+        self._seqs: Any = None
+        if seqs is not None:
+            if first_seq:
+                raise ValueError("give first_seq or seqs, not both")
+            self._seqs = np.ascontiguousarray(seqs, dtype=np.int64)
+            if len(self._seqs) != n:
+                raise ValueError("columns differ in length")
+            self._first_seq = int(self._seqs[0]) if n else 0
+
+    @property
+    def first_seq(self) -> int:
+        """The seq of the first quote (0 while unnumbered)."""
+        return self._first_seq
+
+    @first_seq.setter
+    def first_seq(self, value: int) -> None:
+        if self._seqs is not None:
+            raise ValueError("a batch that carries its own seqs cannot be renumbered")
+        if value < 0:
+            raise ValueError(f"first_seq must not be negative, got {value}")
+        self._first_seq = value
+
+    @property
+    def seqs(self) -> Any:
+        """The seq of each quote as an int64 array (zeros while unnumbered)."""
+        if self._seqs is not None:
+            return self._seqs
+        n = len(self.symbols)
+        if not self._first_seq:
+            return np.zeros(n, dtype=np.int64)
+        return np.arange(self._first_seq, self._first_seq + n, dtype=np.int64)
+
+    @classmethod
+    def from_records(cls, records: Sequence[TopicRecord]) -> QuoteBatch:
+        """The batch of quote records (``data`` holding bid, ask, bid_size, ask_size), seqs kept."""
+        if isinstance(records, QuoteBatch):
+            return records
+        datas = [r.data for r in records]
+        columns = (
+            [r.key for r in records],
+            [r.ts_ms for r in records],
+            [d["bid"] for d in datas],
+            [d["ask"] for d in datas],
+            [d["bid_size"] for d in datas],
+            [d["ask_size"] for d in datas],
+        )
+        seqs = [r.seq for r in records]
+        if all(seq == seqs[0] + i for i, seq in enumerate(seqs)):
+            return cls(*columns, first_seq=seqs[0] if seqs else 0)
+        return cls(*columns, seqs=seqs)
+
+    @staticmethod
+    def concat(batches: Sequence[QuoteBatch]) -> QuoteBatch:
+        """One batch of ``batches`` in order, their seqs kept."""
+        if len(batches) == 1:
+            return batches[0]
+        if not batches:
+            return QuoteBatch([], (), (), (), (), ())
+        first_seq = batches[0].first_seq
+        expected = first_seq
+        consecutive = True
+        symbols: list[str] = []
+        for batch in batches:
+            if batch._seqs is not None or batch.first_seq != expected:
+                consecutive = False
+            expected += len(batch)
+            symbols.extend(batch.symbols)
+        ts, bid, ask, bid_size, ask_size = (np.concatenate([getattr(b, name) for b in batches]) for name in _COLUMNS)
+        if consecutive:
+            return QuoteBatch(symbols, ts, bid, ask, bid_size, ask_size, first_seq)
+        seqs = np.concatenate([b.seqs for b in batches])
+        return QuoteBatch(symbols, ts, bid, ask, bid_size, ask_size, seqs=seqs if seqs.any() else None)
+
+    def take(self, indices: Any) -> QuoteBatch:
+        """The quotes at ``indices`` (an int array), in that order, unnumbered."""
+        idx = np.asarray(indices, dtype=np.intp)
+        symbols = self.symbols
+        return QuoteBatch(
+            [symbols[i] for i in idx.tolist()],
+            self.ts_ms[idx],
+            self.bid[idx],
+            self.ask[idx],
+            self.bid_size[idx],
+            self.ask_size[idx],
+        )
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last quote (0 while unnumbered or empty)."""
+        return self._seq(len(self.symbols) - 1) if self.symbols else 0
+
+    def _seq(self, i: int) -> int:
+        if self._seqs is not None:
+            return int(self._seqs[i])
+        return self._first_seq + i if self._first_seq else 0
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    @overload
+    def __getitem__(self, index: int) -> TopicRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> QuoteBatch: ...
+    def __getitem__(self, index: int | slice) -> TopicRecord | QuoteBatch:
+        n = len(self.symbols)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            if step != 1:
+                raise ValueError("a QuoteBatch slice must have step 1")
+            stop = max(start, stop)
+            ts, bid, ask, bid_size, ask_size = (getattr(self, name)[start:stop] for name in _COLUMNS)
+            symbols = self.symbols[start:stop]
+            if self._seqs is not None:
+                return QuoteBatch(symbols, ts, bid, ask, bid_size, ask_size, seqs=self._seqs[start:stop])
+            return QuoteBatch(symbols, ts, bid, ask, bid_size, ask_size, self._first_seq + start if self._first_seq else 0)
+        i = index.__index__()
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("QuoteBatch index out of range")
+        return self[i : i + 1].records()[0]
+
+    def _rows(self) -> Iterator[tuple[str, int, float, float, float, float]]:
+        """``(symbol, ts_ms, bid, ask, bid_size, ask_size)`` of each quote, as plain Python values."""
+        columns = (self.ts_ms, self.bid, self.ask, self.bid_size, self.ask_size)
+        return zip(self.symbols, *(c.tolist() for c in columns), strict=True)
+
+    def __iter__(self) -> Iterator[TopicRecord]:
+        return iter(self.records())
+
+    def records(self) -> list[TopicRecord]:
+        """Every quote as a :class:`TopicRecord` (for the consumers that want records)."""
+        out = []
+        for i, (symbol, ts, bid, ask, bid_size, ask_size) in enumerate(self._rows()):
+            data = {"symbol": symbol, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size, "ts_ms": ts}
+            out.append(TopicRecord(ts, symbol, data, self._seq(i)))
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a batch of the same quotes and seqs, or to a list of the same records."""
+        if isinstance(other, (list, tuple)):
+            return self.records() == list(other)
+        if not isinstance(other, QuoteBatch) and type(other).__name__ != "QuoteBatch":
+            return NotImplemented
+        return bool(
+            self.symbols == other.symbols  # type: ignore[attr-defined]
+            and np.array_equal(self.seqs, other.seqs)  # type: ignore[attr-defined]
+            and all(np.array_equal(getattr(self, name), getattr(other, name)) for name in _COLUMNS)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"QuoteBatch({len(self.symbols)} quotes, first_seq={self._first_seq})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        columns = (self.symbols, self.ts_ms, self.bid, self.ask, self.bid_size, self.ask_size)
+        if self._seqs is not None:
+            return (QuoteBatch, (*columns, 0, self._seqs))
+        return (QuoteBatch, (*columns, self._first_seq))
+
+    # --- JSON, written from the columns --------------------------------------
+
+    def payloads_json(self) -> list[bytes]:
+        """Each quote's six fields as a JSON object (what the ``json`` codec sends)."""
+        return [line.encode() for line in self._data_json()]
+
+    def record_lines(self) -> bytes:
+        """The SPEC section 1 form of every record as JSON lines, each ended by a newline."""
+        return "".join(line + "\n" for line in self._record_json()).encode()
+
+    def records_json(self) -> bytes:
+        """The JSON array of the records' SPEC section 1 forms."""
+        return ("[" + ",".join(self._record_json()) + "]").encode()
+
+    def _data_json(self) -> list[str]:
+        names: dict[str, str] = {}
+        out = []
+        for symbol, ts, bid, ask, bid_size, ask_size in self._rows():
+            name = names.get(symbol)
+            if name is None:
+                name = names[symbol] = _json_str(symbol)
+            out.append(
+                f'{{"symbol":{name},"bid":{_json_float(bid)},"ask":{_json_float(ask)},'
+                f'"bid_size":{_json_float(bid_size)},"ask_size":{_json_float(ask_size)},"ts_ms":{ts}}}'
+            )
+        return out
+
+    def _record_json(self) -> list[str]:
+        out = []
+        names: dict[str, str] = {}
+        for i, (symbol, data) in enumerate(zip(self.symbols, self._data_json(), strict=True)):
+            name = names.get(symbol)
+            if name is None:
+                name = names[symbol] = _json_str(symbol)
+            head = f'{{"ts_ms":{int(self.ts_ms[i])},"key":{name},"data":{data}'
+            seq = self._seq(i)
+            out.append(f'{head},"seq":{seq}}}' if seq else head + "}")
+        return out
+
+
+_COLUMNS = ("ts_ms", "bid", "ask", "bid_size", "ask_size")
+
+
+def _json_str(value: str) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _json_float(value: float) -> str:
+    """``repr`` (the shortest text that reads back the same double); JSON has no NaN or infinity: ``null``."""
+    return repr(value) if value - value == 0.0 else "null"
+
+
+_WS = b" \t\n\r"
+_OPEN = re.compile(rb"[ \t\n\r]*\{")
+_FIELD = re.compile(
+    rb'[ \t\n\r]*"([^"\\]*)"[ \t\n\r]*:[ \t\n\r]*'
+    rb'(?:"([^"\\\x00-\x1f\x7f-\xff]*)"|(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?))'
+    rb"[ \t\n\r]*([,}])"
+)
+"""One ``"name": value`` of a plain quote object and what follows it; a symbol is printable ASCII, unescaped."""
+_VALUE_FIELDS = {b"bid": 0, b"ask": 1, b"bid_size": 2, b"ask_size": 3}
+
+
+class JsonQuoteParser:
+    """Reads plain JSON quote objects straight into a :class:`QuoteBatch` (the ``json`` codec's fast path).
+
+    ``parse(payloads)`` gives the batch of the payloads it could read and
+    their positions in ``payloads``; the others (an escaped or non-ASCII
+    symbol, unknown or repeated fields, a symbol of more than
+    ``max_key_bytes`` bytes or none, any doubt) are left to the codec's
+    general path. Values are exact: floats correctly rounded as ``float()``
+    reads them, an integer read as a float as ``float(int)`` converts it.
+    It checks types only; the rules of SPEC section 1 are the caller's
+    (``QuoteCheck.check_columns``).
+    """
+
+    def __init__(self, max_key_bytes: int) -> None:
+        if max_key_bytes < 1:
+            raise ValueError(f"max_key_bytes must be at least 1, got {max_key_bytes}")
+        self.max_key_bytes = max_key_bytes
+        self._symbols: dict[bytes, str] = {}
+
+    def parse(self, payloads: Sequence[bytes]) -> tuple[QuoteBatch, Any]:
+        positions: list[int] = []
+        rows: list[tuple[str, int, float, float, float, float]] = []
+        for i, payload in enumerate(payloads):
+            row = self._read(payload) if type(payload) is bytes else None
+            if row is not None:
+                positions.append(i)
+                rows.append(row)
+        columns: list[Any] = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(6)]
+        return QuoteBatch(*columns), np.asarray(positions, dtype=np.int64)
+
+    def _read(self, payload: bytes) -> tuple[str, int, float, float, float, float] | None:
+        opened = _OPEN.match(payload)
+        if opened is None:
+            return None
+        at = opened.end()
+        symbol: str | None = None
+        ts: int | None = None
+        values: list[float | None] = [None, None, 0.0, 0.0]
+        seen: set[bytes] = set()
+        while True:
+            field = _FIELD.match(payload, at)
+            if field is None:
+                return None
+            name, text, number, end = field.groups()
+            if name in seen:
+                return None
+            seen.add(name)
+            if name == b"symbol":
+                if text is None or not 0 < len(text) <= self.max_key_bytes:
+                    return None
+                symbol = self._symbols.get(text)
+                if symbol is None:
+                    if len(self._symbols) >= 1024:
+                        self._symbols.clear()
+                    symbol = self._symbols[text] = text.decode("ascii")
+            elif name == b"ts_ms":
+                if number is None or not number.isdigit() or len(number) > 18:
+                    return None
+                ts = int(number)
+            elif name in _VALUE_FIELDS and number is not None:
+                values[_VALUE_FIELDS[name]] = _number(number)
+            else:
+                return None
+            at = field.end()
+            if end == b"}":
+                break
+        if payload[at:].strip(_WS) or symbol is None or ts is None or values[0] is None or values[1] is None:
+            return None
+        return symbol, ts, values[0], values[1], values[2], values[3]  # type: ignore[return-value]
+
+
+_NUMBER = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+_CSV_ROW = re.compile(rb"([\x20\x21\x23-\x2b\x2d-\x7e]+),(%s),(%s),(%s),(%s),(0|[1-9][0-9]{0,17})\Z" % ((_NUMBER,) * 4))
+"""A plain quote row: a printable ASCII symbol without comma or quote, four JSON numbers, ``ts_ms`` digits."""
+
+
+def _number(text: bytes) -> float:
+    """``float()`` of a JSON number's text; an integer as ``float(int)`` (so ``-0`` is ``0.0``)."""
+    return float(int(text)) if text.lstrip(b"-").isdigit() else float(text)
+
+
+class CsvQuoteParser:
+    """Reads plain CSV quote rows (``symbol,bid,ask,bid_size,ask_size,ts_ms``) straight into a :class:`QuoteBatch`.
+
+    Like :class:`JsonQuoteParser`: ``parse(payloads)`` gives the batch of
+    the rows it could read and their positions; it takes only six unquoted
+    fields, a printable ASCII symbol of 1 to ``max_key_bytes`` bytes, JSON
+    numbers for the prices and sizes and at most 18 digits for ``ts_ms``, and
+    leaves every other row (quoting, spaces, empty fields, ``nan``...) to the
+    codec's general path. Values are exact: ``float()`` of the text, an
+    integer as ``float(int)``.
+    """
+
+    def __init__(self, max_key_bytes: int) -> None:
+        if max_key_bytes < 1:
+            raise ValueError(f"max_key_bytes must be at least 1, got {max_key_bytes}")
+        self.max_key_bytes = max_key_bytes
+
+    def parse(self, payloads: Sequence[bytes]) -> tuple[QuoteBatch, Any]:
+        positions: list[int] = []
+        rows: list[tuple[str, int, float, float, float, float]] = []
+        for i, payload in enumerate(payloads):
+            row = _CSV_ROW.match(payload) if type(payload) is bytes else None
+            if row is None or len(row[1]) > self.max_key_bytes:
+                continue
+            symbol, bid, ask, bid_size, ask_size, ts = row.groups()
+            positions.append(i)
+            rows.append((symbol.decode("ascii"), int(ts), _number(bid), _number(ask), _number(bid_size), _number(ask_size)))
+        columns: list[Any] = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(6)]
+        return QuoteBatch(*columns), np.asarray(positions, dtype=np.int64)
+
+
+def _csv_field(text: str) -> str:
+    """``text`` as a CSV field (RFC 4180: quoted when it holds a comma, a quote or a line break)."""
+    if "," in text or '"' in text or "\n" in text or "\r" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def encode_csv_quotes(batch: QuoteBatch) -> list[bytes]:
+    """One CSV row per quote, as the ``csv`` codec writes it: floats as ``repr``, the symbol quoted when RFC 4180 says so.
+
+    Raises ``UnicodeEncodeError`` for a symbol that is not valid UTF-8 (a lone surrogate).
+    """
+    return [
+        f"{_csv_field(symbol)},{bid!r},{ask!r},{bid_size!r},{ask_size!r},{ts}".encode()
+        for symbol, ts, bid, ask, bid_size, ask_size in batch._rows()
+    ]
 
 
 # --- framing ---------------------------------------------------------------
@@ -221,6 +622,11 @@ class _RingIndex:
     def _slot(self, seq: int) -> int:
         return (seq - 1) % self.capacity
 
+    def _seq_of(self, slot: int) -> int:
+        """The seq a slot holds: slots follow seqs round-robin from ``first_seq``'s."""
+        cap = self.capacity
+        return self._first_seq + (slot - (self._first_seq - 1) % cap) % cap
+
     def _claim(self, seq: int, key: str) -> int:
         """Reserve the slot for ``seq`` (evicting what it held) and index it."""
         if self._last_seq and seq != self._last_seq + 1:
@@ -344,7 +750,7 @@ class RecordRing(_RingIndex):
 
 
 class QuoteRing(_RingIndex):
-    """Columnar ring for quotes: numpy columns, ~52 bytes a quote plus the key.
+    """Columnar ring for quotes: numpy columns, 44 bytes a quote plus the key (a slot's seq follows from ``first_seq``).
 
     Keys are interned once in a symbol table; a slot holds a 4-byte symbol id.
     Query results are rebuilt as :class:`TopicRecord` with the six quote fields.
@@ -354,7 +760,6 @@ class QuoteRing(_RingIndex):
         super().__init__(capacity)
         self._sym = np.zeros(capacity, dtype=np.int32)
         self._ts = np.zeros(capacity, dtype=np.int64)
-        self._seq = np.zeros(capacity, dtype=np.int64)
         self._bid = np.zeros(capacity, dtype=np.float64)
         self._ask = np.zeros(capacity, dtype=np.float64)
         self._bid_size = np.zeros(capacity, dtype=np.float64)
@@ -367,7 +772,7 @@ class QuoteRing(_RingIndex):
     def nbytes(self) -> int:
         """Bytes held by the columns (the symbol table excluded)."""
         return sum(
-            a.nbytes for a in (self._sym, self._ts, self._seq, self._bid, self._ask, self._bid_size, self._ask_size)
+            a.nbytes for a in (self._sym, self._ts, self._bid, self._ask, self._bid_size, self._ask_size)
         )
 
     def _symbol_id(self, key: str) -> int:
@@ -388,7 +793,14 @@ class QuoteRing(_RingIndex):
         self._free_ids.append(sid)
 
     def append(self, records: Sequence[TopicRecord]) -> None:
-        """Append quote records; ``data`` must hold bid, ask, bid_size, ask_size."""
+        """Append quote records (``data`` must hold bid, ask, bid_size, ask_size), or a numbered :class:`QuoteBatch`."""
+        if isinstance(records, QuoteBatch) and records._seqs is None:
+            if records.symbols:
+                self.append_columns(
+                    records.first_seq, records.symbols, records.ts_ms.tolist(), records.bid.tolist(),
+                    records.ask.tolist(), records.bid_size.tolist(), records.ask_size.tolist(),
+                )  # fmt: skip
+            return
         for record in records:
             data = record.data
             # Read every field before claiming a slot: a bad record leaves the ring as it was.
@@ -396,7 +808,6 @@ class QuoteRing(_RingIndex):
             slot = self._claim(record.seq, record.key)
             self._sym[slot] = self._symbol_id(record.key)
             self._ts[slot] = record.ts_ms
-            self._seq[slot] = record.seq
             self._bid[slot], self._ask[slot], self._bid_size[slot], self._ask_size[slot] = values
 
     def append_columns(
@@ -418,24 +829,24 @@ class QuoteRing(_RingIndex):
             slot = self._claim(seq, keys[i])
             self._sym[slot] = self._symbol_id(keys[i])
             self._ts[slot] = ts_ms[i]
-            self._seq[slot] = seq
             self._bid[slot] = bid[i]
             self._ask[slot] = ask[i]
             self._bid_size[slot] = bid_size[i]
             self._ask_size[slot] = ask_size[i]
 
-    def _record(self, slot: int) -> TopicRecord:
-        key = self._symbols[self._sym[slot]]
-        ts = int(self._ts[slot])
-        data = {
-            "symbol": key,
-            "bid": float(self._bid[slot]),
-            "ask": float(self._ask[slot]),
-            "bid_size": float(self._bid_size[slot]),
-            "ask_size": float(self._ask_size[slot]),
-            "ts_ms": ts,
-        }
-        return TopicRecord(ts, key, data, int(self._seq[slot]))
+    def _gather(self, slots: list[int]) -> QuoteBatch:
+        """The quotes of ``slots``, in that order, with their seqs: answers are columns too."""
+        idx = np.asarray(slots, dtype=np.intp)
+        symbols = self._symbols
+        return QuoteBatch(
+            [symbols[self._sym[s]] for s in slots],
+            self._ts[idx],
+            self._bid[idx],
+            self._ask[idx],
+            self._bid_size[idx],
+            self._ask_size[idx],
+            seqs=[self._seq_of(s) for s in slots],
+        )
 
     def query(
         self,
@@ -444,12 +855,12 @@ class QuoteRing(_RingIndex):
         to_ms: int | None = None,
         since_seq: int | None = None,
         limit: int = 1000,
-    ) -> tuple[list[TopicRecord], bool]:
+    ) -> tuple[QuoteBatch, bool]:
         slots, truncated = self._match(self._ts, key, from_ms, to_ms, since_seq, limit)
-        return [self._record(s) for s in slots], truncated
+        return self._gather(slots), truncated
 
-    def latest(self, key: str | None = None) -> list[TopicRecord]:
-        return [self._record(s) for s in self._latest_slots(self._ts, key)]
+    def latest(self, key: str | None = None) -> QuoteBatch:
+        return self._gather(self._latest_slots(self._ts, key))
 
     def keys(self) -> list[tuple[str, int, int]]:
         return self._keys_from(self._ts)
@@ -599,3 +1010,6 @@ class OhlcAggregator:
             if b.start == start_ms:
                 return (b.open, b.high, b.low, b.close, b.ticks)
         return None
+
+
+from gauss._pycodecs import *  # noqa: E402, F403 - the binary quote codecs (they need QuoteBatch above)

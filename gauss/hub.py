@@ -321,7 +321,8 @@ class Hub:
                 return
             for batch in delivery.batches:
                 try:
-                    callback(batch.records)
+                    records = batch.records  # the callback is promised a list (quotes as columns become records here)
+                    callback(records if isinstance(records, list) else list(records))
                 except Exception:  # noqa: BLE001 - the user's callback must not end the subscription
                     log.exception("subscriber callback on topic %s failed", subscription.topic)
 

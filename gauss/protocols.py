@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.errors import ConfigError
 from gauss.records import DataFormat, KeyInfo, OverflowPolicy, QueryResult, Rejected, TopicQuery
 
@@ -158,9 +158,12 @@ class Codec(Protocol):
 class QuoteCodec(Codec, Protocol):
     """A codec with a fused fast path for quote topics (every built-in quote codec has one).
 
-    The built-ins share :func:`gauss_plugins.format._payload.decode_quotes`:
-    the codec reads the six values, :meth:`~gauss.quotes.QuoteCheck.quote`
-    checks them and builds the record in one step.
+    It gives the quotes as columns (:class:`~gauss.core.QuoteBatch`), what a
+    quote topic publishes and stores. The built-ins share
+    :mod:`gauss_plugins.format._payload`: json parses straight into columns
+    (``JsonQuoteParser``, then :meth:`~gauss.quotes.QuoteCheck.check_columns`),
+    the others read the six values and :meth:`~gauss.quotes.QuoteCheck.quote`
+    checks them.
 
     A source feeding a ``DataFormat.QUOTE`` topic prefers it to ``decode``
     followed by ``check.check``; it must give the same result, in order.
@@ -168,8 +171,8 @@ class QuoteCodec(Codec, Protocol):
 
     def decode_quotes(
         self, payloads: Sequence[bytes], check: QuoteCheck
-    ) -> tuple[list[TopicRecord], list[Rejected], list[Rejected]]:
-        """``(records, bad frames, refused quotes)`` of a batch of payloads."""
+    ) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
+        """``(quotes, bad frames, refused quotes)`` of a batch of payloads."""
         ...
 
 

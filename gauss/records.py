@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import msgspec
 
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.errors import QueryError
 
 __all__ = [
@@ -182,12 +182,16 @@ def encode_record(record: TopicRecord) -> bytes:
 
 
 def encode_records(records: Iterable[TopicRecord]) -> bytes:
-    """The JSON array of the records' SPEC forms."""
+    """The JSON array of the records' SPEC forms (quotes as columns written from the columns)."""
+    if isinstance(records, QuoteBatch):
+        return records.records_json()
     return _encoder.encode([r.as_dict() for r in records])
 
 
 def encode_record_lines(records: Iterable[TopicRecord]) -> bytes:
     """The records' SPEC forms as JSON lines, each ended by a newline (JSON has none inside)."""
+    if isinstance(records, QuoteBatch):
+        return records.record_lines()
     return _encoder.encode_lines([r.as_dict() for r in records])
 
 
@@ -228,5 +232,7 @@ def _int_value(params: Mapping[str, Any], name: str) -> int | None:
 
 @dataclass(slots=True)
 class QueryResult:
-    records: list[TopicRecord] = field(default_factory=list)
+    """What a storage answers: the matching records (quotes as a :class:`QuoteBatch`), and whether more matched."""
+
+    records: Sequence[TopicRecord] = field(default_factory=list)
     truncated: bool = False

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated
+from typing import Annotated, Sequence
 
 import gevent
 import msgspec
@@ -189,7 +189,7 @@ class StreamSink:
         if self._watchdog is None:
             self._watchdog = gevent.spawn(self._watch)
 
-    def encode(self, records: list[TopicRecord]) -> bytes:
+    def encode(self, records: Sequence[TopicRecord]) -> bytes:
         """The wire bytes of a batch: codec, then middleware, then framing."""
         return self.wire.encode(records)
 

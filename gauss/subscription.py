@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import gevent.event
 
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.records import OverflowPolicy, encode_records
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class PublishedBatch:
 
     __slots__ = ("topic", "records", "_json", "_encoded")
 
-    def __init__(self, topic: str, records: list[TopicRecord]) -> None:
+    def __init__(self, topic: str, records: Sequence[TopicRecord]) -> None:
         self.topic = topic
         self.records = records
         self._json: bytes | None = None
@@ -60,7 +60,7 @@ class PublishedBatch:
             self._json = encode_records(self.records)
         return self._json
 
-    def encoded(self, owner: object, encode: Callable[[list[TopicRecord]], bytes]) -> bytes:
+    def encoded(self, owner: object, encode: Callable[[Sequence[TopicRecord]], bytes]) -> bytes:
         """``encode(records)`` computed once per ``owner`` (a sink, say) and cached."""
         cache = self._encoded
         if cache is None:
@@ -89,13 +89,16 @@ class Delivery:
     gap: Gap | None = None
 
     @property
-    def records(self) -> list[TopicRecord]:
-        """All records of all batches, in order."""
+    def records(self) -> Sequence[TopicRecord]:
+        """All records of all batches, in order (one :class:`QuoteBatch` when every batch is one)."""
         if len(self.batches) == 1:
             return self.batches[0].records
+        parts = [batch.records for batch in self.batches]
+        if all(type(part) is QuoteBatch for part in parts):
+            return QuoteBatch.concat(parts)  # type: ignore[arg-type]  # (every part is one: checked above)
         out: list[TopicRecord] = []
-        for batch in self.batches:
-            out.extend(batch.records)
+        for part in parts:
+            out.extend(part)
         return out
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import gevent.lock
 
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.errors import UnknownTopic
 from gauss.metrics import MetricCount, Metrics
 from gauss.protocols import ReplayableStorage, TopicStorage
@@ -125,17 +125,24 @@ class Topic:
             return None
         with self._lock:
             seq = self.last_seq
-            if owned:  # PERF: numbering in place saves one object per record on the ingest path
+            numbered: Sequence[TopicRecord]
+            if isinstance(records, QuoteBatch):  # quotes as columns: numbering is setting the first seq
+                quotes = records if owned else records[:]
+                quotes.first_seq = seq + 1
+                seq += len(quotes)
+                numbered = quotes
+            elif owned:  # PERF: numbering in place saves one object per record on the ingest path
                 numbered = records if type(records) is list else list(records)
                 for record in numbered:
                     seq += 1
                     record.seq = seq
             else:
-                numbered = []
-                append = numbered.append
+                fresh: list[TopicRecord] = []
+                append = fresh.append
                 for record in records:
                     seq += 1
                     append(record.with_seq(seq))
+                numbered = fresh
             kept = self._store(numbered)
             if kept < len(numbered):  # only what was stored is numbered and shown
                 self._failed_counter.inc(len(numbered) - kept)

@@ -122,8 +122,8 @@ class WireFormat:
 
     def decode(
         self, frames: Sequence[bytes], check: RecordCheck, *, max_frame_bytes: int, budget: int
-    ) -> tuple[list[TopicRecord], list[Rejected], list[Rejected]]:
-        """``(records, bad frames, refused records)`` of one batch of frames.
+    ) -> tuple[Sequence[TopicRecord], list[Rejected], list[Rejected]]:
+        """``(records, bad frames, refused records)`` of one batch of frames (a quote codec's: a :class:`QuoteBatch`).
 
         ``budget`` is what the whole middleware chain may inflate the batch
         to; past it :class:`~gauss.errors.InflateBudgetExceeded` is raised
@@ -138,6 +138,7 @@ class WireFormat:
             if rejected:
                 bad.extend(rejected)
         quote_codec = self._quote_codec
+        records: Sequence[TopicRecord]
         if quote_codec is not None and isinstance(check, QuoteCheck):
             records, rejected, refused = quote_codec.decode_quotes(payloads, check)
         else:

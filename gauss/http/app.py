@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any, Collection, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gauss.core import TopicRecord
 from gauss.errors import QueryError, StorageError, StorageUnavailable, UnknownTopic
 from gauss.http.dashboard import add_dashboard_routes
 from gauss.http.encoding import dumps, records_message_parts
@@ -224,7 +225,7 @@ class TopicRecords(_RecordsResource):
         topic = self.topic(name)
         truncated = False
 
-        def fetch() -> list[Any]:
+        def fetch() -> Sequence[TopicRecord]:
             nonlocal truncated
             result = topic.query(query)
             truncated = result.truncated

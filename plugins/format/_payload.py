@@ -16,8 +16,9 @@ import logging
 from typing import Annotated, Any, Callable, ClassVar, Sequence
 
 import msgspec
+import numpy as np
 
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.errors import ConfigError
 from gauss.quotes import TS_RANGE, QuoteCheck, as_int_ts, check_ts
 from gauss.ratelimit import RateLimitedLog
@@ -38,6 +39,7 @@ __all__ = [
     "QuoteValues",
     "QuotePath",
     "decode_quotes",
+    "decode_quote_columns",
 ]
 
 DEFAULT_KEY_FIELD = "symbol"
@@ -230,14 +232,61 @@ def decode_quotes(
                 continue
             except ValueError:  # the general path explains
                 pass
-        decoded, rejected = decode((payload,))
-        if rejected:
-            bad.extend(rejected)
-            continue
-        good, refusals = check.check(decoded)
-        records.extend(good)
-        refused.extend(refusals)
+        records.extend(_general(payload, decode, check, bad, refused))
     return records, bad, refused
+
+
+def _general(
+    payload: bytes, decode: GeneralDecode, check: QuoteCheck, bad: list[Rejected], refused: list[Rejected]
+) -> list[TopicRecord]:
+    """The general path of one payload a fast path left: its good records; the rejects are added to ``bad``/``refused``."""
+    decoded, rejected = decode((payload,))
+    if rejected:
+        bad.extend(rejected)
+        return []
+    good, refusals = check.check(decoded)
+    refused.extend(refusals)
+    return good
+
+
+ColumnParse = Callable[[Sequence[bytes]], tuple[QuoteBatch, Any]]
+
+
+def decode_quote_columns(
+    payloads: Sequence[bytes], check: QuoteCheck, parse: ColumnParse, decode: GeneralDecode
+) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
+    """The columnar quote path: ``parse`` reads what it can into columns, the rest takes the general path.
+
+    ``parse(payloads)`` is a codec's compiled reader (``JsonQuoteParser.parse``):
+    the batch of the payloads it read and their positions.
+    :meth:`QuoteCheck.check_columns` applies SPEC section 1 to the columns
+    at once. A payload either refuses goes through ``decode`` and
+    ``check.check``, which decide and explain; their quotes join the batch at
+    their place, so the result is the general path's, in arrival order.
+    """
+    batch, positions = parse(payloads)
+    ok = check.check_columns(batch)
+    every = bool(ok.all())
+    if every and len(batch) == len(payloads):
+        return batch, [], []
+    if not every:
+        positions = positions[ok]
+        batch = batch.take(np.flatnonzero(ok))
+    read = np.zeros(len(payloads), dtype=bool)
+    read[positions] = True
+    general: list[TopicRecord] = []
+    general_positions: list[int] = []
+    bad: list[Rejected] = []
+    refused: list[Rejected] = []
+    for i in np.flatnonzero(~read).tolist():
+        good = _general(payloads[i], decode, check, bad, refused)
+        general.extend(good)
+        general_positions.extend([i] * len(good))
+    if not general:
+        return batch, bad, refused
+    merged = QuoteBatch.concat([batch, QuoteBatch.from_records(general)])
+    order = np.argsort(np.concatenate([positions, np.asarray(general_positions, dtype=np.int64)]), kind="stable")
+    return merged.take(order), bad, refused
 
 
 class QuotePath:
@@ -258,6 +307,7 @@ class QuotePath:
 
     def decode_quotes(
         self, payloads: Sequence[bytes], check: QuoteCheck
-    ) -> tuple[list[TopicRecord], list[Rejected], list[Rejected]]:
-        """``(records, bad frames, refused quotes)`` of a batch, as ``decode`` then ``check.check`` gives them."""
-        return decode_quotes(payloads, check, self.read_quote, self.decode, ascii_only=self.ascii_only)
+    ) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
+        """``(quotes, bad frames, refused quotes)`` of a batch, as ``decode`` then ``check.check`` gives them."""
+        records, bad, refused = decode_quotes(payloads, check, self.read_quote, self.decode, ascii_only=self.ascii_only)
+        return QuoteBatch.from_records(records), bad, refused

@@ -35,7 +35,7 @@ from typing import Annotated, Any, Iterator, Sequence
 import msgspec
 import numpy as np
 
-from gauss.core import OHLC_TAKES_ARRAYS, OhlcAggregator, TopicRecord
+from gauss.core import OHLC_TAKES_ARRAYS, OhlcAggregator, QuoteBatch, TopicRecord
 from gauss.errors import ConfigError
 from gauss.protocols import PublishContext, RecoveryContext
 from gauss.ratelimit import RateLimitedLog
@@ -264,6 +264,10 @@ class OhlcProcessor:
         The kernel gets the arrays or, where it is faster on them, the lists
         (``gauss.core.OHLC_TAKES_ARRAYS``).
         """
+        if isinstance(records, QuoteBatch):  # quotes as columns: the kernel reads them as they are
+            if OHLC_TAKES_ARRAYS:
+                return records.symbols, records.ts_ms, records.bid, records.ask
+            return records.symbols, records.ts_ms.tolist(), records.bid.tolist(), records.ask.tolist()
         keys = [r.key for r in records]
         ts_ms = [r.ts_ms for r in records]
         bids = [r.data["bid"] for r in records]

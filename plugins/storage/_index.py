@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 
 from sortedcontainers import SortedList
 
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.records import KeyInfo
 
 __all__ = ["RecordIndex"]
@@ -103,7 +103,7 @@ class RecordIndex:
         if (
             capacity is not None
             and not self.upsert
-            and isinstance(records, (list, tuple))
+            and isinstance(records, (list, tuple, QuoteBatch))
             and len(records) > capacity
             and self.max_per_key is None
             and self.retention_ms is None
@@ -111,7 +111,8 @@ class RecordIndex:
         ):
             # PERF: the older records of a batch beyond capacity would be evicted at once
             # (a tick log's tail of 1 record spent 80 % of its time adding and evicting).
-            self._last_seq = max(self._last_seq, max(r.seq for r in records))
+            newest = records.last_seq if isinstance(records, QuoteBatch) else max(r.seq for r in records)
+            self._last_seq = max(self._last_seq, newest)
             records = records[-capacity:]
         touched: set[str] = set()
         by_seq = self._by_seq

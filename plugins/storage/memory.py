@@ -79,7 +79,7 @@ class MemoryStorage:
 
     def query(self, query: TopicQuery) -> QueryResult:
         records, truncated = self._opened.query(query.key, query.from_ms, query.to_ms, query.since_seq, query.limit)
-        return QueryResult(list(records), truncated)
+        return QueryResult(records, truncated)  # quotes stay columns (QuoteRing answers a QuoteBatch)
 
     def latest(self, key: str | None = None) -> list[TopicRecord]:
         return list(self._opened.latest(key))

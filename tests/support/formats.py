@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.records import Rejected
 
 __all__ = ["canon"]
@@ -21,6 +21,6 @@ def canon(value: Any) -> Any:
         return (value.ts_ms, value.key, value.seq, canon(value.data))
     if isinstance(value, Rejected):
         return (value.raw, value.reason)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, QuoteBatch)):  # a batch of quotes compares as its records
         return [canon(v) for v in value]
     return (type(value).__name__, value)

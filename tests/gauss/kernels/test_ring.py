@@ -267,3 +267,8 @@ def test_key_query_on_a_large_ring_finds_a_rare_key(kernels: ModuleType) -> None
     expected = sorted((ts[i], i + 1) for i in range(n) if keys[i] == "RARE")[-10:]
     assert [(r.ts_ms, r.seq) for r in records] == expected, f"seed={seed}"
     assert truncated
+
+
+def test_a_quote_ring_holds_a_quote_in_48_bytes_or_less(kernels: ModuleType) -> None:
+    ring = kernels.QuoteRing(10_000)
+    assert ring.nbytes <= 48 * 10_000  # issue 13: seqs are consecutive, so no slot stores one

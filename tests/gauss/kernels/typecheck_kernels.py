@@ -11,12 +11,16 @@ import numpy as np
 from gauss._core import (
     DEFAULT_MAX_FRAME_BYTES,
     QUOTE_FIELDS,
+    CsvQuoteParser,
+    JsonQuoteParser,
     LengthPrefixedDecoder,
     LineDecoder,
     OhlcAggregator,
+    QuoteBatch,
     QuoteRing,
     RecordRing,
     TopicRecord,
+    encode_csv_quotes,
     encode_length_prefixed,
     encode_lines,
 )
@@ -41,8 +45,19 @@ def rings() -> tuple[int, bool]:
         1, ["A"], np.array([5], dtype=np.int64), np.array([1.0]), [1.1], [1.0], [2.0]
     )
     name, count, last_ts = quotes.keys()[0]
-    latest: list[TopicRecord] = quotes.latest()
+    latest: QuoteBatch = quotes.latest()
     return first.seq + count + last_ts + quotes.nbytes + len(latest) + len(name), truncated
+
+
+def columns() -> int:
+    batch, positions = JsonQuoteParser(64).parse([b'{"symbol":"A","bid":1.0,"ask":2.0,"ts_ms":5}'])
+    rows, _ = CsvQuoteParser(64).parse([b"A,1.0,2.0,0.0,0.0,5"])
+    joined: QuoteBatch = QuoteBatch.concat([batch, rows[:1]])
+    joined.first_seq = 1
+    record: TopicRecord = joined[0]
+    lines: bytes = joined.record_lines() + joined.records_json()
+    payloads: list[bytes] = joined.payloads_json() + encode_csv_quotes(joined)
+    return record.seq + len(lines) + len(payloads) + int(positions[0]) + int(joined.seqs[-1]) + joined.last_seq
 
 
 def candles() -> float:
