@@ -8,6 +8,11 @@ range shed, which the next :meth:`BoundedQueue.take` reports as a
 :class:`Gap`. Sources use the same :class:`BoundedQueue` between their
 connections and their topic.
 
+A full subscriber costs its topic O(1) a batch under every policy (issue 13):
+a full ``drop`` or ``conflate`` :class:`Subscription` is *stalled*, no longer
+offered batches, and works out what it missed when its consumer next takes;
+a ``conflate`` queue conflates at take, not at offer (the consumer pays).
+
 Everything here is cooperative (gevent): a ``back_pressure`` publisher and a
 waiting consumer yield to other greenlets, never to the OS.
 """
@@ -27,9 +32,22 @@ from gauss.records import OverflowPolicy, encode_records
 if TYPE_CHECKING:
     from gauss.topics import Topic
 
-__all__ = ["PublishedBatch", "Gap", "Delivery", "BoundedQueue", "Subscription", "DEFAULT_CAPACITY"]
+__all__ = [
+    "PublishedBatch",
+    "Gap",
+    "Delivery",
+    "BoundedQueue",
+    "Subscription",
+    "ConflateBacklog",
+    "DEFAULT_CAPACITY",
+    "CONFLATE_BACKLOG",
+]
 
 DEFAULT_CAPACITY = 10_000
+
+CONFLATE_BACKLOG = 4
+"""Capacities of records a topic keeps for its stalled ``conflate`` subscribers (of the largest one)."""
+
 
 class PublishedBatch:
     """One batch as published to a topic, shared by every subscriber that got it whole.
@@ -110,6 +128,12 @@ class BoundedQueue:
     whole capacity is accepted into an empty ``back_pressure`` queue (it could
     never fit otherwise) and trimmed by the shedding policies.
 
+    ``conflate``: once a batch does not fit, the queue counts as full until
+    taken, and the take delivers the latest record of each key offered since
+    the last take, of the newest ``capacity`` keys, in arrival order. Offers
+    only append; the queue is compacted when it holds twice its capacity, and
+    when ``take`` or ``dropped`` needs it exact (whoever reads pays).
+
     ``on_shed(n)`` is called with the number of records each shedding shed
     (for metrics); ``on_stall(seconds)`` is called about once a second while a
     ``back_pressure`` publisher waits (for the lag alarm).
@@ -143,6 +167,10 @@ class BoundedQueue:
         self._items: deque[PublishedBatch] = deque()
         self._skip = 0
         """Records at the front of the oldest queued batch already shed (``drop_oldest``; sliced off at take)."""
+        self._held = 0
+        """``conflate``, once over capacity: the records ``_items`` holds (``depth`` reads ``capacity``); else 0."""
+        self._loose = False
+        """``conflate``: batches were queued since the last compaction."""
         self._ready = gevent.event.Event()
         self._room = gevent.event.Event()
         self._gap_dropped = 0
@@ -151,7 +179,9 @@ class BoundedQueue:
 
     @property
     def dropped(self) -> int:
-        """Records shed so far."""
+        """Records shed so far (reading it compacts a ``conflate`` queue: the reader pays)."""
+        if self._loose:
+            self._compact()
         return self._dropped + self._missed()
 
     def _missed(self) -> int:
@@ -238,30 +268,34 @@ class BoundedQueue:
         self._push(batch, n)
 
     def _conflate(self, batch: PublishedBatch) -> None:
-        latest: dict[str, TopicRecord] = {}
-        shed: list[TopicRecord] = []
-        for source in (*self._items, batch):  # (a conflate queue never skips into a batch: _skip is 0)
-            for record in source.records:
-                previous = latest.pop(record.key, None)
-                if previous is not None:
-                    shed.append(previous)
-                latest[record.key] = record  # re-inserted: dict order is arrival order
-        kept = list(latest.values())
-        if len(kept) > self.capacity:
-            shed.extend(kept[: len(kept) - self.capacity])
-            kept = kept[len(kept) - self.capacity :]
-        self._shed(shed, in_seq_order=False)
-        self._items.clear()
-        self.depth = 0
-        self._push(PublishedBatch(batch.topic, kept), len(kept))
+        """Hold ``batch`` for the conflation at take: O(1), and O(1) a record amortised by the compactions.
 
-    def _shed(self, records: Sequence[TopicRecord], *, in_seq_order: bool = True) -> None:
-        """Count ``records`` as shed and widen the gap to report."""
-        if in_seq_order:
-            self._shed_span(records, 0, len(records))
-            return
-        seqs = [record.seq for record in records if record.seq]
-        self._count_shed(len(records), min(seqs, default=0), max(seqs, default=0))
+        Compacting early changes nothing the consumer sees: the latest per key
+        of (the latest per key of a prefix, then the rest) is the latest per
+        key of the whole, and so are the newest ``capacity`` keys of it.
+        """
+        self._held = (self._held or self.depth) + len(batch.records)
+        self._items.append(batch)
+        self._loose = True
+        self.depth = self.capacity
+        if self._held > 2 * self.capacity:
+            self._compact()
+        self._ready.set()
+
+    def _compact(self) -> None:
+        """Conflate what the queue holds into one batch."""
+        items = self._items
+        topic = items[-1].topic
+        kept, shed, lo, hi = _latest_per_key([batch.records for batch in items], self.capacity)
+        self._count_shed(shed, lo, hi)
+        items.clear()
+        items.append(PublishedBatch(topic, kept))
+        self._held = len(kept)
+        self._loose = False
+
+    def _shed(self, records: Sequence[TopicRecord]) -> None:
+        """Count ``records`` (in seq order) as shed and widen the gap to report."""
+        self._shed_span(records, 0, len(records))
 
     def _shed_span(self, records: Sequence[TopicRecord], start: int, stop: int) -> None:
         """Count ``records[start:stop]`` as shed without copying them.
@@ -277,13 +311,16 @@ class BoundedQueue:
         if not n:
             return
         self._dropped += n
+        self._widen_gap(n, lo, hi)
+        if self.on_shed is not None:
+            self.on_shed(n)
+
+    def _widen_gap(self, n: int, lo: int, hi: int) -> None:
         self._gap_dropped += n
         if lo and (not self._gap_from or lo < self._gap_from):
             self._gap_from = lo
         if hi > self._gap_to:
             self._gap_to = hi
-        if self.on_shed is not None:
-            self.on_shed(n)
 
     # --- consumer side -------------------------------------------------------
 
@@ -294,13 +331,22 @@ class BoundedQueue:
         """
         if self.closed:
             return None
+        self._catch_up()
         if not self._items:
             if self._sealed:
                 return None
             self._ready.clear()
             self._ready.wait(timeout)
-            if self.closed or not self._items:
+            if self.closed:
                 return None
+            self._catch_up()  # it may have stalled meanwhile (a stalled conflate one holds nothing itself)
+            if not self._items:
+                return None
+        if self._held:
+            if self._loose:
+                self._compact()
+            self.depth = self._held
+            self._held = 0
         batches = list(self._items)
         if self._skip:
             batches[0] = PublishedBatch(batches[0].topic, batches[0].records[self._skip :])
@@ -314,6 +360,9 @@ class BoundedQueue:
             self._gap_dropped = self._gap_from = self._gap_to = 0
         self._room.set()
         return Delivery(batches, gap)
+
+    def _catch_up(self) -> None:
+        """Bring in what the queue missed while stalled (see :class:`Subscription`); here, nothing."""
 
     def seal(self) -> None:
         """Accept nothing more; :meth:`take` returns what is queued, then None."""
@@ -332,6 +381,8 @@ class BoundedQueue:
         self.closed = True
         self._items.clear()
         self._skip = 0
+        self._held = 0
+        self._loose = False
         self.depth = 0
         self._ready.set()
         self._room.set()
@@ -362,6 +413,10 @@ class Subscription(BoundedQueue):
         self._topic = topic
         self._stall_seq = 0
         """While stalled: the last seq shed before the topic stopped offering batches (0: not stalled)."""
+        self._stall_from = 0
+        """While a ``conflate`` one is stalled: the seq after which it conflates the topic's backlog."""
+        self._stall_counted = 0
+        """While a ``conflate`` one is stalled: what its stall counted as shed (the overflow of that batch)."""
         super().__init__(
             topic.name if topic is not None else "",
             policy=policy,
@@ -373,9 +428,13 @@ class Subscription(BoundedQueue):
         self.key = key
         self.start_seq = start_seq
 
-    # A stalled subscription (full, ``drop``, no key filter) is not offered the topic's batches:
-    # it sheds everything published until its consumer takes again, so what it missed is
-    # ``topic.last_seq - _stall_seq``, folded into ``dropped`` and the gap when it next takes.
+    # A stalled subscription (no key filter, full: ``drop``, or ``conflate`` offered a batch that
+    # does not fit) is not offered the topic's batches. A ``drop`` one sheds everything published
+    # until its consumer takes again, so what it missed is ``topic.last_seq - _stall_seq``, folded
+    # into ``dropped`` and the gap when it next takes. A ``conflate`` one sheds at least as much
+    # (all beyond its capacity), so ``dropped`` counts that live the same way; when it takes, it
+    # conflates its queue and the topic's backlog of what was published since it stalled
+    # (:class:`ConflateBacklog`), and the counts and the gap become exact.
 
     def _missed(self) -> int:
         topic = self._topic
@@ -389,37 +448,87 @@ class Subscription(BoundedQueue):
                 return
             if len(records) != len(batch.records):
                 batch = PublishedBatch(batch.topic, records)
-        elif (
-            self.policy is OverflowPolicy.DROP
-            and self.depth >= self.capacity
-            and self._topic is not None
-            and not (self.closed or self._sealed)
-            and batch.records
-            and batch.records[-1].seq
-        ):
-            self._shed(batch.records)
-            self._stall_seq = batch.records[-1].seq
-            self._topic._stall(self)
+        elif self.depth + len(batch.records) > self.capacity and self._stalls(batch):
             return
         super().offer(batch)
 
-    def _catch_up(self) -> None:
-        """Fold what was shed while stalled into the counts and the gap; be offered batches again."""
+    def _stalls(self, batch: PublishedBatch) -> bool:
+        """Stall instead of queuing ``batch``, if the policy sheds all of it or conflates at take; True if stalled."""
+        topic = self._topic
+        records = batch.records
+        if topic is None or self.closed or self._sealed or not records or not records[-1].seq:
+            return False
+        if self.policy is OverflowPolicy.DROP:
+            if self.depth < self.capacity:
+                return False
+            self._shed(records)
+            self._stall_seq = records[-1].seq
+            topic._stall(self)
+            return True
+        if self.policy is not OverflowPolicy.CONFLATE or self._held:  # (held: conflating on its own until taken)
+            return False
+        if self._stall_seq:
+            return True  # offered while stalled: the backlog has the batch
+        over = self.depth + len(records) - self.capacity
+        if not topic._stall(self, batch):
+            return False
+        self._stall_from = records[0].seq - 1
+        self._stall_seq = records[-1].seq
+        self._stall_counted = over
+        self._dropped += over
+        if self.on_shed is not None:
+            self.on_shed(over)
+        self.depth = self.capacity
+        self._ready.set()
+        return True
+
+    def _catch_up(self, *, closing: bool = False) -> None:
+        """Fold what was shed while stalled into the counts and the gap (a ``conflate`` one: and conflate it); be offered batches again."""
         if not self._stall_seq:
             return
         missed = self._missed()
         topic = self._topic
         self._stall_seq = 0
         self._dropped += missed
-        if missed and topic is not None:
+        if topic is None:
+            return
+        if self.policy is OverflowPolicy.CONFLATE:
+            if not closing:
+                self._conflate_backlog(topic, missed)
+        elif missed:
             self._gap_dropped += missed
             self._gap_to = max(self._gap_to, topic.last_seq)
-        if topic is not None:
-            topic._resume(self)
+        topic._resume(self)
 
-    def take(self, timeout: float | None = None) -> Delivery | None:
-        self._catch_up()
-        return super().take(timeout)
+    def _conflate_backlog(self, topic: Topic, missed: int) -> None:
+        """Replace the queue by the latest record per key of it and of the topic's backlog since the stall.
+
+        If the backlog no longer reaches back to the stall, what it let go may
+        have held newer records of the queued keys: the queue and what was let
+        go are shed, the rest is conflated. Counts go by seq, as ``drop``'s do.
+        """
+        start = self._stall_from
+        window, since = topic._backlog_after(start)
+        queued = [batch.records for batch in self._items]
+        held = sum(map(len, queued))
+        lost = since > start
+        kept, _, lo, hi = _latest_per_key(window if lost else [*queued, *window], self.capacity)
+        shed = held + topic.last_seq - start - len(kept)
+        if lost:
+            lo = queued[0][0].seq if queued else start + 1
+            hi = max(hi, since)
+        counted = self._stall_counted + missed
+        if shed > counted:
+            self._dropped += shed - counted
+            if self.on_shed is not None:
+                self.on_shed(shed - counted)
+        self._widen_gap(shed, lo, hi)
+        self._items.clear()
+        if kept:
+            self._items.append(PublishedBatch(self.topic, kept))
+        self.depth = len(kept)
+        self._held = 0
+        self._loose = False
 
     def seal(self) -> None:
         self._catch_up()
@@ -427,7 +536,7 @@ class Subscription(BoundedQueue):
 
     def close(self) -> None:
         """Detach from the topic and drop what is queued."""
-        self._catch_up()
+        self._catch_up(closing=True)
         topic = self._topic
         if topic is not None:
             self._topic = None
@@ -452,3 +561,86 @@ class Subscription(BoundedQueue):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class ConflateBacklog:
+    """The newest batches a topic published while ``conflate`` subscribers are stalled: at least ``bound`` records.
+
+    One for all of a topic's stalled conflate subscribers, which are not
+    offered batches: each conflates what it missed from here when its consumer
+    takes. PERF: the topic appends each batch (O(1)) and trims whole batches
+    off the front; what a consumer that stays away longer loses is reported
+    as a gap (exact counts, never a record that is not its key's latest).
+    """
+
+    __slots__ = ("batches", "records", "bound", "since")
+
+    def __init__(self, since: int, bound: int) -> None:
+        self.batches: deque[tuple[int, Sequence[TopicRecord]]] = deque()
+        """``(last seq, records)`` of each batch, oldest first."""
+        self.records = 0
+        self.bound = bound
+        self.since = since
+        """Every batch published after this seq is held."""
+
+    def append(self, records: Sequence[TopicRecord], last_seq: int) -> None:
+        batches = self.batches
+        batches.append((last_seq, records))
+        self.records += len(records)
+        while self.records - len(batches[0][1]) >= self.bound:
+            self._drop_first()
+
+    def _drop_first(self) -> None:
+        self.since, records = self.batches.popleft()
+        self.records -= len(records)
+
+    def drop_until(self, seq: int) -> None:
+        """Let go of the batches up to ``seq`` (no stalled subscriber needs them)."""
+        while self.batches and self.batches[0][0] <= seq:
+            self._drop_first()
+        self.since = max(self.since, seq)
+
+    def after(self, seq: int) -> list[Sequence[TopicRecord]]:
+        """The records held with a seq above ``seq``, oldest first, as the batches hold them."""
+        out: list[Sequence[TopicRecord]] = []
+        for last, records in reversed(self.batches):
+            if last <= seq:
+                break
+            first = last - len(records) + 1  # a batch's seqs follow each other
+            out.append(records[seq - first + 1 :] if first <= seq else records)
+        out.reverse()
+        return out
+
+
+def _latest_per_key(chunks: Sequence[Sequence[TopicRecord]], capacity: int) -> tuple[list[TopicRecord], int, int, int]:
+    """The latest record of each of the newest ``capacity`` keys of ``chunks``, in arrival order; and of the rest, how many and the first and last seq.
+
+    Reads back from the newest record and stops at ``capacity`` keys. The
+    chunks are in seq order (a queue is), so the first and the last record
+    not kept bound the gap.
+    """
+    latest: dict[str, tuple[int, int, TopicRecord]] = {}
+    for c in range(len(chunks) - 1, -1, -1):
+        chunk = chunks[c]
+        i = len(chunk)
+        for record in reversed(chunk):
+            i -= 1
+            if record.key not in latest:
+                latest[record.key] = (c, i, record)
+                if len(latest) == capacity:
+                    break
+        else:
+            continue
+        break
+    picks = list(latest.values())
+    picks.reverse()
+    kept = [record for _, _, record in picks]
+    shed = sum(map(len, chunks)) - len(kept)
+    if not shed:
+        return kept, 0, 0, 0
+    at = {(c, i) for c, i, _ in picks}
+    forward = ((c, i) for c in range(len(chunks)) for i in range(len(chunks[c])))
+    backward = ((c, i) for c in range(len(chunks) - 1, -1, -1) for i in range(len(chunks[c]) - 1, -1, -1))
+    lo_c, lo_i = next(p for p in forward if p not in at)
+    hi_c, hi_i = next(p for p in backward if p not in at)
+    return kept, shed, chunks[lo_c][lo_i].seq, chunks[hi_c][hi_i].seq

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from gauss.core import TopicRecord
 from gauss.metrics import Metrics
 from gauss.records import OverflowPolicy
-from gauss.subscription import BoundedQueue, PublishedBatch
+from gauss.subscription import CONFLATE_BACKLOG, BoundedQueue, PublishedBatch
 from gauss.topics import Topic
 
 
@@ -265,3 +265,217 @@ def test_drop_policies_deliver_and_report_exactly_what_a_model_queue_does(policy
             assert gap is None
         model, shed = [], []
     assert sub.delivered + sub.dropped == seq
+
+
+# --- a full conflate subscriber costs its topic nothing per batch either (issue 13) ------------
+
+
+def keyed(keys: str, start: int = 0) -> list[TopicRecord]:
+    return [TopicRecord(1000 + start + i, key, {"i": start + i}) for i, key in enumerate(keys)]
+
+
+def test_a_full_conflate_subscriber_stalls_and_conflates_exactly_when_it_takes() -> None:
+    metrics = Metrics()
+    topic = Topic("t", "any", MemoryStorage(1000), metrics=metrics)
+    stalled = topic.subscribe(policy="conflate", capacity=4, kind="client")
+    reader = topic.subscribe(policy="drop", capacity=1000, kind="reader")
+    topic.publish(keyed("ABC"))  # seqs 1-3 fit
+    topic.publish(keyed("ABD", 3))  # A4 B5 D6 does not: stalled, 2 at least shed
+    assert stalled not in topic._offered and stalled.depth == 4
+    for i in range(5):
+        topic.publish(keyed("AE", 6 + 2 * i))  # seqs 7-16, never offered to it
+    assert stalled.dropped == 12, "at least all beyond the capacity, live (watchdogs read it)"
+    assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client") == 12
+    delivery = stalled.take(timeout=0)
+    assert delivery is not None
+    assert [(r.key, r.seq) for r in delivery.records] == [("C", 3), ("B", 5), ("D", 6), ("A", 15), ("E", 16)][-4:]
+    assert delivery.gap is not None and (delivery.gap.dropped, delivery.gap.from_seq, delivery.gap.to_seq) == (12, 1, 14)
+    assert stalled.dropped == 12 and stalled.delivered == 4
+    assert stalled in topic._offered and topic._backlog is None
+    topic.publish(keyed("F", 16))
+    again = stalled.take(timeout=0)
+    assert again is not None and [r.seq for r in again.records] == [17] and again.gap is None
+    reader_delivery = reader.take(timeout=0)
+    assert reader_delivery is not None and [r.seq for r in reader_delivery.records] == list(range(1, 18))
+    assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client") == stalled.dropped
+
+
+def test_a_conflate_subscriber_further_behind_than_the_backlog_gets_the_latest_of_what_it_holds() -> None:
+    topic = Topic("t", "any", MemoryStorage(1000))
+    sub = topic.subscribe(policy="conflate", capacity=2)
+    topic.publish(keyed("AB"))
+    topic.publish(keyed("C", 2))  # stalled at seq 2: the backlog starts with seq 3
+    for i in range(20):
+        topic.publish(keyed("D", 3 + i))  # seqs 4-23: the backlog keeps the newest 8 (4 capacities)
+    assert topic._backlog is not None and topic._backlog.records == 8
+    delivery = sub.take(timeout=0)
+    assert delivery is not None and [(r.key, r.seq) for r in delivery.records] == [("D", 23)]
+    # A, B and C may have been updated in what the backlog let go: all of them are reported, none delivered.
+    assert delivery.gap is not None and (delivery.gap.dropped, delivery.gap.from_seq, delivery.gap.to_seq) == (22, 1, 22)
+    assert sub.delivered + sub.dropped == topic.last_seq
+
+
+def test_a_waiting_consumer_wakes_when_its_conflate_subscription_stalls_on_a_batch_larger_than_it() -> None:
+    topic = Topic("t", "any", MemoryStorage(1000))
+    sub = topic.subscribe(policy="conflate", capacity=2)
+    consumer = gevent.spawn(sub.take, 5)
+    gevent.sleep(0)
+    topic.publish(keyed("ABCA"))  # nothing queued of its own: it stalls holding nothing
+    delivery = consumer.get(timeout=5)
+    assert delivery is not None and [(r.key, r.seq) for r in delivery.records] == [("C", 3), ("A", 4)]
+    assert delivery.gap is not None and (delivery.gap.dropped, delivery.gap.from_seq, delivery.gap.to_seq) == (2, 1, 2)
+
+
+def test_stalled_conflate_subscribers_share_one_backlog_that_keeps_only_what_they_need() -> None:
+    topic = Topic("t", "any", MemoryStorage(1000))
+    small = topic.subscribe(policy="conflate", capacity=1)
+    big = topic.subscribe(policy="conflate", capacity=3)
+    topic.publish(keyed("AB"))  # small stalls (after seq 0), big holds both
+    topic.publish(keyed("CD", 2))  # big stalls (after seq 2)
+    assert topic._backlog is not None and topic._backlog.bound == 12 and topic._backlog.since == 0
+    for i in range(4):
+        topic.publish(keyed("EF", 4 + 2 * i))
+    assert small.take(timeout=0) is not None
+    assert topic._backlog is not None and topic._backlog.since == 2, "what only small needed is let go"
+    big_delivery = big.take(timeout=0)
+    assert big_delivery is not None and [(r.key, r.seq) for r in big_delivery.records] == [("D", 4), ("E", 11), ("F", 12)]
+    assert topic._backlog is None
+    small.close()
+    big.close()
+    closed = topic.subscribe(policy="conflate", capacity=1)
+    topic.publish(keyed("GH", 12))
+    assert topic._backlog is not None
+    closed.close()
+    assert topic._backlog is None and not topic._stalled and closed.dropped == 1
+
+
+def test_a_conflate_queue_of_its_own_holds_at_most_twice_its_capacity_and_delivers_the_same() -> None:
+    queue = BoundedQueue(capacity=3, policy=OverflowPolicy.CONFLATE)
+    for first in range(1, 60, 2):
+        queue.offer(batch(first, 2, keys="ABCD"))
+        assert sum(len(b) for b in queue._items) <= 2 * 3 + 2
+    assert [(r.key, r.seq) for r in queue.take(timeout=0).records] == [("B", 58), ("C", 59), ("D", 60)]  # type: ignore[union-attr]
+    assert queue.dropped == 57 and queue.delivered == 3
+
+
+def eager_conflation(records: list[TopicRecord], capacity: int) -> tuple[list[TopicRecord], list[TopicRecord]]:
+    """The conflation as it was done at every offer before issue 13: (kept, shed)."""
+    latest: dict[str, TopicRecord] = {}
+    shed: list[TopicRecord] = []
+    for record in records:
+        previous = latest.pop(record.key, None)
+        if previous is not None:
+            shed.append(previous)
+        latest[record.key] = record
+    kept = list(latest.values())
+    if len(kept) > capacity:
+        shed.extend(kept[: len(kept) - capacity])
+        kept = kept[len(kept) - capacity :]
+    return kept, shed
+
+
+class ConflateModel:
+    """The reference: the eager conflation at every offer, once the queue has overflowed, until taken.
+
+    ``via_topic``: a subscription stalled on its topic, whose backlog keeps the
+    newest batches of at least ``CONFLATE_BACKLOG`` capacities since the stall;
+    if it let some go, the queue and those are shed and the rest is conflated.
+    """
+
+    def __init__(self, capacity: int, via_topic: bool) -> None:
+        self.capacity = capacity
+        self.via_topic = via_topic
+        self.before: list[TopicRecord] = []  # queued before the overflow
+        self.since: list[list[TopicRecord]] = []  # the batches from the overflow on
+        self.queue: list[TopicRecord] = []  # the eager queue
+        self.shed: list[TopicRecord] = []  # shed by the eager queue since the last take
+        self.dropped = 0  # shed up to the last take
+
+    def offer(self, records: list[TopicRecord]) -> None:
+        if not self.since and len(self.queue) + len(records) <= self.capacity:
+            self.queue += records
+            self.before = list(self.queue)
+            return
+        self.since.append(records)
+        self.queue, shed = eager_conflation(self.queue + records, self.capacity)
+        self.shed += shed
+
+    def _retained(self) -> list[list[TopicRecord]]:
+        retained = list(self.since)
+        while sum(map(len, retained)) - len(retained[0]) >= CONFLATE_BACKLOG * self.capacity:
+            retained.pop(0)
+        return retained
+
+    def take(self) -> tuple[list[TopicRecord], list[TopicRecord]]:
+        kept, shed = self.queue, self.shed
+        if self.via_topic and self.since:
+            retained = self._retained()
+            if len(retained) < len(self.since):  # the backlog let some go
+                kept, _ = eager_conflation([r for b in retained for r in b], self.capacity)
+                seen = {r.seq for r in kept}
+                shed = [r for r in self.before + [r for b in self.since for r in b] if r.seq not in seen]
+        self.dropped += len(shed)
+        self.before, self.since, self.queue, self.shed = [], [], [], []
+        return kept, shed
+
+    def live_dropped(self) -> int:
+        """What ``dropped`` reads between takes: exact for a queue of its own, at least all beyond the capacity while stalled."""
+        if not self.via_topic:
+            return self.dropped + len(self.shed)
+        if not self.since:
+            return self.dropped
+        return self.dropped + len(self.before) + sum(map(len, self.since)) - self.capacity
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    via_topic=st.booleans(),
+    capacity=st.integers(1, 8),
+    steps=st.lists(
+        st.one_of(st.text("ABCDEFG", min_size=1, max_size=9), st.sampled_from(["take", "dropped"])), max_size=50
+    ),  # a batch (the keys of its records), a take, or a read of ``dropped``
+)
+def test_conflate_delivers_and_reports_exactly_what_the_eager_model_does(via_topic: bool, capacity: int, steps: list[str]) -> None:
+    metrics = Metrics()
+    topic = Topic("t", "any", MemoryStorage(1000), metrics=metrics)
+    shed_counts: list[int] = []
+    queue: BoundedQueue = (
+        topic.subscribe(policy="conflate", capacity=capacity)
+        if via_topic
+        else BoundedQueue("t", policy=OverflowPolicy.CONFLATE, capacity=capacity, on_shed=shed_counts.append)
+    )
+    model = ConflateModel(capacity, via_topic)
+    seq = 0
+    for step in [*steps, "take"]:
+        if step == "dropped":
+            assert queue.dropped == model.live_dropped()
+            if via_topic:
+                assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client") == queue.dropped
+        elif step == "take":
+            delivery = queue.take(timeout=0)
+            kept, shed = model.take()
+            assert ([] if delivery is None else [(r.key, r.seq) for r in delivery.records]) == [(r.key, r.seq) for r in kept]
+            gap = None if delivery is None else delivery.gap
+            if shed:
+                seqs = [r.seq for r in shed]
+                assert gap is not None and (gap.dropped, gap.from_seq, gap.to_seq) == (len(shed), min(seqs), max(seqs))
+            else:
+                assert gap is None
+            assert queue.dropped == model.dropped
+        else:
+            records = keyed(step, seq)
+            if via_topic:
+                topic.publish(records)
+            else:
+                for i, record in enumerate(records):
+                    record.seq = seq + 1 + i
+                queue.offer(PublishedBatch("t", records))
+            model.offer([TopicRecord(r.ts_ms, r.key, r.data, seq + 1 + i) for i, r in enumerate(records)])
+            seq += len(records)
+            assert queue.depth <= capacity
+    assert queue.delivered + queue.dropped == seq
+    if via_topic:
+        assert topic._backlog is None and queue in topic._offered
+        assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client") == queue.dropped
+    else:
+        assert sum(shed_counts) == queue.dropped
