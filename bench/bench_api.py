@@ -87,7 +87,7 @@ def _ws_frames(sock: socket.socket):  # type: ignore[no-untyped-def]
         buf += chunk
 
 
-def client_rest(url: str, n: int) -> dict[str, Any]:
+def client_rest(url: str, n: int, expect: int = 10_000) -> dict[str, Any]:
     import requests
 
     session = requests.Session()
@@ -101,7 +101,7 @@ def client_rest(url: str, n: int) -> dict[str, Any]:
         if i >= 5:  # warm-up
             times.append(dt * 1000)
         size = len(body)
-        if response.status_code != 200 or body.count(b'"seq":') != 10_000:
+        if response.status_code != 200 or body.count(b'"seq":') != expect:
             raise RuntimeError(f"unexpected answer {response.status_code}: {body[:200]!r}")
     return {"ms": times, "bytes": size}
 
@@ -232,13 +232,49 @@ def finish_client(proc) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     return json.loads(out.decode().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def bench_rest(hub: Any, api_base: str, n: int) -> list[str]:
+def rest_latency(
+    hub: Any, api_base: str, name: str, limit: int, n: int, nodelay: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``n`` GETs of ``/api/topics/{name}?limit={limit}`` and of the bare-msgspec baseline (same query): client results.
+
+    ``nodelay``: the baseline sets TCP_NODELAY on its connections, as the Gauss API does (else a small
+    answer's last write waits for the client's delayed ACK, ~40 ms).
+    """
     import gevent
     import msgspec
     from gevent.pywsgi import WSGIServer
 
-    from gauss.core import TopicRecord
     from gauss.records import TopicQuery
+
+    topic = hub.topic(name)
+    encode = msgspec.json.Encoder().encode
+
+    def baseline(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        result = topic.query(TopicQuery(limit=limit))
+        body = encode({"topic": name, "records": [r.as_dict() for r in result.records], "truncated": result.truncated})
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    class Server(WSGIServer):  # type: ignore[misc]
+        def handle(self, sock: socket.socket, address: Any) -> None:
+            if nodelay:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().handle(sock, address)
+
+    server = Server(("127.0.0.1", 0), baseline, log=None)
+    server.start()
+    try:
+        base_url = f"http://127.0.0.1:{server.server_port}/"
+        gauss = run_client("rest", f"{api_base}/api/topics/{name}?limit={limit}", str(n), str(limit))
+        plain = run_client("rest", base_url, str(n), str(limit))
+    finally:
+        server.stop()
+    gevent.sleep(0)
+    return gauss, plain
+
+
+def bench_rest(hub: Any, api_base: str, n: int) -> list[str]:
+    from gauss.core import TopicRecord
 
     now = int(time.time() * 1000)
     records = [
@@ -246,22 +282,7 @@ def bench_rest(hub: Any, api_base: str, n: int) -> list[str]:
         for i in range(20_000)
     ]
     hub.publish("bench", records)
-    topic = hub.topic("bench")
-    encode = msgspec.json.Encoder().encode
-
-    def baseline(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        result = topic.query(TopicQuery(limit=10_000))
-        body = encode({"topic": "bench", "records": [r.as_dict() for r in result.records], "truncated": result.truncated})
-        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return [body]
-
-    server = WSGIServer(("127.0.0.1", 0), baseline, log=None)
-    server.start()
-    base_url = f"http://127.0.0.1:{server.server_port}/"
-    gauss = run_client("rest", api_base + "/api/topics/bench?limit=10000", str(n))
-    plain = run_client("rest", base_url, str(n))
-    server.stop()
-    gevent.sleep(0)
+    gauss, plain = rest_latency(hub, api_base, "bench", 10_000, n)
     rows = [
         "| REST, 10,000-record query (%d KiB) | p50 / p99 ms | %.1f / %.1f | %.1f / %.1f | p50 < 20 ms |"
         % (gauss["bytes"] // 1024, pct(gauss["ms"], 0.5), pct(gauss["ms"], 0.99), pct(plain["ms"], 0.5), pct(plain["ms"], 0.99)),
@@ -387,7 +408,7 @@ def main() -> None:
         monkey.patch_all()
         kind, rest = args.client[0], args.client[1:]
         if kind == "rest":
-            result = client_rest(rest[0], int(rest[1]))
+            result = client_rest(rest[0], int(rest[1]), *(int(x) for x in rest[2:3]))
         elif kind == "fanout":
             result = client_fanout(rest[0], int(rest[1]), rest[2], int(rest[3]), float(rest[4]))
         else:

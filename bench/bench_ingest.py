@@ -34,6 +34,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from gauss.hub import Hub
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -61,8 +65,8 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def generate(path: Path, n: int) -> None:
-    """N quotes as JSON lines, 1 ms apart, ending now (none in the future)."""
+def generate(path: Path, n: int, symbols: Sequence[str] = SYMBOLS) -> None:
+    """N quotes as JSON lines, 1 ms apart, ending now (none in the future), round-robin over ``symbols``."""
     start = int(time.time() * 1000) - n - 1000
     with path.open("wb") as f:
         chunk = []
@@ -70,7 +74,7 @@ def generate(path: Path, n: int) -> None:
             mid = 1.0 + ((i * 7919) % 2000) / 10_000
             chunk.append(
                 '{"symbol":"%s","bid":%.5f,"ask":%.5f,"bid_size":1000000.0,"ask_size":500000.0,"ts_ms":%d}\n'
-                % (SYMBOLS[i % len(SYMBOLS)], mid - 0.00005, mid + 0.00005, start + i)
+                % (symbols[i % len(symbols)], mid - 0.00005, mid + 0.00005, start + i)
             )
             if len(chunk) == 10_000:
                 f.write("".join(chunk).encode())
@@ -158,6 +162,27 @@ def run_naive(path: Path, n: int) -> dict[str, float]:
 def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str, float]:
     import gevent
 
+    hub = start_gauss(config_file, workdir)
+    topic = hub.topic("quotes.raw")
+    source = hub.sources[0]
+    gevent.sleep(0.1)
+    before = rss_bytes()
+    sender = blast(source.address[1], path)
+    while topic.last_seq < n:
+        gevent.sleep(0.002)
+    started = source.connected_at
+    elapsed = time.perf_counter() - started
+    per_quote = (rss_bytes() - before) / n
+    while not all(p.idle for p in hub.processors):
+        gevent.sleep(0.01)
+    drained = time.perf_counter() - started
+    hub.stop(timeout=30)
+    sender.wait(timeout=60)
+    return {"rate": n / elapsed, "peak": peak_rss_bytes(), "per_quote": per_quote, "with_ohlc": n / drained}
+
+
+def start_gauss(config_file: Path, workdir: Path) -> Hub:
+    """A started hub on ``config_file`` (every port replaced by a free one), GC tuned as by ``gauss-serve``."""
     from gauss.cli.serve import tune_gc
     from gauss.hub import Hub
 
@@ -176,22 +201,7 @@ def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str,
     hub = Hub.from_config(config)
     hub.start()
     tune_gc()  # as gauss-serve does after start-up
-    topic = hub.topic("quotes.raw")
-    source = hub.sources[0]
-    gevent.sleep(0.1)
-    before = rss_bytes()
-    sender = blast(source.address[1], path)
-    while topic.last_seq < n:
-        gevent.sleep(0.002)
-    started = source.connected_at
-    elapsed = time.perf_counter() - started
-    per_quote = (rss_bytes() - before) / n
-    while not all(p.idle for p in hub.processors):
-        gevent.sleep(0.01)
-    drained = time.perf_counter() - started
-    hub.stop(timeout=30)
-    sender.wait(timeout=60)
-    return {"rate": n / elapsed, "peak": peak_rss_bytes(), "per_quote": per_quote, "with_ohlc": n / drained}
+    return hub
 
 
 def tick_log_variant(config_file: Path, out: Path, policy: str | None) -> Path:
