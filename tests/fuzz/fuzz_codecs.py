@@ -26,7 +26,7 @@ from typing import Any, Callable
 import fastavro
 from fuzz_input import FuzzInput
 
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.errors import DecodeError
 from gauss.quotes import QuoteCheck, RecordCheck
 from gauss.registry import create
@@ -50,6 +50,10 @@ def same(a: Any, b: Any) -> bool:
         return a == b or (math.isnan(a) and math.isnan(b))
     if type(a) is dict and type(b) is dict:
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, QuoteBatch):  # quotes as columns compare as their records
+        a = a.records()
+    if isinstance(b, QuoteBatch):
+        b = b.records()
     if type(a) is list and type(b) is list:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, TopicRecord) and isinstance(b, TopicRecord):
