@@ -220,7 +220,7 @@ class StreamSink:
                         self.bytes_sent += send_records(batch.topic, batch.records, encode)
                         sent.inc(len(batch.records))
                         continue
-                    data = batch.encoded(self, encode)
+                    data = batch.encoded(self.wire.key, encode)
                     if data:
                         timer.start()
                         try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Sequence
 
 import gevent.event
 
@@ -64,7 +64,7 @@ class PublishedBatch:
         self.topic = topic
         self.records = records
         self._json: bytes | None = None
-        self._encoded: dict[int, bytes] | None = None
+        self._encoded: dict[Hashable, bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -78,15 +78,15 @@ class PublishedBatch:
             self._json = encode_records(self.records)
         return self._json
 
-    def encoded(self, owner: object, encode: Callable[[Sequence[TopicRecord]], bytes]) -> bytes:
-        """``encode(records)`` computed once per ``owner`` (a sink, say) and cached."""
+    def encoded(self, owner: Hashable, encode: Callable[[Sequence[TopicRecord]], bytes]) -> bytes:
+        """``encode(records)`` computed once per ``owner`` and cached: every sink of one wire format
+        (``WireFormat.key``) and every client of those sinks send the same bytes."""
         cache = self._encoded
         if cache is None:
             cache = self._encoded = {}
-        key = id(owner)
-        data = cache.get(key)
+        data = cache.get(owner)
         if data is None:
-            data = cache[key] = encode(self.records)
+            data = cache[owner] = encode(self.records)
         return data
 
 

@@ -19,7 +19,7 @@ pass; any other codec decodes, then the check runs on its records.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any, Hashable, Mapping, Sequence
 
 import msgspec
 
@@ -82,14 +82,18 @@ def check_combination(
 class WireFormat:
     """The framing, middleware and codec plugins of one source, sink or generator."""
 
-    __slots__ = ("framing", "middleware", "codec", "_quote_codec")
+    __slots__ = ("framing", "middleware", "codec", "_quote_codec", "key")
 
-    def __init__(self, framing: Framing, codec: Codec, middleware: Sequence[Middleware] = ()) -> None:
+    def __init__(
+        self, framing: Framing, codec: Codec, middleware: Sequence[Middleware] = (), *, key: Hashable | None = None
+    ) -> None:
         """Raises :class:`ConfigError` for a combination SPEC section 2 forbids."""
         check_combination(framing, codec, middleware)
         self.framing = framing
         self.middleware: tuple[Middleware, ...] = tuple(middleware)
         self.codec = codec
+        self.key = key if key is not None else self
+        """Equal for wire formats built from equal tables: what writes the same bytes (sinks share encodings by it)."""
         # A capability declared by a protocol, checked once here (never probed per batch).
         self._quote_codec: QuoteCodec | None = codec if isinstance(codec, QuoteCodec) else None
 
@@ -107,7 +111,8 @@ class WireFormat:
         framing = config.framing
         if max_frame_bytes is not None and isinstance(framing.config, FramingConfig) and framing.config.max_frame_bytes is None:
             framing = type(framing)(framing.kind, framing.type, framing.plugin, msgspec.structs.replace(framing.config, max_frame_bytes=max_frame_bytes))
-        return cls(framing.build(), config.codec.build(), [m.build() for m in config.middleware])
+        key = (framing, config.codec, tuple(config.middleware))  # frozen specs: equal tables, equal keys
+        return cls(framing.build(), config.codec.build(), [m.build() for m in config.middleware], key=key)
 
     def chain(self, *, outbound: bool = False) -> str:
         """``lines -> json`` as a source reads it, ``json -> lines`` (``outbound``) as a sink writes it."""

@@ -15,6 +15,7 @@ from gauss.core import TopicRecord
 from gauss.errors import ConfigError, InflateBudgetExceeded
 from gauss.quotes import QuoteCheck, RecordCheck
 from gauss.registry import create
+from gauss.subscription import PublishedBatch
 from gauss.wire import WireFormat, check_combination
 
 NOW = int(time.time() * 1000)
@@ -142,3 +143,18 @@ def test_middleware_must_be_a_list() -> None:
         table: dict[str, Any] = {"topic": "q", "transport": {"type": "tcp-server", "port": 0}, "middleware": "gzip"}
         with pytest.raises(ConfigError, match=rf"{section}\[0\]\.middleware: Expected array, got str"):
             load_config({"topics": [{"name": "q"}], section: [table]})
+
+
+def test_sinks_of_one_wire_format_share_each_batch_encoding() -> None:
+    batch = PublishedBatch("t", [TopicRecord(1, "EURUSD", {"symbol": "EURUSD", "bid": 1.0}, 1)])
+    one, two, other = WireFormat.build("lines", "json"), WireFormat.build("lines", "json"), WireFormat.build("lines", "csv")
+    calls: list[WireFormat] = []
+
+    def encoder(wire: WireFormat) -> Any:
+        return lambda records: calls.append(wire) or wire.encode(records)
+
+    first = batch.encoded(one.key, encoder(one))
+    assert batch.encoded(two.key, encoder(two)) is first  # equal tables: encoded once, the same bytes
+    assert batch.encoded(other.key, encoder(other)) != first
+    assert calls == [one, other]
+    assert WireFormat(one.framing, one.codec).key is not one.key  # built by hand: its own
