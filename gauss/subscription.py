@@ -9,9 +9,10 @@ range shed, which the next :meth:`BoundedQueue.take` reports as a
 connections and their topic.
 
 A full subscriber costs its topic O(1) a batch under every policy (issue 13):
-a full ``drop`` or ``conflate`` :class:`Subscription` is *stalled*, no longer
-offered batches, and works out what it missed when its consumer next takes;
-a ``conflate`` queue conflates at take, not at offer (the consumer pays).
+a full ``drop``, ``drop_oldest`` or ``conflate`` :class:`Subscription` is
+*stalled*, no longer offered batches, and works out what it missed when its
+consumer next takes; a ``conflate`` queue conflates at take, not at offer
+(the consumer pays).
 
 Everything here is cooperative (gevent): a ``back_pressure`` publisher and a
 waiting consumer yield to other greenlets, never to the OS.
@@ -38,7 +39,7 @@ __all__ = [
     "Delivery",
     "BoundedQueue",
     "Subscription",
-    "ConflateBacklog",
+    "StallBacklog",
     "DEFAULT_CAPACITY",
     "CONFLATE_BACKLOG",
 ]
@@ -79,8 +80,11 @@ class PublishedBatch:
         return self._json
 
     def encoded(self, owner: Hashable, encode: Callable[[Sequence[TopicRecord]], bytes]) -> bytes:
-        """``encode(records)`` computed once per ``owner`` and cached: every sink of one wire format
-        (``WireFormat.key``) and every client of those sinks send the same bytes."""
+        """``encode(records)`` computed once per ``owner`` and cached.
+
+        Every sink of one wire format (``WireFormat.key``) and every client of
+        those sinks send the same bytes.
+        """
         cache = self._encoded
         if cache is None:
             cache = self._encoded = {}
@@ -247,7 +251,13 @@ class BoundedQueue:
                 batch = PublishedBatch(batch.topic, batch.records[n - capacity :])
             self._push(batch, len(batch.records))
             return
-        excess = total = self.depth + n - capacity
+        excess = self.depth + n - capacity
+        self._count_shed(excess, *self._evict(excess))
+        self._push(batch, n)
+
+    def _evict(self, excess: int) -> tuple[int, int]:
+        """Take the oldest ``excess`` queued records out (not counted here): their first and last seq."""
+        items = self._items
         first = items[0].records[self._skip].seq  # the queue holds seqs in order: the shed run is contiguous
         last = 0
         while excess > 0:
@@ -264,8 +274,7 @@ class BoundedQueue:
                 last = records[self._skip - 1].seq
                 self.depth -= excess
                 excess = 0
-        self._count_shed(total, first, last)
-        self._push(batch, n)
+        return first, last
 
     def _conflate(self, batch: PublishedBatch) -> None:
         """Hold ``batch`` for the conflation at take: O(1), and O(1) a record amortised by the compactions.
@@ -414,9 +423,9 @@ class Subscription(BoundedQueue):
         self._stall_seq = 0
         """While stalled: the last seq shed before the topic stopped offering batches (0: not stalled)."""
         self._stall_from = 0
-        """While a ``conflate`` one is stalled: the seq after which it conflates the topic's backlog."""
+        """While a ``drop_oldest`` or ``conflate`` one is stalled: the seq after which it reads the topic's backlog."""
         self._stall_counted = 0
-        """While a ``conflate`` one is stalled: what its stall counted as shed (the overflow of that batch)."""
+        """While a ``drop_oldest`` or ``conflate`` one is stalled: what its stall counted as shed (the overflow of that batch)."""
         super().__init__(
             topic.name if topic is not None else "",
             policy=policy,
@@ -428,13 +437,16 @@ class Subscription(BoundedQueue):
         self.key = key
         self.start_seq = start_seq
 
-    # A stalled subscription (no key filter, full: ``drop``, or ``conflate`` offered a batch that
-    # does not fit) is not offered the topic's batches. A ``drop`` one sheds everything published
-    # until its consumer takes again, so what it missed is ``topic.last_seq - _stall_seq``, folded
-    # into ``dropped`` and the gap when it next takes. A ``conflate`` one sheds at least as much
-    # (all beyond its capacity), so ``dropped`` counts that live the same way; when it takes, it
-    # conflates its queue and the topic's backlog of what was published since it stalled
-    # (:class:`ConflateBacklog`), and the counts and the gap become exact.
+    # A stalled subscription (no key filter, full: ``drop``, or ``drop_oldest`` or ``conflate``
+    # offered a batch that does not fit) is not offered the topic's batches. A ``drop`` one sheds
+    # everything published until its consumer takes again, so what it missed is
+    # ``topic.last_seq - _stall_seq``, folded into ``dropped`` and the gap when it next takes. A
+    # ``drop_oldest`` one sheds exactly as much, its queue's oldest first, so its ``dropped`` is
+    # exact live; when it takes, it keeps the newest ``capacity`` records of its queue and of the
+    # topic's backlog (:class:`StallBacklog`) and the gap becomes exact. A ``conflate`` one sheds at
+    # least as much (all beyond its capacity), so ``dropped`` counts that live the same way; when
+    # it takes, it conflates its queue and the backlog of what was published since it stalled, and
+    # the counts and the gap become exact.
 
     def _missed(self) -> int:
         topic = self._topic
@@ -453,24 +465,26 @@ class Subscription(BoundedQueue):
         super().offer(batch)
 
     def _stalls(self, batch: PublishedBatch) -> bool:
-        """Stall instead of queuing ``batch``, if the policy sheds all of it or conflates at take; True if stalled."""
+        """Stall instead of queuing ``batch``, if the policy sheds all of it or works out at take what to keep; True if stalled."""
         topic = self._topic
         records = batch.records
         if topic is None or self.closed or self._sealed or not records or not records[-1].seq:
             return False
-        if self.policy is OverflowPolicy.DROP:
+        policy = self.policy
+        if policy is OverflowPolicy.DROP:
             if self.depth < self.capacity:
                 return False
             self._shed(records)
             self._stall_seq = records[-1].seq
             topic._stall(self)
             return True
-        if self.policy is not OverflowPolicy.CONFLATE or self._held:  # (held: conflating on its own until taken)
+        if policy is OverflowPolicy.BACK_PRESSURE or self._held:  # (held: a conflate one conflating on its own until taken)
             return False
         if self._stall_seq:
             return True  # offered while stalled: the backlog has the batch
         over = self.depth + len(records) - self.capacity
-        if not topic._stall(self, batch):
+        keep = CONFLATE_BACKLOG * self.capacity if policy is OverflowPolicy.CONFLATE else self.capacity
+        if not topic._stall(self, batch, keep):
             return False
         self._stall_from = records[0].seq - 1
         self._stall_seq = records[-1].seq
@@ -483,7 +497,7 @@ class Subscription(BoundedQueue):
         return True
 
     def _catch_up(self, *, closing: bool = False) -> None:
-        """Fold what was shed while stalled into the counts and the gap (a ``conflate`` one: and conflate it); be offered batches again."""
+        """Fold what was shed while stalled into the counts and the gap, and queue what the policy keeps of it; be offered batches again."""
         if not self._stall_seq:
             return
         missed = self._missed()
@@ -492,13 +506,40 @@ class Subscription(BoundedQueue):
         self._dropped += missed
         if topic is None:
             return
-        if self.policy is OverflowPolicy.CONFLATE:
-            if not closing:
+        if not closing:
+            if self.policy is OverflowPolicy.CONFLATE:
                 self._conflate_backlog(topic, missed)
-        elif missed:
-            self._gap_dropped += missed
-            self._gap_to = max(self._gap_to, topic.last_seq)
+            elif self.policy is OverflowPolicy.DROP_OLDEST:
+                self._keep_newest(topic, missed)
+            elif missed:
+                self._gap_dropped += missed
+                self._gap_to = max(self._gap_to, topic.last_seq)
         topic._resume(self)
+
+    def _keep_newest(self, topic: Topic, missed: int) -> None:
+        """Keep the newest ``capacity`` records of the queue and of the topic's backlog since the stall, as ``drop_oldest`` does.
+
+        PERF: only the newest ``capacity`` records of the backlog are read
+        back, as the batches hold them (the oldest sliced), and the queue is
+        evicted from as on offer: O(batches), never a pass over the records.
+        The counts were made live; this makes the gap.
+        """
+        start = self._stall_from
+        newest, _ = topic._backlog_after(start, self.capacity)
+        n = sum(map(len, newest))
+        items = self._items
+        if n < topic.last_seq - start:  # more was published since than it keeps: the queue is shed whole
+            lo = items[0].records[self._skip].seq if items else start + 1
+            self._widen_gap(self._stall_counted + missed, lo, newest[0].records[0].seq - 1)
+            items.clear()
+            self._skip = 0
+            self.depth = 0
+        else:
+            self.depth = sum(map(len, items)) - self._skip
+            excess = self.depth + n - self.capacity  # > 0: the batch it stalled on did not fit
+            self._widen_gap(excess, *self._evict(excess))
+        for batch in newest:
+            self._push(batch, len(batch))
 
     def _conflate_backlog(self, topic: Topic, missed: int) -> None:
         """Replace the queue by the latest record per key of it and of the topic's backlog since the stall.
@@ -508,7 +549,8 @@ class Subscription(BoundedQueue):
         go are shed, the rest is conflated. Counts go by seq, as ``drop``'s do.
         """
         start = self._stall_from
-        window, since = topic._backlog_after(start)
+        batches, since = topic._backlog_after(start)
+        window = [batch.records for batch in batches]
         queued = [batch.records for batch in self._items]
         held = sum(map(len, queued))
         lost = since > start
@@ -563,36 +605,40 @@ class Subscription(BoundedQueue):
         self.close()
 
 
-class ConflateBacklog:
-    """The newest batches a topic published while ``conflate`` subscribers are stalled: at least ``bound`` records.
+class StallBacklog:
+    """The newest batches a topic published while subscribers are stalled on it: at least ``bound`` records.
 
-    One for all of a topic's stalled conflate subscribers, which are not
-    offered batches: each conflates what it missed from here when its consumer
-    takes. PERF: the topic appends each batch (O(1)) and trims whole batches
-    off the front; what a consumer that stays away longer loses is reported
-    as a gap (exact counts, never a record that is not its key's latest).
+    One for all of a topic's stalled ``drop_oldest`` and ``conflate``
+    subscribers, which are not offered batches: each works out from here what
+    it keeps when its consumer takes (the newest ``capacity`` records, or the
+    latest per key). PERF: the topic appends each batch (O(1)) and trims whole
+    batches off the front, keeping at least the newest ``capacity`` records of
+    each ``drop_oldest`` one (all it can keep: it never misses one) and
+    ``CONFLATE_BACKLOG`` capacities of each ``conflate`` one; what a conflate
+    consumer that stays away longer loses is reported as a gap (exact counts,
+    never a record that is not its key's latest).
     """
 
     __slots__ = ("batches", "records", "bound", "since")
 
     def __init__(self, since: int, bound: int) -> None:
-        self.batches: deque[tuple[int, Sequence[TopicRecord]]] = deque()
-        """``(last seq, records)`` of each batch, oldest first."""
+        self.batches: deque[tuple[int, PublishedBatch]] = deque()
+        """``(last seq, batch)`` of each published batch, oldest first."""
         self.records = 0
         self.bound = bound
         self.since = since
         """Every batch published after this seq is held."""
 
-    def append(self, records: Sequence[TopicRecord], last_seq: int) -> None:
+    def append(self, batch: PublishedBatch, last_seq: int) -> None:
         batches = self.batches
-        batches.append((last_seq, records))
-        self.records += len(records)
-        while self.records - len(batches[0][1]) >= self.bound:
+        batches.append((last_seq, batch))
+        self.records += len(batch.records)
+        while self.records - len(batches[0][1].records) >= self.bound:
             self._drop_first()
 
     def _drop_first(self) -> None:
-        self.since, records = self.batches.popleft()
-        self.records -= len(records)
+        self.since, batch = self.batches.popleft()
+        self.records -= len(batch.records)
 
     def drop_until(self, seq: int) -> None:
         """Let go of the batches up to ``seq`` (no stalled subscriber needs them)."""
@@ -600,14 +646,21 @@ class ConflateBacklog:
             self._drop_first()
         self.since = max(self.since, seq)
 
-    def after(self, seq: int) -> list[Sequence[TopicRecord]]:
-        """The records held with a seq above ``seq``, oldest first, as the batches hold them."""
-        out: list[Sequence[TopicRecord]] = []
-        for last, records in reversed(self.batches):
-            if last <= seq:
+    def after(self, seq: int, most: int | None = None) -> list[PublishedBatch]:
+        """The records held with a seq above ``seq`` (only the newest ``most``), oldest first.
+
+        A batch taken whole is the published one, so its encodings are shared.
+        """
+        out: list[PublishedBatch] = []
+        left = self.records if most is None else most
+        for last, batch in reversed(self.batches):
+            if last <= seq or left <= 0:
                 break
-            first = last - len(records) + 1  # a batch's seqs follow each other
-            out.append(records[seq - first + 1 :] if first <= seq else records)
+            records = batch.records
+            n = len(records)
+            skip = max(seq - last + n, n - left, 0)  # a batch's seqs follow each other
+            out.append(PublishedBatch(batch.topic, records[skip:]) if skip else batch)
+            left -= n - skip
         out.reverse()
         return out
 

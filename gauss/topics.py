@@ -21,7 +21,7 @@ from gauss.metrics import MetricCount, Metrics
 from gauss.protocols import ReplayableStorage, TopicStorage
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, OverflowPolicy, QueryResult, TopicQuery
-from gauss.subscription import CONFLATE_BACKLOG, DEFAULT_CAPACITY, ConflateBacklog, PublishedBatch, Subscription
+from gauss.subscription import DEFAULT_CAPACITY, PublishedBatch, StallBacklog, Subscription
 
 if TYPE_CHECKING:
     from gauss.config import TopicSpec
@@ -67,11 +67,11 @@ class Topic:
         self._offered: tuple[Subscription, ...] = ()
         """The subscriptions each batch is offered to: all but the stalled ones."""
         self._stalled: dict[Subscription, None] = {}
-        """Full ``drop`` and ``conflate`` subscriptions: every batch is shed for them at once, without a call each (see :meth:`publish`)."""
-        self._conflating: dict[Subscription, int] = {}
-        """The stalled ``conflate`` subscriptions, each with the seq after which it needs :attr:`_backlog`."""
-        self._backlog: ConflateBacklog | None = None
-        """While ``conflate`` subscriptions are stalled: what was published since, for them to conflate when they take."""
+        """Full subscriptions (``drop``, ``drop_oldest``, ``conflate``): every batch is shed for them at once, without a call each (see :meth:`publish`)."""
+        self._backlogged: dict[Subscription, tuple[int, int]] = {}
+        """The stalled ``drop_oldest`` and ``conflate`` subscriptions, each with the seq after which it needs :attr:`_backlog` and the records it needs kept."""
+        self._backlog: StallBacklog | None = None
+        """While ``drop_oldest`` or ``conflate`` subscriptions are stalled: what was published since, for them to read back when they take."""
         self._stalled_counters: dict[Callable[[int], None], int] = {}
         """How many stalled subscriptions count their sheds with each counter (one per kind)."""
         self._lock = gevent.lock.Semaphore()
@@ -162,23 +162,24 @@ class Topic:
             # when it next takes, and the shed is counted here once per kind, not per
             # subscriber (issue 13: 200 stalled WebSocket clients halved ingest;
             # bench/bench_fanout.py). Those stalling on this very batch count it themselves.
-            # A stalled ``conflate`` one sheds at least as much, and reads the batch back
-            # from the one backlog when it takes (held before the offers: a consumer may
-            # take while a ``back_pressure`` offer waits).
+            # A stalled ``drop_oldest`` one sheds as much and a ``conflate`` one at least as
+            # much; they read the batch back from the one backlog when they take (held
+            # before the offers: a consumer may take while a ``back_pressure`` offer waits).
             stalled = tuple(self._stalled_counters.items())
             if self._backlog is not None:
-                self._backlog.append(batch.records, self.last_seq)
+                self._backlog.append(batch, self.last_seq)
             for subscription in self._offered:
                 subscription.offer(batch)
             for on_shed, count in stalled:
                 on_shed(len(numbered) * count)
             return batch
 
-    def _stall(self, subscription: Subscription, conflating: PublishedBatch | None = None) -> bool:
+    def _stall(self, subscription: Subscription, stalled_on: PublishedBatch | None = None, keep: int = 0) -> bool:
         """Stop offering batches to ``subscription`` (full): :meth:`publish` sheds them for it; True if it did.
 
-        ``conflating``: the batch (being published) a ``conflate`` subscription
-        stalls on: it and those after it are kept in the backlog until it takes.
+        ``stalled_on``: the batch (being published) a ``drop_oldest`` or
+        ``conflate`` subscription stalls on: it and those after it are kept in
+        the backlog until it takes, at least the newest ``keep`` records.
         """
         if subscription not in self._subscriptions or subscription in self._stalled:
             return False
@@ -187,15 +188,14 @@ class Topic:
         if subscription.on_shed is not None:
             counters = self._stalled_counters
             counters[subscription.on_shed] = counters.get(subscription.on_shed, 0) + 1
-        if conflating is not None:
-            records = conflating.records
-            self._conflating[subscription] = records[0].seq - 1
-            bound = CONFLATE_BACKLOG * subscription.capacity
+        if stalled_on is not None:
+            records = stalled_on.records
+            self._backlogged[subscription] = (records[0].seq - 1, keep)
             if self._backlog is None:  # else it holds the batch already
-                self._backlog = ConflateBacklog(records[0].seq - 1, bound)
-                self._backlog.append(records, records[-1].seq)
+                self._backlog = StallBacklog(records[0].seq - 1, keep)
+                self._backlog.append(stalled_on, records[-1].seq)
             else:
-                self._backlog.bound = max(self._backlog.bound, bound)
+                self._backlog.bound = max(self._backlog.bound, keep)
         return True
 
     def _unstall(self, subscription: Subscription) -> bool:
@@ -209,25 +209,26 @@ class Topic:
                 self._stalled_counters[on_shed] = left
             else:
                 del self._stalled_counters[on_shed]
-        if self._conflating.pop(subscription, None) is not None:
+        if self._backlogged.pop(subscription, None) is not None:
             self._shrink_backlog()
         return True
 
     def _shrink_backlog(self) -> None:
-        """Keep of the backlog only what the stalled ``conflate`` subscriptions still need (none: nothing)."""
+        """Keep of the backlog only what the stalled subscriptions still need (none of them: nothing)."""
         backlog = self._backlog
-        if not self._conflating or backlog is None:
+        needs = self._backlogged.values()
+        if not needs or backlog is None:
             self._backlog = None
             return
-        backlog.bound = CONFLATE_BACKLOG * max(s.capacity for s in self._conflating)
-        backlog.drop_until(min(self._conflating.values()))
+        backlog.bound = max(keep for _, keep in needs)
+        backlog.drop_until(min(after for after, _ in needs))
 
-    def _backlog_after(self, seq: int) -> tuple[list[Sequence[TopicRecord]], int]:
-        """The records published after ``seq`` that the backlog holds, and the seq after which it holds all."""
+    def _backlog_after(self, seq: int, most: int | None = None) -> tuple[list[PublishedBatch], int]:
+        """The records published after ``seq`` that the backlog holds (only the newest ``most``), and the seq after which it holds all."""
         backlog = self._backlog
         if backlog is None:
             return [], self.last_seq
-        return backlog.after(seq), backlog.since
+        return backlog.after(seq, most), backlog.since
 
     def _resume(self, subscription: Subscription) -> None:
         """Offer batches to ``subscription`` again (its consumer took what it held)."""

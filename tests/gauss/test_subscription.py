@@ -10,7 +10,7 @@ from gauss_plugins.storage.memory import MemoryStorage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.metrics import Metrics
 from gauss.records import OverflowPolicy
 from gauss.subscription import CONFLATE_BACKLOG, BoundedQueue, PublishedBatch
@@ -479,3 +479,157 @@ def test_conflate_delivers_and_reports_exactly_what_the_eager_model_does(via_top
         assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client") == queue.dropped
     else:
         assert sum(shed_counts) == queue.dropped
+
+
+# --- a full drop_oldest subscriber costs its topic nothing per batch either (issue 13) ---------
+
+
+def quote_batch(n: int, start: int = 0) -> QuoteBatch:
+    """``n`` quotes as columns, as :func:`quotes` makes them."""
+    return QuoteBatch(["AB"[i % 2] for i in range(n)], [1000 + start + i for i in range(n)], [1.0] * n, [1.5] * n, [1.0] * n, [1.0] * n)
+
+
+def test_a_full_drop_oldest_subscriber_stalls_and_keeps_the_newest_when_it_takes() -> None:
+    metrics = Metrics()
+    topic = Topic("t", "quote", MemoryStorage(1000), metrics=metrics)
+    stalled = topic.subscribe(policy="drop_oldest", capacity=5, kind="client")
+    reader = topic.subscribe(policy="drop", capacity=1000, kind="reader")
+    topic.publish(quote_batch(3))  # seqs 1-3 fit
+    topic.publish(quote_batch(3, 3))  # 4-6 do not: stalled, seq 1 shed
+    assert stalled not in topic._offered and stalled.depth == 5
+    assert topic._backlog is not None and topic._backlog.bound == 5, "the newest capacity is all it can keep"
+    for i in range(4):
+        topic.publish(quote_batch(2, 6 + 2 * i))  # seqs 7-14, never offered to it
+    assert stalled.dropped == 9, "exact live (watchdogs read it)"
+    assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client") == 9
+    last = topic.publish(quote_batch(3, 14))  # seqs 15-17
+    delivery = stalled.take(timeout=0)
+    assert delivery is not None and [r.seq for r in delivery.records] == [13, 14, 15, 16, 17]
+    assert delivery.batches[-1] is last, "a batch delivered whole is the published one (its encodings shared)"
+    assert delivery.gap is not None and (delivery.gap.dropped, delivery.gap.from_seq, delivery.gap.to_seq) == (12, 1, 12)
+    assert stalled.dropped == 12 and stalled.delivered == 5 and stalled.depth == 0
+    assert stalled in topic._offered and topic._backlog is None
+    topic.publish(quote_batch(1, 17))
+    again = stalled.take(timeout=0)
+    assert again is not None and [r.seq for r in again.records] == [18] and again.gap is None
+    reader_delivery = reader.take(timeout=0)
+    assert reader_delivery is not None and [r.seq for r in reader_delivery.records] == list(range(1, 19))
+    assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client") == stalled.dropped
+
+
+def test_a_drop_oldest_subscriber_that_took_before_its_capacity_was_published_keeps_the_rest_of_its_queue() -> None:
+    topic = Topic("t", "any", MemoryStorage(1000))
+    sub = topic.subscribe(policy="drop_oldest", capacity=5)
+    topic.publish(quotes(2))
+    topic.publish(quotes(2, 2))  # seqs 1-4 queued
+    topic.publish(quotes(3, 4))  # 5-7 do not fit: stalled
+    assert sub.dropped == 2 and sub not in topic._offered
+    delivery = sub.take(timeout=0)
+    assert delivery is not None and [r.seq for r in delivery.records] == [3, 4, 5, 6, 7]
+    assert delivery.gap is not None and (delivery.gap.dropped, delivery.gap.from_seq, delivery.gap.to_seq) == (2, 1, 2)
+
+
+def test_a_waiting_consumer_wakes_when_its_drop_oldest_subscription_stalls_on_a_batch_larger_than_it() -> None:
+    topic = Topic("t", "any", MemoryStorage(1000))
+    sub = topic.subscribe(policy="drop_oldest", capacity=2)
+    consumer = gevent.spawn(sub.take, 5)
+    gevent.sleep(0)
+    topic.publish(quotes(5))  # nothing queued of its own: it stalls holding nothing
+    delivery = consumer.get(timeout=5)
+    assert delivery is not None and [r.seq for r in delivery.records] == [4, 5]
+    assert delivery.gap is not None and (delivery.gap.dropped, delivery.gap.from_seq, delivery.gap.to_seq) == (3, 1, 3)
+
+
+def test_stalled_drop_oldest_and_conflate_subscribers_share_one_backlog_bounded_by_what_each_needs() -> None:
+    topic = Topic("t", "any", MemoryStorage(1000))
+    oldest = topic.subscribe(policy="drop_oldest", capacity=3)
+    conflate = topic.subscribe(policy="conflate", capacity=2)
+    topic.publish(quotes(3))  # conflate stalls (after seq 0); drop_oldest is full
+    topic.publish(quotes(1, 3))  # drop_oldest stalls (after seq 3)
+    assert topic._backlog is not None and topic._backlog.bound == CONFLATE_BACKLOG * 2
+    conflate.close()
+    assert topic._backlog is not None and topic._backlog.bound == 3 and topic._backlog.since == 3, "what only it needed is let go"
+    for i in range(6):
+        topic.publish(quotes(1, 4 + i))  # seqs 5-10: it keeps the newest 3 (whole batches)
+    assert topic._backlog is not None and topic._backlog.records == 3
+    delivery = oldest.take(timeout=0)
+    assert delivery is not None and [r.seq for r in delivery.records] == [8, 9, 10]
+    assert delivery.gap is not None and (delivery.gap.dropped, delivery.gap.from_seq, delivery.gap.to_seq) == (7, 1, 7)
+    assert topic._backlog is None and not topic._stalled
+    closed = topic.subscribe(policy="drop_oldest", capacity=1)
+    topic.publish(quotes(2, 10))
+    assert topic._backlog is not None
+    closed.close()
+    assert topic._backlog is None and not topic._stalled and closed.dropped == 1
+
+
+class DropOldestModel:
+    """The reference: the eager ``drop_oldest`` queue, which evicts its oldest records at every offer."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.queue: list[int] = []  # the seqs queued
+        self.shed: list[int] = []  # shed since the last take
+        self.dropped = 0
+
+    def offer(self, seqs: list[int]) -> None:
+        self.queue += seqs
+        over = max(len(self.queue) - self.capacity, 0)
+        self.shed += self.queue[:over]
+        self.dropped += over
+        self.queue = self.queue[over:]
+
+    def take(self) -> tuple[list[int], list[int]]:
+        out = self.queue, self.shed
+        self.queue, self.shed = [], []
+        return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.integers(1, 8),
+    columns=st.booleans(),  # the topic is published quotes as columns (QuoteBatch) or records
+    neighbours=st.booleans(),  # a conflate and a smaller drop_oldest subscriber stall beside it and share the backlog
+    steps=st.lists(st.one_of(st.integers(1, 12), st.sampled_from(["take", "dropped", "neighbours take"])), max_size=50),
+)
+def test_drop_oldest_through_a_topic_delivers_and_reports_exactly_what_the_eager_queue_does(
+    capacity: int, columns: bool, neighbours: bool, steps: list[int | str]
+) -> None:
+    metrics = Metrics()
+    topic = Topic("t", "quote" if columns else "any", MemoryStorage(1000), metrics=metrics)
+    sub = topic.subscribe(policy="drop_oldest", capacity=capacity)
+    others = (
+        [topic.subscribe(policy="conflate", capacity=2 * capacity, kind="other"), topic.subscribe(policy="drop_oldest", capacity=1, kind="other")]
+        if neighbours
+        else []
+    )
+    model = DropOldestModel(capacity)
+    seq = 0
+    for step in [*steps, "take", "neighbours take"]:
+        if step == "dropped":
+            assert sub.dropped == model.dropped, "exact live"
+            assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client") == sub.dropped
+        elif step == "take":
+            delivery = sub.take(timeout=0)
+            kept, shed = model.take()
+            assert ([] if delivery is None else [r.seq for r in delivery.records]) == kept
+            if delivery is not None:
+                assert [r.ts_ms for r in delivery.records] == [999 + s for s in kept], "each seq on its own record"
+            gap = None if delivery is None else delivery.gap
+            if shed:
+                assert gap is not None and (gap.dropped, gap.from_seq, gap.to_seq) == (len(shed), min(shed), max(shed))
+            else:
+                assert gap is None
+            assert sub.dropped == model.dropped and sub.depth == 0
+        elif step == "neighbours take":
+            for other in others:
+                other.take(timeout=0)
+        else:
+            assert isinstance(step, int)
+            topic.publish(quote_batch(step, seq) if columns else quotes(step, seq))
+            model.offer(list(range(seq + 1, seq + step + 1)))
+            seq += step
+            assert sub.depth == len(model.queue) <= capacity
+    assert sub.delivered + sub.dropped == seq
+    assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client") == sub.dropped
+    assert topic._backlog is None and not topic._stalled and sub in topic._offered, "nobody stalled: the backlog is let go"
