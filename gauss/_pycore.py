@@ -423,8 +423,9 @@ _CSV_ROW = re.compile(rb"([\x20\x21\x23-\x2b\x2d-\x7e]+),(%s),(%s),(%s),(%s),(0|
 
 
 def _number(text: bytes) -> float:
-    """``float()`` of a JSON number's text; an integer as ``float(int)`` (so ``-0`` is ``0.0``)."""
-    return float(int(text)) if text.lstrip(b"-").isdigit() else float(text)
+    """``float()`` of a JSON number's text, an integer's as ``float(int)`` gives it (``-0`` is ``0.0``; past a double, inf)."""
+    value = float(text)  # correctly rounded: the same double as float(int(text)) wherever that one exists
+    return 0.0 if value == 0.0 and text.lstrip(b"-").isdigit() else value
 
 
 class CsvQuoteParser:
