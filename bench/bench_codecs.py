@@ -19,9 +19,11 @@ from typing import Any, Callable
 
 import msgspec
 import ujson
+from gauss_plugins.format._payload import QuotePath
 
 from gauss.cli.quotes_gen import QuoteWalk
-from gauss.core import CORE, DEFAULT_MAX_FRAME_BYTES, TopicRecord
+from gauss.core import CORE, DEFAULT_MAX_FRAME_BYTES, QuoteBatch, TopicRecord
+from gauss.quotes import QuoteCheck
 from gauss.registry import create
 
 
@@ -92,6 +94,33 @@ def main() -> None:
             return c.encode(records)
 
         row(f"codec {name}", decode_codec, encode_codec)
+
+    # The quote paths of the binary codecs: the records path (each codec's read_quote and a dict a
+    # quote, what decode_quotes and encode did before) against the compiled columns (Avro/ProtobufQuoteParser
+    # into a QuoteBatch, encode_avro/protobuf_quotes from one).
+    check = QuoteCheck(None)
+    batch = QuoteBatch.from_records(records)
+    for name in ("protobuf", "avro"):
+        codec = create("codec", name)
+        payloads = codec.encode(batch)
+        assert payloads == codec.encode(records), name
+        columns, bad, refused = codec.decode_quotes(payloads, check)
+        assert isinstance(columns, QuoteBatch) and len(columns) == n and not bad and not refused, name
+
+        def decode_records(c: Any = codec, p: list[bytes] = payloads) -> Any:
+            return QuotePath.decode_quotes(c, p, check)
+
+        def encode_records(c: Any = codec) -> Any:
+            return c.serialize([record.data for record in batch])
+
+        def decode_columns(c: Any = codec, p: list[bytes] = payloads) -> Any:
+            return c.decode_quotes(p, check)
+
+        def encode_columns(c: Any = codec) -> Any:
+            return c.encode(batch)
+
+        row(f"codec {name} quotes, records", decode_records, encode_records)
+        row(f"codec {name} quotes, columns", decode_columns, encode_columns)
 
     for middleware_name in ("gzip", "lz4", "snappy"):
         codec = create("codec", "json")

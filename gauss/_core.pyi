@@ -11,6 +11,10 @@ __all__ = [
     "JsonQuoteParser",
     "CsvQuoteParser",
     "encode_csv_quotes",
+    "AvroQuoteParser",
+    "encode_avro_quotes",
+    "ProtobufQuoteParser",
+    "encode_protobuf_quotes",
     "LineDecoder",
     "LengthPrefixedDecoder",
     "encode_lines",
@@ -205,3 +209,25 @@ class OhlcAggregator:
     def key_count(self) -> int: ...
     def forget(self, key: str, /) -> bool: ...
     def candle(self, key: str, timeframe_ms: int, start_ms: int) -> tuple[float, float, float, float, int] | None: ...
+
+# --- the binary quote codecs (_codecs.pxi, twins in _pycodecs.py) ---------------
+
+class AvroQuoteParser:
+    """The ``avro`` codec's fast path: datums of the shipped quote schema into a :class:`QuoteBatch` and their positions."""
+
+    @property
+    def max_key_bytes(self) -> int: ...
+    def __init__(self, max_key_bytes: int) -> None: ...
+    def parse(self, payloads: Sequence[bytes]) -> tuple[QuoteBatch, _Int64s]: ...
+
+def encode_avro_quotes(batch: QuoteBatch) -> list[bytes]: ...
+
+class ProtobufQuoteParser:
+    """The ``protobuf`` codec's fast path: ``gauss.Quote`` messages into a :class:`QuoteBatch` and their positions."""
+
+    @property
+    def max_key_bytes(self) -> int: ...
+    def __init__(self, max_key_bytes: int) -> None: ...
+    def parse(self, payloads: Sequence[bytes]) -> tuple[QuoteBatch, _Int64s]: ...
+
+def encode_protobuf_quotes(batch: QuoteBatch) -> list[bytes]: ...

@@ -23,6 +23,10 @@ __all__ = [
     "JsonQuoteParser",
     "CsvQuoteParser",
     "encode_csv_quotes",
+    "AvroQuoteParser",  # noqa: F405 - from gauss._pycodecs (the star import at the end)
+    "encode_avro_quotes",  # noqa: F405 - from gauss._pycodecs (the star import at the end)
+    "ProtobufQuoteParser",  # noqa: F405 - from gauss._pycodecs (the star import at the end)
+    "encode_protobuf_quotes",  # noqa: F405 - from gauss._pycodecs (the star import at the end)
     "LineDecoder",
     "LengthPrefixedDecoder",
     "encode_lines",

@@ -7,6 +7,14 @@ shipped ``schemas/quote.desc``) and ``message`` (default ``gauss.Quote``). A pay
 message's fields by name (scalars as Python numbers and strings, nested
 messages as dicts, repeated fields as lists). Proto3 cannot tell ``""`` or
 ``0`` from absent, so an empty key or a zero timestamp counts as missing.
+
+PERF: when the message has the wire form of the shipped ``gauss.Quote``
+(:func:`is_quote_message`), :meth:`ProtobufCodec.decode_quotes` reads
+messages straight into columns with the compiled ``ProtobufQuoteParser``
+(what it refuses takes the general path, which decides and explains), and
+:meth:`ProtobufCodec.encode` writes a ``QuoteBatch`` from its columns with
+``encode_protobuf_quotes``, byte for byte what ``SerializeToString`` writes
+(tests/plugins/format/test_binary_quote_columns.py holds both to the library).
 """
 
 from __future__ import annotations
@@ -23,17 +31,19 @@ from gauss_plugins.format._payload import (
     QuotePath,
     QuoteValues,
     check_fields,
+    decode_quote_columns,
     decode_records,
 )
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from gauss.core import QUOTE_FIELDS, TopicRecord
+from gauss.core import QUOTE_FIELDS, ProtobufQuoteParser, QuoteBatch, TopicRecord, encode_protobuf_quotes
 from gauss.errors import ConfigError, DecodeError
+from gauss.quotes import QuoteCheck
 from gauss.records import Rejected
 from gauss.resources import resource_path
 
-__all__ = ["ProtobufCodec", "ProtobufConfig", "load_message_class", "DEFAULT_MESSAGE"]
+__all__ = ["ProtobufCodec", "ProtobufConfig", "load_message_class", "is_quote_message", "DEFAULT_MESSAGE"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,31 @@ def load_message_class(descriptor_path: Path, message_name: str) -> type[message
     pool = _pool(str(descriptor_path))
     descriptor = pool.FindMessageTypeByName(message_name)
     return message_factory.GetMessageClass(descriptor)
+
+
+# The wire form of schemas/quote.proto: field number -> (name, type).
+_QUOTE_WIRE = {
+    1: ("symbol", FieldDescriptor.TYPE_STRING),
+    2: ("bid", FieldDescriptor.TYPE_DOUBLE),
+    3: ("ask", FieldDescriptor.TYPE_DOUBLE),
+    4: ("bid_size", FieldDescriptor.TYPE_DOUBLE),
+    5: ("ask_size", FieldDescriptor.TYPE_DOUBLE),
+    6: ("ts_ms", FieldDescriptor.TYPE_INT64),
+}
+
+
+def is_quote_message(descriptor: Descriptor) -> bool:
+    """Whether messages of ``descriptor`` are written and read exactly as the shipped ``gauss.Quote``.
+
+    The same six fields, numbers and types, none repeated, all of implicit
+    presence (proto3: a zero or empty value is not written), as the compiled
+    column codecs assume.
+    """
+    fields = descriptor.fields
+    return len(fields) == len(_QUOTE_WIRE) and all(
+        _QUOTE_WIRE.get(field.number) == (field.name, field.type) and not _is_repeated(field) and not field.has_presence
+        for field in fields
+    )
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
@@ -194,6 +229,10 @@ class ProtobufCodec(QuotePath):
             and (key_field, ts_field) == ("symbol", "ts_ms")
         )
         """The message is the shipped quote's shape: :meth:`decode_quotes` reads the six fields directly."""
+        self.quote_wire = is_quote_message(message_class.DESCRIPTOR)
+        """The message is written as the shipped quote: the compiled column codecs apply."""
+        self._parsers: dict[int, ProtobufQuoteParser] = {}
+        """The compiled column parser per ``max_key_bytes`` (one per source check, in practice one)."""
 
     @classmethod
     def from_config(cls, config: ProtobufConfig) -> ProtobufCodec:
@@ -222,8 +261,29 @@ class ProtobufCodec(QuotePath):
             return None
         return msg  # type: ignore[no-any-return]  # the shipped Quote message: the six attributes
 
+    def decode_quotes(
+        self, payloads: Sequence[bytes], check: QuoteCheck
+    ) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
+        """``(quotes, bad frames, refused quotes)``: read straight into columns for the shipped message."""
+        if not (self.quote_layout and self.quote_wire):
+            return super().decode_quotes(payloads, check)
+        parser = self._parsers.get(check.max_key_bytes)
+        if parser is None:
+            parser = self._parsers[check.max_key_bytes] = ProtobufQuoteParser(check.max_key_bytes)
+        return decode_quote_columns(payloads, check, parser.parse, self.decode)
+
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
-        """One message per record's ``data``; a record that does not fit is logged and skipped."""
+        """One message per record's ``data``; a record that does not fit is logged and skipped.
+
+        PERF: quotes as columns for the shipped message are written from the columns
+        (``encode_protobuf_quotes``), no message object each; a batch holding a symbol it
+        cannot write (not a string, a lone surrogate) takes the record path, which logs and skips it.
+        """
+        if self.quote_wire and isinstance(records, QuoteBatch):
+            try:
+                return encode_protobuf_quotes(records)
+            except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+                pass
         return self.serialize([record.data for record in records])
 
     def serialize(self, datas: Sequence[Any]) -> list[bytes]:

@@ -167,13 +167,10 @@ def general_read(payload: bytes) -> tuple[str, int, float, float, float, float] 
     """What the general path reads: msgspec's untyped decode, then ``float()`` of each number."""
     try:
         data = msgspec.json.decode(payload)
-    except msgspec.DecodeError:
+        values = [float(data.get(name, 0.0)) for name in ("bid", "ask", "bid_size", "ask_size")]
+    except (msgspec.DecodeError, OverflowError):  # an integer past a double: QuoteCheck refuses it the same way
         return None
-    return (
-        data["symbol"],
-        data["ts_ms"],
-        *(float(data.get(name, 0.0)) for name in ("bid", "ask", "bid_size", "ask_size")),
-    )  # type: ignore[return-value]
+    return (data["symbol"], data["ts_ms"], *values)  # type: ignore[return-value]
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=FIXTURES)
@@ -246,9 +243,10 @@ def csv_general_read(payload: bytes) -> tuple[str, int, float, float, float, flo
 
     try:
         data = create("codec", "csv").deserialize(payload)
-    except ValueError:
+        values = [float(data.get(n, 0.0)) for n in ("bid", "ask", "bid_size", "ask_size")]
+    except (ValueError, OverflowError):  # an integer past a double: QuoteCheck refuses it the same way
         return None
-    return (data["symbol"], data["ts_ms"], *(float(data.get(n, 0.0)) for n in ("bid", "ask", "bid_size", "ask_size")))  # type: ignore[return-value]
+    return (data["symbol"], data["ts_ms"], *values)  # type: ignore[return-value]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=FIXTURES)
