@@ -13,7 +13,7 @@ codec's.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any, Callable, ClassVar, Sequence
+from typing import Annotated, Any, Callable, ClassVar, Protocol, Sequence
 
 import msgspec
 import numpy as np
@@ -252,6 +252,12 @@ def _general(
 ColumnParse = Callable[[Sequence[bytes]], tuple[QuoteBatch, Any]]
 
 
+class ColumnParser(Protocol):
+    """A compiled quote parser (``JsonQuoteParser``...): the payloads it read into columns, and their positions."""
+
+    def parse(self, payloads: Sequence[bytes]) -> tuple[QuoteBatch, Any]: ...
+
+
 def decode_quote_columns(
     payloads: Sequence[bytes], check: QuoteCheck, parse: ColumnParse, decode: GeneralDecode
 ) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
@@ -305,9 +311,26 @@ class QuotePath:
     def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:
         return None
 
+    @property
+    def column_parser(self) -> Callable[[int], ColumnParser] | None:
+        """The compiled parser of this codec's shipped layout, made from ``max_key_bytes`` (None: another layout)."""
+        return None
+
     def decode_quotes(
         self, payloads: Sequence[bytes], check: QuoteCheck
     ) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
-        """``(quotes, bad frames, refused quotes)`` of a batch, as ``decode`` then ``check.check`` gives them."""
-        records, bad, refused = decode_quotes(payloads, check, self.read_quote, self.decode, ascii_only=self.ascii_only)
-        return QuoteBatch.from_records(records), bad, refused
+        """``(quotes, bad frames, refused quotes)`` of a batch, as ``decode`` then ``check.check`` gives them.
+
+        With a :attr:`column_parser` the payloads are read straight into
+        columns (one parser per ``max_key_bytes``; a source has one);
+        otherwise ``read_quote`` reads the six values of each.
+        """
+        make = self.column_parser
+        if make is None:
+            records, bad, refused = decode_quotes(payloads, check, self.read_quote, self.decode, ascii_only=self.ascii_only)
+            return QuoteBatch.from_records(records), bad, refused
+        parsers: dict[int, ColumnParser] = self.__dict__.setdefault("_column_parsers", {})  # made on first use
+        parser = parsers.get(check.max_key_bytes)
+        if parser is None:
+            parser = parsers[check.max_key_bytes] = make(check.max_key_bytes)
+        return decode_quote_columns(payloads, check, parser.parse, self.decode)

@@ -41,14 +41,13 @@ from gauss_plugins.format._payload import (
     QuotePath,
     QuoteValues,
     check_fields,
-    decode_quote_columns,
     decode_records,
     plain_quote,
 )
 
 from gauss.core import AvroQuoteParser, QuoteBatch, TopicRecord, encode_avro_quotes
 from gauss.errors import ConfigError, DecodeError
-from gauss.quotes import TS_RANGE, QuoteCheck
+from gauss.quotes import TS_RANGE
 from gauss.records import Rejected
 from gauss.resources import resource_path
 
@@ -254,8 +253,6 @@ class AvroCodec(QuotePath):
         self.ts_field = ts_field
         self._encode_failures = EncodeFailureLog(log, self.name)
         self.quote_layout = is_quote_schema(schema)
-        self._parsers: dict[int, AvroQuoteParser] = {}
-        """The compiled column parser per ``max_key_bytes`` (one per source check, in practice one)."""
 
     @classmethod
     def from_config(cls, config: AvroConfig) -> AvroCodec:
@@ -291,16 +288,9 @@ class AvroCodec(QuotePath):
         quick = _read_record if self.read_quote is not None else None
         return decode_records(payloads, self.deserialize, self.key_field, self.ts_field, quick)
 
-    def decode_quotes(
-        self, payloads: Sequence[bytes], check: QuoteCheck
-    ) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
-        """``(quotes, bad frames, refused quotes)``: read straight into columns for the shipped layout."""
-        if self.read_quote is None:
-            return super().decode_quotes(payloads, check)
-        parser = self._parsers.get(check.max_key_bytes)
-        if parser is None:
-            parser = self._parsers[check.max_key_bytes] = AvroQuoteParser(check.max_key_bytes)
-        return decode_quote_columns(payloads, check, parser.parse, self.decode)
+    @property
+    def column_parser(self) -> type[AvroQuoteParser] | None:
+        return AvroQuoteParser if self.read_quote is not None else None
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """One datum per record's ``data``; a record that does not fit the schema is logged and skipped.

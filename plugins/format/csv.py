@@ -31,14 +31,13 @@ from gauss_plugins.format._payload import (
     QuoteFields,
     QuotePath,
     QuoteValues,
-    decode_quote_columns,
     decode_records,
     plain_quote,
 )
 
 from gauss.core import QUOTE_FIELDS, CsvQuoteParser, QuoteBatch, TopicRecord, encode_csv_quotes
 from gauss.errors import ConfigError, DecodeError
-from gauss.quotes import TS_RANGE, QuoteCheck
+from gauss.quotes import TS_RANGE
 from gauss.records import Rejected
 
 __all__ = ["CsvCodec", "CsvConfig", "DEFAULT_COLUMNS"]
@@ -177,8 +176,6 @@ class CsvCodec(QuotePath):
         self._key_index = self.columns.index(key_field)
         self.quote_layout = self.columns == DEFAULT_COLUMNS and key_field == "symbol" and ts_field == "ts_ms"
         self._encode_failures = EncodeFailureLog(log, self.name)
-        self._parsers: dict[int, CsvQuoteParser] = {}
-        """The compiled column parser per ``max_key_bytes`` (one per source check, in practice one)."""
 
     @classmethod
     def from_config(cls, config: CsvConfig) -> CsvCodec:
@@ -220,16 +217,9 @@ class CsvCodec(QuotePath):
     def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:
         return _read_values if self.quote_layout else None
 
-    def decode_quotes(
-        self, payloads: Sequence[bytes], check: QuoteCheck
-    ) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
-        """``(quotes, bad rows, refused quotes)``: with the default columns, parsed straight into columns."""
-        if not self.quote_layout:
-            return super().decode_quotes(payloads, check)
-        parser = self._parsers.get(check.max_key_bytes)
-        if parser is None:
-            parser = self._parsers[check.max_key_bytes] = CsvQuoteParser(check.max_key_bytes)
-        return decode_quote_columns(payloads, check, parser.parse, self.decode)
+    @property
+    def column_parser(self) -> type[CsvQuoteParser] | None:
+        return CsvQuoteParser if self.quote_layout else None
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """One row per record's ``data``; a record that cannot be written is logged and skipped.

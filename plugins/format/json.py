@@ -36,13 +36,12 @@ from gauss_plugins.format._payload import (
     QuoteFields,
     QuotePath,
     QuoteValues,
-    decode_quote_columns,
     make_record,
 )
 
 from gauss.core import JsonQuoteParser, QuoteBatch, TopicRecord
 from gauss.errors import DecodeError
-from gauss.quotes import TS_RANGE, QuoteCheck
+from gauss.quotes import TS_RANGE
 from gauss.records import Rejected
 
 __all__ = ["JsonCodec", "JsonConfig", "QuoteStruct"]
@@ -72,8 +71,6 @@ class JsonCodec(QuotePath):
         self._decode_quote = msgspec.json.Decoder(QuoteStruct).decode
         self._encode = msgspec.json.Encoder().encode
         self._encode_failures = EncodeFailureLog(log, self.name)
-        self._parsers: dict[int, JsonQuoteParser] = {}
-        """The compiled column parser per ``max_key_bytes`` (one per source check, in practice one)."""
 
     @classmethod
     def from_config(cls, config: JsonConfig) -> JsonCodec:
@@ -115,16 +112,9 @@ class JsonCodec(QuotePath):
     def read_quote(self) -> Callable[[bytes], QuoteValues | None] | None:
         return self._decode_quote if (self.key_field, self.ts_field) == ("symbol", "ts_ms") else None
 
-    def decode_quotes(
-        self, payloads: Sequence[bytes], check: QuoteCheck
-    ) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
-        """``(quotes, bad frames, refused quotes)``: parsed straight into columns where the fields are the defaults."""
-        if self.read_quote is None:
-            return super().decode_quotes(payloads, check)
-        parser = self._parsers.get(check.max_key_bytes)
-        if parser is None:
-            parser = self._parsers[check.max_key_bytes] = JsonQuoteParser(check.max_key_bytes)
-        return decode_quote_columns(payloads, check, parser.parse, self.decode)
+    @property
+    def column_parser(self) -> type[JsonQuoteParser] | None:
+        return JsonQuoteParser if self.read_quote is not None else None
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """The JSON of each record's ``data``; a record that cannot be encoded is logged and skipped.

@@ -31,7 +31,6 @@ from gauss_plugins.format._payload import (
     QuotePath,
     QuoteValues,
     check_fields,
-    decode_quote_columns,
     decode_records,
 )
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
@@ -39,7 +38,6 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gauss.core import QUOTE_FIELDS, ProtobufQuoteParser, QuoteBatch, TopicRecord, encode_protobuf_quotes
 from gauss.errors import ConfigError, DecodeError
-from gauss.quotes import QuoteCheck
 from gauss.records import Rejected
 from gauss.resources import resource_path
 
@@ -231,8 +229,6 @@ class ProtobufCodec(QuotePath):
         """The message is the shipped quote's shape: :meth:`decode_quotes` reads the six fields directly."""
         self.quote_wire = is_quote_message(message_class.DESCRIPTOR)
         """The message is written as the shipped quote: the compiled column codecs apply."""
-        self._parsers: dict[int, ProtobufQuoteParser] = {}
-        """The compiled column parser per ``max_key_bytes`` (one per source check, in practice one)."""
 
     @classmethod
     def from_config(cls, config: ProtobufConfig) -> ProtobufCodec:
@@ -261,16 +257,9 @@ class ProtobufCodec(QuotePath):
             return None
         return msg  # type: ignore[no-any-return]  # the shipped Quote message: the six attributes
 
-    def decode_quotes(
-        self, payloads: Sequence[bytes], check: QuoteCheck
-    ) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
-        """``(quotes, bad frames, refused quotes)``: read straight into columns for the shipped message."""
-        if not (self.quote_layout and self.quote_wire):
-            return super().decode_quotes(payloads, check)
-        parser = self._parsers.get(check.max_key_bytes)
-        if parser is None:
-            parser = self._parsers[check.max_key_bytes] = ProtobufQuoteParser(check.max_key_bytes)
-        return decode_quote_columns(payloads, check, parser.parse, self.decode)
+    @property
+    def column_parser(self) -> type[ProtobufQuoteParser] | None:
+        return ProtobufQuoteParser if self.quote_layout and self.quote_wire else None
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """One message per record's ``data``; a record that does not fit is logged and skipped.
