@@ -107,7 +107,7 @@ cdef bytes _utf8(object symbol):
     return (<str>symbol).encode("utf-8")
 
 
-cdef class _BinaryQuoteParser:
+cdef class _BinaryQuoteParser(_QuoteParser):
     """What the binary quote parsers share: the key bound, the symbol cache, the loop over payloads.
 
     ``parse(payloads)`` gives the batch of the payloads the format's reader
@@ -116,15 +116,6 @@ cdef class _BinaryQuoteParser:
     doubt to the codec's general path. It checks types only; the rules of
     SPEC section 1 are the caller's (``QuoteCheck.check_columns``).
     """
-
-    cdef readonly Py_ssize_t max_key_bytes
-    cdef _SymbolCache _symbols
-
-    def __init__(self, Py_ssize_t max_key_bytes):
-        if max_key_bytes < 1:
-            raise ValueError(f"max_key_bytes must be at least 1, got {max_key_bytes}")
-        self.max_key_bytes = max_key_bytes
-        self._symbols = _SymbolCache()
 
     cdef tuple _parse(self, object payloads, _QuoteReader read):
         cdef Py_ssize_t count = len(payloads), row = 0, k

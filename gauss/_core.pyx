@@ -766,7 +766,20 @@ cdef class _SymbolCache:
         return symbol
 
 
-cdef class JsonQuoteParser:
+cdef class _QuoteParser:
+    """What every quote parser holds: the key bound (symbols of 1 to ``max_key_bytes`` bytes) and the symbol cache."""
+
+    cdef readonly Py_ssize_t max_key_bytes
+    cdef _SymbolCache _symbols
+
+    def __init__(self, Py_ssize_t max_key_bytes):
+        if max_key_bytes < 1:
+            raise ValueError(f"max_key_bytes must be at least 1, got {max_key_bytes}")
+        self.max_key_bytes = max_key_bytes
+        self._symbols = _SymbolCache()
+
+
+cdef class JsonQuoteParser(_QuoteParser):
     """Reads plain JSON quote objects straight into a :class:`QuoteBatch` (the ``json`` codec's fast path).
 
     ``parse(payloads)`` gives the batch of the payloads it could read and
@@ -781,15 +794,6 @@ cdef class JsonQuoteParser:
     PERF: one pass over each payload in C; a symbol is looked up in a
     1024-entry cache of the ``str`` objects made so far (no object a quote).
     """
-
-    cdef readonly Py_ssize_t max_key_bytes
-    cdef _SymbolCache _symbols
-
-    def __init__(self, Py_ssize_t max_key_bytes):
-        if max_key_bytes < 1:
-            raise ValueError(f"max_key_bytes must be at least 1, got {max_key_bytes}")
-        self.max_key_bytes = max_key_bytes
-        self._symbols = _SymbolCache()
 
     def parse(self, payloads):
         cdef Py_ssize_t count = len(payloads), row = 0, k, i, n, name_start, value_start
@@ -892,7 +896,7 @@ cdef class JsonQuoteParser:
 # --- the csv quote codec ---------------------------------------------------
 
 
-cdef class CsvQuoteParser:
+cdef class CsvQuoteParser(_QuoteParser):
     """Reads plain CSV quote rows (``symbol,bid,ask,bid_size,ask_size,ts_ms``) straight into a :class:`QuoteBatch`.
 
     Like :class:`JsonQuoteParser`: ``parse(payloads)`` gives the batch of
@@ -903,15 +907,6 @@ cdef class CsvQuoteParser:
     codec's general path. Values are exact: ``float()`` of the text, an
     integer as ``float(int)``.
     """
-
-    cdef readonly Py_ssize_t max_key_bytes
-    cdef _SymbolCache _symbols
-
-    def __init__(self, Py_ssize_t max_key_bytes):
-        if max_key_bytes < 1:
-            raise ValueError(f"max_key_bytes must be at least 1, got {max_key_bytes}")
-        self.max_key_bytes = max_key_bytes
-        self._symbols = _SymbolCache()
 
     def parse(self, payloads):
         cdef Py_ssize_t count = len(payloads), row = 0, k, i, n, f
