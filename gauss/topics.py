@@ -131,7 +131,9 @@ class Topic:
             seq = self.last_seq
             numbered: Sequence[TopicRecord]
             if isinstance(records, QuoteBatch):  # quotes as columns: numbering is setting the first seq
-                quotes = records if owned else records[:]
+                if not owned or records.first_seq:  # a batch numbered elsewhere (a query, another topic): same columns, new seqs
+                    records = QuoteBatch(records.symbols, records.ts_ms, records.bid, records.ask, records.bid_size, records.ask_size)
+                quotes = records
                 quotes.first_seq = seq + 1
                 seq += len(quotes)
                 numbered = quotes

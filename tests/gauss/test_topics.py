@@ -6,11 +6,12 @@ from typing import Any
 
 import gevent
 import pytest
+from gauss_plugins.storage.memory import MemoryStorage
 from support import wait_until
 from support.plugins import ListStorage
 
 from gauss.config import TopicSpec
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.errors import UnknownTopic
 from gauss.metrics import Metrics
 from gauss.records import DataFormat, OverflowPolicy, TopicQuery
@@ -319,3 +320,17 @@ def test_a_storage_that_cannot_say_what_it_kept_spends_the_seqs_and_shows_nothin
     assert published is not None and [r.seq for r in published.records] == [4, 5]
     delivery = sub.take(timeout=1)
     assert delivery is not None and [r.seq for r in delivery.records] == [4, 5]
+
+
+def test_a_quote_batch_numbered_elsewhere_is_renumbered_by_the_topic_it_is_published_to() -> None:
+    source = Topic("quotes.a", DataFormat.QUOTE, MemoryStorage())
+    batch = QuoteBatch(["A", "B", "A"], [1, 2, 3], [1.0, 2.0, 3.0], [1.5, 2.5, 3.5], [0.0] * 3, [0.0] * 3)
+    source.publish(batch, owned=True)
+    answer = source.query(TopicQuery(key="A")).records  # a query result carries its own seqs: 1, 3
+    assert [r.seq for r in answer] == [1, 3]
+    copy = Topic("quotes.b", DataFormat.QUOTE, MemoryStorage())
+    for owned in (False, True):
+        published = copy.publish(answer, owned=owned)
+        assert published is not None and [r.seq for r in published.records] == ([1, 2] if not owned else [3, 4])
+    assert [r.seq for r in answer] == [1, 3]  # the caller's batch is left as it was
+    assert [(r.key, r.seq) for r in copy.query(TopicQuery()).records] == [("A", 1), ("A", 3), ("A", 2), ("A", 4)]
