@@ -583,9 +583,10 @@ class ClickHouseStorage:
         try:
             self._insert(b"".join(f.body for f in frames))
         except ClickHouseUnavailable as exc:
-            self.insert_errors += 1
+            # The state first, then the count: whoever sees the error counted sees why (reads fail at once).
             self.last_error = str(exc)
             self._unreachable = exc.status == 0 and exc.code == 0
+            self.insert_errors += 1
             if self.healthy:
                 log.error("clickhouse storage %s: insert failed, will retry: %s", self.topic, exc)
             else:
