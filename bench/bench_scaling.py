@@ -317,7 +317,7 @@ def table_ingest(work: Path, n: int, repeats: int, max_seconds: float) -> list[s
         best_gauss: dict[str, Any] = {}
         best_naive: dict[str, Any] = {}
         for r in range(repeats):
-            naive = bench_ingest.run_naive(quotes, n)
+            naive = bench_ingest.run_receiver("--naive-server", quotes, n)
             status(f"ingest {count:,} symbols, run {r + 1}/{repeats}: naive {naive['rate']:,.0f} quotes/s")
             gauss = run_gauss(HERE / "ingest.toml", quotes, n, work / f"ingest-{count}-{r}", 0, max_seconds)
             status(
