@@ -26,6 +26,7 @@ FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 floats = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.floats(min_value=-1e7, max_value=1e7).map(lambda x: round(x, 5)),
+    st.floats(min_value=1e-4, max_value=1e15),  # mostly 16 and 17 digits: the exact long-form path
     st.sampled_from([0.0, -0.0, 5e-324, 1e-4, 9.999999999999999e-05, 1e15, 1e16, 2.0**53, 1.7976931348623157e308, 0.1, 1.085]),
 )
 symbols = st.one_of(
@@ -77,6 +78,21 @@ def test_written_json_reads_back_as_the_same_batch_to_the_bit(kernels: ModuleTyp
 def test_floats_are_written_as_repr_writes_them(kernels: ModuleType, value: float) -> None:
     (payload,) = kernels.QuoteBatch(["S"], [1], [value], [value], [value], [value]).payloads_json()
     assert payload == f'{{"symbol":"S","bid":{value!r},"ask":{value!r},"bid_size":{value!r},"ask_size":{value!r},"ts_ms":1}}'.encode()
+
+
+def test_long_floats_are_written_as_repr_writes_them(kernels: ModuleType) -> None:
+    rng = np.random.default_rng(13)
+    values = np.concatenate(
+        [
+            10.0 ** rng.uniform(-4, 15, 20_000),
+            1.1 + rng.integers(0, 10**6, 20_000) * 1e-6,  # computed prices: 16-17 digits
+            rng.uniform(1e-4, 1e-3, 5_000),
+            -(10.0 ** rng.uniform(-4, 15, 5_000)),
+        ]
+    )
+    batch = kernels.QuoteBatch(["S"] * len(values), np.ones(len(values), np.int64), values, values, values, values)
+    written = [line.split(b'"bid":', 1)[1].split(b",", 1)[0].decode() for line in batch.payloads_json()]
+    assert written == [repr(float(v)) for v in values]
 
 
 def test_numbers_json_cannot_say_are_written_as_null(kernels: ModuleType) -> None:
