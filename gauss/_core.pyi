@@ -19,6 +19,7 @@ __all__ = [
     "LengthPrefixedDecoder",
     "encode_lines",
     "encode_length_prefixed",
+    "encode_checked_frames",
     "RecordRing",
     "QuoteRing",
     "OhlcAggregator",
@@ -138,6 +139,7 @@ class LengthPrefixedDecoder:
 
 def encode_lines(payloads: Sequence[_Buffer]) -> bytes: ...
 def encode_length_prefixed(payloads: Sequence[_Buffer]) -> bytes: ...
+def encode_checked_frames(lines: bytes) -> tuple[bytes, int]: ...
 
 class _RingIndex:
     @property

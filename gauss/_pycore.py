@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import bisect
 import re
+import struct
+import zlib
 from collections import deque
 from typing import Any, Iterable, Iterator, Sequence, overload
 
@@ -31,6 +33,7 @@ __all__ = [
     "LengthPrefixedDecoder",
     "encode_lines",
     "encode_length_prefixed",
+    "encode_checked_frames",
     "RecordRing",
     "QuoteRing",
     "OhlcAggregator",
@@ -577,6 +580,31 @@ def encode_length_prefixed(payloads: Sequence[bytes]) -> bytes:
         parts.append(size.to_bytes(4, "big"))
         parts.append(bytes(payload))
     return b"".join(parts)
+
+
+_CHECKED_HEADER = struct.Struct(">II")
+
+
+def encode_checked_frames(lines: bytes) -> tuple[bytes, int]:
+    """The log frames (u32 big-endian length, CRC-32, payload) of each ``\\n``-ended line of ``lines``.
+
+    Returns ``(frames, count)``. A last line without its newline is an error:
+    the caller hands whole lines (JSON lines, which hold no newline inside).
+    """
+    if not lines:
+        return b"", 0
+    if not lines.endswith(b"\n"):
+        raise ValueError("the last line has no newline")
+    payloads = lines.split(b"\n")
+    payloads.pop()
+    pack = _CHECKED_HEADER.pack
+    parts: list[bytes] = []
+    for payload in payloads:
+        if len(payload) > _MAX_LENGTH_PREFIX:
+            raise ValueError("payload too large for a u32 length prefix")
+        parts.append(pack(len(payload), zlib.crc32(payload)))
+        parts.append(payload)
+    return b"".join(parts), len(payloads)
 
 
 # --- ring buffers ----------------------------------------------------------

@@ -28,6 +28,7 @@ __all__ = [
     "LengthPrefixedDecoder",
     "encode_lines",
     "encode_length_prefixed",
+    "encode_checked_frames",
     "RecordRing",
     "QuoteRing",
     "OhlcAggregator",

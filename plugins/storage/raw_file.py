@@ -68,7 +68,7 @@ from gauss_plugins.storage._support import (
 )
 from gauss_plugins.storage.file import decode_record
 
-from gauss.core import TopicRecord
+from gauss.core import TopicRecord, encode_checked_frames
 from gauss.errors import StorageError
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery, encode_record, encode_record_lines
@@ -94,14 +94,10 @@ def segments(directory: Path | str) -> list[Path]:
 
 
 def encode_frames(payloads: Sequence[bytes]) -> bytes:
-    """Frames of the log format for ``payloads``: length, CRC-32, payload each."""
-    pack = _HEADER.pack
-    crc = zlib.crc32
-    parts: list[bytes] = []
-    for payload in payloads:
-        parts.append(pack(len(payload), crc(payload)))
-        parts.append(payload)
-    return b"".join(parts)
+    """Frames of the log format for ``payloads`` (JSON, no newline inside): length, CRC-32, payload each."""
+    if not payloads:
+        return b""
+    return encode_checked_frames(b"\n".join(payloads) + b"\n")[0]
 
 
 def _frames(path: Path, damaged: list[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
@@ -414,14 +410,10 @@ class RawFileStorage(MetaWriter):
             lines = encode_record_lines(records)
         except (TypeError, msgspec.EncodeError):
             return self._encode_each(records)
-        payloads = lines.split(b"\n")
-        payloads.pop()
-        return encode_frames(payloads), records
+        return encode_checked_frames(lines)[0], records
 
     def _encode_each(self, records: Sequence[TopicRecord]) -> tuple[bytes, Sequence[TopicRecord]]:
-        pack = _HEADER.pack
-        crc = zlib.crc32
-        parts: list[bytes] = []
+        payloads: list[bytes] = []
         kept: list[TopicRecord] | None = None
         for number, r in enumerate(records):
             try:
@@ -432,11 +424,10 @@ class RawFileStorage(MetaWriter):
                 self.dropped += 1
                 self._errors("raw-file storage %s: record seq %d not stored: %s", self.path, r.seq, exc)
                 continue
-            parts.append(pack(len(payload), crc(payload)))
-            parts.append(payload)
+            payloads.append(payload)
             if kept is not None:
                 kept.append(r)
-        return b"".join(parts), records if kept is None else kept
+        return encode_frames(payloads), records if kept is None else kept
 
     def _write(self, data: bytes, count: int) -> None:
         if self._fd is None:

@@ -7,6 +7,7 @@ compare with a model written here; hypothesis prints the failing example.
 from __future__ import annotations
 
 import struct
+import zlib
 from types import ModuleType
 
 import pytest
@@ -201,3 +202,17 @@ def test_decoder_refuses_non_positive_limit(kernels: ModuleType, name: str) -> N
     with pytest.raises(ValueError):
         getattr(kernels, name)(0)
     assert getattr(kernels, name)().max_frame_bytes == kernels.DEFAULT_MAX_FRAME_BYTES
+
+
+@PROPERTY
+@given(payloads=st.lists(st.one_of(line_payloads, st.binary(min_size=40, max_size=600).map(lambda b: b.replace(b"\n", b"x"))), max_size=30))
+def test_checked_frames_hold_each_line_with_its_length_and_crc(kernels: ModuleType, payloads: list[bytes]) -> None:
+    frames, count = kernels.encode_checked_frames(b"".join(p + b"\n" for p in payloads))
+    assert count == len(payloads)
+    assert frames == b"".join(struct.pack(">II", len(p), zlib.crc32(p)) + p for p in payloads)
+
+
+def test_checked_frames_refuse_a_last_line_without_its_newline(kernels: ModuleType) -> None:
+    assert kernels.encode_checked_frames(b"") == (b"", 0)
+    with pytest.raises(ValueError, match="no newline"):
+        kernels.encode_checked_frames(b"a\nb")

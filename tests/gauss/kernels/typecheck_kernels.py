@@ -20,6 +20,7 @@ from gauss._core import (
     QuoteRing,
     RecordRing,
     TopicRecord,
+    encode_checked_frames,
     encode_csv_quotes,
     encode_length_prefixed,
     encode_lines,
@@ -31,6 +32,8 @@ def framing() -> list[bytes]:
     frames: list[bytes] = decoder.feed(memoryview(b"a\nb"))
     pending: int = decoder.buffered
     wire: bytes = encode_lines(frames) + encode_length_prefixed([bytearray(b"x")])
+    checked, count = encode_checked_frames(wire)
+    assert count >= 0 and isinstance(checked, bytes)
     return LengthPrefixedDecoder().feed(wire) + [bytes(pending)]
 
 
