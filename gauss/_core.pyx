@@ -263,6 +263,7 @@ cdef struct _Writer:
     char* buf
     Py_ssize_t size
     Py_ssize_t alloc
+    int[4] digits  # per float column, the fraction digits of the last value written (where the next search starts)
 
 
 cdef int _w_grow(_Writer* w, Py_ssize_t n) except -1:
@@ -307,17 +308,30 @@ cdef inline int _w_int(_Writer* w, int64_t value) except -1:
     return _w_uint(w, <uint64_t>value)
 
 
-cdef int _w_float(_Writer* w, double x, bint json=True) except -1:
+cdef inline int _clinger(double a, int k, int64_t* m) noexcept:
+    """1 if the decimal ``m * 10**-k`` (``m < 10**15``) reads back as ``a``, 0 if not, -1 once ``m`` would reach 10**15."""
+    cdef double y = a * _P10[k]
+    if y >= <double>_DIGITS15:
+        return -1
+    m[0] = llround(y)
+    return <double>m[0] / _P10[k] == a
+
+
+cdef int _w_float(_Writer* w, double x, int column, bint json=True) except -1:
     """``repr(x)``: the shortest decimal that reads back as ``x``; if not finite ``null`` (JSON) or ``repr``'s word.
 
     PERF: a price with a few decimals is found by Clinger's test in either
     direction (``m / 10**k == x`` with ``m < 10**15``: then the decimal
     ``m * 10**-k`` is the only one of its length for ``x``, so it is what
-    ``repr`` prints); anything else goes to CPython's own ``repr`` code.
+    ``repr`` prints). The forms that pass are closed upwards in ``k`` (a
+    trailing zero changes nothing), so the search starts at the ``k`` of the
+    column's last value and walks down or up: about two tests for a column
+    of prices with the same decimals. Longer forms are found exactly below;
+    anything else goes to CPython's own ``repr`` code.
     """
-    cdef double a, y
-    cdef int64_t m, ip, frac
-    cdef int k, pad, n
+    cdef double a
+    cdef int64_t m, lower, ip, frac
+    cdef int k, pad, n, found
     cdef char* text
     cdef char[24] digits
     cdef char[32] long_form
@@ -333,27 +347,36 @@ cdef int _w_float(_Writer* w, double x, bint json=True) except -1:
         return _w_raw(w, "0.0", 3)
     a = -x if x < 0.0 else x
     if 1e-4 <= a < 1e15:
-        for k in range(16):
-            y = a * _P10[k]
-            if y >= <double>_DIGITS15:
-                break
-            m = llround(y)
-            if <double>m / _P10[k] == a:
-                if x < 0.0:
-                    _w_raw(w, "-", 1)
-                if k == 0:
-                    _w_uint(w, <uint64_t>m)
-                    return _w_raw(w, ".0", 2)
-                ip = m // <int64_t>_P10[k]
-                frac = m - ip * <int64_t>_P10[k]
-                _w_uint(w, <uint64_t>ip)
-                _w_raw(w, ".", 1)
-                pad = k
-                while pad > 0:
-                    pad -= 1
-                    digits[pad] = <char>(48 + frac % 10)
-                    frac //= 10
-                return _w_raw(w, digits, k)
+        k = w.digits[column]
+        found = _clinger(a, k, &m)
+        if found == 1:
+            while k > 0 and _clinger(a, k - 1, &lower) == 1:
+                k -= 1
+                m = lower
+        else:
+            if found == -1:  # too many digits from here on: every form that passes is shorter
+                k = 0
+                found = _clinger(a, k, &m)
+            while found == 0 and k < 15:
+                k += 1
+                found = _clinger(a, k, &m)
+        if found == 1:
+            w.digits[column] = k
+            if x < 0.0:
+                _w_raw(w, "-", 1)
+            if k == 0:
+                _w_uint(w, <uint64_t>m)
+                return _w_raw(w, ".0", 2)
+            ip = m // <int64_t>_P10[k]
+            frac = m - ip * <int64_t>_P10[k]
+            _w_uint(w, <uint64_t>ip)
+            _w_raw(w, ".", 1)
+            pad = k
+            while pad > 0:
+                pad -= 1
+                digits[pad] = <char>(48 + frac % 10)
+                frac //= 10
+            return _w_raw(w, digits, k)
         # Clinger's test covers up to 15 digits and 15 fraction digits; longer forms are found exactly.
         n = gauss_repr_long(a, min(16, 17 + <int>floor(log10(a))) if a < 1.0 else 16, long_form)
         if n > 0:
@@ -662,13 +685,13 @@ cdef class QuoteBatch:
         _w_raw(w, '{"symbol":', 10)
         _w_raw(w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
         _w_raw(w, ',"bid":', 7)
-        _w_float(w, self._bid[i])
+        _w_float(w, self._bid[i], 0)
         _w_raw(w, ',"ask":', 7)
-        _w_float(w, self._ask[i])
+        _w_float(w, self._ask[i], 1)
         _w_raw(w, ',"bid_size":', 12)
-        _w_float(w, self._bid_size[i])
+        _w_float(w, self._bid_size[i], 2)
         _w_raw(w, ',"ask_size":', 12)
-        _w_float(w, self._ask_size[i])
+        _w_float(w, self._ask_size[i], 3)
         _w_raw(w, ',"ts_ms":', 9)
         _w_int(w, self._ts[i])
         return _w_raw(w, "}", 1)
@@ -688,7 +711,7 @@ cdef class QuoteBatch:
 
     def payloads_json(self):
         """Each quote's six fields as a JSON object (what the ``json`` codec sends)."""
-        cdef _Writer w = _Writer(NULL, 0, 0)
+        cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
         cdef _Names names = _Names()
         cdef Py_ssize_t i, n = len(self.symbols)
         cdef list out = [None] * n
@@ -703,7 +726,7 @@ cdef class QuoteBatch:
 
     def record_lines(self):
         """The SPEC section 1 form of every record as JSON lines, each ended by a newline."""
-        cdef _Writer w = _Writer(NULL, 0, 0)
+        cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
         cdef _Names names = _Names()
         cdef Py_ssize_t i, n = len(self.symbols)
         try:
@@ -716,7 +739,7 @@ cdef class QuoteBatch:
 
     def records_json(self):
         """The JSON array of the records' SPEC section 1 forms."""
-        cdef _Writer w = _Writer(NULL, 0, 0)
+        cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
         cdef _Names names = _Names()
         cdef Py_ssize_t i, n = len(self.symbols)
         try:
@@ -1102,7 +1125,7 @@ def encode_csv_quotes(QuoteBatch batch):
 
     Raises ``UnicodeEncodeError`` for a symbol that is not valid UTF-8 (a lone surrogate).
     """
-    cdef _Writer w = _Writer(NULL, 0, 0)
+    cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
     cdef _Names names = _Names(True)
     cdef Py_ssize_t i, n = len(batch.symbols)
     cdef list out = [None] * n
@@ -1113,13 +1136,13 @@ def encode_csv_quotes(QuoteBatch batch):
             name = names.text(batch.symbols[i])
             _w_raw(&w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
             _w_raw(&w, ",", 1)
-            _w_float(&w, batch._bid[i], False)
+            _w_float(&w, batch._bid[i], 0, False)
             _w_raw(&w, ",", 1)
-            _w_float(&w, batch._ask[i], False)
+            _w_float(&w, batch._ask[i], 1, False)
             _w_raw(&w, ",", 1)
-            _w_float(&w, batch._bid_size[i], False)
+            _w_float(&w, batch._bid_size[i], 2, False)
             _w_raw(&w, ",", 1)
-            _w_float(&w, batch._ask_size[i], False)
+            _w_float(&w, batch._ask_size[i], 3, False)
             _w_raw(&w, ",", 1)
             _w_int(&w, batch._ts[i])
             out[i] = PyBytes_FromStringAndSize(w.buf, w.size)
