@@ -595,6 +595,23 @@ cdef class QuoteBatch:
             self.ts_ms[idx], self.bid[idx], self.ask[idx], self.bid_size[idx], self.ask_size[idx],
         )
 
+    def of_symbol(self, symbol):
+        """The quotes of ``symbol``, seqs kept (the batch itself when every quote is one)."""
+        cdef list symbols = self.symbols
+        cdef Py_ssize_t i, n = len(symbols)
+        cdef list picked = []
+        for i in range(n):
+            s = symbols[i]
+            if s is symbol or s == symbol:
+                picked.append(i)
+        if len(picked) == n:
+            return self
+        idx = np.asarray(picked, dtype=np.intp)
+        columns = (self.ts_ms[idx], self.bid[idx], self.ask[idx], self.bid_size[idx], self.ask_size[idx])
+        if self._seqs_arr is None and not self._first_seq:
+            return QuoteBatch([symbol] * len(picked), *columns)
+        return QuoteBatch([symbols[i] for i in picked], *columns, seqs=self.seqs[idx])
+
     @property
     def last_seq(self):
         """The seq of the last quote (0 while unnumbered or empty)."""

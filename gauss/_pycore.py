@@ -215,6 +215,17 @@ class QuoteBatch(Sequence[TopicRecord]):
             self.ask_size[idx],
         )
 
+    def of_symbol(self, symbol: str) -> QuoteBatch:
+        """The quotes of ``symbol``, seqs kept (the batch itself when every quote is one)."""
+        picked = [i for i, s in enumerate(self.symbols) if s == symbol]
+        if len(picked) == len(self.symbols):
+            return self
+        idx = np.asarray(picked, dtype=np.intp)
+        columns = [getattr(self, name)[idx] for name in _COLUMNS]
+        if self._seqs is None and not self._first_seq:
+            return QuoteBatch([symbol] * len(picked), *columns)
+        return QuoteBatch([self.symbols[i] for i in picked], *columns, seqs=self.seqs[idx])
+
     @property
     def last_seq(self) -> int:
         """The seq of the last quote (0 while unnumbered or empty)."""

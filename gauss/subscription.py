@@ -455,7 +455,9 @@ class Subscription(BoundedQueue):
     def offer(self, batch: PublishedBatch) -> None:
         key = self.key
         if key is not None:
-            records = [r for r in batch.records if r.key == key]
+            offered = batch.records
+            # A quote's key is its symbol: a batch of quotes is filtered on its symbol column, seqs kept.
+            records = offered.of_symbol(key) if isinstance(offered, QuoteBatch) else [r for r in offered if r.key == key]
             if not records:
                 return
             if len(records) != len(batch.records):

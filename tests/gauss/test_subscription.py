@@ -633,3 +633,16 @@ def test_drop_oldest_through_a_topic_delivers_and_reports_exactly_what_the_eager
     assert sub.delivered + sub.dropped == seq
     assert metrics.value("gauss_subscriber_dropped_records_total", topic="t", kind="client") == sub.dropped
     assert topic._backlog is None and not topic._stalled and sub in topic._offered, "nobody stalled: the backlog is let go"
+
+
+def test_a_keyed_subscriber_of_a_quote_topic_gets_its_symbol_as_columns_with_the_seqs() -> None:
+    topic = Topic("q", "quote", MemoryStorage(1000))
+    keyed = topic.subscribe(key="EURUSD", policy="drop", capacity=100, kind="client")
+    symbols = ["EURUSD", "GBPUSD", "EURUSD", "USDJPY"] * 5
+    ones = [1.0] * len(symbols)
+    topic.publish(QuoteBatch(symbols, list(range(1000, 1020)), ones, ones, ones, ones))
+    topic.publish(QuoteBatch(["GBPUSD"], [1020], [1.0], [1.0], [1.0], [1.0]))  # nothing of its key: not queued
+    delivery = keyed.take(timeout=0)
+    assert delivery is not None and isinstance(delivery.records, QuoteBatch)
+    assert [(r.key, r.seq, r.ts_ms) for r in delivery.records] == [("EURUSD", s, 999 + s) for s in range(1, 21, 2)]
+    assert keyed.take(timeout=0) is None

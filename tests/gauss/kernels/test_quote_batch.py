@@ -302,3 +302,17 @@ def test_csv_rows_are_what_the_codec_writes_and_read_back_to_the_bit(kernels: Mo
         data = codec.deserialize(payload)
         assert (data["symbol"], data["ts_ms"]) == (symbol, ts)
         assert [bits(float(data[n])) for n in ("bid", "ask", "bid_size", "ask_size")] == list(map(bits, values))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=FIXTURES)
+@given(rows=batches, first_seq=st.sampled_from([0, 5]), pick=st.integers(min_value=0, max_value=40))
+def test_of_symbol_keeps_the_quotes_of_one_symbol_with_their_seqs(
+    kernels: ModuleType, rows: list[Any], first_seq: int, pick: int
+) -> None:
+    batch = build(kernels, rows, first_seq)
+    symbol = rows[pick % len(rows)][0] if rows else "EURUSD"
+    picked = batch.of_symbol(symbol)
+    assert picked.records() == [r for r in batch.records() if r.key == symbol]
+    assert picked.records_json() == kernels.QuoteBatch.from_records(picked.records()).records_json()
+    if all(r[0] == symbol for r in rows):
+        assert picked is batch
