@@ -221,10 +221,10 @@ class QuoteBatch(Sequence[TopicRecord]):
         if len(picked) == len(self.symbols):
             return self
         idx = np.asarray(picked, dtype=np.intp)
-        columns = [getattr(self, name)[idx] for name in _COLUMNS]
+        ts, bid, ask, bid_size, ask_size = (getattr(self, name)[idx] for name in _COLUMNS)
         if self._seqs is None and not self._first_seq:
-            return QuoteBatch([symbol] * len(picked), *columns)
-        return QuoteBatch([self.symbols[i] for i in picked], *columns, seqs=self.seqs[idx])
+            return QuoteBatch([symbol] * len(picked), ts, bid, ask, bid_size, ask_size)
+        return QuoteBatch([self.symbols[i] for i in picked], ts, bid, ask, bid_size, ask_size, seqs=self.seqs[idx])
 
     @property
     def last_seq(self) -> int:
