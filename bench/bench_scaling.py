@@ -339,7 +339,7 @@ def table_ingest(work: Path, n: int, repeats: int, max_seconds: float) -> list[s
     return rows
 
 
-def table_subscribers(work: Path, n: int, repeats: int, max_seconds: float) -> list[str]:
+def table_subscribers(work: Path, n: int, repeats: int, max_seconds: float, counts: tuple[int, ...]) -> list[str]:
     config = api_config(work / "ingest-api.toml")
     quotes = work / "quotes-ws.jsonl"
     bench_ingest.generate(quotes, n)
@@ -354,7 +354,7 @@ def table_subscribers(work: Path, n: int, repeats: int, max_seconds: float) -> l
         runs += 1
         return run_gauss(config, quotes, n, work / f"ws-{runs}", subscribers, max_seconds)
 
-    for subscribers in SUBSCRIBER_COUNTS:
+    for subscribers in counts:
         best: dict[str, Any] = {}
         best_zero: dict[str, Any] = {}
         for r in range(repeats):
@@ -424,11 +424,17 @@ def main() -> None:
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--subscribers", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--ws-counts",
+        type=lambda text: tuple(int(c) for c in text.split(",")),
+        default=SUBSCRIBER_COUNTS,
+        help="stalled subscriber counts of table 2 (default 0,100,1000)",
+    )
+    parser.add_argument(
         "--max-seconds", type=float, help="cut a Gauss ingest run after this long (default 40; --quick 8)"
     )
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    raise_nofile(max(SUBSCRIBER_COUNTS) * 2 + 1024)
+    raise_nofile(max(args.ws_counts) * 2 + 1024)
     if args.stalled_clients:
         host, port, count = args.stalled_clients
         stalled_clients(host, int(port), int(count))
@@ -476,7 +482,7 @@ def main() -> None:
                     f"Ingest, bench/ingest.toml + [api], {n:,} quotes, stalled WebSocket subscribers of quotes.raw, "
                     f"best of {repeats}; baseline: 0 subscribers, run right before"
                 )
-                tables.append((title, table_subscribers(work, n, repeats, max_seconds)))
+                tables.append((title, table_subscribers(work, n, repeats, max_seconds, args.ws_counts)))
             if args.only in (None, "rest"):
                 title = f"REST GET /api/topics/quotes.raw?limit=L, topic holding {REST_FILL:,} quotes; baseline: bare msgspec WSGI app, TCP_NODELAY"
                 tables.append((title, table_rest(work, plan)))

@@ -46,6 +46,14 @@ class ApiOptions(PluginConfig, frozen=True):
     """Origins allowed to call the API from a browser (``"*"`` for any); empty: no CORS headers."""
     ws_queue_size: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000
     """Records each WebSocket subscription may hold before its policy sheds."""
+    ws_send_buffer: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 131_072
+    """``SO_SNDBUF`` of each WebSocket connection, bytes (Linux doubles it); 0: the kernel's autotuning.
+
+    What a client that stops reading costs is the bytes its socket takes
+    before it blocks: autotuned, ~2-4 MB each on loopback (200 stalled clients
+    halved ingest); capped here, ~0.3 MB. A fast client far away is bounded by
+    ``2 * ws_send_buffer / RTT`` (~5 MB/s at 50 ms): raise it for those.
+    """
     ws_overflow_grace_s: Annotated[float, msgspec.Meta(ge=0.0)] = 10.0
     """A client whose queue overflows continuously this long is disconnected."""
     max_ws_subscriptions: Annotated[int, msgspec.Meta(ge=1)] = 64

@@ -297,6 +297,8 @@ class ApiServer:
         self.metrics.http_requests.labels(WS_PATH, "GET", "101").inc()
         handler = ws.handler
         sock = handler.socket
+        if self.options.ws_send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.options.ws_send_buffer)
         write_timeout = self.options.write_timeout_s
         timeouts = self.metrics.http_timeouts.labels("ws_write")
 

@@ -124,13 +124,14 @@ def hub_config(api: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any
 
 
 def stalled_ws(url_host: str, port: int, path: str = "/ws", recv_buffer: int = 4096) -> Any:
-    """A WebSocket client that completes the handshake, subscribes, and then never reads."""
+    """A WebSocket client that completes the handshake and then never reads (``recv_buffer`` 0: the kernel's)."""
     import base64
     import os
     import socket
 
     sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
+    if recv_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer)
     sock.settimeout(15)
     sock.connect((url_host, port))
     key = base64.b64encode(os.urandom(16)).decode()

@@ -351,3 +351,22 @@ def test_a_large_query_is_one_fragmented_message_equal_to_rest(api: Api) -> None
     rest = api.get("/api/topics/quotes", params={"limit": 30_000}).json()
     assert answer["type"] == "result" and answer["id"] == 1 and answer["records"] == rest["records"]
     ws.close()
+
+
+def test_a_client_that_stops_reading_takes_no_more_than_its_capped_socket(make_api: Callable[..., Api]) -> None:
+    """``ws_send_buffer`` bounds what the socket of a stalled client takes (autotuned it took MBs here)."""
+    api = make_api(ws_queue_size=500, ws_send_buffer=32_768, ws_overflow_grace_s=60)
+    host, port = api.server.address
+    slow = off_loop(stalled_ws, host, port, recv_buffer=0)  # the kernel's own receive buffer, as a browser's
+    off_loop(slow.sendall, masked_text_frame(b'{"action":"subscribe","topic":"quotes"}'))
+    topic = api.hub.topic("quotes")
+    wait_for(lambda: len(topic.subscriptions) == 1, what="subscribed")
+    (sub,) = topic.subscriptions
+    one_record = len(json.dumps(quotes(1)[0].as_dict())) + 10
+    for i in range(0, 40_000, 500):  # ~6 MB of pushes
+        api.hub.publish("quotes", quotes(500, start=i))
+        gevent.sleep(0.002)
+    taken = topic.last_seq - sub.start_seq - sub.dropped - sub.depth
+    assert sub.dropped > 0, "the client's queue overflowed"
+    assert taken * one_record < 1_000_000, f"its socket took {taken:,} records"
+    slow.close()
