@@ -298,7 +298,10 @@ class ApiServer:
         handler = ws.handler
         sock = handler.socket
         if self.options.ws_send_buffer:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.options.ws_send_buffer)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.options.ws_send_buffer)
+            except OSError:  # the connection is already gone: the session ends at its first read
+                pass
         write_timeout = self.options.write_timeout_s
         timeouts = self.metrics.http_timeouts.labels("ws_write")
 
