@@ -311,6 +311,10 @@ class QuoteBatch(Sequence[TopicRecord]):
         """The SPEC section 1 form of every record as JSON lines, each ended by a newline."""
         return "".join(line + "\n" for line in self._record_json()).encode()
 
+    def record_frames(self) -> bytes:
+        """The raw-file log frames of every record's SPEC section 1 form: ``encode_checked_frames(record_lines())``."""
+        return encode_checked_frames(self.record_lines())[0]
+
     def records_json(self) -> bytes:
         """The JSON array of the records' SPEC section 1 forms."""
         return ("[" + ",".join(self._record_json()) + "]").encode()

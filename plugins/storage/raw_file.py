@@ -68,7 +68,7 @@ from gauss_plugins.storage._support import (
 )
 from gauss_plugins.storage.file import decode_record
 
-from gauss.core import TopicRecord, encode_checked_frames
+from gauss.core import QuoteBatch, TopicRecord, encode_checked_frames
 from gauss.errors import StorageError
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery, encode_record, encode_record_lines
@@ -406,6 +406,8 @@ class RawFileStorage(MetaWriter):
     def _encode(self, records: Sequence[TopicRecord]) -> tuple[bytes, Sequence[TopicRecord]]:
         """The frames of a batch, and the records they hold (a record whose data cannot be JSON is dropped)."""
         try:
+            if isinstance(records, QuoteBatch):
+                return records.record_frames(), records  # PERF: the frames written straight from the columns
             # PERF: one msgspec call for the batch, split at the newlines (JSON has none inside): ~2x per record
             lines = encode_record_lines(records)
         except (TypeError, msgspec.EncodeError):

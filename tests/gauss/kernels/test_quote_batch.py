@@ -55,6 +55,7 @@ def test_both_builds_hold_and_write_the_same_batch(twins: tuple[ModuleType, Modu
     assert compiled.records() == pure.records() == list(compiled) == list(pure)
     assert compiled.records_json() == pure.records_json()
     assert compiled.record_lines() == pure.record_lines()
+    assert compiled.record_frames() == pure.record_frames() == twins[1].encode_checked_frames(pure.record_lines())[0]
     assert compiled.payloads_json() == pure.payloads_json()
 
 
