@@ -153,6 +153,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pytest-xdist>=3.5",  # the pure tox env: its CPU-bound twin tests on two workers
             "hypothesis>=6.100",
             "requests>=2.31",
             "websocket-client>=1.7",
