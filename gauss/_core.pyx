@@ -2379,6 +2379,51 @@ cdef class OhlcAggregator:
         self._free_ids.append(kid)
         return True
 
+    def seed(self, key, timeframe_ms, start_ms, open, high, low, close, ticks):
+        """Hold a stored candle as the bucket ``start_ms`` of ``key``: quotes that follow extend it.
+
+        For a symbol coming back after :meth:`forget`, so that its candles go
+        on from what was stored instead of starting afresh. The candle's
+        first and last quote times are not stored: later quotes of the bucket
+        set its close, none replaces its open. Returns False, changing
+        nothing, when that bucket is held already or is older than the held
+        window.
+        """
+        cdef Py_ssize_t t = self.timeframes_ms.index(timeframe_ms)
+        cdef int64_t start = start_ms, width = self._widths[t]
+        cdef int64_t count = ticks
+        cdef double o = open, h = high, l = low, c = close
+        cdef Py_ssize_t hold = self.hold_buckets, state, nb, j, drop
+        cdef _Bucket* bk
+        if count < 1:
+            raise ValueError("a stored candle has at least one tick")
+        state = self._key_id(key) * self._ntf + t
+        bk = self._buckets + state * hold
+        nb = self._nb[state]
+        if nb and start < bk[nb - 1].start - (hold - 1) * width:
+            return False
+        j = 0
+        while j < nb and bk[j].start < start:
+            j += 1
+        if j < nb and bk[j].start == start:
+            return False
+        if j == nb and nb:  # the newest bucket now: the window moves with it
+            drop = 0
+            while drop < nb and bk[drop].start < start - (hold - 1) * width:
+                drop += 1
+            if drop:
+                nb -= drop
+                j -= drop
+                memmove(bk, bk + drop, nb * sizeof(_Bucket))
+        memmove(bk + j + 1, bk + j, (nb - j) * sizeof(_Bucket))
+        _bucket_init(&bk[j], start, start, o)
+        bk[j].high = h
+        bk[j].low = l
+        bk[j].close = c
+        bk[j].ticks = count
+        self._nb[state] = nb + 1
+        return True
+
     def candle(self, key, timeframe_ms, start_ms):
         """The held candle ``(open, high, low, close, ticks)``, or None."""
         cdef Py_ssize_t t = self.timeframes_ms.index(timeframe_ms)

@@ -1051,6 +1051,36 @@ class OhlcAggregator:
         self._held_keys.discard(key)
         return bool(slots)
 
+    def seed(self, key: str, timeframe_ms: int, start_ms: int, open: float, high: float, low: float, close: float, ticks: int) -> bool:
+        """Hold a stored candle as the bucket ``start_ms`` of ``key``: quotes that follow extend it.
+
+        For a symbol coming back after :meth:`forget`, so that its candles go
+        on from what was stored instead of starting afresh. The candle's
+        first and last quote times are not stored: later quotes of the bucket
+        set its close, none replaces its open. Returns False, changing
+        nothing, when that bucket is held already or is older than the held
+        window.
+        """
+        t = self.timeframes_ms.index(timeframe_ms)
+        width = self.timeframes_ms[t]
+        if ticks < 1:
+            raise ValueError("a stored candle has at least one tick")
+        buckets = self._state.setdefault((key, t), [])
+        self._held_keys.add(key)
+        if buckets and start_ms < buckets[-1].start - (self.hold_buckets - 1) * width:
+            return False
+        starts = [b.start for b in buckets]
+        pos = bisect.bisect_left(starts, start_ms)
+        if pos < len(buckets) and buckets[pos].start == start_ms:
+            return False
+        bucket = _Bucket(start_ms, start_ms, float(open))
+        bucket.high, bucket.low, bucket.close, bucket.ticks = float(high), float(low), float(close), int(ticks)
+        buckets.insert(pos, bucket)
+        floor = buckets[-1].start - (self.hold_buckets - 1) * width
+        while buckets[0].start < floor:
+            buckets.pop(0)
+        return True
+
     def candle(self, key: str, timeframe_ms: int, start_ms: int) -> tuple[float, float, float, float, int] | None:
         """The held candle ``(open, high, low, close, ticks)``, or None."""
         t = self.timeframes_ms.index(timeframe_ms)

@@ -18,7 +18,10 @@ Candles go to ``<output_prefix><label>`` (``ohlc.1m``), as records with
 
 State is bounded: at most ``max_keys`` symbols are held; beyond that the
 symbol idle longest is evicted (its open candles are published first, so
-nothing is lost; its next quote starts afresh). At start the processor
+nothing is lost). When an evicted symbol comes back, its newest stored
+candles are read from the candle topics into the kernel first
+(:meth:`OhlcAggregator.seed`), so its candles go on from what was stored
+instead of starting afresh and replacing it. At start the processor
 re-derives its state from its topic's history (the tick log of
 ``quotes.raw``): every quote is replayed through the kernel and each candle
 that differs from the stored one is published, so a crash loses no candle
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEFRAMES = ["1s", "5s", "1m", "5m", "15m", "1h", "4h", "1d"]
 DEFAULT_MAX_KEYS = 10_000
 _REPLAY_BATCH = 10_000
+_EVICTED_MEMORY = 10
+"""Evicted symbols remembered for seeding, in multiples of ``max_keys`` (the oldest are forgotten first)."""
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _LABEL = re.compile(r"([1-9][0-9]*)([smhd])\Z")
@@ -159,6 +164,8 @@ class OhlcProcessor:
         """Symbols dropped from the kernel's state because more than ``max_keys`` were held."""
         self._idle_order: OrderedDict[str, None] = OrderedDict()
         """Held symbols, the one idle longest first."""
+        self._evicted: OrderedDict[str, None] = OrderedDict()
+        """Symbols evicted and not back yet, the longest gone first: their next quote seeds them from storage."""
         self._evict_log = RateLimitedLog(log, level=logging.WARNING)
 
     @classmethod
@@ -179,6 +186,8 @@ class OhlcProcessor:
         """Nothing to prepare: buckets open as quotes arrive."""
 
     def process(self, topic: str, records: Sequence[TopicRecord], context: PublishContext) -> None:
+        if self._evicted and isinstance(context, RecoveryContext):
+            self._seed_returning(records, context)
         for part, keys, candles, late in self._apply(records):
             self._publish(candles, late, part, context)
             self._touch(keys, context)
@@ -289,6 +298,10 @@ class OhlcProcessor:
         if excess <= 0:
             return
         evicted = [order.popitem(last=False)[0] for _ in range(excess)]
+        remembered = self._evicted
+        remembered.update(dict.fromkeys(evicted))
+        while len(remembered) > _EVICTED_MEMORY * self.max_keys:
+            remembered.popitem(last=False)
         per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
         for key in evicted:
             for t in range(len(self.widths_ms)):
@@ -303,6 +316,23 @@ class OhlcProcessor:
         self._evict_log(
             "ohlc: more than max_keys=%d symbols; evicted the %d idle longest (%d so far)", self.max_keys, excess, self.evicted_keys
         )
+
+    def _seed_returning(self, records: Sequence[TopicRecord], context: RecoveryContext) -> None:
+        """Give the kernel the newest stored candles of the evicted symbols this batch brings back."""
+        keys = records.symbols if isinstance(records, QuoteBatch) else [r.key for r in records]
+        evicted = self._evicted
+        for key in dict.fromkeys(keys):
+            if key not in evicted:
+                continue
+            del evicted[key]
+            for topic, label, width in zip(self.topics, self.labels, self.widths_ms, strict=True):
+                stored = context.query(topic, TopicQuery(key=key, limit=self.hold_buckets)).records
+                for record in stored:
+                    data = record.data
+                    try:
+                        self._aggregator.seed(key, width, record.ts_ms, data["open"], data["high"], data["low"], data["close"], data["ticks"])
+                    except _RECORD_ERRORS as exc:
+                        self._invalid_log("ohlc: stored %s candle of %r not taken back (%s: %s)", label, key, type(exc).__name__, exc)
 
     def _usable(self, records: Sequence[TopicRecord]) -> list[TopicRecord]:
         usable = []

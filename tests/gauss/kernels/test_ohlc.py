@@ -233,3 +233,74 @@ def test_forgotten_key_ids_are_reused_without_mixing_state(twins: tuple[ModuleTy
         assert agg.key_count == 1
         assert agg.forget("S0") is False
         assert agg.candle("S49", SECOND, 1_732_406_400_000) == (50.0, 50.0, 50.0, 50.0, 1)
+
+
+def held_candles(agg: Any, model: NaiveOhlc, key: str) -> list[tuple[int, int, tuple[float, float, float, float, int]]]:
+    """``(timeframe_ms, start_ms, candle)`` of every bucket the kernel holds for ``key`` (what a candle topic stores)."""
+    held = []
+    for k, t, start in model.quotes:
+        candle = agg.candle(key, model.timeframes[t], start) if k == key else None
+        if candle is not None:
+            held.append((model.timeframes[t], start, candle))
+    return held
+
+
+@PROPERTY
+@given(
+    timeframes=st.lists(st.sampled_from(TIMEFRAMES), min_size=1, max_size=3, unique=True),
+    hold=st.integers(min_value=1, max_value=3),
+    raw=st.lists(
+        st.lists(st.tuples(st.sampled_from(["EURUSD", "BTC/USD", "X"]), st.integers(0, 5 * SECOND), st.integers(0, 5), st.integers(0, 5)), max_size=15),
+        min_size=1,
+        max_size=8,
+    ),
+    forgets=st.lists(st.sampled_from(["EURUSD", "BTC/USD", "X"]), max_size=8),
+)
+def test_a_key_forgotten_and_seeded_with_its_candles_goes_on_as_if_never_forgotten(
+    kernels: ModuleType, timeframes: list[int], hold: int, raw: list[Any], forgets: list[str]
+) -> None:
+    """Quotes in time order: seeding a forgotten key with the candles it held loses nothing."""
+    agg = kernels.OhlcAggregator(timeframes, hold_buckets=hold)
+    model = NaiveOhlc(timeframes, hold)
+    for i, batch in enumerate(as_quotes(raw, 1_732_406_400_000)):
+        assert feed(agg, batch) == model.update(batch)
+        if i < len(forgets):
+            key = forgets[i]
+            stored = held_candles(agg, model, key)
+            agg.forget(key)
+            for width, start, candle in reversed(stored):  # any order is taken
+                assert agg.seed(key, width, start, *candle) is True
+            assert agg.key_count == len({k for k, _ in model.newest})
+            for width, start, candle in stored:
+                assert agg.seed(key, width, start, *candle) is False  # held already
+                assert agg.candle(key, width, start) == candle
+
+
+@PROPERTY
+@given(
+    timeframes=st.lists(st.sampled_from(TIMEFRAMES), min_size=1, max_size=3, unique=True),
+    hold=st.integers(min_value=1, max_value=3),
+    raw=quote_batches,
+    seeds=st.lists(
+        st.tuples(st.sampled_from(["EURUSD", "Y"]), st.integers(-3, 3), st.integers(0, 5), st.integers(1, 9)), max_size=10
+    ),
+)
+def test_compiled_seed_agrees_with_twin(
+    twins: tuple[ModuleType, ModuleType], timeframes: list[int], hold: int, raw: list[Any], seeds: list[Any]
+) -> None:
+    compiled, pure = (m.OhlcAggregator(timeframes, hold) for m in twins)
+    base = 1_732_406_400_000
+    for i, batch in enumerate(as_quotes(raw, base)):
+        assert feed(compiled, batch) == feed(pure, batch)
+        for key, offset, price, ticks in seeds[i : i + 2]:
+            width = timeframes[0]
+            start = base - base % width + offset * width
+            args = (key, width, start, PRICES[price], PRICES[price] + 1, PRICES[price] - 1, PRICES[price], ticks)
+            assert compiled.seed(*args) == pure.seed(*args)
+    assert compiled.key_count == pure.key_count
+
+
+def test_seed_refuses_a_candle_without_ticks(kernels: ModuleType) -> None:
+    agg = kernels.OhlcAggregator([SECOND])
+    with pytest.raises(ValueError, match="at least one tick"):
+        agg.seed("A", SECOND, 0, 1.0, 1.0, 1.0, 1.0, 0)

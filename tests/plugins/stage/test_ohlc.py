@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -281,11 +282,32 @@ def test_symbols_beyond_max_keys_evict_the_idle_longest_after_publishing_its_ope
     processor.process("q", [quote("C", base + 3, 3.0)], context)
     assert [(t, r.key, r.data["ticks"]) for t, r in context.published] == [("ohlc.1m", "B", 1)]
     assert processor.evicted_keys == 1 and processor._aggregator.key_count == 2
-    processor.process("q", [quote("B", base + 4, 5.0)], context)  # B starts afresh, A is evicted
+    processor.process("q", [quote("B", base + 4, 5.0)], context)  # B comes back, A is evicted
     processor.flush(context)
     candles = context.topics["ohlc.1m"]
-    assert candles[("A", base)]["ticks"] == 2 and candles[("B", base)]["open"] == pytest.approx(5.0001)
+    assert candles[("A", base)]["ticks"] == 2
     assert processor.evicted_keys == 2
+
+
+def test_a_symbol_back_after_eviction_extends_its_stored_candles(kernels: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An evicted symbol's next quote in the same bucket used to replace its stored candle with one of itself."""
+    from gauss_plugins.stage import ohlc
+
+    monkeypatch.setattr(ohlc, "OhlcAggregator", kernels.OhlcAggregator)
+    labels = ["1s", "1m", "1d"]
+    processor = OhlcProcessor(labels, max_keys=1)
+    context = CandleContext()
+    base = 1_732_406_400_000
+    stream = [quote("A", base, 1.0), quote("B", base + 10, 2.0), quote("A", base + 20, 3.0), quote("B", base + 1_500, 0.5)]
+    stream += [quote("A", base + 61_000, 4.0), quote("B", base + 61_010, 2.5), quote("A", base + 61_020, 0.25)]
+    for record in stream:  # every quote evicts the other symbol
+        processor.process("q", [record], context)
+    processor.flush(context)
+    assert processor.evicted_keys == len(stream) - 1
+    want, _ = naive_candles(stream, labels, 2)
+    got = {(t.removeprefix("ohlc."), key, ts): data for t, series in context.topics.items() for (key, ts), data in series.items()}
+    assert got == want
+    assert got[("1d", "A", base)]["ticks"] == 4 and got[("1d", "A", base)]["open"] == pytest.approx(1.0001)
 
 
 def test_recover_rebuilds_state_and_republishes_only_what_was_lost() -> None:
