@@ -5,7 +5,11 @@ Prints quotes/s for, in the same run:
 - the ohlc processor publishing into a no-op context,
 - the ohlc processor publishing into 8 file storages (numbered, indexed), with the
   open-candle flush every 0.25 s and the storage flush every 1 s of wall time, as
-  in the server; quote timestamps advance at the 500,000 quotes/s target rate.
+  in the server; quote timestamps advance ``--per-ms`` quotes a millisecond (500 by
+  default: the 500,000 quotes/s target rate in real time; 1 replays history as
+  bench_ingest.py's quotes do, so every second of stream time closes candles).
+
+Batches are ``QuoteBatch`` columns, as a quote topic hands them to the processor.
 
 With ``--fsync`` the file storage rows are run once per listed policy, and
 with ``--before REV`` once more with the file storage of git revision REV
@@ -13,7 +17,7 @@ with ``--before REV`` once more with the file storage of git revision REV
 
 Numbers are noisy on a shared 2-core machine; compare rows of one run only.
 
-    .venv/bin/python bench/bench_storage.py [--quotes 400000] [--symbols 100] [--batch 1000] [--fsync interval,never] [--before REV]
+    .venv/bin/python bench/bench_storage.py [--quotes 400000] [--symbols 100] [--per-ms 500] [--batch 1000] [--fsync interval,never] [--before REV]
 """
 
 from __future__ import annotations
@@ -24,26 +28,29 @@ import tempfile
 import time
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from gauss_plugins.stage.ohlc import DEFAULT_TIMEFRAMES, OhlcProcessor, parse_timeframe
 from gauss_plugins.storage.file import FileStorage
 
-from gauss.core import CORE, OhlcAggregator, TopicRecord
+from gauss.core import CORE, OhlcAggregator, QuoteBatch, TopicRecord
 from gauss.records import DataFormat
 
 
-def make_batches(count: int, symbols: int, batch: int) -> list[list[TopicRecord]]:
+def make_batches(count: int, symbols: int, batch: int, per_ms: int) -> list[QuoteBatch]:
     rng = random.Random(7)
-    names = [f"SYM{i:03d}" for i in range(symbols)]
+    names = [f"SYM{i:05d}" for i in range(symbols)]
     ts = 1_732_406_400_000
     out = []
     for start in range(0, count, batch):
-        records = []
-        for i in range(min(batch, count - start)):
-            ts += (start + i) % 500 == 0  # stream time runs at the target rate, 500 quotes a millisecond
-            sym = rng.choice(names)
-            bid = 1.0 + rng.random()
-            records.append(TopicRecord(ts, sym, {"symbol": sym, "bid": bid, "ask": bid + 0.0002, "bid_size": 1.0, "ask_size": 1.0, "ts_ms": ts}))
-        out.append(records)
+        size = min(batch, count - start)
+        keys, stamps, bids = [], [], []
+        for i in range(size):
+            ts += (start + i) % per_ms == 0  # stream time: per_ms quotes a millisecond
+            keys.append(rng.choice(names))
+            stamps.append(ts)
+            bids.append(1.0 + rng.random())
+        bid = np.array(bids)
+        out.append(QuoteBatch(keys, stamps, bid, bid + 0.0002, np.ones(size), np.ones(size)))
     return out
 
 
@@ -80,13 +87,13 @@ class StoringContext:
             storage.close()
 
 
-def run(batches: list[list[TopicRecord]], mode: str, make: Callable[[str], Any] | None = None) -> float:
+def run(batches: list[QuoteBatch], mode: str, make: Callable[[str], Any] | None = None) -> float:
     total = sum(len(b) for b in batches)
     if mode == "kernel":
         agg = OhlcAggregator([parse_timeframe(t) for t in DEFAULT_TIMEFRAMES], 2)
         started = time.perf_counter()
         for batch in batches:
-            agg.update_records(batch)
+            agg.update(batch.symbols, batch.ts_ms, batch.bid, batch.ask)
         return total / (time.perf_counter() - started)
     processor = OhlcProcessor()
     with tempfile.TemporaryDirectory() as directory:
@@ -113,15 +120,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quotes", type=int, default=400_000)
     parser.add_argument("--symbols", type=int, default=100)
+    parser.add_argument("--per-ms", type=int, default=500, help="quotes a millisecond of stream time")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--fsync", default="interval", help="comma-separated fsync policies of the file storage rows")
     parser.add_argument("--before", default=None, help="also run the file storage of this git revision")
     args = parser.parse_args()
-    batches = make_batches(args.quotes, args.symbols, args.batch)
-    print(f"kernels: {CORE}; {args.quotes} quotes, {args.symbols} symbols, batches of {args.batch}, 8 timeframes")
+    batches = make_batches(args.quotes, args.symbols, args.batch, args.per_ms)
+    print(
+        f"kernels: {CORE}; {args.quotes} quotes, {args.symbols} symbols, {args.per_ms} a millisecond of stream time, "
+        f"batches of {args.batch}, 8 timeframes"
+    )
     base = run(batches, "kernel")
     print(f"{'path':<52} {'quotes/s':>12} {'vs kernel':>10}")
-    print(f"{'OhlcAggregator.update_records (baseline)':<52} {base:>12,.0f} {1.0:>9.2f}x")
+    print(f"{'OhlcAggregator.update (baseline)':<52} {base:>12,.0f} {1.0:>9.2f}x")
     rows: list[tuple[str, Callable[[str], Any] | None]] = [("ohlc processor -> no-op publish", None)]
     if args.before:
         from bench_durability import load_before

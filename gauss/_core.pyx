@@ -2106,10 +2106,17 @@ cdef class OhlcAggregator:
     Within a bucket, ``open`` is the earliest quote by ``ts_ms`` (the first to
     arrive among equal timestamps) and ``close`` the latest (the last to
     arrive among equal timestamps).
+
+    With ``coalesce_open`` the newest bucket of each key and timeframe (the
+    open candle) is not reported by :meth:`update` while it stays the newest:
+    its changes are held until :meth:`take_open`, and a held change goes out
+    with the batch that opens a newer bucket. So a batch over many symbols
+    reports only the candles it closed or changed behind the newest.
     """
 
     cdef readonly list timeframes_ms
     cdef readonly Py_ssize_t hold_buckets
+    cdef readonly bint coalesce_open
     cdef Py_ssize_t _ntf
     cdef int64_t* _widths
     cdef int64_t* _late
@@ -2123,6 +2130,10 @@ cdef class OhlcAggregator:
     cdef Py_ssize_t _nchanges
     cdef Py_ssize_t _challoc
     cdef int64_t _gen
+    cdef int64_t* _open_mark  # per (key, tf): 1 + its entry in _open_list while its newest bucket has held changes, else 0
+    cdef int64_t* _open_list  # states whose open candle changed since take_open, first change first (stale entries skipped)
+    cdef Py_ssize_t _nopen
+    cdef Py_ssize_t _openalloc
 
     def __cinit__(self, *args, **kwargs):
         self._widths = NULL
@@ -2130,8 +2141,12 @@ cdef class OhlcAggregator:
         self._buckets = NULL
         self._nb = NULL
         self._changes = NULL
+        self._open_mark = NULL
+        self._open_list = NULL
         self._kalloc = 0
         self._challoc = 0
+        self._nopen = 0
+        self._openalloc = 0
 
     def __dealloc__(self):
         free(self._widths)
@@ -2139,8 +2154,10 @@ cdef class OhlcAggregator:
         free(self._buckets)
         free(self._nb)
         free(self._changes)
+        free(self._open_mark)
+        free(self._open_list)
 
-    def __init__(self, timeframes_ms, Py_ssize_t hold_buckets=2):
+    def __init__(self, timeframes_ms, Py_ssize_t hold_buckets=2, bint coalesce_open=False):
         cdef Py_ssize_t t
         if not timeframes_ms:
             raise ValueError("at least one timeframe is needed")
@@ -2153,6 +2170,7 @@ cdef class OhlcAggregator:
             raise ValueError("timeframes_ms * hold_buckets is too large")
         self.timeframes_ms = widths
         self.hold_buckets = hold_buckets
+        self.coalesce_open = coalesce_open
         self._ntf = len(widths)
         self._widths = <int64_t*>malloc(self._ntf * sizeof(int64_t))
         self._late = <int64_t*>malloc(self._ntf * sizeof(int64_t))
@@ -2177,6 +2195,7 @@ cdef class OhlcAggregator:
         cdef Py_ssize_t kid, n, first, i
         cdef _Bucket* buckets
         cdef int32_t* nb
+        cdef int64_t* marks
         if found != NULL:
             return <int32_t><object>found
         if self._free_ids:
@@ -2184,6 +2203,7 @@ cdef class OhlcAggregator:
             first = kid * self._ntf
             for i in range(first, first + self._ntf):
                 self._nb[i] = 0
+                self._open_mark[i] = 0
             self._key_ids[key] = kid
             self._key_names[kid] = key
             return <int32_t>kid
@@ -2198,10 +2218,15 @@ cdef class OhlcAggregator:
             if nb == NULL:
                 raise MemoryError()
             self._nb = nb
+            marks = <int64_t*>realloc(self._open_mark, n * self._ntf * sizeof(int64_t))
+            if marks == NULL:
+                raise MemoryError()
+            self._open_mark = marks
             self._kalloc = n
         first = kid * self._ntf
         for i in range(first, first + self._ntf):
             self._nb[i] = 0
+            self._open_mark[i] = 0
         self._key_ids[key] = kid
         self._key_names.append(key)
         return <int32_t>kid
@@ -2285,6 +2310,8 @@ cdef class OhlcAggregator:
                     continue
                 newest = bk[nb - 1].start
                 if start > newest:
+                    if self._open_mark[state]:  # the open candle's held changes go out now that it closes
+                        self._changed(state, &bk[nb - 1])
                     floor = start - (hold - 1) * width
                     drop = 0
                     while drop < nb and bk[drop].start < floor:
@@ -2316,10 +2343,41 @@ cdef class OhlcAggregator:
                 self._changed(state, &bk[j])
         return self._emit(), late
 
+    cdef int _hold_open(self, Py_ssize_t state) except -1:
+        """Note that the open candle of ``state`` has changes :meth:`take_open` will report."""
+        cdef Py_ssize_t n
+        cdef int64_t* grown
+        if self._open_mark[state]:
+            return 0
+        if self._nopen == self._openalloc:
+            n = max(64, self._openalloc * 2)
+            grown = <int64_t*>realloc(self._open_list, n * sizeof(int64_t))
+            if grown == NULL:
+                raise MemoryError()
+            self._open_list = grown
+            self._openalloc = n
+        self._open_list[self._nopen] = state
+        self._nopen += 1
+        self._open_mark[state] = self._nopen
+        return 0
+
+    cdef tuple _candle(self, Py_ssize_t state, _Bucket* b, bint is_open):
+        return (
+            self._key_names[state // self._ntf],
+            self._widths[state % self._ntf],
+            b.start,
+            b.open,
+            b.high,
+            b.low,
+            b.close,
+            b.ticks,
+            is_open,
+        )
+
     cdef list _emit(self):
-        """The candles changed in this batch, in order of their first change."""
+        """The candles changed in this batch, in order of their first change (open ones held with ``coalesce_open``)."""
         cdef list candles = []
-        cdef Py_ssize_t c, j, nb, ntf = self._ntf, hold = self.hold_buckets
+        cdef Py_ssize_t c, j, nb, hold = self.hold_buckets
         cdef _Change* ch
         cdef _Bucket* b
         cdef _Bucket* bk
@@ -2337,20 +2395,38 @@ cdef class OhlcAggregator:
                         b = &bk[j]
                         break
             is_open = bk[nb - 1].start == ch.start
-            candles.append(
-                (
-                    self._key_names[ch.state // ntf],
-                    self._widths[ch.state % ntf],
-                    b.start,
-                    b.open,
-                    b.high,
-                    b.low,
-                    b.close,
-                    b.ticks,
-                    is_open,
-                )
-            )
+            if is_open and self.coalesce_open:
+                self._hold_open(ch.state)
+                continue
+            candles.append(self._candle(ch.state, b, is_open))
         self._nchanges = 0
+        return candles
+
+    def take_open(self, key=None):
+        """The open candles changed since they were last taken (of ``key`` only, if given), each once.
+
+        With ``coalesce_open``, what the processor publishes every interval
+        (and, for one key, before it forgets it). In order of first change.
+        """
+        cdef list candles = []
+        cdef Py_ssize_t i, t, state, first, hold = self.hold_buckets
+        cdef PyObject* found
+        if key is not None:
+            found = PyDict_GetItem(self._key_ids, key)
+            if found == NULL:
+                return candles
+            first = (<Py_ssize_t><object>found) * self._ntf
+            for state in range(first, first + self._ntf):
+                if self._open_mark[state]:
+                    self._open_mark[state] = 0
+                    candles.append(self._candle(state, self._buckets + state * hold + self._nb[state] - 1, True))
+            return candles
+        for i in range(self._nopen):
+            state = self._open_list[i]
+            if self._open_mark[state] == i + 1:
+                self._open_mark[state] = 0
+                candles.append(self._candle(state, self._buckets + state * hold + self._nb[state] - 1, True))
+        self._nopen = 0
         return candles
 
     def update_records(self, records):
@@ -2368,12 +2444,14 @@ cdef class OhlcAggregator:
         return len(self._key_ids)
 
     def forget(self, key):
-        """Drop every bucket held for ``key`` (True if it had any); its next quote starts afresh."""
+        """Drop every bucket held for ``key`` (True if it had any), held open changes included; its next quote starts afresh."""
         cdef PyObject* found = PyDict_GetItem(self._key_ids, key)
-        cdef Py_ssize_t kid
+        cdef Py_ssize_t kid, i
         if found == NULL:
             return False
         kid = <Py_ssize_t><object>found
+        for i in range(kid * self._ntf, (kid + 1) * self._ntf):
+            self._open_mark[i] = 0
         del self._key_ids[key]
         self._key_names[kid] = None
         self._free_ids.append(kid)
@@ -2382,8 +2460,9 @@ cdef class OhlcAggregator:
     def seed(self, key, timeframe_ms, start_ms, open, high, low, close, ticks):
         """Hold a stored candle as the bucket ``start_ms`` of ``key``: quotes that follow extend it.
 
-        For a symbol coming back after :meth:`forget`, so that its candles go
-        on from what was stored instead of starting afresh. The candle's
+        For a symbol coming back after :meth:`forget` (a key with no held open
+        changes), so that its candles go on from what was stored instead of
+        starting afresh. The candle's
         first and last quote times are not stored: later quotes of the bucket
         set its close, none replaces its open. Returns False, changing
         nothing, when that bucket is held already or is older than the held

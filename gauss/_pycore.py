@@ -952,9 +952,15 @@ class OhlcAggregator:
     Within a bucket, ``open`` is the earliest quote by ``ts_ms`` (the first to
     arrive among equal timestamps) and ``close`` the latest (the last to
     arrive among equal timestamps).
+
+    With ``coalesce_open`` the newest bucket of each key and timeframe (the
+    open candle) is not reported by :meth:`update` while it stays the newest:
+    its changes are held until :meth:`take_open`, and a held change goes out
+    with the batch that opens a newer bucket. So a batch over many symbols
+    reports only the candles it closed or changed behind the newest.
     """
 
-    def __init__(self, timeframes_ms: Sequence[int], hold_buckets: int = 2) -> None:
+    def __init__(self, timeframes_ms: Sequence[int], hold_buckets: int = 2, coalesce_open: bool = False) -> None:
         if not timeframes_ms:
             raise ValueError("at least one timeframe is needed")
         if any(int(tf) < 1 for tf in timeframes_ms):
@@ -963,10 +969,12 @@ class OhlcAggregator:
             raise ValueError("hold_buckets must be at least 1")
         self.timeframes_ms = [int(tf) for tf in timeframes_ms]
         self.hold_buckets = hold_buckets
+        self.coalesce_open = bool(coalesce_open)
         self.late_counts = [0] * len(self.timeframes_ms)
         # (key, tf_index) -> buckets ascending by start
         self._state: dict[tuple[str, int], list[_Bucket]] = {}
         self._held_keys: set[str] = set()
+        self._held_open: dict[tuple[str, int], None] = {}  # (key, tf_index) whose open candle changed since take_open
 
     def update(
         self,
@@ -1005,6 +1013,8 @@ class OhlcAggregator:
                     continue
                 newest = buckets[-1].start
                 if start > newest:
+                    if (key, t) in self._held_open:  # the open candle's held changes go out now that it closes
+                        changed.setdefault((key, t, newest), buckets[-1])
                     buckets.append(_Bucket(start, ts, price))
                     floor = start - (hold - 1) * width
                     while buckets[0].start < floor:
@@ -1024,8 +1034,31 @@ class OhlcAggregator:
         candles = []
         for (key, t, start), b in changed.items():
             is_open = state[(key, t)][-1].start == start
+            if is_open and self.coalesce_open:
+                self._held_open.setdefault((key, t))
+                continue
             candles.append((key, tfs[t], start, b.open, b.high, b.low, b.close, b.ticks, is_open))
         return candles, late
+
+    def take_open(self, key: str | None = None) -> list[tuple[str, int, int, float, float, float, float, int, bool]]:
+        """The open candles changed since they were last taken (of ``key`` only, if given), each once.
+
+        With ``coalesce_open``, what the processor publishes every interval
+        (and, for one key, before it forgets it). In order of first change.
+        """
+        if key is None:
+            slots = list(self._held_open)
+            self._held_open.clear()
+        else:
+            slots = [(key, t) for t in range(len(self.timeframes_ms)) if (key, t) in self._held_open]
+            for slot in slots:
+                del self._held_open[slot]
+        tfs = self.timeframes_ms
+        candles = []
+        for k, t in slots:
+            b = self._state[(k, t)][-1]
+            candles.append((k, tfs[t], b.start, b.open, b.high, b.low, b.close, b.ticks, True))
+        return candles
 
     def update_records(
         self, records: Sequence[TopicRecord]
@@ -1044,18 +1077,20 @@ class OhlcAggregator:
         return len(self._held_keys)
 
     def forget(self, key: str) -> bool:
-        """Drop every bucket held for ``key`` (True if it had any); its next quote starts afresh."""
+        """Drop every bucket held for ``key`` (True if it had any), held open changes included; its next quote starts afresh."""
         slots = [(key, t) for t in range(len(self.timeframes_ms)) if (key, t) in self._state]
         for slot in slots:
             del self._state[slot]
+            self._held_open.pop(slot, None)
         self._held_keys.discard(key)
         return bool(slots)
 
     def seed(self, key: str, timeframe_ms: int, start_ms: int, open: float, high: float, low: float, close: float, ticks: int) -> bool:
         """Hold a stored candle as the bucket ``start_ms`` of ``key``: quotes that follow extend it.
 
-        For a symbol coming back after :meth:`forget`, so that its candles go
-        on from what was stored instead of starting afresh. The candle's
+        For a symbol coming back after :meth:`forget` (a key with no held open
+        changes), so that its candles go on from what was stored instead of
+        starting afresh. The candle's
         first and last quote times are not stored: later quotes of the bucket
         set its close, none replaces its open. Returns False, changing
         nothing, when that bucket is held already or is older than the held

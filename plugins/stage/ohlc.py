@@ -8,7 +8,9 @@ batches; this stage decides *when* candles are published (SPEC section 1):
   published with the batch that changed it, once per batch;
 - the open candle (newest bucket) is coalesced and published every
   ``open_interval_ms`` (the engine calls :meth:`OhlcProcessor.flush`), only
-  when it changed since it was last published, never once per quote;
+  when it changed since it was last published, never once per quote; the
+  kernel holds it (``coalesce_open``), so a batch over many symbols costs
+  Python nothing for the candles it only kept open;
 - a quote older than every held bucket is *late*: counted per timeframe in
   :attr:`OhlcProcessor.late_counts` and, with ``late_topic`` set, published
   there as ``{"quote": ..., "timeframe": label, "reason": "late"}``.
@@ -65,11 +67,10 @@ KernelCandle = tuple[str, int, int, float, float, float, float, int, bool]
 """A candle as the kernels return it: the fields of :class:`gauss.records.Candle`, in order.
 
 PERF: the stage keeps the kernels' plain tuples and reads them by unpacking
-into the field names (or by the index ``_START``): wrapping each in a Candle
-took the processor from ~830k to ~460k quotes/s (compiled, 100 symbols,
-8 timeframes; noisy shared machine). Records are built with the names.
+into the field names: wrapping each in a Candle took the processor from
+~830k to ~460k quotes/s (compiled, 100 symbols, 8 timeframes; noisy shared
+machine). Records are built with the names.
 """
-_START = Candle._fields.index("start_ms")
 
 
 def parse_timeframe(label: str) -> int:
@@ -155,10 +156,8 @@ class OhlcProcessor:
         self.invalid_quotes = 0
         """Input records without a usable bid and ask (skipped)."""
         self._invalid_log = RateLimitedLog(log, level=logging.ERROR)
-        self._aggregator = OhlcAggregator(widths, hold_buckets)
+        self._aggregator = OhlcAggregator(widths, hold_buckets, coalesce_open=True)
         self._tf_index = {width: t for t, width in enumerate(widths)}
-        # (key, tf_index) -> the newest version of its open candle, not yet published.
-        self._pending_open: dict[tuple[str, int], KernelCandle] = {}
         self.max_keys = max_keys
         self.evicted_keys = 0
         """Symbols dropped from the kernel's state because more than ``max_keys`` were held."""
@@ -229,32 +228,8 @@ class OhlcProcessor:
         yield records, keys, candles, late
 
     def _publish(self, candles: list[KernelCandle], late: list[tuple[int, int]], records: Sequence[TopicRecord], context: PublishContext) -> None:
-        per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
-        pending = self._pending_open
-        tf_index = self._tf_index
-        opened: list[tuple[int, KernelCandle]] = []
-        for candle in candles:
-            key, timeframe_ms, start_ms, _, _, _, _, _, is_open = candle
-            t = tf_index[timeframe_ms]
-            if is_open:
-                opened.append((t, candle))
-                continue
-            # Not the newest bucket any more: this version goes out with this batch.
-            slot = (key, t)
-            held = pending.get(slot)
-            if held is not None and held[_START] == start_ms:
-                del pending[slot]
-            per_tf[t].append(self._record(candle, t))
-        for t, candle in opened:
-            slot = (candle[0], t)  # (key, timeframe index)
-            held = pending.get(slot)
-            if held is not None and held[_START] != candle[_START]:
-                # A newer bucket opened: the last version of the one before it closes it now.
-                per_tf[t].append(self._record(held, t))
-            pending[slot] = candle
-        for t, out in enumerate(per_tf):
-            if out:
-                context.publish(self.topics[t], out)
+        """Publish the candles the batch closed or changed behind the newest (the kernel holds the open ones), and its late quotes."""
+        self._publish_candles(candles, context)
         if late and self.late_topic is not None:
             labels = self.labels
             late_records = []
@@ -286,6 +261,16 @@ class OhlcProcessor:
             return keys, *arrays
         return keys, ts_ms, bids, asks
 
+    def _publish_candles(self, candles: list[KernelCandle], context: PublishContext) -> None:
+        per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
+        tf_index = self._tf_index
+        for candle in candles:
+            t = tf_index[candle[1]]  # (key, timeframe_ms, ...)
+            per_tf[t].append(self._record(candle, t))
+        for t, out in enumerate(per_tf):
+            if out:
+                context.publish(self.topics[t], out)
+
     def _touch(self, keys: list[str], context: PublishContext) -> None:
         """Mark the batch's symbols as the most recently active; evict beyond ``max_keys``."""
         order = self._idle_order
@@ -302,16 +287,11 @@ class OhlcProcessor:
         remembered.update(dict.fromkeys(evicted))
         while len(remembered) > _EVICTED_MEMORY * self.max_keys:
             remembered.popitem(last=False)
-        per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
+        unpublished: list[KernelCandle] = []
         for key in evicted:
-            for t in range(len(self.widths_ms)):
-                candle = self._pending_open.pop((key, t), None)
-                if candle is not None:
-                    per_tf[t].append(self._record(candle, t))
+            unpublished += self._aggregator.take_open(key)
             self._aggregator.forget(key)
-        for t, out in enumerate(per_tf):
-            if out:
-                context.publish(self.topics[t], out)
+        self._publish_candles(unpublished, context)
         self.evicted_keys += excess
         self._evict_log(
             "ohlc: more than max_keys=%d symbols; evicted the %d idle longest (%d so far)", self.max_keys, excess, self.evicted_keys
@@ -368,15 +348,7 @@ class OhlcProcessor:
 
     def flush(self, context: PublishContext) -> None:
         """Publish every open candle that changed since its last publication."""
-        if not self._pending_open:
-            return
-        pending, self._pending_open = self._pending_open, {}
-        per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
-        for (_, t), candle in pending.items():
-            per_tf[t].append(self._record(candle, t))
-        for t, out in enumerate(per_tf):
-            if out:
-                context.publish(self.topics[t], out)
+        self._publish_candles(self._aggregator.take_open(), context)
 
     def stop(self, context: PublishContext) -> None:
         self.flush(context)
@@ -385,9 +357,8 @@ class OhlcProcessor:
         """Replay the input topic's history through the kernel; publish the candles that differ from the stored ones.
 
         The replay goes in seq order, as the quotes first arrived, so late
-        quotes are judged as they were. Candles derived from the replay
-        replace stored ones only where they differ; the open candles become
-        pending as if the quotes had just arrived.
+        quotes are judged as they were. Candles derived from the replay,
+        the open ones included, replace stored ones only where they differ.
         """
         derived: dict[tuple[str, int, int], KernelCandle] = {}
         replayed = 0
@@ -401,21 +372,17 @@ class OhlcProcessor:
             replayed += self._replay(batch, derived)
         if not replayed:
             return
+        self._derive(self._aggregator.take_open(), derived)
         by_series: dict[tuple[str, int], list[KernelCandle]] = {}
         for (key, t, _), candle in derived.items():
             by_series.setdefault((key, t), []).append(candle)
         per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
         for (key, t), candles in by_series.items():
             stored = self._stored(context, key, t, [Candle._make(c).start_ms for c in candles])
-            pending = self._pending_open.get((key, t))
             for raw in candles:
                 candle = Candle._make(raw)
-                same = stored.get(candle.start_ms) == (candle.open, candle.high, candle.low, candle.close, candle.ticks)
-                if pending is not None and pending[_START] == candle.start_ms:
-                    if same:  # the open candle goes out with the next flush, like a live one, if it changed
-                        del self._pending_open[(key, t)]
-                elif not same:
-                    per_tf[t].append(self._record(candle, t))
+                if stored.get(candle.start_ms) != (candle.open, candle.high, candle.low, candle.close, candle.ticks):
+                    per_tf[t].append(self._record(raw, t))
         for t, out in enumerate(per_tf):
             if out:
                 context.publish(self.topics[t], out)
@@ -424,19 +391,19 @@ class OhlcProcessor:
     def _replay(self, records: list[TopicRecord], derived: dict[tuple[str, int, int], KernelCandle]) -> int:
         """Apply a batch of history: like :meth:`process`, but candles are kept, not published."""
         applied = 0
-        tf_index = self._tf_index
         for part, keys, candles, _ in self._apply(records):
-            for candle in candles:
-                key, timeframe_ms, start_ms, _, _, _, _, _, is_open = candle
-                t = tf_index[timeframe_ms]
-                derived[(key, t, start_ms)] = candle
-                if is_open:
-                    self._pending_open[(key, t)] = candle
+            self._derive(candles, derived)
             for key in dict.fromkeys(keys):
                 self._idle_order[key] = None
                 self._idle_order.move_to_end(key)
             applied += len(part)
         return applied
+
+    def _derive(self, candles: list[KernelCandle], derived: dict[tuple[str, int, int], KernelCandle]) -> None:
+        tf_index = self._tf_index
+        for candle in candles:
+            key, timeframe_ms, start_ms = candle[:3]
+            derived[(key, tf_index[timeframe_ms], start_ms)] = candle
 
     def _stored(self, context: RecoveryContext, key: str, t: int, starts: list[int]) -> dict[int, tuple[Any, ...]]:
         """``(open, high, low, close, ticks)`` of the stored candles of ``key`` at ``starts``, by bucket start."""

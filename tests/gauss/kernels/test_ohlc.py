@@ -304,3 +304,64 @@ def test_seed_refuses_a_candle_without_ticks(kernels: ModuleType) -> None:
     agg = kernels.OhlcAggregator([SECOND])
     with pytest.raises(ValueError, match="at least one tick"):
         agg.seed("A", SECOND, 0, 1.0, 1.0, 1.0, 1.0, 0)
+
+
+@PROPERTY
+@given(
+    timeframes=st.lists(st.sampled_from(TIMEFRAMES), min_size=1, max_size=4, unique=True),
+    hold=st.integers(min_value=1, max_value=3),
+    raw=quote_batches,
+    takes=st.lists(st.booleans(), min_size=8, max_size=8),
+)
+def test_coalesced_open_candles_end_where_every_change_reported_ends(
+    kernels: ModuleType, timeframes: list[int], hold: int, raw: list[Any], takes: list[bool]
+) -> None:
+    """``coalesce_open`` reports fewer versions, never another last one, and never an open candle from update."""
+    every = kernels.OhlcAggregator(timeframes, hold)
+    coalesced = kernels.OhlcAggregator(timeframes, hold, coalesce_open=True)
+    last_every: dict[tuple[str, int, int], Any] = {}
+    last_coalesced: dict[tuple[str, int, int], Any] = {}
+    for i, batch in enumerate(as_quotes(raw, 1_732_406_400_000)):
+        all_changes, late = feed(every, batch)
+        reported, coalesced_late = feed(coalesced, batch)
+        assert coalesced_late == late
+        assert not any(c[-1] for c in reported)
+        assert {c for c in all_changes if not c[-1]} <= set(reported)
+        if takes[i]:
+            opened = coalesced.take_open()
+            assert all(c[-1] for c in opened) and len({c[:3] for c in opened}) == len(opened)
+            reported += opened
+        last_every.update((c[:3], c[3:8]) for c in all_changes)
+        last_coalesced.update((c[:3], c[3:8]) for c in reported)
+    last_coalesced.update((c[:3], c[3:8]) for c in coalesced.take_open())
+    assert last_coalesced == last_every
+    assert coalesced.take_open() == []
+
+
+@PROPERTY
+@given(
+    timeframes=st.lists(st.sampled_from(TIMEFRAMES), min_size=1, max_size=3, unique=True),
+    hold=st.integers(min_value=1, max_value=3),
+    raw=quote_batches,
+    steps=st.lists(st.sampled_from(["take", "EURUSD", "X", "forget EURUSD", "forget X", "seed Y"]), min_size=8, max_size=8),
+)
+def test_compiled_coalescing_agrees_with_twin(
+    twins: tuple[ModuleType, ModuleType], timeframes: list[int], hold: int, raw: list[Any], steps: list[str]
+) -> None:
+    compiled, pure = (m.OhlcAggregator(timeframes, hold, coalesce_open=True) for m in twins)
+    base = 1_732_406_400_000
+    for i, batch in enumerate(as_quotes(raw, base)):
+        assert feed(compiled, batch) == feed(pure, batch)
+        step = steps[i]
+        if step == "take":
+            assert compiled.take_open() == pure.take_open()
+        elif step.startswith("forget "):
+            key = step.removeprefix("forget ")
+            assert compiled.take_open(key) == pure.take_open(key)
+            assert compiled.forget(key) == pure.forget(key)
+        elif step == "seed Y":
+            args = ("Y", timeframes[0], base - base % timeframes[0], 1.0, 2.0, 0.5, 1.5, 3)
+            assert compiled.seed(*args) == pure.seed(*args)
+        else:
+            assert compiled.take_open(step) == pure.take_open(step)
+    assert compiled.take_open() == pure.take_open()
