@@ -55,7 +55,7 @@ MAX_FSYNC_INTERVAL = 1.0
 CORRUPT_SUFFIX = ".corrupt"
 """Damaged bytes found at open are appended to ``<file>.corrupt`` beside the file, never deleted."""
 
-_SEQ_FIELD = re.compile(rb'"seq":(\d{1,19})')
+_SEQ_FIELD = re.compile(rb'"seq":(\d{1,19})[,}]')  # whole digits only: a cut or damaged number proves nothing
 
 
 def new_epoch() -> str:
@@ -269,6 +269,11 @@ def resume_point(meta: Mapping[str, Any], data_last_seq: int, *, data_doubtful: 
       the operating system before anyone saw it, so the data tells;
     - after a reboot (power loss), that holds only if every write was
       fsynced (``fsync = "always"``).
+
+    A record cut short at the very end is a write that never returned (a
+    SIGKILL mid-``os.write``): no one saw it, so it is not damage that hides
+    a seq. (A file truncated by hand on a running machine would look the
+    same; that is outside what a storage can tell.)
 
     Otherwise (meta missing, damage that hides seqs, a reboot with unsynced
     data) a new epoch starts: resuming clients then get ``reset``.

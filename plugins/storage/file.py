@@ -329,12 +329,11 @@ class FileStorage(MetaWriter):
                 want *= 4
         finally:
             os.close(fd)
-        # NOTE: a torn last piece after SIGKILL was never acknowledged (append
-        # had not returned), but damage from outside (a truncated file) may
-        # have cut a record someone saw: any damage that shows no seq is doubt.
-        torn = lines.pop()
-        legible = seqs_in(torn)
-        damaged = bool(torn.strip()) and not legible
+        # A last piece without its newline is a write that never returned
+        # (SIGKILL mid-append): no one saw it. A complete line that is no
+        # record is damage, and doubt unless its seq is still legible.
+        legible = seqs_in(lines.pop())
+        damaged = False
         for line in reversed(lines):
             if not line.strip():
                 continue

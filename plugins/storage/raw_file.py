@@ -204,6 +204,21 @@ def iter_raw_log(path: Path | str, *, since_seq: int = 0) -> Iterator[TopicRecor
             log.warning("raw log %s: skipped %d damaged bytes at offset %d", file, end_at - start_at, start_at)
 
 
+def _unfinished_write(tail: bytes) -> bool:
+    """Whether damaged tail bytes are one frame cut short: a write that never returned.
+
+    A SIGKILL can stop ``os.write`` part-way through a batch; no one saw that
+    batch (records become visible after the write returns), so its seqs were
+    never handed out. Damage of any other shape (a complete frame whose
+    checksum fails) may hide a seq someone saw.
+    """
+    if len(tail) < _HEADER_SIZE:
+        return True
+    size, _ = _HEADER.unpack_from(tail)
+    payload = tail[_HEADER_SIZE:]
+    return size <= MAX_FRAME_BYTES and _HEADER_SIZE + size > len(tail) and _PAYLOAD_START.startswith(payload[: len(_PAYLOAD_START)])
+
+
 def _cut(path: Path, damaged: list[tuple[int, int]], size: int, *, fsync: bool) -> int:
     """Remove the ``damaged`` byte ranges from a segment; return its new size."""
     if len(damaged) == 1 and damaged[0][1] == size:
@@ -373,7 +388,7 @@ class RawFileStorage(MetaWriter):
                     legible = seqs_in(pieces[-1])
                     if legible:
                         data_last_seq = max(data_last_seq, *legible)
-                    else:
+                    elif not _unfinished_write(pieces[-1]):
                         doubtful = True
                 move_aside(file, b"".join(pieces), log)
                 size = _cut(file, damaged, size, fsync=self.fsync != "never")
