@@ -350,7 +350,8 @@ cdef int _w_float(_Writer* w, double x, int column, bint json=True) except -1:
         k = w.digits[column]
         found = _clinger(a, k, &m)
         if found == 1:
-            while k > 0 and _clinger(a, k - 1, &lower) == 1:
+            # A shorter form would make this one end in 0 (one passing form per length).
+            while k > 0 and m % 10 == 0 and _clinger(a, k - 1, &lower) == 1:
                 k -= 1
                 m = lower
         else:
@@ -1526,6 +1527,9 @@ cdef enum:
     _KID_MASK = 0x3FFFFFFF
 
 
+_NO_SLOTS = np.empty(0, dtype=np.intp)
+
+
 cdef class _RingIndex:
     """Slot bookkeeping shared by both ring layouts.
 
@@ -1726,7 +1730,7 @@ cdef class _RingIndex:
         return self._first_seq + (slot - first_slot + cap) % cap
 
     cdef tuple _match(self, object key, object from_ms, object to_ms, object since_seq, Py_ssize_t limit):
-        """Slots of the most recent ``limit`` matches, ascending by (ts, seq), and truncated."""
+        """Slots (an intp array) of the most recent ``limit`` matches, ascending by (ts, seq), and truncated."""
         cdef bint has_lo = from_ms is not None
         cdef bint has_hi = to_ms is not None
         cdef bint has_since = since_seq is not None
@@ -1737,7 +1741,8 @@ cdef class _RingIndex:
         cdef Py_ssize_t cap = self.capacity, slot, found = 0, keep, i, avail, chain_left = 0
         cdef int64_t seq, t, a, b, mid
         cdef _Match* matches
-        cdef list slots = []
+        slots = _NO_SLOTS
+        cdef Py_ssize_t[::1] out
         cdef bint truncated = False
         if limit < 1:
             raise ValueError("limit must be at least 1")
@@ -1805,17 +1810,18 @@ cdef class _RingIndex:
                     if seq == self._first_seq:
                         break
                     slot = (slot + cap - 1) % cap
+            truncated = found > limit
+            keep = min(found, limit)
+            slots = np.empty(keep, dtype=np.intp)
+            out = slots
             if ordered:
                 # Matches are newest first: keep the first ``limit``, reversed.
-                truncated = found > limit
-                keep = min(found, limit)
-                for i in range(keep - 1, -1, -1):
-                    slots.append((matches[i].seq - 1) % cap)
+                for i in range(keep):
+                    out[i] = (matches[keep - 1 - i].seq - 1) % cap
             else:
                 qsort(matches, found, sizeof(_Match), _cmp_match)
-                truncated = found > limit
-                for i in range(found - limit if truncated else 0, found):
-                    slots.append((matches[i].seq - 1) % cap)
+                for i in range(keep):
+                    out[i] = (matches[found - keep + i].seq - 1) % cap
         finally:
             free(matches)
         return slots, truncated
@@ -1898,7 +1904,7 @@ cdef class RecordRing(_RingIndex):
     def query(self, key=None, from_ms=None, to_ms=None, since_seq=None, Py_ssize_t limit=1000):
         slots, truncated = self._match(key, from_ms, to_ms, since_seq, limit)
         records = self._records
-        return [records[s] for s in slots], truncated
+        return [records[s] for s in slots.tolist()], truncated
 
     def latest(self, key=None):
         records = self._records
@@ -2020,17 +2026,19 @@ cdef class QuoteRing(_RingIndex):
             self._ask_size[slot] = batch._ask_size[i]
         return 0
 
-    cdef QuoteBatch _gather(self, list slots):
-        """The quotes of ``slots``, in that order, with their seqs: answers are columns too."""
-        cdef Py_ssize_t n = len(slots), i, slot
+    cdef QuoteBatch _gather(self, object slots):
+        """The quotes of ``slots`` (intp), in that order, with their seqs: answers are columns too."""
+        idx = np.asarray(slots, dtype=np.intp)
+        cdef const Py_ssize_t[::1] idx_v = idx
+        cdef Py_ssize_t n = len(idx), i, slot
         cdef list symbols = [None] * n
+        cdef list names = self._key_names
         seqs = np.empty(n, dtype=np.int64)
         cdef int64_t[::1] seqs_v = seqs
         for i in range(n):
-            slot = slots[i]
-            symbols[i] = self._key_names[self._kid[slot] & _KID_MASK]
+            slot = idx_v[i]
+            symbols[i] = names[self._kid[slot] & _KID_MASK]
             seqs_v[i] = self._seq_of(slot)
-        idx = np.asarray(slots, dtype=np.intp)
         return QuoteBatch(
             symbols, self._ts_arr[idx], self._bid_arr[idx], self._ask_arr[idx],
             self._bid_size_arr[idx], self._ask_size_arr[idx], seqs=seqs,
