@@ -2138,6 +2138,8 @@ cdef class OhlcAggregator:
     cdef Py_ssize_t _nchanges
     cdef Py_ssize_t _challoc
     cdef int64_t _gen
+    cdef int64_t* _key_gen  # per key id: the last update that saw it
+    cdef readonly list batch_keys
     cdef int64_t* _open_mark  # per (key, tf): 1 + its entry in _open_list while its newest bucket has held changes, else 0
     cdef int64_t* _open_list  # states whose open candle changed since take_open, first change first (stale entries skipped)
     cdef Py_ssize_t _nopen
@@ -2151,6 +2153,7 @@ cdef class OhlcAggregator:
         self._changes = NULL
         self._open_mark = NULL
         self._open_list = NULL
+        self._key_gen = NULL
         self._kalloc = 0
         self._challoc = 0
         self._nopen = 0
@@ -2164,6 +2167,7 @@ cdef class OhlcAggregator:
         free(self._changes)
         free(self._open_mark)
         free(self._open_list)
+        free(self._key_gen)
 
     def __init__(self, timeframes_ms, Py_ssize_t hold_buckets=2, bint coalesce_open=False):
         cdef Py_ssize_t t
@@ -2192,6 +2196,7 @@ cdef class OhlcAggregator:
         self._free_ids = []
         self._gen = 0
         self._nchanges = 0
+        self.batch_keys = []
 
     @property
     def late_counts(self):
@@ -2204,6 +2209,7 @@ cdef class OhlcAggregator:
         cdef _Bucket* buckets
         cdef int32_t* nb
         cdef int64_t* marks
+        cdef int64_t* gens
         if found != NULL:
             return <int32_t><object>found
         if self._free_ids:
@@ -2212,6 +2218,7 @@ cdef class OhlcAggregator:
             for i in range(first, first + self._ntf):
                 self._nb[i] = 0
                 self._open_mark[i] = 0
+            self._key_gen[kid] = 0
             self._key_ids[key] = kid
             self._key_names[kid] = key
             return <int32_t>kid
@@ -2230,11 +2237,16 @@ cdef class OhlcAggregator:
             if marks == NULL:
                 raise MemoryError()
             self._open_mark = marks
+            gens = <int64_t*>realloc(self._key_gen, n * sizeof(int64_t))
+            if gens == NULL:
+                raise MemoryError()
+            self._key_gen = gens
             self._kalloc = n
         first = kid * self._ntf
         for i in range(first, first + self._ntf):
             self._nb[i] = 0
             self._open_mark[i] = 0
+        self._key_gen[kid] = 0
         self._key_ids[key] = kid
         self._key_names.append(key)
         return <int32_t>kid
@@ -2273,8 +2285,10 @@ cdef class OhlcAggregator:
         ``(key, timeframe_ms, start_ms, open, high, low, close, ticks, is_open)``
         where ``is_open`` says the bucket is the newest of its key and
         timeframe; and ``(batch_index, timeframe_index)`` for each late quote.
+        :attr:`batch_keys` then lists the batch's distinct keys.
         """
         cdef Py_ssize_t n = len(keys)
+        self.batch_keys = []
         if not (len(ts_ms) == len(bids) == len(asks) == n):
             raise ValueError("columns differ in length")
         cdef list late = []
@@ -2293,6 +2307,7 @@ cdef class OhlcAggregator:
         cdef int32_t kid = -1
         cdef _Bucket* bk
         cdef object last_key = None
+        cdef list seen = []
         self._gen += 1
         self._nchanges = 0
         for i in range(n):
@@ -2300,6 +2315,9 @@ cdef class OhlcAggregator:
             if key is not last_key or kid < 0:
                 kid = self._key_id(key)
                 last_key = key
+                if self._key_gen[kid] != self._gen:
+                    self._key_gen[kid] = self._gen
+                    seen.append(key)
             ts = ts_v[i]
             price = (bid_v[i] + ask_v[i]) / 2.0
             for t in range(ntf):
@@ -2349,6 +2367,7 @@ cdef class OhlcAggregator:
                     _bucket_init(&bk[j], start, ts, price)
                     self._nb[state] = nb + 1
                 self._changed(state, &bk[j])
+        self.batch_keys = seen
         return self._emit(), late
 
     cdef int _hold_open(self, Py_ssize_t state) except -1:

@@ -975,6 +975,8 @@ class OhlcAggregator:
         self._state: dict[tuple[str, int], list[_Bucket]] = {}
         self._held_keys: set[str] = set()
         self._held_open: dict[tuple[str, int], None] = {}  # (key, tf_index) whose open candle changed since take_open
+        self.batch_keys: list[str] = []
+        """The distinct keys of the last :meth:`update`, in order of first appearance."""
 
     def update(
         self,
@@ -989,8 +991,10 @@ class OhlcAggregator:
         ``(key, timeframe_ms, start_ms, open, high, low, close, ticks, is_open)``
         where ``is_open`` says the bucket is the newest of its key and
         timeframe; and ``(batch_index, timeframe_index)`` for each late quote.
+        :attr:`batch_keys` then lists the batch's distinct keys.
         """
         n = len(keys)
+        self.batch_keys = []
         if not (len(ts_ms) == len(bids) == len(asks) == n):
             raise ValueError("columns differ in length")
         changed: dict[tuple[str, int, int], _Bucket] = {}
@@ -1038,6 +1042,7 @@ class OhlcAggregator:
                 self._held_open.setdefault((key, t))
                 continue
             candles.append((key, tfs[t], start, b.open, b.high, b.low, b.close, b.ticks, is_open))
+        self.batch_keys = list(dict.fromkeys(keys))
         return candles, late
 
     def take_open(self, key: str | None = None) -> list[tuple[str, int, int, float, float, float, float, int, bool]]:

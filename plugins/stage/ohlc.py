@@ -192,7 +192,7 @@ class OhlcProcessor:
             self._touch(keys, context)
 
     def _apply(self, records: Sequence[TopicRecord]) -> Iterator[tuple[Sequence[TopicRecord], list[str], list[KernelCandle], list[tuple[int, int]]]]:
-        """Run ``records`` through the kernel: ``(part, keys, candles, late)`` for each part it took, in order.
+        """Run ``records`` through the kernel: ``(part, its distinct keys, candles, late)`` for each part it took, in order.
 
         Normally one part, the whole batch. A batch the columns or the kernel
         refuse costs only the records that caused it (issue 10: one bad
@@ -225,7 +225,7 @@ class OhlcProcessor:
             yield from self._apply(records[:half])
             yield from self._apply(records[half:])
             return
-        yield records, keys, candles, late
+        yield records, self._aggregator.batch_keys, candles, late
 
     def _publish(self, candles: list[KernelCandle], late: list[tuple[int, int]], records: Sequence[TopicRecord], context: PublishContext) -> None:
         """Publish the candles the batch closed or changed behind the newest (the kernel holds the open ones), and its late quotes."""
@@ -272,9 +272,9 @@ class OhlcProcessor:
                 context.publish(self.topics[t], out)
 
     def _touch(self, keys: list[str], context: PublishContext) -> None:
-        """Mark the batch's symbols as the most recently active; evict beyond ``max_keys``."""
+        """Mark the batch's distinct symbols as the most recently active; evict beyond ``max_keys``."""
         order = self._idle_order
-        for key in dict.fromkeys(keys):
+        for key in keys:
             if key in order:
                 order.move_to_end(key)
             else:
@@ -393,7 +393,7 @@ class OhlcProcessor:
         applied = 0
         for part, keys, candles, _ in self._apply(records):
             self._derive(candles, derived)
-            for key in dict.fromkeys(keys):
+            for key in keys:
                 self._idle_order[key] = None
                 self._idle_order.move_to_end(key)
             applied += len(part)

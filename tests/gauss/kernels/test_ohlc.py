@@ -120,6 +120,7 @@ def test_ohlc_matches_naive_model(
     for batch in as_quotes(raw, start):
         assert feed(agg, batch) == model.update(batch)
         assert agg.late_counts == model.late_counts
+        assert agg.batch_keys == list(dict.fromkeys(q[0] for q in batch)), "the batch's distinct keys, first seen first"
     for key, t, start_ms in model.quotes:
         if model.newest[(key, t)] == start_ms:
             assert agg.candle(key, timeframes[t], start_ms) == model.candle(key, t, start_ms)
@@ -217,6 +218,7 @@ def test_forgotten_key_starts_afresh_and_others_are_untouched(
     model = ForgettingNaiveOhlc(timeframes, hold)
     for i, batch in enumerate(as_quotes(raw, 1_732_406_400_000)):
         assert feed(agg, batch) == model.update(batch)
+        assert agg.batch_keys == list(dict.fromkeys(q[0] for q in batch)), "forgotten and reused key ids are seen again"
         if i < len(forgets):
             assert agg.forget(forgets[i]) == model.forget(forgets[i])
         assert agg.key_count == len({key for key, _ in model.newest})
