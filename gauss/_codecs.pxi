@@ -130,13 +130,13 @@ cdef class _BinaryQuoteParser(_QuoteParser):
         cdef double[::1] bid_v = bid, ask_v = ask, bid_size_v = bid_size, ask_size_v = ask_size
         cdef Py_ssize_t max_key = self.max_key_bytes
         cdef const char* p
+        cdef Py_ssize_t n
         cdef _BinaryQuote q
+        cdef FrameSpans spans = payloads if type(payloads) is FrameSpans else None
         for k in range(count):
-            payload = payloads[k]
-            if type(payload) is not bytes:
+            if not _payload_at(payloads, spans, k, &p, &n):
                 continue
-            p = PyBytes_AS_STRING(payload)
-            if not read(<const unsigned char*>p, PyBytes_GET_SIZE(payload), max_key, &q):
+            if not read(<const unsigned char*>p, n, max_key, &q):
                 continue
             symbols.append(self._symbols.get(p + q.sym_start, q.sym_size))
             pos_v[row] = k

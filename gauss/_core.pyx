@@ -941,6 +941,113 @@ cdef inline Py_ssize_t _read_ts(const char* p, Py_ssize_t i, Py_ssize_t n, int64
     return i
 
 
+cdef class FrameSpans:
+    """The frames one chunk completed, as spans of that chunk: a sequence of ``bytes`` that makes no object a frame.
+
+    What the compiled decoders made with ``spans=True`` return from
+    ``feed``; the quote parsers read the spans in place, and a frame is
+    turned into ``bytes`` only where something asks for it (the general
+    path of a refused payload, a middleware). The first frame may have begun
+    in an earlier chunk: it is held as its own ``bytes``.
+    """
+
+    cdef bytes _chunk
+    cdef const char* _base
+    cdef object _head  # bytes of a frame begun in an earlier chunk, or None
+    cdef Py_ssize_t* _spans  # (start, length) pairs into _chunk
+    cdef Py_ssize_t _count
+    cdef Py_ssize_t _alloc
+
+    def __cinit__(self):
+        self._spans = NULL
+        self._count = 0
+        self._alloc = 0
+        self._head = None
+
+    def __dealloc__(self):
+        free(self._spans)
+
+    cdef int _add(self, Py_ssize_t start, Py_ssize_t length) except -1:
+        cdef Py_ssize_t grow
+        cdef Py_ssize_t* fresh
+        if self._count == self._alloc:
+            grow = max(64, self._alloc * 2)
+            fresh = <Py_ssize_t*>realloc(self._spans, grow * 2 * sizeof(Py_ssize_t))
+            if fresh == NULL:
+                raise MemoryError()
+            self._spans = fresh
+            self._alloc = grow
+        self._spans[2 * self._count] = start
+        self._spans[2 * self._count + 1] = length
+        self._count += 1
+        return 0
+
+    cdef inline void _at(self, Py_ssize_t k, const char** p, Py_ssize_t* n) noexcept:
+        """Frame ``k`` (``0 <= k < len``) in place."""
+        if self._head is not None:
+            if k == 0:
+                p[0] = PyBytes_AS_STRING(self._head)
+                n[0] = PyBytes_GET_SIZE(self._head)
+                return
+            k -= 1
+        p[0] = self._base + self._spans[2 * k]
+        n[0] = self._spans[2 * k + 1]
+
+    def __len__(self):
+        return self._count + (self._head is not None)
+
+    def __getitem__(self, index):
+        cdef Py_ssize_t size = len(self), k
+        cdef const char* p
+        cdef Py_ssize_t n
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(size))]
+        k = index
+        if k < 0:
+            k += size
+        if not 0 <= k < size:
+            raise IndexError("frame index out of range")
+        self._at(k, &p, &n)
+        return PyBytes_FromStringAndSize(p, n)
+
+    def __iter__(self):
+        cdef Py_ssize_t k
+        for k in range(len(self)):
+            yield self[k]
+
+    def __eq__(self, other):
+        if isinstance(other, (FrameSpans, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self):
+        return f"FrameSpans({len(self)} frames)"
+
+
+_Sequence.register(FrameSpans)
+
+
+cdef FrameSpans _spans_of(bytes chunk):
+    """An empty :class:`FrameSpans` over ``chunk``."""
+    cdef FrameSpans out = FrameSpans.__new__(FrameSpans)
+    out._chunk = chunk
+    out._base = PyBytes_AS_STRING(chunk)
+    return out
+
+
+cdef inline bint _payload_at(object payloads, FrameSpans spans, Py_ssize_t k, const char** p, Py_ssize_t* n):
+    """Payload ``k`` in place (a span, or a ``bytes`` item); False for an item that is not ``bytes``."""
+    if spans is not None:
+        spans._at(k, p, n)
+        return True
+    payload = payloads[k]
+    if type(payload) is not bytes:
+        return False
+    p[0] = PyBytes_AS_STRING(payload)
+    n[0] = PyBytes_GET_SIZE(payload)
+    return True
+
+
 cdef class _SymbolCache:
     """The ``str`` of each symbol a parser reads, from a 1024-entry cache (no object a quote)."""
 
@@ -1015,12 +1122,10 @@ cdef class JsonQuoteParser(_QuoteParser):
         cdef double values[4]
         cdef Py_ssize_t sym_start = 0, sym_size = 0
         cdef Py_ssize_t max_key = self.max_key_bytes
+        cdef FrameSpans spans = payloads if type(payloads) is FrameSpans else None
         for k in range(count):
-            payload = payloads[k]
-            if type(payload) is not bytes:
+            if not _payload_at(payloads, spans, k, &p, &n):
                 continue
-            p = PyBytes_AS_STRING(payload)
-            n = PyBytes_GET_SIZE(payload)
             i = _skip_ws(p, 0, n)
             if i >= n or p[i] != 123:  # "{"
                 continue
@@ -1125,12 +1230,10 @@ cdef class CsvQuoteParser(_QuoteParser):
         cdef double values[4]
         cdef int64_t stamp = 0
         cdef Py_ssize_t max_key = self.max_key_bytes, sym_size
+        cdef FrameSpans spans = payloads if type(payloads) is FrameSpans else None
         for k in range(count):
-            payload = payloads[k]
-            if type(payload) is not bytes:
+            if not _payload_at(payloads, spans, k, &p, &n):
                 continue
-            p = PyBytes_AS_STRING(payload)
-            n = PyBytes_GET_SIZE(payload)
             i = 0
             while i < n and 32 <= p[i] < 127 and p[i] != 44 and p[i] != 34:  # not "," or '"'
                 i += 1
@@ -1242,16 +1345,20 @@ cdef class LineDecoder:
 
     Frames end at ``\\n``; a trailing ``\\r`` is dropped; empty lines are
     skipped (keep-alives). A line longer than ``max_frame_bytes`` raises
-    :class:`FrameTooLarge`, also while it is still arriving.
+    :class:`FrameTooLarge`, also while it is still arriving. With ``spans``
+    a ``bytes`` chunk's frames come back as :class:`FrameSpans` (no
+    ``bytes`` a frame), otherwise as a list.
     """
 
     cdef readonly Py_ssize_t max_frame_bytes
+    cdef readonly bint spans
     cdef _Pending _pending
 
-    def __init__(self, Py_ssize_t max_frame_bytes=DEFAULT_MAX_FRAME_BYTES):
+    def __init__(self, Py_ssize_t max_frame_bytes=DEFAULT_MAX_FRAME_BYTES, bint spans=False):
         if max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be at least 1")
         self.max_frame_bytes = max_frame_bytes
+        self.spans = spans
         # The tail may hold one extra byte: a "\r" a later "\n" strips.
         self._pending = _Pending(max_frame_bytes + 1)
 
@@ -1261,9 +1368,14 @@ cdef class LineDecoder:
 
     def feed(self, chunk):
         cdef Py_buffer view
+        cdef FrameSpans out
+        if self.spans and type(chunk) is bytes:
+            out = _spans_of(chunk)
+            self._feed(<const unsigned char*>out._base, PyBytes_GET_SIZE(chunk), out)
+            return out
         PyObject_GetBuffer(chunk, &view, PyBUF_SIMPLE)
         try:
-            return self._feed(<const unsigned char*>view.buf, view.len)
+            return self._feed(<const unsigned char*>view.buf, view.len, None)
         finally:
             PyBuffer_Release(&view)
 
@@ -1278,7 +1390,8 @@ cdef class LineDecoder:
         self._pending.clear()
         raise FrameTooLarge(f"line of {size} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
 
-    cdef list _feed(self, const unsigned char* data, Py_ssize_t n):
+    cdef list _feed(self, const unsigned char* data, Py_ssize_t n, FrameSpans spans):
+        """The frames ``data`` completes, in a list, or (``spans`` given) added to ``spans``."""
         cdef list frames = []
         cdef Py_ssize_t limit = self.max_frame_bytes
         cdef Py_ssize_t pos = 0, end, length, head, total
@@ -1312,7 +1425,10 @@ cdef class LineDecoder:
                 else:
                     memcpy(out, pending.buf, pending.size)
                     memcpy(out + pending.size, data, total - pending.size)
-                frames.append(frame)
+                if spans is not None:
+                    spans._head = frame
+                else:
+                    frames.append(frame)
             pending.clear()
             pos = head + 1
         while pos < n:
@@ -1326,7 +1442,10 @@ cdef class LineDecoder:
             if length > limit:
                 self._too_large(length)
             if length:
-                frames.append(PyBytes_FromStringAndSize(<const char*>data + pos, length))
+                if spans is not None:
+                    spans._add(pos, length)
+                else:
+                    frames.append(PyBytes_FromStringAndSize(<const char*>data + pos, length))
             pos = end + 1
         if pos < n:
             self._check_tail(n - pos, data[n - 1])
@@ -1339,15 +1458,17 @@ cdef inline uint32_t _read_u32(const unsigned char* p) noexcept nogil:
 
 
 cdef class LengthPrefixedDecoder:
-    """Incremental decoder of ``length-prefixed`` framing: u32 BE length, payload."""
+    """Incremental decoder of ``length-prefixed`` framing: u32 BE length, payload (``spans``: as :class:`LineDecoder`)."""
 
     cdef readonly Py_ssize_t max_frame_bytes
+    cdef readonly bint spans
     cdef _Pending _pending
 
-    def __init__(self, Py_ssize_t max_frame_bytes=DEFAULT_MAX_FRAME_BYTES):
+    def __init__(self, Py_ssize_t max_frame_bytes=DEFAULT_MAX_FRAME_BYTES, bint spans=False):
         if max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be at least 1")
         self.max_frame_bytes = max_frame_bytes
+        self.spans = spans
         self._pending = _Pending(max_frame_bytes + 4)
 
     @property
@@ -1356,9 +1477,14 @@ cdef class LengthPrefixedDecoder:
 
     def feed(self, chunk):
         cdef Py_buffer view
+        cdef FrameSpans out
+        if self.spans and type(chunk) is bytes:
+            out = _spans_of(chunk)
+            self._feed(<const unsigned char*>out._base, PyBytes_GET_SIZE(chunk), out)
+            return out
         PyObject_GetBuffer(chunk, &view, PyBUF_SIMPLE)
         try:
-            return self._feed(<const unsigned char*>view.buf, view.len)
+            return self._feed(<const unsigned char*>view.buf, view.len, None)
         finally:
             PyBuffer_Release(&view)
 
@@ -1368,7 +1494,8 @@ cdef class LengthPrefixedDecoder:
             raise FrameTooLarge(f"frame of {size} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
         return 0
 
-    cdef list _feed(self, const unsigned char* data, Py_ssize_t n):
+    cdef list _feed(self, const unsigned char* data, Py_ssize_t n, FrameSpans spans):
+        """The frames ``data`` completes, in a list, or (``spans`` given) added to ``spans``."""
         cdef list frames = []
         cdef Py_ssize_t pos = 0, take, size
         cdef _Pending pending = self._pending
@@ -1387,14 +1514,21 @@ cdef class LengthPrefixedDecoder:
             pos += take
             if pending.size < 4 + size:
                 return frames
-            frames.append(PyBytes_FromStringAndSize(<const char*>pending.buf + 4, size))
+            frame = PyBytes_FromStringAndSize(<const char*>pending.buf + 4, size)
+            if spans is not None:
+                spans._head = frame
+            else:
+                frames.append(frame)
             pending.clear()
         while n - pos >= 4:
             size = _read_u32(data + pos)
             self._check_size(size)
             if n - pos - 4 < size:
                 break
-            frames.append(PyBytes_FromStringAndSize(<const char*>data + pos + 4, size))
+            if spans is not None:
+                spans._add(pos + 4, size)
+            else:
+                frames.append(PyBytes_FromStringAndSize(<const char*>data + pos + 4, size))
             pos += 4 + size
         if pos < n:
             pending.extend(data + pos, n - pos)

@@ -510,10 +510,12 @@ class LineDecoder:
     :class:`FrameTooLarge`, also while it is still arriving.
     """
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, spans: bool = False) -> None:
         if max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be at least 1")
         self.max_frame_bytes = max_frame_bytes
+        self.spans = spans
+        """Accepted as the compiled decoder does; the twin always gives a list (a sequence of the frames too)."""
         self._pending = b""
 
     @property
@@ -546,10 +548,12 @@ class LineDecoder:
 class LengthPrefixedDecoder:
     """Incremental decoder of ``length-prefixed`` framing: u32 BE length, payload."""
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, spans: bool = False) -> None:
         if max_frame_bytes < 1:
             raise ValueError("max_frame_bytes must be at least 1")
         self.max_frame_bytes = max_frame_bytes
+        self.spans = spans
+        """Accepted as the compiled decoder does; the twin always gives a list (a sequence of the frames too)."""
         self._pending = b""
 
     @property

@@ -84,8 +84,8 @@ class Transport(Protocol):
 
 
 class FrameDecoder(Protocol):
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """Return the frames completed by ``chunk``; raises ``FrameTooLarge``."""
+    def feed(self, chunk: bytes) -> Sequence[bytes]:
+        """Return the frames completed by ``chunk`` (a list, or any sequence of them); raises ``FrameTooLarge``."""
         ...
 
 

@@ -262,7 +262,7 @@ class Source:
             self._m_open.dec()
             log.debug("source %s: connection %s closed", self.name, conn.peer)
 
-    def ingest(self, frames: list[builtins.bytes], peer: str = "") -> int:  # builtins: ``bytes`` is a count here
+    def ingest(self, frames: Sequence[builtins.bytes], peer: str = "") -> int:  # builtins: ``bytes`` is a count here
         """Decode a batch of frames and queue the good records (bad ones are counted); returns how many were good.
 
         Raises :class:`InflateBudgetExceeded` (and queues nothing of the

@@ -85,7 +85,7 @@ def test_encode_then_decode_gives_the_records_back(framing: str, codec: str, mid
     ]
     data = wire.encode([TopicRecord(q["ts_ms"], q["symbol"], q) for q in quotes])
     decoder = wire.decoder()
-    frames = decoder.feed(data[:7]) + decoder.feed(data[7:])
+    frames = [*decoder.feed(data[:7]), *decoder.feed(data[7:])]
     records, bad, refused = wire.decode(frames, QuoteCheck(), max_frame_bytes=1 << 20, budget=1 << 20)
     assert (bad, refused) == ([], [])
     assert [(r.key, r.ts_ms, r.data) for r in records] == [(q["symbol"], q["ts_ms"], q) for q in quotes]

@@ -54,7 +54,7 @@ def test_stub_declares_every_public_member_of_the_twins() -> None:
     for name in CLASSES:
         twin = public(getattr(pure, name))
         # The twin's plain attributes (set in __init__) are properties or fields in the stub.
-        instance_attrs = {"max_frame_bytes", "capacity", "timeframes_ms", "hold_buckets", "late_counts", "coalesce_open", "batch_keys", "ts_ms", "key", "data", "seq", "max_key_bytes"}
+        instance_attrs = {"max_frame_bytes", "capacity", "timeframes_ms", "hold_buckets", "late_counts", "coalesce_open", "batch_keys", "spans", "ts_ms", "key", "data", "seq", "max_key_bytes"}
         assert twin - stub[name] == set(), name
         assert stub[name] - twin - instance_attrs == set(), name
 

@@ -6,6 +6,8 @@ line states a type the stub must produce; a wrong stub makes mypy fail.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from gauss._core import (
@@ -29,12 +31,13 @@ from gauss._core import (
 
 def framing() -> list[bytes]:
     decoder = LineDecoder(max_frame_bytes=DEFAULT_MAX_FRAME_BYTES)
-    frames: list[bytes] = decoder.feed(memoryview(b"a\nb"))
+    frames: Sequence[bytes] = decoder.feed(memoryview(b"a\nb"))
+    spans: Sequence[bytes] = LineDecoder(spans=True).feed(b"c\nd\n")
     pending: int = decoder.buffered
-    wire: bytes = encode_lines(frames) + encode_length_prefixed([bytearray(b"x")])
+    wire: bytes = encode_lines([*frames, *spans]) + encode_length_prefixed([bytearray(b"x")])
     checked, count = encode_checked_frames(wire)
     assert count >= 0 and isinstance(checked, bytes)
-    return LengthPrefixedDecoder().feed(wire) + [bytes(pending)]
+    return [*LengthPrefixedDecoder().feed(wire), bytes(pending)]
 
 
 def rings() -> tuple[int, bool]:
