@@ -10,7 +10,8 @@ Runs, in one invocation and against the same pre-generated quotes:
    ``json.loads`` each, appends it to a list, updates per-symbol OHLC dicts for
    the same 8 timeframes;
 4. Gauss on the full default ``config.toml`` (adds the fan-out sink on 9300,
-   with no client, the loopbacks and the tick log of ``quotes.raw``);
+   with no client, the loopbacks and the tick log of ``quotes.raw``), and then whether
+   each loopback topic holds every quote (waited for up to 30 s);
 5. with ``--fsync`` (or ``--only fsync``): the default ``config.toml`` without its
    tick log (as before issue 10) and with it under each fsync policy, ``never``,
    ``interval`` (the default) and ``always``.
@@ -199,9 +200,19 @@ def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str,
     while not all(p.idle for p in hub.processors):
         gevent.sleep(0.01)
     drained = time.perf_counter() - started
+    # The loopbacks (the default config's sinks read back by its other sources): each topic must hold every quote.
+    loopbacks = [hub.topic(s.topic.name) for s in hub.sources[1:]]
+    deadline = time.perf_counter() + 30
+    while any(t.last_seq < n for t in loopbacks) and time.perf_counter() < deadline:
+        gevent.sleep(0.01)
+    looped = time.perf_counter() - started
+    held = {t.name: t.last_seq for t in loopbacks}
     hub.stop(timeout=30)
     sender.wait(timeout=60)
-    return {"rate": n / elapsed, "peak": peak_rss_bytes(), "per_quote": per_quote, "with_ohlc": n / drained}
+    result = {"rate": n / elapsed, "peak": peak_rss_bytes(), "per_quote": per_quote, "with_ohlc": n / drained}
+    if loopbacks:
+        result.update(loopbacks=held, with_loopbacks=n / looped if min(held.values()) >= n else 0.0)
+    return result
 
 
 def start_gauss(config_file: Path, workdir: Path) -> Hub:
@@ -311,6 +322,11 @@ def main() -> None:
         drain = f"{r['with_ohlc']:>17,.0f}" if "with_ohlc" in r else f"{'-':>17}"
         cpu = f"{r['cpu_us']:>13.2f}" if "cpu_us" in r else f"{'-':>13}"
         print(f"{name:<32} {r['rate']:>12,.0f} {drain} {r['peak'] / 2**20:>8.0f}MB {r['per_quote']:>12.0f} {cpu}")
+    for name, r in rows:
+        if "loopbacks" in r:
+            held = ", ".join(f"{topic} {count:,}" for topic, count in r["loopbacks"].items())
+            whole = f"all {args.n:,} in each, {r['with_loopbacks']:,.0f} quotes/s incl. the loopbacks" if r["with_loopbacks"] else "NOT every quote"
+            print(f"{name}: loopback topics hold {held} ({whole})")
     by_name = dict(rows)
     base = by_name.get("naive asyncio + json.loads")
     ceiling = by_name.get("raw TCP ceiling (count lines)")
