@@ -186,15 +186,18 @@ cdef class AvroQuoteParser(_BinaryQuoteParser):
         return self._parse(payloads, _read_avro_quote)
 
 
-def encode_avro_quotes(QuoteBatch batch not None):
+def encode_avro_quotes(QuoteBatch batch not None, framing=None):
     """One schemaless datum of schemas/quote.avsc per quote: fastavro's ``schemaless_writer`` bytes.
 
+    ``framing``: as :func:`encode_csv_quotes`.
     Raises ``TypeError`` for a symbol that is not a ``str``, ``UnicodeEncodeError`` for a lone surrogate.
     """
     cdef _Writer w = _Writer(NULL, 0, 0)
+    cdef _Writer hw = _Writer(NULL, 0, 0)  # a symbol's head, written apart from the payloads
     cdef dict heads = {}
-    cdef Py_ssize_t i, n = len(batch.symbols)
-    cdef list out = [None] * n
+    cdef int mode = _framing_mode(framing)
+    cdef Py_ssize_t i, start, n = len(batch.symbols)
+    cdef list out = [None] * n if mode == _EACH else None
     cdef PyObject* found
     cdef bytes head, raw
     cdef uint64_t ts
@@ -206,11 +209,11 @@ def encode_avro_quotes(QuoteBatch batch not None):
                 head = <bytes>found
             else:
                 raw = _utf8(symbol)
-                w.size = 0
-                _w_varint(&w, <uint64_t>PyBytes_GET_SIZE(raw) << 1)
-                head = PyBytes_FromStringAndSize(w.buf, w.size) + raw
+                hw.size = 0
+                _w_varint(&hw, <uint64_t>PyBytes_GET_SIZE(raw) << 1)
+                head = PyBytes_FromStringAndSize(hw.buf, hw.size) + raw
                 heads[symbol] = head
-            w.size = 0
+            start = _payload_begin(&w, mode)
             _w_raw(&w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
             _w_le_double(&w, _bits(batch._bid[i]))
             _w_le_double(&w, _bits(batch._ask[i]))
@@ -218,10 +221,11 @@ def encode_avro_quotes(QuoteBatch batch not None):
             _w_le_double(&w, _bits(batch._ask_size[i]))
             ts = <uint64_t>batch._ts[i]
             _w_varint(&w, (ts << 1) ^ (0 - (ts >> 63)))
-            out[i] = PyBytes_FromStringAndSize(w.buf, w.size)
+            _payload_end(&w, mode, start, out, i)
+        return _payloads(&w, mode, out)
     finally:
         free(w.buf)
-    return out
+        free(hw.buf)
 
 
 # --- protobuf ----------------------------------------------------------------
@@ -288,17 +292,20 @@ cdef class ProtobufQuoteParser(_BinaryQuoteParser):
         return self._parse(payloads, _read_proto_quote)
 
 
-def encode_protobuf_quotes(QuoteBatch batch not None):
+def encode_protobuf_quotes(QuoteBatch batch not None, framing=None):
     """One proto3 ``gauss.Quote`` per quote: the library's ``SerializeToString()`` bytes.
 
     Implicit presence: an empty symbol, a double whose bits are all zero
     (0.0, not -0.0) and a zero ``ts_ms`` are not written; fields in number order.
+    ``framing``: as :func:`encode_csv_quotes`.
     Raises ``TypeError`` for a symbol that is not a ``str``, ``UnicodeEncodeError`` for a lone surrogate.
     """
     cdef _Writer w = _Writer(NULL, 0, 0)
+    cdef _Writer hw = _Writer(NULL, 0, 0)  # a symbol's head, written apart from the payloads
     cdef dict heads = {}
-    cdef Py_ssize_t i, n = len(batch.symbols)
-    cdef list out = [None] * n
+    cdef int mode = _framing_mode(framing)
+    cdef Py_ssize_t i, start, n = len(batch.symbols)
+    cdef list out = [None] * n if mode == _EACH else None
     cdef PyObject* found
     cdef bytes head, raw
     cdef uint64_t bits
@@ -317,13 +324,13 @@ def encode_protobuf_quotes(QuoteBatch batch not None):
                 head = <bytes>found
             else:
                 raw = _utf8(symbol)
-                w.size = 0
+                hw.size = 0
                 if PyBytes_GET_SIZE(raw):
-                    _w_raw(&w, "\x0a", 1)
-                    _w_varint(&w, <uint64_t>PyBytes_GET_SIZE(raw))
-                head = PyBytes_FromStringAndSize(w.buf, w.size) + raw
+                    _w_raw(&hw, "\x0a", 1)
+                    _w_varint(&hw, <uint64_t>PyBytes_GET_SIZE(raw))
+                head = PyBytes_FromStringAndSize(hw.buf, hw.size) + raw
                 heads[symbol] = head
-            w.size = 0
+            start = _payload_begin(&w, mode)
             _w_raw(&w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
             for f in range(4):
                 bits = _bits(columns[f][i])
@@ -334,7 +341,8 @@ def encode_protobuf_quotes(QuoteBatch batch not None):
             if batch._ts[i]:
                 _w_raw(&w, "\x30", 1)
                 _w_varint(&w, <uint64_t>batch._ts[i])
-            out[i] = PyBytes_FromStringAndSize(w.buf, w.size)
+            _payload_end(&w, mode, start, out, i)
+        return _payloads(&w, mode, out)
     finally:
         free(w.buf)
-    return out
+        free(hw.buf)

@@ -392,6 +392,58 @@ cdef int _w_float(_Writer* w, double x, int column, bint json=True) except -1:
     return 0
 
 
+# --- payloads written one by one, or framed into one buffer (the sinks' fused path) --------
+
+
+cdef enum:
+    _EACH = 0  # a list of payloads
+    _LINES = 1  # one bytes: each payload then "\n"
+    _PREFIXED = 2  # one bytes: each payload after its u32 big-endian length
+
+
+cdef int _framing_mode(object framing) except -1:
+    if framing is None:
+        return _EACH
+    if framing == "lines":
+        return _LINES
+    if framing == "length-prefixed":
+        return _PREFIXED
+    raise ValueError(f"framing must be None, 'lines' or 'length-prefixed', not {framing!r}")
+
+
+cdef inline Py_ssize_t _payload_begin(_Writer* w, int mode) except -1:
+    """Where the next payload starts in ``w`` (its length header reserved when prefixed)."""
+    if mode == _EACH:
+        w.size = 0
+    elif mode == _PREFIXED:
+        _w_reserve(w, 4)
+        w.size += 4
+    return w.size
+
+
+cdef inline int _payload_end(_Writer* w, int mode, Py_ssize_t start, list out, Py_ssize_t i) except -1:
+    """Finish the payload written since ``start``: into ``out[i]``, or framed in place (as ``encode_lines`` / ``encode_length_prefixed`` frame it)."""
+    cdef Py_ssize_t size = w.size - start
+    cdef unsigned char* head
+    if mode == _EACH:
+        out[i] = PyBytes_FromStringAndSize(w.buf, w.size)
+    elif mode == _LINES:
+        if size and memchr(w.buf + start, _NL, size) != NULL:
+            raise ValueError("a lines payload must not contain a newline")
+        _w_raw(w, "\n", 1)
+    else:
+        head = <unsigned char*>w.buf + start - 4
+        head[0] = (size >> 24) & 0xFF
+        head[1] = (size >> 16) & 0xFF
+        head[2] = (size >> 8) & 0xFF
+        head[3] = size & 0xFF
+    return 0
+
+
+cdef inline object _payloads(_Writer* w, int mode, list out):
+    return out if mode == _EACH else PyBytes_FromStringAndSize(w.buf, w.size)
+
+
 cdef inline bint _plain_ascii(str text) noexcept:
     """Whether JSON writes ``text`` as it is between quotes (printable ASCII, no quote or backslash)."""
     cdef Py_ssize_t i, n = PyUnicode_GET_LENGTH(text)
@@ -727,20 +779,21 @@ cdef class QuoteBatch:
             _w_int(w, seq)
         return _w_raw(w, "}", 1)
 
-    def payloads_json(self):
-        """Each quote's six fields as a JSON object (what the ``json`` codec sends)."""
+    def payloads_json(self, framing=None):
+        """Each quote's six fields as a JSON object (what the ``json`` codec sends); with ``framing`` framed into one ``bytes``."""
         cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
         cdef _Names names = _Names()
-        cdef Py_ssize_t i, n = len(self.symbols)
-        cdef list out = [None] * n
+        cdef int mode = _framing_mode(framing)
+        cdef Py_ssize_t i, start, n = len(self.symbols)
+        cdef list out = [None] * n if mode == _EACH else None
         try:
             for i in range(n):
-                w.size = 0
+                start = _payload_begin(&w, mode)
                 self._write_data(&w, i, names.text(self.symbols[i]))
-                out[i] = PyBytes_FromStringAndSize(w.buf, w.size)
+                _payload_end(&w, mode, start, out, i)
+            return _payloads(&w, mode, out)
         finally:
             free(w.buf)
-        return out
 
     def record_lines(self):
         """The SPEC section 1 form of every record as JSON lines, each ended by a newline."""
@@ -1261,19 +1314,22 @@ cdef class CsvQuoteParser(_QuoteParser):
         return batch, positions[:row]
 
 
-def encode_csv_quotes(QuoteBatch batch):
+def encode_csv_quotes(QuoteBatch batch, framing=None):
     """One CSV row per quote, as the ``csv`` codec writes it: floats as ``repr``, the symbol quoted when RFC 4180 says so.
 
+    With ``framing`` (``"lines"``, ``"length-prefixed"``) the rows come framed
+    in one ``bytes``, as the framing's encoder would frame the list.
     Raises ``UnicodeEncodeError`` for a symbol that is not valid UTF-8 (a lone surrogate).
     """
     cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
     cdef _Names names = _Names(True)
-    cdef Py_ssize_t i, n = len(batch.symbols)
-    cdef list out = [None] * n
+    cdef int mode = _framing_mode(framing)
+    cdef Py_ssize_t i, start, n = len(batch.symbols)
+    cdef list out = [None] * n if mode == _EACH else None
     cdef bytes name
     try:
         for i in range(n):
-            w.size = 0
+            start = _payload_begin(&w, mode)
             name = names.text(batch.symbols[i])
             _w_raw(&w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
             _w_raw(&w, ",", 1)
@@ -1286,10 +1342,10 @@ def encode_csv_quotes(QuoteBatch batch):
             _w_float(&w, batch._ask_size[i], 3, False)
             _w_raw(&w, ",", 1)
             _w_int(&w, batch._ts[i])
-            out[i] = PyBytes_FromStringAndSize(w.buf, w.size)
+            _payload_end(&w, mode, start, out, i)
+        return _payloads(&w, mode, out)
     finally:
         free(w.buf)
-    return out
 
 
 # --- framing ---------------------------------------------------------------

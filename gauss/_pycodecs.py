@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, overload
 
 import numpy as np
 
-from gauss._pycore import QuoteBatch
+from gauss._pycore import QuoteBatch, _framed
 
 __all__ = ["AvroQuoteParser", "encode_avro_quotes", "ProtobufQuoteParser", "encode_protobuf_quotes"]
 
@@ -139,9 +139,14 @@ class AvroQuoteParser(_BinaryQuoteParser):
         return self._parse(payloads, _read_avro_quote)
 
 
-def encode_avro_quotes(batch: QuoteBatch) -> list[bytes]:
+@overload
+def encode_avro_quotes(batch: QuoteBatch, framing: None = None) -> list[bytes]: ...
+@overload
+def encode_avro_quotes(batch: QuoteBatch, framing: str) -> bytes: ...
+def encode_avro_quotes(batch: QuoteBatch, framing: str | None = None) -> list[bytes] | bytes:
     """One schemaless datum of schemas/quote.avsc per quote: fastavro's ``schemaless_writer`` bytes.
 
+    ``framing``: as :func:`~gauss._pycore.encode_csv_quotes`.
     Raises ``TypeError`` for a symbol that is not a ``str``, ``UnicodeEncodeError`` for a lone surrogate.
     """
     heads: dict[str, bytes] = {}
@@ -154,7 +159,7 @@ def encode_avro_quotes(batch: QuoteBatch) -> list[bytes]:
         out.append(
             head + _PRICES.pack(bid, ask, bid_size, ask_size) + _varint(((ts << 1) ^ (ts >> 63)) & 0xFFFFFFFFFFFFFFFF)
         )
-    return out
+    return _framed(out, framing)
 
 
 # --- protobuf ----------------------------------------------------------------
@@ -253,9 +258,14 @@ class ProtobufQuoteParser(_BinaryQuoteParser):
         return self._parse(payloads, _read_proto_quote)
 
 
-def encode_protobuf_quotes(batch: QuoteBatch) -> list[bytes]:
+@overload
+def encode_protobuf_quotes(batch: QuoteBatch, framing: None = None) -> list[bytes]: ...
+@overload
+def encode_protobuf_quotes(batch: QuoteBatch, framing: str) -> bytes: ...
+def encode_protobuf_quotes(batch: QuoteBatch, framing: str | None = None) -> list[bytes] | bytes:
     """One proto3 ``gauss.Quote`` per quote: the library's ``SerializeToString()`` bytes.
 
+    ``framing``: as :func:`~gauss._pycore.encode_csv_quotes`.
     Implicit presence: an empty symbol, a double whose bits are all zero
     (0.0, not -0.0) and a zero ``ts_ms`` are not written; fields in number order.
     Raises ``TypeError`` for a symbol that is not a ``str``, ``UnicodeEncodeError`` for a lone surrogate.
@@ -275,4 +285,4 @@ def encode_protobuf_quotes(batch: QuoteBatch) -> list[bytes]:
         if ts:
             parts += (b"\x30", _varint(ts & 0xFFFFFFFFFFFFFFFF))
         out.append(b"".join(parts))
-    return out
+    return _framed(out, framing)

@@ -303,9 +303,13 @@ class QuoteBatch(Sequence[TopicRecord]):
 
     # --- JSON, written from the columns --------------------------------------
 
-    def payloads_json(self) -> list[bytes]:
-        """Each quote's six fields as a JSON object (what the ``json`` codec sends)."""
-        return [line.encode() for line in self._data_json()]
+    @overload
+    def payloads_json(self, framing: None = None) -> list[bytes]: ...
+    @overload
+    def payloads_json(self, framing: str) -> bytes: ...
+    def payloads_json(self, framing: str | None = None) -> list[bytes] | bytes:
+        """Each quote's six fields as a JSON object (what the ``json`` codec sends); with ``framing`` framed into one ``bytes``."""
+        return _framed([line.encode() for line in self._data_json()], framing)
 
     def record_lines(self) -> bytes:
         """The SPEC section 1 form of every record as JSON lines, each ended by a newline."""
@@ -488,15 +492,33 @@ def _csv_field(text: str) -> str:
     return text
 
 
-def encode_csv_quotes(batch: QuoteBatch) -> list[bytes]:
+@overload
+def encode_csv_quotes(batch: QuoteBatch, framing: None = None) -> list[bytes]: ...
+@overload
+def encode_csv_quotes(batch: QuoteBatch, framing: str) -> bytes: ...
+def encode_csv_quotes(batch: QuoteBatch, framing: str | None = None) -> list[bytes] | bytes:
     """One CSV row per quote, as the ``csv`` codec writes it: floats as ``repr``, the symbol quoted when RFC 4180 says so.
 
+    With ``framing`` (``"lines"``, ``"length-prefixed"``) the rows come framed
+    in one ``bytes``, as the framing's encoder would frame the list.
     Raises ``UnicodeEncodeError`` for a symbol that is not valid UTF-8 (a lone surrogate).
     """
-    return [
+    rows = [
         f"{_csv_field(symbol)},{bid!r},{ask!r},{bid_size!r},{ask_size!r},{ts}".encode()
         for symbol, ts, bid, ask, bid_size, ask_size in batch._rows()
     ]
+    return _framed(rows, framing)
+
+
+def _framed(payloads: list[bytes], framing: str | None) -> list[bytes] | bytes:
+    """``payloads`` as they are (``None``), or framed into one ``bytes``."""
+    if framing is None:
+        return payloads
+    if framing == "lines":
+        return encode_lines(payloads)
+    if framing == "length-prefixed":
+        return encode_length_prefixed(payloads)
+    raise ValueError(f"framing must be None, 'lines' or 'length-prefixed', not {framing!r}")
 
 
 # --- framing ---------------------------------------------------------------

@@ -33,6 +33,7 @@ __all__ = [
     "FormatSerializer",
     "Codec",
     "QuoteCodec",
+    "FramedQuoteEncoder",
     "TopicStorage",
     "ReplayableStorage",
     "PublishContext",
@@ -173,6 +174,20 @@ class QuoteCodec(Codec, Protocol):
         self, payloads: Sequence[bytes], check: QuoteCheck
     ) -> tuple[QuoteBatch, list[Rejected], list[Rejected]]:
         """``(quotes, bad frames, refused quotes)`` of a batch of payloads."""
+        ...
+
+
+@runtime_checkable
+class FramedQuoteEncoder(Protocol):
+    """A codec that writes a quote batch straight into a framing's bytes: a sink's fused path.
+
+    The built-in quote codecs have it: their compiled encoders frame each
+    payload in place, so no ``bytes`` object a quote is made on the way out.
+    A wire format without middleware uses it for :class:`QuoteBatch` batches.
+    """
+
+    def encode_quotes_framed(self, batch: QuoteBatch, framing: str) -> bytes | None:
+        """What the built-in framing named ``framing`` makes of ``encode(batch)``, or None to leave the batch to that path."""
         ...
 
 

@@ -23,9 +23,9 @@ from typing import Annotated, Any, Hashable, Mapping, Sequence
 
 import msgspec
 
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.errors import ConfigError
-from gauss.protocols import Codec, FrameDecoder, Framing, Middleware, QuoteCodec
+from gauss.protocols import Codec, FrameDecoder, FramedQuoteEncoder, Framing, Middleware, QuoteCodec
 from gauss.quotes import QuoteCheck, RecordCheck
 from gauss.records import Rejected
 from gauss.registry import CodecSpec, FramingSpec, MiddlewareSpec, PluginConfig, convert, default
@@ -82,7 +82,7 @@ def check_combination(
 class WireFormat:
     """The framing, middleware and codec plugins of one source, sink or generator."""
 
-    __slots__ = ("framing", "middleware", "codec", "_quote_codec", "key")
+    __slots__ = ("framing", "middleware", "codec", "_quote_codec", "_framed_codec", "key")
 
     def __init__(
         self, framing: Framing, codec: Codec, middleware: Sequence[Middleware] = (), *, key: Hashable | None = None
@@ -96,6 +96,8 @@ class WireFormat:
         """Equal for wire formats built from equal tables: what writes the same bytes (sinks share encodings by it)."""
         # A capability declared by a protocol, checked once here (never probed per batch).
         self._quote_codec: QuoteCodec | None = codec if isinstance(codec, QuoteCodec) else None
+        fused = isinstance(codec, FramedQuoteEncoder) and not self.middleware
+        self._framed_codec: FramedQuoteEncoder | None = codec if fused else None  # type: ignore[assignment]
 
     @classmethod
     def build(
@@ -162,7 +164,13 @@ class WireFormat:
 
         The middleware apply in the reverse of the order :meth:`decode` undoes
         them, so what a sink writes a source with the same table reads.
+        Quotes as columns with no middleware are written framed by the codec
+        itself (:class:`~gauss.protocols.FramedQuoteEncoder`): the same bytes.
         """
+        if self._framed_codec is not None and isinstance(records, QuoteBatch):
+            framed = self._framed_codec.encode_quotes_framed(records, self.framing.name)
+            if framed is not None:
+                return framed
         payloads = self.codec.encode(records)
         for middleware in reversed(self.middleware):
             payloads = middleware.encode(payloads)

@@ -40,6 +40,8 @@ __all__ = [
     "QuotePath",
     "decode_quotes",
     "decode_quote_columns",
+    "ColumnEncode",
+    "FUSED_FRAMINGS",
 ]
 
 DEFAULT_KEY_FIELD = "symbol"
@@ -250,6 +252,11 @@ def _general(
 
 
 ColumnParse = Callable[[Sequence[bytes]], tuple[QuoteBatch, Any]]
+ColumnEncode = Callable[[QuoteBatch, Any], bytes]
+"""A compiled quote writer called with a framing's name (``encode_csv_quotes(batch, "lines")``)."""
+
+FUSED_FRAMINGS = frozenset({"lines", "length-prefixed"})
+"""The framings the compiled quote writers frame in place (SPEC section 2)."""
 
 
 class ColumnParser(Protocol):
@@ -315,6 +322,26 @@ class QuotePath:
     def column_parser(self) -> Callable[[int], ColumnParser] | None:
         """The compiled parser of this codec's shipped layout, made from ``max_key_bytes`` (None: another layout)."""
         return None
+
+    @property
+    def column_encoder(self) -> ColumnEncode | None:
+        """The compiled writer of this codec's shipped layout (``encode_csv_quotes``...), None for another layout."""
+        return None
+
+    def encode_quotes_framed(self, batch: QuoteBatch, framing: str) -> bytes | None:
+        """:class:`~gauss.protocols.FramedQuoteEncoder`: the batch written and framed in place by the compiled writer.
+
+        None (the general path decides, logs and skips) for another layout or
+        framing, a symbol the writer cannot write, or a lines payload that
+        would hold a newline.
+        """
+        encode = self.column_encoder
+        if encode is None or framing not in FUSED_FRAMINGS:
+            return None
+        try:
+            return encode(batch, framing)
+        except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+            return None
 
     def decode_quotes(
         self, payloads: Sequence[bytes], check: QuoteCheck

@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 import fastavro
 from fastavro.schema import SchemaParseException, UnknownType
 from gauss_plugins.format._payload import (
+    ColumnEncode,
     EncodeFailureLog,
     PayloadConfig,
     QuoteFields,
@@ -291,6 +292,10 @@ class AvroCodec(QuotePath):
     @property
     def column_parser(self) -> type[AvroQuoteParser] | None:
         return AvroQuoteParser if self.read_quote is not None else None
+
+    @property
+    def column_encoder(self) -> ColumnEncode | None:
+        return encode_avro_quotes if self.quote_layout else None
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """One datum per record's ``data``; a record that does not fit the schema is logged and skipped.

@@ -25,6 +25,7 @@ import logging
 from typing import Any, Callable, Sequence
 
 from gauss_plugins.format._payload import (
+    ColumnEncode,
     EncodeFailureLog,
     FieldName,
     PayloadConfig,
@@ -220,6 +221,10 @@ class CsvCodec(QuotePath):
     @property
     def column_parser(self) -> type[CsvQuoteParser] | None:
         return CsvQuoteParser if self.quote_layout else None
+
+    @property
+    def column_encoder(self) -> ColumnEncode | None:
+        return encode_csv_quotes if self.quote_layout else None
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """One row per record's ``data``; a record that cannot be written is logged and skipped.

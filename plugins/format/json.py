@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import msgspec
 from gauss_plugins.format._payload import (
+    ColumnEncode,
     EncodeFailureLog,
     PayloadConfig,
     QuoteFields,
@@ -115,6 +116,10 @@ class JsonCodec(QuotePath):
     @property
     def column_parser(self) -> type[JsonQuoteParser] | None:
         return JsonQuoteParser if self.read_quote is not None else None
+
+    @property
+    def column_encoder(self) -> ColumnEncode:
+        return QuoteBatch.payloads_json
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """The JSON of each record's ``data``; a record that cannot be encoded is logged and skipped.

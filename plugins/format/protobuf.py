@@ -26,6 +26,7 @@ from typing import Annotated, Any, Callable, Sequence
 
 import msgspec
 from gauss_plugins.format._payload import (
+    ColumnEncode,
     EncodeFailureLog,
     PayloadConfig,
     QuotePath,
@@ -260,6 +261,10 @@ class ProtobufCodec(QuotePath):
     @property
     def column_parser(self) -> type[ProtobufQuoteParser] | None:
         return ProtobufQuoteParser if self.quote_layout and self.quote_wire else None
+
+    @property
+    def column_encoder(self) -> ColumnEncode | None:
+        return encode_protobuf_quotes if self.quote_wire else None
 
     def encode(self, records: Sequence[TopicRecord]) -> list[bytes]:
         """One message per record's ``data``; a record that does not fit is logged and skipped.

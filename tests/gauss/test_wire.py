@@ -11,8 +11,9 @@ import pytest
 
 from gauss.cli import quotes_gen
 from gauss.config import load_config
-from gauss.core import TopicRecord
+from gauss.core import QuoteBatch, TopicRecord
 from gauss.errors import ConfigError, InflateBudgetExceeded
+from gauss.protocols import FramedQuoteEncoder
 from gauss.quotes import QuoteCheck, RecordCheck
 from gauss.registry import create
 from gauss.subscription import PublishedBatch
@@ -158,3 +159,32 @@ def test_sinks_of_one_wire_format_share_each_batch_encoding() -> None:
     assert batch.encoded(other.key, encoder(other)) != first
     assert calls == [one, other]
     assert WireFormat(one.framing, one.codec).key is not one.key  # built by hand: its own
+
+
+@pytest.mark.parametrize(
+    ("framing", "codec"),
+    [("lines", "json"), ("lines", "csv"), ("length-prefixed", "json"), ("length-prefixed", "csv"),
+     ("length-prefixed", "protobuf"), ("length-prefixed", "avro")],
+)  # fmt: skip
+def test_quotes_as_columns_are_framed_by_the_codec_to_the_same_bytes(framing: str, codec: str) -> None:
+    wire = WireFormat.build(framing, codec)
+    assert isinstance(wire.codec, FramedQuoteEncoder)
+    symbols = ["EURUSD", "GBPUSD", "a,b", "É"]
+    batch = QuoteBatch.from_records(
+        [TopicRecord(NOW + i, s, {"symbol": s, "bid": 1.1 + i, "ask": 1.2 + i, "bid_size": 1e6, "ask_size": 0.5, "ts_ms": NOW + i})
+         for i, s in enumerate(symbols)]
+    )  # fmt: skip
+    assert wire.encode(batch) == wire.framing.encode(wire.codec.encode(batch))
+    assert wire.codec.encode_quotes_framed(batch, framing) == wire.encode(batch), "the fused path wrote it"
+    records, bad, refused = wire.decode(
+        list(wire.decoder().feed(wire.encode(batch))), QuoteCheck(), max_frame_bytes=1 << 20, budget=1 << 20
+    )
+    assert (bad, refused) == ([], []) and [r.key for r in records] == symbols
+
+
+def test_a_quote_that_no_line_can_hold_takes_the_general_path_and_its_error() -> None:
+    wire = WireFormat.build("lines", "csv")
+    batch = QuoteBatch.from_records([TopicRecord(NOW, "new\nline", {"symbol": "new\nline", "bid": 1.0, "ask": 1.1, "bid_size": 1.0, "ask_size": 1.0, "ts_ms": NOW})])
+    assert wire.codec.encode_quotes_framed(batch, "lines") is None
+    with pytest.raises(ValueError, match="newline"):
+        wire.encode(batch)
