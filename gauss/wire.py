@@ -96,8 +96,9 @@ class WireFormat:
         """Equal for wire formats built from equal tables: what writes the same bytes (sinks share encodings by it)."""
         # A capability declared by a protocol, checked once here (never probed per batch).
         self._quote_codec: QuoteCodec | None = codec if isinstance(codec, QuoteCodec) else None
-        fused = isinstance(codec, FramedQuoteEncoder) and not self.middleware
-        self._framed_codec: FramedQuoteEncoder | None = codec if fused else None  # type: ignore[assignment]
+        self._framed_codec: FramedQuoteEncoder | None = (
+            codec if isinstance(codec, FramedQuoteEncoder) and not self.middleware else None
+        )
 
     @classmethod
     def build(
