@@ -92,6 +92,14 @@ def _parse(data: bytes, pos: int) -> tuple[Frame, int] | None:
     return Frame(first, last, count, body), end
 
 
+def _unfinished_frame(tail: bytes) -> bool:
+    """Whether damaged tail bytes are the start of one frame, cut short (an ``os.write`` that never returned)."""
+    if len(tail) < _HEAD.size:
+        return MAGIC.startswith(tail[: len(MAGIC)])
+    magic, size = _HEAD.unpack_from(tail)[:2]
+    return magic == MAGIC and _HEAD.size + size > len(tail)
+
+
 @dataclass
 class _Segment:
     path: Path
@@ -124,6 +132,8 @@ class DiskSpool:
         """The highest seq this spool holds or held since it was loaded."""
         self.corrupt_bytes = 0
         """Damaged bytes found at load and moved aside to ``<segment>.corrupt``."""
+        self.hidden_damage = False
+        """Damage found at load that may hide a seq someone saw (anything but an unfinished last write)."""
         self.dirty = False
         """Appended and not yet fsynced."""
 
@@ -136,16 +146,17 @@ class DiskSpool:
             stale.unlink(missing_ok=True)
         segments = sorted(self.directory.glob("*.spool"), key=lambda p: (_leading_int(p), p.stat().st_mtime_ns))
         skipping = True
-        for path in segments:
-            skipping = self._load_segment(path, acked_seq, skipping)
+        for number, path in enumerate(segments, 1):
+            skipping = self._load_segment(path, acked_seq, skipping, newest=number == len(segments))
         for path in sorted(self.directory.glob(f"*{LEGACY_SUFFIX}"), key=_leading_int):
             self._migrate(path)
 
-    def _load_segment(self, path: Path, acked_seq: int, skipping: bool) -> bool:
+    def _load_segment(self, path: Path, acked_seq: int, skipping: bool, *, newest: bool) -> bool:
         """Take one segment in; True while every frame so far had been delivered before the restart."""
         data = path.read_bytes()
         frames: list[tuple[Frame, int, int]] = []  # frame, start, end
         damaged: list[bytes] = []
+        at_end = False  # the last damaged run reaches the end of the segment
         pos = 0
         while pos < len(data):
             parsed = _parse(data, pos)
@@ -160,8 +171,12 @@ class DiskSpool:
                 nxt = data.find(MAGIC, nxt + 1)
             stop = len(data) if nxt == -1 else nxt
             damaged.append(data[pos:stop])
+            at_end = stop == len(data)
             pos = stop
         if damaged:
+            # A frame cut short at the end of the newest segment is a write SIGKILL stopped: never seen.
+            torn = newest and at_end and _unfinished_frame(damaged[-1])
+            self.hidden_damage = self.hidden_damage or len(damaged) > int(torn)
             self.corrupt_bytes += sum(len(part) for part in damaged)
             move_aside(path, b"".join(damaged), log)
             kept = b"".join(data[start:end] for _, start, end in frames)
@@ -361,6 +376,7 @@ class MemorySpool:
 
     durable = False
     corrupt_bytes = 0
+    hidden_damage = False
     dirty = False
 
     def __init__(self, max_bytes: int) -> None:

@@ -398,7 +398,7 @@ class ClickHouseStorage:
             fresh = True
         else:
             resumed, last_seq = resume_point(
-                state or {}, last_seq, data_doubtful=self._spool.corrupt_bytes > 0, has_data=True, logger=log, what=what
+                state or {}, last_seq, data_doubtful=self._spool.hidden_damage, has_data=True, logger=log, what=what
             )
             fresh = resumed != epoch
         if fresh:

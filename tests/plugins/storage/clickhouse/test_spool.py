@@ -83,6 +83,35 @@ def test_damage_in_the_middle_keeps_the_intact_frames_after_it(tmp_path: Path) -
     assert again.read(1000) == [frames[0], frames[2], frames[3]]
     assert again.corrupt_bytes == 72
     assert segment.with_name(segment.name + ".corrupt").read_bytes() == bytes(data[72:144])
+    assert again.hidden_damage, "a damaged complete frame may have held a seq someone saw"
+
+
+@pytest.mark.parametrize("cut", [3, 40, 60, 71])
+def test_a_last_frame_cut_short_is_an_unfinished_write_not_hidden_damage(tmp_path: Path, cut: int) -> None:
+    spool = opened(tmp_path)
+    frames = [frame(1 + 3 * i) for i in range(3)]
+    for f in frames:
+        spool.append(f)
+    spool.close()
+    segment = next(tmp_path.glob("*.spool"))
+    data = segment.read_bytes()
+    segment.write_bytes(data[: len(data) - cut])  # what SIGKILL in the middle of os.write leaves
+    again = opened(tmp_path)
+    assert again.read(1000) == frames[:2]
+    assert again.corrupt_bytes == 72 - cut and not again.hidden_damage
+
+
+def test_a_complete_last_frame_damaged_is_hidden_damage(tmp_path: Path) -> None:
+    spool = opened(tmp_path)
+    for f in (frame(1), frame(4)):
+        spool.append(f)
+    spool.close()
+    segment = next(tmp_path.glob("*.spool"))
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0xFF
+    segment.write_bytes(bytes(data))
+    again = opened(tmp_path)
+    assert again.read(1000) == [frame(1)] and again.hidden_damage
 
 
 def test_a_full_spool_refuses_and_nothing_is_written(tmp_path: Path) -> None:
