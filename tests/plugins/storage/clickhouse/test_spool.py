@@ -69,13 +69,18 @@ def test_reopen_keeps_what_was_not_delivered(tmp_path: Path, monkeypatch: pytest
     assert len(list(tmp_path.glob("*.spool"))) == 2, "the delivered first segment is gone"
 
 
-def test_damage_in_the_middle_keeps_the_intact_frames_after_it(tmp_path: Path) -> None:
-    spool = opened(tmp_path)
-    frames = [frame(1 + 3 * i) for i in range(4)]
+def written(directory: Path, frames: list[Frame]) -> Path:
+    """The segment a spool wrote ``frames`` to, closed."""
+    spool = opened(directory)
     for f in frames:
         spool.append(f)
     spool.close()
-    segment = next(tmp_path.glob("*.spool"))
+    return next(directory.glob("*.spool"))
+
+
+def test_damage_in_the_middle_keeps_the_intact_frames_after_it(tmp_path: Path) -> None:
+    frames = [frame(1 + 3 * i) for i in range(4)]
+    segment = written(tmp_path, frames)
     data = bytearray(segment.read_bytes())
     data[72 + 40] ^= 0xFF  # inside the second frame's body
     segment.write_bytes(bytes(data))
@@ -88,12 +93,8 @@ def test_damage_in_the_middle_keeps_the_intact_frames_after_it(tmp_path: Path) -
 
 @pytest.mark.parametrize("cut", [3, 40, 60, 71])
 def test_a_last_frame_cut_short_is_an_unfinished_write_not_hidden_damage(tmp_path: Path, cut: int) -> None:
-    spool = opened(tmp_path)
     frames = [frame(1 + 3 * i) for i in range(3)]
-    for f in frames:
-        spool.append(f)
-    spool.close()
-    segment = next(tmp_path.glob("*.spool"))
+    segment = written(tmp_path, frames)
     data = segment.read_bytes()
     segment.write_bytes(data[: len(data) - cut])  # what SIGKILL in the middle of os.write leaves
     again = opened(tmp_path)
@@ -102,11 +103,7 @@ def test_a_last_frame_cut_short_is_an_unfinished_write_not_hidden_damage(tmp_pat
 
 
 def test_a_complete_last_frame_damaged_is_hidden_damage(tmp_path: Path) -> None:
-    spool = opened(tmp_path)
-    for f in (frame(1), frame(4)):
-        spool.append(f)
-    spool.close()
-    segment = next(tmp_path.glob("*.spool"))
+    segment = written(tmp_path, [frame(1), frame(4)])
     data = bytearray(segment.read_bytes())
     data[-1] ^= 0xFF
     segment.write_bytes(bytes(data))
