@@ -20,7 +20,7 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.mem cimport PyMem_Free
 from cpython.ref cimport PyObject
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeASCII, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
-from libc.math cimport copysign, floor, llround, log10
+from libc.math cimport copysign, floor, isfinite, llround, log10
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, strlen
@@ -648,6 +648,26 @@ cdef class QuoteBatch:
             self.ts_ms[idx], self.bid[idx], self.ask[idx], self.bid_size[idx], self.ask_size[idx],
         )
 
+    def passing(self, int64_t min_ts_ms, int64_t max_ts_ms, bint positive_prices):
+        """Which quotes pass SPEC section 1's numeric rules; None when every one does (no array then).
+
+        The rules: ``min_ts_ms <= ts_ms <= max_ts_ms``; bid, ask, their sum and
+        both sizes finite; with ``positive_prices``, bid and ask above 0.
+        PERF: one pass in C and no allocation in the usual case (numpy took
+        ten passes and ~40 us of call overhead a batch of 100).
+        """
+        cdef Py_ssize_t i, n = len(self.symbols)
+        for i in range(n):
+            if not _quote_passes(self, i, min_ts_ms, max_ts_ms, positive_prices):
+                break
+        else:
+            return None
+        ok = np.ones(n, dtype=np.bool_)
+        cdef unsigned char[::1] flags = ok.view(np.uint8)
+        for i in range(i, n):
+            flags[i] = _quote_passes(self, i, min_ts_ms, max_ts_ms, positive_prices)
+        return ok
+
     def of_symbol(self, symbol):
         """The quotes of ``symbol``, seqs kept (the batch itself when every quote is one)."""
         cdef list symbols = self.symbols
@@ -992,6 +1012,18 @@ cdef inline Py_ssize_t _read_ts(const char* p, Py_ssize_t i, Py_ssize_t n, int64
         return -1
     out[0] = value
     return i
+
+
+cdef inline bint _quote_passes(
+    QuoteBatch batch, Py_ssize_t i, int64_t min_ts_ms, int64_t max_ts_ms, bint positive_prices
+) noexcept:
+    cdef int64_t ts = batch._ts[i]
+    cdef double bid = batch._bid[i], ask = batch._ask[i]
+    if ts < min_ts_ms or ts > max_ts_ms:
+        return False
+    if not (isfinite(bid + ask) and isfinite(batch._bid_size[i]) and isfinite(batch._ask_size[i])):
+        return False  # a finite sum needs both prices finite
+    return not positive_prices or (bid > 0.0 and ask > 0.0)
 
 
 cdef class FrameSpans:

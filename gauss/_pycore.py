@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence, overload
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from gauss.errors import FrameTooLarge
 
@@ -214,6 +215,20 @@ class QuoteBatch(Sequence[TopicRecord]):
             self.bid_size[idx],
             self.ask_size[idx],
         )
+
+    def passing(self, min_ts_ms: int, max_ts_ms: int, positive_prices: bool) -> npt.NDArray[np.bool_] | None:
+        """Which quotes pass SPEC section 1's numeric rules; None when every one does (no array then).
+
+        The rules: ``min_ts_ms <= ts_ms <= max_ts_ms``; bid, ask, their sum and
+        both sizes finite; with ``positive_prices``, bid and ask above 0.
+        """
+        bid, ask = self.bid, self.ask
+        with np.errstate(all="ignore"):  # an overflowing sum is what the rule looks for
+            ok = (self.ts_ms >= min_ts_ms) & (self.ts_ms <= max_ts_ms) & np.isfinite(bid + ask)
+            ok &= np.isfinite(self.bid_size) & np.isfinite(self.ask_size)
+            if positive_prices:
+                ok &= (bid > 0.0) & (ask > 0.0)
+        return None if ok.all() else ok
 
     def of_symbol(self, symbol: str) -> QuoteBatch:
         """The quotes of ``symbol``, seqs kept (the batch itself when every quote is one)."""

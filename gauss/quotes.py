@@ -285,21 +285,14 @@ class QuoteCheck(RecordCheck):
 
         return quote
 
-    def check_columns(self, batch: QuoteBatch) -> npt.NDArray[np.bool_]:
-        """Which quotes of a parsed batch pass :meth:`quote`'s numeric rules: the same rules, vectorised.
+    def check_columns(self, batch: QuoteBatch) -> npt.NDArray[np.bool_] | None:
+        """Which quotes of a parsed batch pass :meth:`quote`'s numeric rules (None: all), in one compiled pass.
 
         The keys are the parser's to bound (``JsonQuoteParser`` hands over
         only ASCII symbols of 1 to ``max_key_bytes`` bytes); a quote refused
         here takes the general path, which explains.
         """
-        ts, bid, ask = batch.ts_ms, batch.bid, batch.ask
-        with np.errstate(all="ignore"):  # inf - inf and the like are what the test looks for
-            ok = (ts >= MIN_TS_MS) & (ts <= self.latest_ts())
-            size_zero = batch.bid_size * 0.0
-            ok &= ((bid + ask) * 0.0 == size_zero) & (size_zero == batch.ask_size * 0.0)
-            if self._check_prices:
-                ok &= (bid > 0.0) & (ask > 0.0)
-        return ok
+        return batch.passing(MIN_TS_MS, self.latest_ts(), self._check_prices)
 
     def _key_fits(self, symbol: str) -> bool:
         try:

@@ -279,10 +279,9 @@ def decode_quote_columns(
     """
     batch, positions = parse(payloads)
     ok = check.check_columns(batch)
-    every = bool(ok.all())
-    if every and len(batch) == len(payloads):
+    if ok is None and len(batch) == len(payloads):
         return batch, [], []
-    if not every:
+    if ok is not None:
         positions = positions[ok]
         batch = batch.take(np.flatnonzero(ok))
     read = np.zeros(len(payloads), dtype=bool)

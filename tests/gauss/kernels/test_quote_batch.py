@@ -317,3 +317,35 @@ def test_of_symbol_keeps_the_quotes_of_one_symbol_with_their_seqs(
     assert picked.records_json() == kernels.QuoteBatch.from_records(picked.records()).records_json()
     if all(r[0] == symbol for r in rows):
         assert picked is batch
+
+
+rule_floats = st.one_of(floats, st.sampled_from([math.inf, -math.inf, math.nan, -1.0, 1e308, -1e308]))
+rule_rows = st.lists(
+    st.tuples(st.integers(min_value=-(2**40), max_value=2**42), rule_floats, rule_floats, rule_floats, rule_floats),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=FIXTURES)
+@given(rows=rule_rows, positive=st.booleans(), max_ts=st.sampled_from([0, 2**41, 2**42]))
+def test_both_builds_pass_the_quotes_the_scalar_check_passes(
+    twins: tuple[ModuleType, ModuleType], rows: list[Any], positive: bool, max_ts: int
+) -> None:
+    from gauss.quotes import MIN_TS_MS, QuoteCheck
+
+    quote = QuoteCheck(check_prices=positive).quote
+    expected = []
+    for ts, bid, ask, bid_size, ask_size in rows:
+        try:
+            quote("EURUSD", bid, ask, bid_size, ask_size, ts, max_ts)
+            expected.append(True)
+        except ValueError:
+            expected.append(False)
+    for kernels in twins:
+        batch = build(kernels, [("EURUSD", *row) for row in rows])
+        passing = batch.passing(MIN_TS_MS, max_ts, positive)
+        if all(expected):
+            assert passing is None
+        else:
+            assert passing is not None and passing.dtype == np.bool_
+            assert passing.tolist() == expected
