@@ -272,3 +272,21 @@ def test_key_query_on_a_large_ring_finds_a_rare_key(kernels: ModuleType) -> None
 def test_a_quote_ring_holds_a_quote_in_48_bytes_or_less(kernels: ModuleType) -> None:
     ring = kernels.QuoteRing(10_000)
     assert ring.nbytes <= 48 * 10_000  # issue 13: seqs are consecutive, so no slot stores one
+
+
+def test_a_ring_of_large_columns_holds_what_it_was_given(twins: tuple[ModuleType, ModuleType]) -> None:
+    """Columns of 4 MiB and more live in their own memory map (no huge pages): written and read like the rest."""
+    n = 700_000  # 5.6 MB an int64 column
+    keys = [f"K{i % 7}" for i in range(n)]
+    ts = list(range(1_000, 1_000 + n))
+    bids = [1.0 + i * 1e-6 for i in range(n)]
+    answers = []
+    for kernels in twins:
+        ring = kernels.QuoteRing(n)
+        ring.append_columns(1, keys, ts, bids, [2.0] * n, [1.0] * n, [3.0] * n)
+        ring.append_columns(n + 1, keys[:5], ts[-5:], bids[:5], [2.0] * 5, [1.0] * 5, [3.0] * 5)  # wraps around
+        records, _ = ring.query(None, limit=10)
+        answers.append([(r.seq, r.ts_ms, r.key, r.data["bid"], r.data["ask_size"]) for r in records])
+        assert len(ring) == n
+    assert answers[0] == answers[1]
+    assert answers[0][-1] == (n + 5, ts[-1], "K4", bids[4], 3.0)
