@@ -1761,13 +1761,13 @@ def _ring_column(Py_ssize_t n, dtype):
     PERF: numpy madvises a large array into transparent huge pages, so the
     ring's first write into each 2 MiB page made the kernel zero the whole
     page in that write: 4-6 ms stalls of ingest on this machine, the
-    end-to-end p99. An anonymous map, kept out of huge pages, costs a
-    page fault of a few microseconds every 4 KiB instead.
+    end-to-end p99. A private anonymous map, kept out of huge pages, costs
+    a page fault of a few microseconds every 4 KiB instead.
     """
     nbytes = n * np.dtype(dtype).itemsize
     if nbytes < _NUMPY_HUGE_PAGES_FROM:
         return np.zeros(n, dtype=dtype)
-    memory = mmap.mmap(-1, nbytes)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)  # private: a forked child never writes into it
     if _NO_HUGE_PAGES is not None:
         memory.madvise(_NO_HUGE_PAGES)
     return np.frombuffer(memory, dtype=dtype, count=n)
