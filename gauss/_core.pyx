@@ -20,7 +20,7 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.mem cimport PyMem_Free
 from cpython.ref cimport PyObject
 from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeASCII, PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
-from libc.math cimport copysign, floor, isfinite, llround, log10
+from libc.math cimport copysign, floor, isfinite, log10
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, strlen
@@ -200,64 +200,94 @@ cdef extern from *:
     static inline gauss_u128 gauss_pow10(int k) {
         return k < 20 ? (gauss_u128)gauss_p10[k] : (gauss_u128)gauss_p10[k - 19] * gauss_p10[19];
     }
-    /* a = M * 2**-L exactly; the n-digit decimal nearest to a and whether it reads back as a. */
-    static int gauss_decimal(double a, int n, int* E, uint64_t* digits, int* frac) {
-        uint64_t bits, M, d;
-        int L, k;
-        gauss_u128 v, q, r, half, lhs, center, diff, tol;
+    /* repr(a) for 1e-4 <= a < 1e15 in out: the shortest decimal that reads back as a and, of those, the
+       nearest to a. Its length, its fraction digits in *frac; 0 on a tie between two nearest (repr decides).
+
+       a = M * 2**-L exactly; everything is scaled by 10**k (k: 17 - a's decimal exponent, so the
+       interval of decimals that read back as a holds 11 or more integers), the interval's bounds are
+       the midpoints to a's neighbours (inclusive when M is even: strtod reads a midpoint as the even
+       mantissa), its integers are cut by ten while any remain, and the one nearest to a is taken. */
+    static int gauss_shortest(double a, char* out, int* frac) {
+        uint64_t bits, M, lo, hi, cq, q, p, rem, lo10, hi10;
+        int L, S, k, r = 0, n, whole, len = 0, i, inclusive, up;
+        gauss_u128 scale, vlo, vhi, vc, mask, twice, crem;
+        char digits[24];
         memcpy(&bits, &a, 8);
         M = (bits & ((1ULL << 52) - 1)) | (1ULL << 52);
         L = 1075 - (int)((bits >> 52) & 0x7ff);
-        k = n - 1 - *E;
-        /* a power of two (uneven neighbours), or outside what 128 bits hold: leave it to repr */
-        if (M == (1ULL << 52) || L < 1 || L > 70 || k < 0 || k > 21) return -1;
-        v = (gauss_u128)M * gauss_pow10(k);
-        q = v >> L;
-        r = v - (q << L);
-        half = (gauss_u128)1 << (L - 1);
-        if (r == half) return -1;  /* a tie: repr decides */
-        if (r > half) q += 1;
-        d = (uint64_t)q;
-        if (d < gauss_p10[n - 1] || d >= gauss_p10[n]) return -1;  /* E was off by one */
-        lhs = (gauss_u128)d << (L + 1);
-        center = v << 1;
-        diff = lhs > center ? lhs - center : center - lhs;
-        tol = gauss_pow10(k);
-        *digits = d;
-        *frac = k;
-        return (M & 1) ? diff < tol : diff <= tol;  /* strtod reads a midpoint as the even mantissa */
-    }
-    /* repr(a) for 1e-4 <= a < 1e15 whose shortest form has n_first or more digits: its length in out, 0 if unsure. */
-    static int gauss_repr_long(double a, int n_first, char* out) {
-        uint64_t d = 0;
-        int frac = 0, E = (int)floor(log10(a)), n, got = 0, len = 0, i, whole;
-        char digits[24];
-        for (n = n_first; n <= 17 && !got; n++) {
-            got = gauss_decimal(a, n, &E, &d, &frac);
-            if (got < 0) return 0;
+        k = 17 - (int)floor(log10(a));
+        if (k > 21) k = 21;  /* a >= 1e-4: a decade off below means log10 rounded */
+        if (L < 1 || L > 70 || k < 0) return 0;
+        S = L + 2;
+        mask = ((gauss_u128)1 << S) - 1;
+        for (;;) {
+            scale = gauss_pow10(k);
+            vc = (gauss_u128)(4 * M) * scale;
+            if ((vc >> S) >= gauss_p10[17] || k == 21) break;
+            k += 1;  /* log10 rounded up at a power of ten: one more digit */
         }
-        if (!got) return 0;
-        n -= 1;
-        for (i = n - 1; i >= 0; i--) { digits[i] = (char)('0' + d % 10); d /= 10; }
-        while (frac > 1 && n > 1 && digits[n - 1] == '0') { n--; frac--; }  /* repr has no trailing zeros */
-        whole = n - frac;
-        if (whole <= 0) {
-            out[len++] = '0';
+        vlo = (gauss_u128)(4 * M - (M == (1ULL << 52) ? 1 : 2)) * scale;  /* a power of two: a nearer neighbour below */
+        vhi = (gauss_u128)(4 * M + 2) * scale;
+        inclusive = (M & 1) == 0;
+        lo = (uint64_t)(vlo >> S) + (((vlo & mask) != 0) || !inclusive);
+        hi = (uint64_t)(vhi >> S) - (((vhi & mask) == 0) && !inclusive);
+        for (;;) {
+            lo10 = lo / 10 + (lo % 10 != 0);
+            hi10 = hi / 10;
+            if (lo10 > hi10) break;
+            lo = lo10;
+            hi = hi10;
+            r += 1;
+        }
+        /* the integer at this level nearest to a * 10**(k - r) */
+        p = gauss_p10[r];
+        cq = (uint64_t)(vc >> S);
+        crem = vc & mask;
+        q = cq / p;
+        rem = cq - q * p;
+        twice = (gauss_u128)rem * 2 + (crem >> (S - 1));  /* 2 * (rem + crem / 2**S), its whole part */
+        crem = (crem << 1) & mask;  /* and what is left of its fraction */
+        if (twice == p && crem == 0) return 0;
+        up = twice > p || (twice == p && crem != 0);
+        q += up;
+        if (q < lo) q = lo;
+        if (q > hi) q = hi;
+        n = 0;
+        do { digits[23 - n++] = (char)('0' + q % 10); q /= 10; } while (q);
+        /* value = digits * 10**(r - k) */
+        whole = n + r - k;
+        if (whole >= n) {
+            memcpy(out, digits + 24 - n, n);
+            len = n;
+            for (i = n; i < whole; i++) out[len++] = '0';
             out[len++] = '.';
-            for (i = 0; i < -whole; i++) out[len++] = '0';
-            memcpy(out + len, digits, n);
-            return len + n;
+            out[len++] = '0';
+            *frac = 0;
+            return len;
         }
-        memcpy(out, digits, whole);
-        out[whole] = '.';
-        memcpy(out + whole + 1, digits + whole, frac);
-        return whole + 1 + frac;
+        if (whole > 0) {
+            memcpy(out, digits + 24 - n, whole);
+            out[whole] = '.';
+            memcpy(out + whole + 1, digits + 24 - n + whole, n - whole);
+            *frac = n - whole;
+            return n + 1;
+        }
+        out[len++] = '0';
+        out[len++] = '.';
+        for (i = 0; i < -whole; i++) out[len++] = '0';
+        memcpy(out + len, digits + 24 - n, n);
+        *frac = n - whole;
+        return len + n;
     }
     #else
-    static int gauss_repr_long(double a, int n_first, char* out) { return 0; }
+    static int gauss_shortest(double a, char* out, int* frac) { return 0; }
     #endif
     """
-    int gauss_repr_long(double a, int n_first, char* out) noexcept
+    int gauss_shortest(double a, char* out, int* frac) noexcept
+
+
+cdef enum:
+    _RECORD_JSON_BYTES = 192  # what a writer reserves per record up front (a quote record is ~160): no regrowth copies
 
 
 cdef struct _Writer:
@@ -283,30 +313,66 @@ cdef inline int _w_reserve(_Writer* w, Py_ssize_t n) except -1:
     return 0
 
 
-cdef inline int _w_raw(_Writer* w, const char* data, Py_ssize_t n) except -1:
-    _w_reserve(w, n)
+cdef inline void _put(_Writer* w, const char* data, Py_ssize_t n) noexcept:
+    """Append ``n`` bytes the writer has room for (reserved before)."""
     memcpy(w.buf + w.size, data, n)
     w.size += n
+
+
+cdef inline int _w_raw(_Writer* w, const char* data, Py_ssize_t n) except -1:
+    _w_reserve(w, n)
+    _put(w, data, n)
     return 0
 
 
+cdef char* _PAIRS = (
+    b"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    b"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    b"8081828384858687888990919293949596979899"
+)
+"""The two digits of 0 to 99 (a number is written two digits a step)."""
+
+
+cdef inline void _put_uint(_Writer* w, uint64_t value) noexcept:
+    """Append ``value``'s decimal digits (20 at most, reserved before), written in place."""
+    cdef int n = 1
+    cdef uint64_t bound = 10
+    cdef uint64_t pair
+    while n < 20 and value >= bound:
+        n += 1
+        bound *= 10
+    cdef char* end = w.buf + w.size + n
+    w.size += n
+    while value >= 100:
+        pair = value % 100
+        value //= 100
+        end -= 2
+        memcpy(end, _PAIRS + 2 * pair, 2)
+    if value >= 10:
+        memcpy(end - 2, _PAIRS + 2 * value, 2)
+    else:
+        end[-1] = <char>(48 + value)
+
+
 cdef inline int _w_uint(_Writer* w, uint64_t value) except -1:
-    cdef char[24] digits
-    cdef int i = 24
-    while True:
-        i -= 1
-        digits[i] = <char>(48 + value % 10)
-        value //= 10
-        if value == 0:
-            break
-    return _w_raw(w, &digits[i], 24 - i)
+    _w_reserve(w, 20)
+    _put_uint(w, value)
+    return 0
+
+
+cdef inline void _put_int(_Writer* w, int64_t value) noexcept:
+    """Append ``value`` in decimal (21 bytes at most, reserved before)."""
+    if value < 0:
+        _put(w, "-", 1)
+        _put_uint(w, <uint64_t>(-(value + 1)) + 1)
+    else:
+        _put_uint(w, <uint64_t>value)
 
 
 cdef inline int _w_int(_Writer* w, int64_t value) except -1:
-    if value < 0:
-        _w_raw(w, "-", 1)
-        return _w_uint(w, <uint64_t>(-(value + 1)) + 1)
-    return _w_uint(w, <uint64_t>value)
+    _w_reserve(w, 21)
+    _put_int(w, value)
+    return 0
 
 
 cdef inline int _clinger(double a, int k, int64_t* m) noexcept:
@@ -314,28 +380,25 @@ cdef inline int _clinger(double a, int k, int64_t* m) noexcept:
     cdef double y = a * _P10[k]
     if y >= <double>_DIGITS15:
         return -1
-    m[0] = llround(y)
+    m[0] = <int64_t>(y + 0.5)  # any rounding will do: a y that passes is within 1/8 of an integer
     return <double>m[0] / _P10[k] == a
 
 
 cdef int _w_float(_Writer* w, double x, int column, bint json=True) except -1:
     """``repr(x)``: the shortest decimal that reads back as ``x``; if not finite ``null`` (JSON) or ``repr``'s word.
 
-    PERF: a price with a few decimals is found by Clinger's test in either
-    direction (``m / 10**k == x`` with ``m < 10**15``: then the decimal
-    ``m * 10**-k`` is the only one of its length for ``x``, so it is what
-    ``repr`` prints). The forms that pass are closed upwards in ``k`` (a
-    trailing zero changes nothing), so the search starts at the ``k`` of the
-    column's last value and walks down or up: about two tests for a column
-    of prices with the same decimals. Longer forms are found exactly below;
-    anything else goes to CPython's own ``repr`` code.
+    PERF: a price with as many decimals as the column's last value is
+    found by Clinger's test (``m / 10**k == x`` with ``m < 10**15``: then
+    the decimal ``m * 10**-k`` is the only one of its length for ``x``, so
+    it is what ``repr`` prints), then shortened while a shorter one passes:
+    about two tests for a column of prices with the same decimals. Any
+    other value is found exactly by ``gauss_shortest``; what neither
+    covers (huge, tiny, a tie) goes to CPython's own ``repr`` code.
     """
     cdef double a
     cdef int64_t m, lower, ip, frac
-    cdef int k, pad, n, found
+    cdef int k, pad, n, fraction_digits
     cdef char* text
-    cdef char[24] digits
-    cdef char[32] long_form
     if not (x - x == 0.0):
         if json:
             return _w_raw(w, "null", 4)
@@ -348,43 +411,40 @@ cdef int _w_float(_Writer* w, double x, int column, bint json=True) except -1:
         return _w_raw(w, "0.0", 3)
     a = -x if x < 0.0 else x
     if 1e-4 <= a < 1e15:
+        _w_reserve(w, 40)  # a sign, 16 digits, a point, up to 21 fraction digits
         k = w.digits[column]
-        found = _clinger(a, k, &m)
-        if found == 1:
+        if _clinger(a, k, &m) == 1:
             # A shorter form would make this one end in 0 (one passing form per length).
             while k > 0 and m % 10 == 0 and _clinger(a, k - 1, &lower) == 1:
                 k -= 1
                 m = lower
-        else:
-            if found == -1:  # too many digits from here on: every form that passes is shorter
-                k = 0
-                found = _clinger(a, k, &m)
-            while found == 0 and k < 15:
-                k += 1
-                found = _clinger(a, k, &m)
-        if found == 1:
             w.digits[column] = k
             if x < 0.0:
-                _w_raw(w, "-", 1)
+                _put(w, "-", 1)
             if k == 0:
-                _w_uint(w, <uint64_t>m)
-                return _w_raw(w, ".0", 2)
+                _put_uint(w, <uint64_t>m)
+                _put(w, ".0", 2)
+                return 0
             ip = m // <int64_t>_P10[k]
             frac = m - ip * <int64_t>_P10[k]
-            _w_uint(w, <uint64_t>ip)
-            _w_raw(w, ".", 1)
+            _put_uint(w, <uint64_t>ip)
+            w.buf[w.size] = b"."
             pad = k
             while pad > 0:
-                pad -= 1
-                digits[pad] = <char>(48 + frac % 10)
+                w.buf[w.size + pad] = <char>(48 + frac % 10)
                 frac //= 10
-            return _w_raw(w, digits, k)
-        # Clinger's test covers up to 15 digits and 15 fraction digits; longer forms are found exactly.
-        n = gauss_repr_long(a, min(16, 17 + <int>floor(log10(a))) if a < 1.0 else 16, long_form)
+                pad -= 1
+            w.size += k + 1
+            return 0
+        n = gauss_shortest(a, w.buf + w.size + (x < 0.0), &fraction_digits)
         if n > 0:
+            if fraction_digits < 15:
+                w.digits[column] = fraction_digits
             if x < 0.0:
-                _w_raw(w, "-", 1)
-            return _w_raw(w, long_form, n)
+                w.buf[w.size] = b"-"
+                n += 1
+            w.size += n
+            return 0
     text = PyOS_double_to_string(x, b'r', 0, Py_DTSF_ADD_DOT_0, NULL)
     try:
         _w_raw(w, text, strlen(text))
@@ -773,32 +833,41 @@ cdef class QuoteBatch:
     # --- JSON, written from the columns --------------------------------------
 
     cdef int _write_data(self, _Writer* w, Py_ssize_t i, bytes name) except -1:
-        _w_raw(w, '{"symbol":', 10)
-        _w_raw(w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
-        _w_raw(w, ',"bid":', 7)
+        _w_reserve(w, 80 + PyBytes_GET_SIZE(name))  # the floats reserve their own room
+        _put(w, '{"symbol":', 10)
+        _put(w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+        _put(w, ',"bid":', 7)
         _w_float(w, self._bid[i], 0)
-        _w_raw(w, ',"ask":', 7)
+        _w_reserve(w, 12)
+        _put(w, ',"ask":', 7)
         _w_float(w, self._ask[i], 1)
-        _w_raw(w, ',"bid_size":', 12)
+        _w_reserve(w, 12)
+        _put(w, ',"bid_size":', 12)
         _w_float(w, self._bid_size[i], 2)
-        _w_raw(w, ',"ask_size":', 12)
+        _w_reserve(w, 12)
+        _put(w, ',"ask_size":', 12)
         _w_float(w, self._ask_size[i], 3)
-        _w_raw(w, ',"ts_ms":', 9)
-        _w_int(w, self._ts[i])
-        return _w_raw(w, "}", 1)
+        _w_reserve(w, 32)
+        _put(w, ',"ts_ms":', 9)
+        _put_int(w, self._ts[i])
+        _put(w, "}", 1)
+        return 0
 
     cdef int _write_record(self, _Writer* w, Py_ssize_t i, bytes name) except -1:
-        _w_raw(w, '{"ts_ms":', 9)
-        _w_int(w, self._ts[i])
-        _w_raw(w, ',"key":', 7)
-        _w_raw(w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
-        _w_raw(w, ',"data":', 8)
+        _w_reserve(w, 40 + PyBytes_GET_SIZE(name))
+        _put(w, '{"ts_ms":', 9)
+        _put_int(w, self._ts[i])
+        _put(w, ',"key":', 7)
+        _put(w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+        _put(w, ',"data":', 8)
         self._write_data(w, i, name)
         cdef int64_t seq = self._seq(i)
+        _w_reserve(w, 32)
         if seq:
-            _w_raw(w, ',"seq":', 7)
-            _w_int(w, seq)
-        return _w_raw(w, "}", 1)
+            _put(w, ',"seq":', 7)
+            _put_int(w, seq)
+        _put(w, "}", 1)
+        return 0
 
     def payloads_json(self, framing=None):
         """Each quote's six fields as a JSON object (what the ``json`` codec sends); with ``framing`` framed into one ``bytes``."""
@@ -855,6 +924,7 @@ cdef class QuoteBatch:
         cdef _Names names = _Names()
         cdef Py_ssize_t i, n = len(self.symbols)
         try:
+            _w_reserve(&w, n * _RECORD_JSON_BYTES)
             _w_raw(&w, "[", 1)
             for i in range(n):
                 if i:

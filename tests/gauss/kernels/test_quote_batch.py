@@ -96,6 +96,25 @@ def test_long_floats_are_written_as_repr_writes_them(kernels: ModuleType) -> Non
     assert written == [repr(float(v)) for v in values]
 
 
+@settings(max_examples=500, deadline=None, suppress_health_check=FIXTURES)
+@given(
+    digits=st.integers(min_value=1, max_value=10**17),
+    exponent=st.integers(min_value=-21, max_value=14),
+    steps=st.integers(min_value=-3, max_value=3),
+)
+def test_floats_beside_a_decimal_are_written_as_repr_writes_them(
+    kernels: ModuleType, digits: int, exponent: int, steps: int
+) -> None:
+    """The shortest-decimal path at its edges: a few ulps from a decimal, ties, powers of two and ten."""
+    value = float(f"{digits}e{exponent}")
+    for _ in range(abs(steps)):
+        value = math.nextafter(value, math.inf if steps > 0 else 0.0)
+    values = [value, -value, 2.0 ** round(math.log2(value)) if value > 0 else 1.0]
+    batch = kernels.QuoteBatch(["S"] * 3, [1] * 3, values, values, values, values)
+    written = [line.split(b'"bid":', 1)[1].split(b",", 1)[0].decode() for line in batch.payloads_json()]
+    assert written == [repr(v) for v in values]
+
+
 def test_numbers_json_cannot_say_are_written_as_null(kernels: ModuleType) -> None:
     (payload,) = kernels.QuoteBatch(["S"], [1], [math.nan], [math.inf], [-math.inf], [1.0]).payloads_json()
     assert json.loads(payload) == {"symbol": "S", "bid": None, "ask": None, "bid_size": None, "ask_size": 1.0, "ts_ms": 1}
