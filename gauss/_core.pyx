@@ -832,7 +832,8 @@ cdef class QuoteBatch:
 
     # --- JSON, written from the columns --------------------------------------
 
-    cdef int _write_data(self, _Writer* w, Py_ssize_t i, bytes name) except -1:
+    cdef int _write_data(self, _Writer* w, Py_ssize_t i, bytes name, Py_ssize_t ts_at=-1, Py_ssize_t ts_len=0) except -1:
+        """Quote ``i``'s six fields as JSON; ``ts_at``: where ``w`` holds its ``ts_ms`` digits already (``ts_len`` of them)."""
         _w_reserve(w, 80 + PyBytes_GET_SIZE(name))  # the floats reserve their own room
         _put(w, '{"symbol":', 10)
         _put(w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
@@ -849,18 +850,23 @@ cdef class QuoteBatch:
         _w_float(w, self._ask_size[i], 3)
         _w_reserve(w, 32)
         _put(w, ',"ts_ms":', 9)
-        _put_int(w, self._ts[i])
+        if ts_at < 0:
+            _put_int(w, self._ts[i])
+        else:
+            _put(w, w.buf + ts_at, ts_len)
         _put(w, "}", 1)
         return 0
 
     cdef int _write_record(self, _Writer* w, Py_ssize_t i, bytes name) except -1:
         _w_reserve(w, 40 + PyBytes_GET_SIZE(name))
         _put(w, '{"ts_ms":', 9)
+        cdef Py_ssize_t ts_at = w.size
         _put_int(w, self._ts[i])
+        cdef Py_ssize_t ts_len = w.size - ts_at
         _put(w, ',"key":', 7)
         _put(w, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
         _put(w, ',"data":', 8)
-        self._write_data(w, i, name)
+        self._write_data(w, i, name, ts_at, ts_len)
         cdef int64_t seq = self._seq(i)
         _w_reserve(w, 32)
         if seq:
