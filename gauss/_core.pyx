@@ -924,19 +924,23 @@ cdef class QuoteBatch:
         finally:
             free(w.buf)
 
-    def records_json(self):
-        """The JSON array of the records' SPEC section 1 forms."""
+    def records_json(self, start=0, stop=None, bytes lead=b"[", bytes tail=b"]"):
+        """The JSON array of the records' SPEC section 1 forms; of ``self[start:stop]`` between ``lead`` and ``tail``.
+
+        ``lead=b","``, ``tail=b""`` give a piece of a longer array, written without a copy (the API's chunks).
+        """
+        cdef Py_ssize_t i, first, end
+        first, end, _ = slice(start, stop).indices(len(self.symbols))
         cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
         cdef _Names names = _Names()
-        cdef Py_ssize_t i, n = len(self.symbols)
         try:
-            _w_reserve(&w, n * _RECORD_JSON_BYTES)
-            _w_raw(&w, "[", 1)
-            for i in range(n):
-                if i:
+            _w_reserve(&w, max(0, end - first) * _RECORD_JSON_BYTES + len(lead) + len(tail))
+            _w_raw(&w, PyBytes_AS_STRING(lead), PyBytes_GET_SIZE(lead))
+            for i in range(first, end):
+                if i > first:
                     _w_raw(&w, ",", 1)
                 self._write_record(&w, i, names.text(self.symbols[i]))
-            _w_raw(&w, "]", 1)
+            _w_raw(&w, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail))
             return PyBytes_FromStringAndSize(w.buf, w.size)
         finally:
             free(w.buf)

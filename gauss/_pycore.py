@@ -334,9 +334,13 @@ class QuoteBatch(Sequence[TopicRecord]):
         """The raw-file log frames of every record's SPEC section 1 form: ``encode_checked_frames(record_lines())``."""
         return encode_checked_frames(self.record_lines())[0]
 
-    def records_json(self) -> bytes:
-        """The JSON array of the records' SPEC section 1 forms."""
-        return ("[" + ",".join(self._record_json()) + "]").encode()
+    def records_json(self, start: int = 0, stop: int | None = None, lead: bytes = b"[", tail: bytes = b"]") -> bytes:
+        """The JSON array of the records' SPEC section 1 forms; of ``self[start:stop]`` between ``lead`` and ``tail``.
+
+        ``lead=b","``, ``tail=b""`` give a piece of a longer array (the API's chunks).
+        """
+        part = self if start == 0 and stop is None else self[start:stop]
+        return lead + ",".join(part._record_json()).encode() + tail
 
     def _data_json(self) -> list[str]:
         names: dict[str, str] = {}

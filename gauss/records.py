@@ -27,6 +27,7 @@ __all__ = [
     "encode_json",
     "encode_record",
     "encode_records",
+    "encode_records_piece",
     "encode_record_lines",
 ]
 
@@ -186,6 +187,18 @@ def encode_records(records: Iterable[TopicRecord]) -> bytes:
     if isinstance(records, QuoteBatch):
         return records.records_json()
     return _encoder.encode([r.as_dict() for r in records])
+
+
+def encode_records_piece(records: Sequence[TopicRecord], start: int, stop: int) -> bytes:
+    """``records[start:stop]``'s SPEC forms comma-separated, after a comma unless ``start`` is 0.
+
+    The pieces of consecutive ranges, joined and wrapped in ``[`` ``]``, are
+    :func:`encode_records` of the whole (quotes written from the columns, no copy).
+    """
+    lead = b"," if start else b""
+    if isinstance(records, QuoteBatch):
+        return records.records_json(start, stop, lead, b"")
+    return lead + _encoder.encode([r.as_dict() for r in records[start:stop]])[1:-1]
 
 
 def encode_record_lines(records: Iterable[TopicRecord]) -> bytes:

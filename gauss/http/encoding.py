@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Sequence
 import gevent
 
 from gauss.core import TopicRecord
-from gauss.records import encode_json, encode_records
+from gauss.records import encode_json, encode_records_piece
 
 __all__ = ["CHUNK_BYTES", "dumps", "record_chunks", "records_message_parts"]
 
@@ -38,15 +38,12 @@ def record_chunks(
     start = 0
     step = _FIRST_CHUNK_RECORDS
     while start < total:
-        chunk = records[start : start + step]
-        encoded = encode_records(chunk)
-        piece = encoded[1:-1]
-        if start:
-            piece = b"," + piece
+        stop = min(total, start + step)
+        piece = encode_records_piece(records, start, stop)
         yield piece
-        start += len(chunk)
         # PERF: size the next chunk from the bytes per record just measured.
-        per_record = max(1, len(encoded) // len(chunk))
+        per_record = max(1, len(piece) // (stop - start))
+        start = stop
         step = max(16, CHUNK_BYTES // per_record)
         if on_measure is not None:
             on_measure(per_record)
