@@ -1,8 +1,9 @@
 """JSON pieces of the API: record arrays encoded in ~64 KiB chunks that yield to the loop.
 
 A 100,000-record answer is never one giant string or one giant list of
-dicts: records are turned into dicts and encoded a chunk at a time, and the
-event loop runs between chunks so ingest keeps flowing while it is written.
+dicts: it is encoded a chunk at a time (a quote batch's range written from its
+columns, other records as dicts), and the event loop runs between chunks so
+ingest keeps flowing while it is written.
 """
 
 from __future__ import annotations
