@@ -924,7 +924,7 @@ cdef class QuoteBatch:
         finally:
             free(w.buf)
 
-    def records_json(self, start=0, stop=None, bytes lead=b"[", bytes tail=b"]"):
+    def records_json(self, start=0, stop=None, bytes lead not None=b"[", bytes tail not None=b"]"):
         """The JSON array of the records' SPEC section 1 forms; of ``self[start:stop]`` between ``lead`` and ``tail``.
 
         ``lead=b","``, ``tail=b""`` give a piece of a longer array, written without a copy (the API's chunks).
