@@ -354,12 +354,6 @@ cdef inline void _put_uint(_Writer* w, uint64_t value) noexcept:
         end[-1] = <char>(48 + value)
 
 
-cdef inline int _w_uint(_Writer* w, uint64_t value) except -1:
-    _w_reserve(w, 20)
-    _put_uint(w, value)
-    return 0
-
-
 cdef inline void _put_int(_Writer* w, int64_t value) noexcept:
     """Append ``value`` in decimal (21 bytes at most, reserved before)."""
     if value < 0:
