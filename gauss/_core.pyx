@@ -39,8 +39,52 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     """
-    /* CRC-32 (zlib's polynomial, what zlib.crc32 gives), slicing by 8: ~2.5x zlib 1.2's speed on 150-byte lines. */
+    /* CRC-32 (zlib's polynomial, what zlib.crc32 gives): carry-less multiplication folds 16 bytes a step where the
+       CPU has PCLMULQDQ (the method and constants of Intel's "Fast CRC Computation for Generic Polynomials Using
+       PCLMULQDQ", as Linux's crc32-pclmul uses them), slicing by 8 for the rest and on other CPUs. */
     static uint32_t gauss_crc_table[8][256];
+    static int gauss_crc_folds;
+    #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    #include <immintrin.h>
+    #define GAUSS_CRC_FOLD_TARGET __attribute__((target("pclmul,sse4.1")))
+    GAUSS_CRC_FOLD_TARGET static inline __m128i gauss_fold16(__m128i x, __m128i k, __m128i next) {
+        return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), next);
+    }
+    /* The register c (not inverted) carried over n >= 64 bytes, n a multiple of 16. */
+    GAUSS_CRC_FOLD_TARGET static uint32_t gauss_crc_fold(uint32_t c, const unsigned char* p, size_t n) {
+        const __m128i k1k2 = _mm_set_epi64x(0x1c6e41596LL, 0x154442bd4LL);
+        const __m128i k3k4 = _mm_set_epi64x(0x0ccaa009eLL, 0x1751997d0LL);
+        const __m128i k5 = _mm_set_epi64x(0, 0x163cd6124LL);
+        const __m128i poly = _mm_set_epi64x(0x1f7011641LL, 0x1db710641LL);  /* mu, P' (Barrett) */
+        const __m128i low32 = _mm_set_epi32(0, 0, 0, -1);
+        __m128i x1 = _mm_xor_si128(_mm_loadu_si128((const __m128i*)p), _mm_cvtsi32_si128((int)c));
+        __m128i x2 = _mm_loadu_si128((const __m128i*)(p + 16));
+        __m128i x3 = _mm_loadu_si128((const __m128i*)(p + 32));
+        __m128i x4 = _mm_loadu_si128((const __m128i*)(p + 48));
+        __m128i t;
+        for (p += 64, n -= 64; n >= 64; p += 64, n -= 64) {
+            x1 = gauss_fold16(x1, k1k2, _mm_loadu_si128((const __m128i*)p));
+            x2 = gauss_fold16(x2, k1k2, _mm_loadu_si128((const __m128i*)(p + 16)));
+            x3 = gauss_fold16(x3, k1k2, _mm_loadu_si128((const __m128i*)(p + 32)));
+            x4 = gauss_fold16(x4, k1k2, _mm_loadu_si128((const __m128i*)(p + 48)));
+        }
+        x1 = gauss_fold16(gauss_fold16(gauss_fold16(x1, k3k4, x2), k3k4, x3), k3k4, x4);
+        for (; n >= 16; p += 16, n -= 16)
+            x1 = gauss_fold16(x1, k3k4, _mm_loadu_si128((const __m128i*)p));
+        x1 = _mm_xor_si128(_mm_srli_si128(x1, 8), _mm_clmulepi64_si128(x1, k3k4, 0x10));  /* 128 -> 64 bits */
+        x1 = _mm_xor_si128(_mm_srli_si128(x1, 4), _mm_clmulepi64_si128(_mm_and_si128(x1, low32), k5, 0x00));  /* -> 32 */
+        t = _mm_and_si128(_mm_clmulepi64_si128(_mm_and_si128(x1, low32), poly, 0x10), low32);
+        x1 = _mm_xor_si128(x1, _mm_clmulepi64_si128(t, poly, 0x00));
+        return (uint32_t)_mm_extract_epi32(x1, 1);
+    }
+    static int gauss_crc_can_fold(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+    }
+    #else
+    static uint32_t gauss_crc_fold(uint32_t c, const unsigned char* p, size_t n) { return c; }
+    static int gauss_crc_can_fold(void) { return 0; }
+    #endif
     static void gauss_crc_init(void) {
         uint32_t i, c;
         int k, t;
@@ -52,10 +96,18 @@ cdef extern from *:
         for (i = 0; i < 256; i++)
             for (t = 1; t < 8; t++)
                 gauss_crc_table[t][i] = (gauss_crc_table[t - 1][i] >> 8) ^ gauss_crc_table[0][gauss_crc_table[t - 1][i] & 0xff];
+        gauss_crc_folds = gauss_crc_can_fold();
     }
     static uint32_t gauss_crc32(const unsigned char* p, size_t n) {
         const uint32_t (*T)[256] = (const uint32_t (*)[256])gauss_crc_table;
         uint32_t c = 0xFFFFFFFFu, a, b;
+        size_t folded;
+        if (n >= 64 && gauss_crc_folds) {
+            folded = n & ~(size_t)15;
+            c = gauss_crc_fold(c, p, folded);
+            p += folded;
+            n -= folded;
+        }
         while (n >= 8) {
             memcpy(&a, p, 4);
             memcpy(&b, p + 4, 4);

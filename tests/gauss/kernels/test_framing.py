@@ -6,6 +6,7 @@ compare with a model written here; hypothesis prints the failing example.
 
 from __future__ import annotations
 
+import random
 import struct
 import zlib
 from types import ModuleType
@@ -209,6 +210,14 @@ def test_decoder_refuses_non_positive_limit(kernels: ModuleType, name: str) -> N
 def test_checked_frames_hold_each_line_with_its_length_and_crc(kernels: ModuleType, payloads: list[bytes]) -> None:
     frames, count = kernels.encode_checked_frames(b"".join(p + b"\n" for p in payloads))
     assert count == len(payloads)
+    assert frames == b"".join(struct.pack(">II", len(p), zlib.crc32(p)) + p for p in payloads)
+
+
+def test_checked_frames_crc_at_every_length_across_the_folding_steps(kernels: ModuleType) -> None:
+    """Lengths 0..300 cover the table-only path (< 64 bytes), every 64- and 16-byte fold count and every tail."""
+    rng = random.Random(13)
+    payloads = [bytes(rng.choice(range(11, 256)) for _ in range(n)) for n in range(301)]
+    frames, _ = kernels.encode_checked_frames(b"".join(p + b"\n" for p in payloads))
     assert frames == b"".join(struct.pack(">II", len(p), zlib.crc32(p)) + p for p in payloads)
 
 
