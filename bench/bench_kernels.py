@@ -188,6 +188,32 @@ def bench_records(kernels: ModuleType, n: int) -> Callable[[], int]:
     return run
 
 
+def bench_record_frames(kernels: ModuleType, batches: list, quotes: int) -> Callable[[], int]:
+    """The tick log's frames (length, CRC-32, record JSON) written straight from a batch's columns."""
+    columns = [kernels.QuoteBatch(keys, ts, bid, ask, np.full(len(keys), 1e6), np.full(len(keys), 5e5)) for keys, ts, bid, ask in batches]
+    for batch in columns:
+        batch.first_seq = 1_000_000
+
+    def run() -> int:
+        for batch in columns:
+            batch.record_frames()
+        return quotes
+
+    return run
+
+
+def bench_checked_frames(kernels: ModuleType, batches: list, quotes: int) -> Callable[[], int]:
+    """Length and CRC-32 framed around JSON lines that exist already (the log's frames of records, not quotes)."""
+    lines = [pure.QuoteBatch(keys, ts, bid, ask, np.full(len(keys), 1e6), np.full(len(keys), 5e5)).record_lines() for keys, ts, bid, ask in batches]
+
+    def run() -> int:
+        for chunk in lines:
+            kernels.encode_checked_frames(chunk)
+        return quotes
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats")
@@ -212,6 +238,8 @@ def main() -> None:
         ("RecordRing.append records", "records/s", lambda k: bench_ring_records(k, batches, quotes), repeats),
         ("QuoteRing key query, limit 1000", "queries/s", lambda k: bench_query(k, batches), repeats),
         ("TopicRecord(...) creation", "records/s", lambda k: bench_records(k, 200_000 * scale), repeats),
+        ("QuoteBatch.record_frames (tick log)", "quotes/s", lambda k: bench_record_frames(k, batches, quotes), repeats),
+        ("encode_checked_frames (~170 B lines)", "frames/s", lambda k: bench_checked_frames(k, batches, quotes), repeats),
     ]
     print(f"gauss kernels, {quotes} quotes, {frames} frames; best of {repeats}; the machine is shared: numbers are noisy")
     print(f"{'kernel':34} {'unit':11} {'compiled':>14} {'pure twin':>14} {'ratio':>8}")
