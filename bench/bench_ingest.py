@@ -19,7 +19,9 @@ Runs, in one invocation and against the same pre-generated quotes:
 Quotes are sent by a separate process over one connection. The time runs from
 the connection until the N-th quote is in ``quotes.raw`` (Gauss) or processed
 (baseline). The machine has 2 cores shared with other work: figures are noisy,
-compare the ratio measured in the same run.
+compare the ratio measured in the same run. "CPU us/quote" is the server process
+and the sender together; "server CPU us/q" the server alone, every thread, until
+the last loopback topic holds every quote (steadier than wall time).
 
     .venv/bin/python bench/bench_ingest.py [-n 1000000]
 """
@@ -191,6 +193,7 @@ def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str,
     source = hub.sources[0]
     gevent.sleep(0.1)
     before = rss_bytes()
+    cpu_before = _own_cpu()
     sender = blast(source.address[1], path)
     while topic.last_seq < n:
         gevent.sleep(0.002)
@@ -206,10 +209,11 @@ def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str,
     while any(t.last_seq < n for t in loopbacks) and time.perf_counter() < deadline:
         gevent.sleep(0.01)
     looped = time.perf_counter() - started
+    server_cpu = _own_cpu() - cpu_before
     held = {t.name: t.last_seq for t in loopbacks}
     hub.stop(timeout=30)
     sender.wait(timeout=60)
-    result = {"rate": n / elapsed, "peak": peak_rss_bytes(), "per_quote": per_quote, "with_ohlc": n / drained}
+    result = {"rate": n / elapsed, "peak": peak_rss_bytes(), "per_quote": per_quote, "with_ohlc": n / drained, "server_cpu_us": server_cpu / n * 1e6}
     if loopbacks:
         result.update(loopbacks=held, with_loopbacks=n / looped if min(held.values()) >= n else 0.0)
     return result
@@ -269,6 +273,12 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _own_cpu() -> float:
+    """CPU seconds of this process, every thread (the tick log's fsyncs run in a thread pool)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=1_000_000, help="quotes to send (default 1,000,000)")
@@ -317,11 +327,12 @@ def main() -> None:
                 variant = tick_log_variant(REPO / "config.toml", work / f"config.{policy or 'nolog'}.toml", policy)
                 label = "config.toml, no tick log" if policy is None else f"config.toml, tick log {policy}"
                 rows.append((label, run_gauss_process(variant, quotes, args.n, work / f"fsync-{policy or 'nolog'}")))
-    print(f"{'server':<32} {'quotes/s':>12} {'incl. OHLC drain':>17} {'peak RSS':>10} {'bytes/quote':>12} {'CPU us/quote':>13}")
+    print(f"{'server':<32} {'quotes/s':>12} {'incl. OHLC drain':>17} {'peak RSS':>10} {'bytes/quote':>12} {'CPU us/quote':>13} {'server CPU us/q':>16}")
     for name, r in rows:
         drain = f"{r['with_ohlc']:>17,.0f}" if "with_ohlc" in r else f"{'-':>17}"
         cpu = f"{r['cpu_us']:>13.2f}" if "cpu_us" in r else f"{'-':>13}"
-        print(f"{name:<32} {r['rate']:>12,.0f} {drain} {r['peak'] / 2**20:>8.0f}MB {r['per_quote']:>12.0f} {cpu}")
+        own = f"{r['server_cpu_us']:>16.2f}" if "server_cpu_us" in r else f"{'-':>16}"
+        print(f"{name:<32} {r['rate']:>12,.0f} {drain} {r['peak'] / 2**20:>8.0f}MB {r['per_quote']:>12.0f} {cpu} {own}")
     for name, r in rows:
         if "loopbacks" in r:
             held = ", ".join(f"{topic} {count:,}" for topic, count in r["loopbacks"].items())
