@@ -202,6 +202,7 @@ def encode_avro_quotes(QuoteBatch batch not None, framing=None):
     cdef bytes head, raw
     cdef uint64_t ts
     try:
+        _reserve_framed(&w, mode, n, _BINARY_QUOTE_BYTES)
         for i in range(n):
             symbol = batch.symbols[i]
             found = PyDict_GetItem(heads, symbol)
@@ -317,6 +318,7 @@ def encode_protobuf_quotes(QuoteBatch batch not None, framing=None):
     columns[3] = batch._ask_size
     cdef char tag
     try:
+        _reserve_framed(&w, mode, n, _BINARY_QUOTE_BYTES)
         for i in range(n):
             symbol = batch.symbols[i]
             found = PyDict_GetItem(heads, symbol)

@@ -339,7 +339,10 @@ cdef extern from *:
 
 
 cdef enum:
-    _RECORD_JSON_BYTES = 192  # what a writer reserves per record up front (a quote record is ~160): no regrowth copies
+    # What a writer reserves per quote up front (no regrowth copies); longer ones grow the buffer.
+    _RECORD_JSON_BYTES = 192  # a record's SPEC section 1 JSON (~160)
+    _CSV_ROW_BYTES = 128  # a CSV row (~75)
+    _BINARY_QUOTE_BYTES = 64  # a protobuf or Avro quote (~50)
 
 
 cdef struct _Writer:
@@ -544,6 +547,13 @@ cdef inline int _payload_end(_Writer* w, int mode, Py_ssize_t start, list out, P
         head[1] = (size >> 16) & 0xFF
         head[2] = (size >> 8) & 0xFF
         head[3] = size & 0xFF
+    return 0
+
+
+cdef inline int _reserve_framed(_Writer* w, int mode, Py_ssize_t n, Py_ssize_t per_payload) except -1:
+    """Room for a framed batch in one allocation; a list of payloads reuses one small buffer instead."""
+    if mode != _EACH:
+        _w_reserve(w, n * (per_payload + 4))
     return 0
 
 
@@ -929,6 +939,7 @@ cdef class QuoteBatch:
         cdef Py_ssize_t i, start, n = len(self.symbols)
         cdef list out = [None] * n if mode == _EACH else None
         try:
+            _reserve_framed(&w, mode, n, _RECORD_JSON_BYTES)
             for i in range(n):
                 start = _payload_begin(&w, mode)
                 self._write_data(&w, i, names.text(self.symbols[i]))
@@ -943,6 +954,7 @@ cdef class QuoteBatch:
         cdef _Names names = _Names()
         cdef Py_ssize_t i, n = len(self.symbols)
         try:
+            _w_reserve(&w, n * _RECORD_JSON_BYTES)
             for i in range(n):
                 self._write_record(&w, i, names.text(self.symbols[i]))
                 _w_raw(&w, "\n", 1)
@@ -959,6 +971,7 @@ cdef class QuoteBatch:
         cdef _Names names = _Names()
         cdef Py_ssize_t i, start, size, n = len(self.symbols)
         try:
+            _w_reserve(&w, n * (_RECORD_JSON_BYTES + 8))
             for i in range(n):
                 start = w.size
                 _w_reserve(&w, 8)
@@ -1487,6 +1500,7 @@ def encode_csv_quotes(QuoteBatch batch, framing=None):
     cdef list out = [None] * n if mode == _EACH else None
     cdef bytes name
     try:
+        _reserve_framed(&w, mode, n, _CSV_ROW_BYTES)
         for i in range(n):
             start = _payload_begin(&w, mode)
             name = names.text(batch.symbols[i])
