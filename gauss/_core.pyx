@@ -1037,9 +1037,43 @@ cdef enum:
 
 
 cdef inline Py_ssize_t _skip_ws(const char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    while i < n and (p[i] == 32 or p[i] == 9 or p[i] == 10 or p[i] == 13):
+    while i < n and p[i] <= 32 and (p[i] == 32 or p[i] == 9 or p[i] == 10 or p[i] == 13):
         i += 1
     return i
+
+
+cdef inline int _known_key(const char* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* size) noexcept nogil:
+    """The field of a quote key written ``"name":`` (no space) at ``p[i]``, its length in ``size``; 0 for any other.
+
+    PERF: one comparison of the whole key and its colon, no scan for the closing quote.
+    """
+    cdef Py_ssize_t left = n - i
+    if left < 7:
+        return 0
+    cdef char first = p[i + 1]
+    if first == 98:  # "b"
+        if left >= 11 and memcmp(p + i, b'"bid_size":', 11) == 0:
+            size[0] = 11
+            return _F_BID_SIZE
+        if memcmp(p + i, b'"bid":', 6) == 0:
+            size[0] = 6
+            return _F_BID
+    elif first == 97:  # "a"
+        if left >= 11 and memcmp(p + i, b'"ask_size":', 11) == 0:
+            size[0] = 11
+            return _F_ASK_SIZE
+        if memcmp(p + i, b'"ask":', 6) == 0:
+            size[0] = 6
+            return _F_ASK
+    elif first == 115:  # "s"
+        if left >= 9 and memcmp(p + i, b'"symbol":', 9) == 0:
+            size[0] = 9
+            return _F_SYMBOL
+    elif first == 116:  # "t"
+        if left >= 8 and memcmp(p + i, b'"ts_ms":', 8) == 0:
+            size[0] = 8
+            return _F_TS
+    return 0
 
 
 cdef inline int _field_of(const char* name, Py_ssize_t size) noexcept nogil:
@@ -1330,7 +1364,7 @@ cdef class JsonQuoteParser(_QuoteParser):
     """
 
     def parse(self, payloads):
-        cdef Py_ssize_t count = len(payloads), row = 0, k, i, n, name_start, value_start
+        cdef Py_ssize_t count = len(payloads), row = 0, k, i, n, name_start, value_start, key_size = 0
         cdef list symbols = []
         positions = np.empty(count, dtype=np.int64)
         ts = np.empty(count, dtype=np.int64)
@@ -1363,20 +1397,25 @@ cdef class JsonQuoteParser(_QuoteParser):
                 i = _skip_ws(p, i, n)
                 if i >= n or p[i] != 34:  # '"' of a field name
                     break
-                name_start = i + 1
-                i = name_start
-                while i < n and p[i] != 34 and p[i] != 92:
+                field = _known_key(p, i, n, &key_size)
+                if field:
+                    i += key_size
+                else:
+                    name_start = i + 1
+                    i = name_start
+                    while i < n and p[i] != 34 and p[i] != 92:
+                        i += 1
+                    if i >= n or p[i] != 34:
+                        break
+                    field = _field_of(p + name_start, i - name_start)
+                    i = _skip_ws(p, i + 1, n)
+                    if i >= n or p[i] != 58:  # ":"
+                        break
                     i += 1
-                if i >= n or p[i] != 34:
-                    break
-                field = _field_of(p + name_start, i - name_start)
                 if field == 0 or seen & field:
                     break
                 seen |= field
-                i = _skip_ws(p, i + 1, n)
-                if i >= n or p[i] != 58:  # ":"
-                    break
-                i = _skip_ws(p, i + 1, n)
+                i = _skip_ws(p, i, n)
                 if field == _F_SYMBOL:
                     if i >= n or p[i] != 34:
                         break

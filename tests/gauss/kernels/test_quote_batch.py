@@ -179,7 +179,7 @@ stamps = st.one_of(
     st.integers(min_value=-5, max_value=10**20).map(str),
     st.sampled_from(["1.0", "1e3", "-0", "017", "9223372036854775807"]),
 )
-names = st.sampled_from(["symbol", "bid", "ask", "bid_size", "ask_size", "ts_ms", "other", "bi\\u0064"])
+names = st.sampled_from(["symbol", "bid", "ask", "bid_size", "ask_size", "ts_ms", "other", "bi\\u0064", "bid_sizes", "ts_ms2", "b", "symbolic"])
 spaces = st.sampled_from(["", " ", "\t", "  \r "])
 
 

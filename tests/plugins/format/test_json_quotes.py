@@ -57,7 +57,11 @@ timestamps = st.one_of(
     st.sampled_from([0, 0.0, 1.0, 1.5, NOW_MS, float(NOW_MS), FUTURE_MS, 2**63, 2**64 - 1, True, "1", None]),
     st.just(missing),
 )
-extras = st.dictionaries(st.sampled_from(["venue", "x", "bid_", "tsms"]), st.integers() | st.text(max_size=3), max_size=2)
+extras = st.dictionaries(
+    st.sampled_from(["venue", "x", "bid_", "tsms", "bid_sizes", "ts_ms ", "symbol2", "as", "b"]),
+    st.integers() | st.text(max_size=3),
+    max_size=2,
+)
 
 
 good_values = {
@@ -88,7 +92,8 @@ def quote_payloads(draw: st.DrawFn) -> bytes:
     data = {k: v for k, v in fields.items() if v is not missing}
     data.update(draw(extras))
     order = draw(st.permutations(list(data)))
-    return dumps({k: data[k] for k in order})
+    separators = draw(st.sampled_from([(",", ":"), (", ", ": "), (",", " :")]))  # compact is what feeds send
+    return json.dumps({k: data[k] for k in order}, ensure_ascii=False, separators=separators).encode()
 
 
 raw_frames = st.one_of(
