@@ -338,6 +338,39 @@ cdef extern from *:
     int gauss_shortest(double a, char* out, int* frac) noexcept
 
 
+cdef extern from *:
+    """
+    /* How many of the 8 bytes at p are decimal digits before the first other byte (0..8), and their value;
+       -1 where it is not compiled (the caller reads digit by digit). 8 bytes must be readable at p.
+       PERF: one load, one test of all 8 bytes, three multiplications (fast_float's eight-digit method). */
+    static const uint64_t gauss_pow10_u64[9] = {1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000};
+    static inline int gauss_digits8(const char* p, uint64_t* value) {
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        uint64_t x, t, other;
+        int k;
+        memcpy(&x, p, 8);
+        t = x - 0x3030303030303030ULL;  /* a digit byte becomes 0..9; bytes past the first other one are never used */
+        other = (t | (t + 0x7676767676767676ULL)) & 0x8080808080808080ULL;  /* high bit: not 0..9 */
+        k = other ? __builtin_ctzll(other) >> 3 : 8;
+        if (k == 0) {
+            *value = 0;
+            return 0;
+        }
+        t <<= 8 * (8 - k);  /* the digits at the top, zeros (leading zeros) below */
+        t = t * 10 + (t >> 8);
+        t = (((t & 0x000000FF000000FFULL) * 0x000F424000000064ULL)
+             + (((t >> 16) & 0x000000FF000000FFULL) * 0x0000271000000001ULL)) >> 32;
+        *value = (uint32_t)t;
+        return k;
+    #else
+        return -1;
+    #endif
+    }
+    """
+    const uint64_t* gauss_pow10_u64
+    int gauss_digits8(const char* p, uint64_t* value) noexcept nogil
+
+
 cdef enum:
     # What a writer reserves per quote up front (no regrowth copies); longer ones grow the buffer.
     _RECORD_JSON_BYTES = 192  # a record's SPEC section 1 JSON (~160)
@@ -1103,8 +1136,8 @@ cdef inline Py_ssize_t _read_number(const char* p, Py_ssize_t i, Py_ssize_t n, d
     """
     cdef Py_ssize_t start = i, j
     cdef bint negative = False, integral = True
-    cdef uint64_t m = 0
-    cdef int digits = 0, frac = 0, exp = 0, e10
+    cdef uint64_t m = 0, eight
+    cdef int digits = 0, frac = 0, exp = 0, e10, k
     cdef bint exp_negative = False
     cdef char* end
     cdef double value
@@ -1116,6 +1149,15 @@ cdef inline Py_ssize_t _read_number(const char* p, Py_ssize_t i, Py_ssize_t n, d
     if p[i] == 48:  # "0"
         i += 1
     elif 49 <= p[i] <= 57:
+        while i + 8 <= n and digits <= 11:  # PERF: 8 digits a step while m stays exact (<= 19 digits)
+            k = gauss_digits8(p + i, &eight)
+            if k <= 0:
+                break
+            m = m * gauss_pow10_u64[k] + eight
+            digits += k
+            i += k
+            if k < 8:
+                break
         while i < n and 48 <= p[i] <= 57:
             if m or p[i] != 48:
                 if digits < 19:
@@ -1128,6 +1170,17 @@ cdef inline Py_ssize_t _read_number(const char* p, Py_ssize_t i, Py_ssize_t n, d
         integral = False
         i += 1
         j = i
+        # PERF: 8 digits a step; a leading zero counts as a digit here, which only sends more numbers to float()
+        while i + 8 <= n and digits <= 11:
+            k = gauss_digits8(p + i, &eight)
+            if k <= 0:
+                break
+            m = m * gauss_pow10_u64[k] + eight
+            digits += k
+            frac += k
+            i += k
+            if k < 8:
+                break
         while i < n and 48 <= p[i] <= 57:
             if m or p[i] != 48:
                 if digits < 19:
@@ -1173,10 +1226,20 @@ cdef inline Py_ssize_t _read_number(const char* p, Py_ssize_t i, Py_ssize_t n, d
 cdef inline Py_ssize_t _read_ts(const char* p, Py_ssize_t i, Py_ssize_t n, int64_t* out) noexcept nogil:
     """Read a JSON integer of at most 18 digits, no sign, at ``p[i]``; its end, or -1."""
     cdef int64_t value = 0
+    cdef uint64_t eight
     cdef Py_ssize_t start = i
+    cdef int k
     if i < n and p[i] == 48:
         i += 1
     else:
+        while i + 8 <= n and i - start <= 10:  # PERF: 8 digits a step while at most 18 are read
+            k = gauss_digits8(p + i, &eight)
+            if k <= 0:
+                break
+            value = value * <int64_t>gauss_pow10_u64[k] + <int64_t>eight
+            i += k
+            if k < 8:
+                break
         while i < n and 48 <= p[i] <= 57:
             value = value * 10 + (p[i] - 48)
             i += 1

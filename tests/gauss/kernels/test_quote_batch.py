@@ -170,8 +170,15 @@ def test_columns_that_differ_are_refused(kernels: ModuleType) -> None:
 
 # --- the parser -------------------------------------------------------------------
 
+decimals = st.builds(  # every digit count either side of the point, leading zeros in the fraction: 8-digit steps
+    "{}.{}{}".format,
+    st.from_regex(r"0|[1-9][0-9]{0,21}", fullmatch=True),
+    st.from_regex(r"0{0,12}", fullmatch=True),
+    st.from_regex(r"[0-9]{1,22}", fullmatch=True),
+)
 numbers = st.one_of(
     floats.map(repr),
+    decimals,
     st.integers(min_value=-(10**30), max_value=10**30).map(str),
     st.sampled_from(["1" + "0" * 400, "-" + "9" * 320, "-0", "-0.0", "0e5", "1E-3", "1e400", "-1e400", "1.5e-310", "00", "1.", ".5", "+1", "0x10", "1e", "NaN", "true", "null", '"1"']),
 )
