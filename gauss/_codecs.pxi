@@ -192,8 +192,8 @@ def encode_avro_quotes(QuoteBatch batch not None, framing=None):
     ``framing``: as :func:`encode_csv_quotes`.
     Raises ``TypeError`` for a symbol that is not a ``str``, ``UnicodeEncodeError`` for a lone surrogate.
     """
-    cdef _Writer w = _Writer(NULL, 0, 0)
-    cdef _Writer hw = _Writer(NULL, 0, 0)  # a symbol's head, written apart from the payloads
+    cdef _Writer w = _new_writer()
+    cdef _Writer hw = _new_writer()  # a symbol's head, written apart from the payloads
     cdef dict heads = {}
     cdef int mode = _framing_mode(framing)
     cdef Py_ssize_t i, start, n = len(batch.symbols)
@@ -301,8 +301,8 @@ def encode_protobuf_quotes(QuoteBatch batch not None, framing=None):
     ``framing``: as :func:`encode_csv_quotes`.
     Raises ``TypeError`` for a symbol that is not a ``str``, ``UnicodeEncodeError`` for a lone surrogate.
     """
-    cdef _Writer w = _Writer(NULL, 0, 0)
-    cdef _Writer hw = _Writer(NULL, 0, 0)  # a symbol's head, written apart from the payloads
+    cdef _Writer w = _new_writer()
+    cdef _Writer hw = _new_writer()  # a symbol's head, written apart from the payloads
     cdef dict heads = {}
     cdef int mode = _framing_mode(framing)
     cdef Py_ssize_t i, start, n = len(batch.symbols)

@@ -23,7 +23,7 @@ from cpython.unicode cimport PyUnicode_DATA, PyUnicode_DecodeASCII, PyUnicode_GE
 from libc.math cimport copysign, floor, isfinite, log10
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
-from libc.string cimport memchr, memcmp, memcpy, memmove, strlen
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset, strlen
 
 import mmap
 from collections.abc import Sequence as _Sequence
@@ -378,11 +378,26 @@ cdef enum:
     _BINARY_QUOTE_BYTES = 64  # a protobuf or Avro quote (~50)
 
 
+cdef enum:
+    _MEMO_BYTES = 24  # the longest float text a column remembers (a sign, 17 digits, a point, room to spare)
+
+
 cdef struct _Writer:
     char* buf
     Py_ssize_t size
     Py_ssize_t alloc
-    int[4] digits  # per float column, the fraction digits of the last value written (where the next search starts)
+    # Per float column (bid, ask, bid_size, ask_size):
+    int[4] digits  # the fraction digits of the last value written (where the next search starts)
+    double[4] last  # the last value written in [1e-4, 1e15) (0.0: none yet), and its text
+    char[4 * _MEMO_BYTES] last_text
+    int[4] last_len
+
+
+cdef inline _Writer _new_writer() noexcept:
+    """An empty writer: no buffer, no float column remembered."""
+    cdef _Writer w
+    memset(&w, 0, sizeof(_Writer))
+    return w
 
 
 cdef int _w_grow(_Writer* w, Py_ssize_t n) except -1:
@@ -468,6 +483,26 @@ cdef inline int _clinger(double a, int k, int64_t* m) noexcept:
 
 cdef int _w_float(_Writer* w, double x, int column, bint json=True) except -1:
     """``repr(x)``: the shortest decimal that reads back as ``x``; if not finite ``null`` (JSON) or ``repr``'s word.
+
+    PERF: a value equal to the column's last one (a size, an unchanged price) copies that one's text.
+    """
+    cdef Py_ssize_t start, size
+    if x == w.last[column] and w.last_len[column]:
+        _w_raw(w, w.last_text + column * _MEMO_BYTES, w.last_len[column])
+        return 0
+    start = w.size
+    _w_float_text(w, x, column, json)
+    size = w.size - start
+    if 1e-4 <= x < 1e15 or -1e15 < x <= -1e-4:
+        if size <= _MEMO_BYTES:
+            memcpy(w.last_text + column * _MEMO_BYTES, w.buf + start, size)
+            w.last_len[column] = <int>size
+            w.last[column] = x
+    return 0
+
+
+cdef int _w_float_text(_Writer* w, double x, int column, bint json) except -1:
+    """``repr(x)`` written afresh.
 
     PERF: a price with as many decimals as the column's last value is
     found by Clinger's test (``m / 10**k == x`` with ``m < 10**15``: then
@@ -966,7 +1001,7 @@ cdef class QuoteBatch:
 
     def payloads_json(self, framing=None):
         """Each quote's six fields as a JSON object (what the ``json`` codec sends); with ``framing`` framed into one ``bytes``."""
-        cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
+        cdef _Writer w = _new_writer()
         cdef _Names names = _Names()
         cdef int mode = _framing_mode(framing)
         cdef Py_ssize_t i, start, n = len(self.symbols)
@@ -983,7 +1018,7 @@ cdef class QuoteBatch:
 
     def record_lines(self):
         """The SPEC section 1 form of every record as JSON lines, each ended by a newline."""
-        cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
+        cdef _Writer w = _new_writer()
         cdef _Names names = _Names()
         cdef Py_ssize_t i, n = len(self.symbols)
         try:
@@ -1000,7 +1035,7 @@ cdef class QuoteBatch:
 
         PERF: written in place, each frame's header filled in after its record (no lines to split, no second copy).
         """
-        cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
+        cdef _Writer w = _new_writer()
         cdef _Names names = _Names()
         cdef Py_ssize_t i, start, size, n = len(self.symbols)
         try:
@@ -1023,7 +1058,7 @@ cdef class QuoteBatch:
         """
         cdef Py_ssize_t i, first, end
         first, end, _ = slice(start, stop).indices(len(self.symbols))
-        cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
+        cdef _Writer w = _new_writer()
         cdef _Names names = _Names()
         try:
             _w_reserve(&w, max(0, end - first) * _RECORD_JSON_BYTES + len(lead) + len(tail))
@@ -1595,7 +1630,7 @@ def encode_csv_quotes(QuoteBatch batch, framing=None):
     in one ``bytes``, as the framing's encoder would frame the list.
     Raises ``UnicodeEncodeError`` for a symbol that is not valid UTF-8 (a lone surrogate).
     """
-    cdef _Writer w = _Writer(NULL, 0, 0, [0, 0, 0, 0])
+    cdef _Writer w = _new_writer()
     cdef _Names names = _Names(True)
     cdef int mode = _framing_mode(framing)
     cdef Py_ssize_t i, start, n = len(batch.symbols)

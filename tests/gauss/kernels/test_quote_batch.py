@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 import struct
 from types import ModuleType
 from typing import Any
@@ -83,6 +84,19 @@ def test_written_json_reads_back_as_the_same_batch_to_the_bit(kernels: ModuleTyp
 def test_floats_are_written_as_repr_writes_them(kernels: ModuleType, value: float) -> None:
     (payload,) = kernels.QuoteBatch(["S"], [1], [value], [value], [value], [value]).payloads_json()
     assert payload == f'{{"symbol":"S","bid":{value!r},"ask":{value!r},"bid_size":{value!r},"ask_size":{value!r},"ts_ms":1}}'.encode()
+
+
+repeating = st.sampled_from([1.5, -1.5, 0.0, -0.0, 1e-5, 1e16, 0.1, 1000000.0, 5e-324, math.inf, math.nan])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=FIXTURES)
+@given(rows=st.lists(st.tuples(repeating, repeating, repeating, repeating), min_size=1, max_size=12))
+def test_columns_that_repeat_values_are_written_as_repr_writes_them(kernels: ModuleType, rows: list[tuple[float, ...]]) -> None:
+    """A value equal to its column's last one is copied from that one's text: never across columns, never for 0.0 or -0.0."""
+    batch = kernels.QuoteBatch(["S"] * len(rows), [1] * len(rows), *map(list, zip(*rows, strict=True)))
+    written = [re.findall(rb'"(?:bid|ask|bid_size|ask_size)":([^,}]*)', line) for line in batch.payloads_json()]
+    assert written == [[(repr(v) if math.isfinite(v) else "null").encode() for v in row] for row in rows]
+    assert kernels.encode_csv_quotes(batch) == [f"S,{','.join(map(repr, row))},1".encode() for row in rows]
 
 
 def test_long_floats_are_written_as_repr_writes_them(kernels: ModuleType) -> None:
