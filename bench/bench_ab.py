@@ -9,7 +9,8 @@ clone (``python setup.py build_ext --inplace``) and pass both ``.so`` files:
 
 Kernels: ``json`` and ``csv`` (the quote parsers on 10,000 bench quotes),
 ``frames`` (``record_frames``, the tick log), ``records-json`` (the API's JSON),
-``csv-encode``, ``protobuf-encode``, ``avro-encode`` (the framed sink encoders).
+``csv-encode``, ``protobuf-encode``, ``avro-encode`` (the framed sink encoders), ``ohlc``
+(``OhlcAggregator.update``, 8 timeframes).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_ingest import generate  # noqa: E402
 
 QUOTES = 10_000
-KERNELS = ("json", "csv", "frames", "records-json", "csv-encode", "protobuf-encode", "avro-encode")
+KERNELS = ("json", "csv", "frames", "records-json", "csv-encode", "protobuf-encode", "avro-encode", "ohlc")
+TIMEFRAMES_MS = [1_000, 5_000, 60_000, 300_000, 900_000, 3_600_000, 14_400_000, 86_400_000]
 
 
 def load(path: Path, tag: int, workdir: Path) -> ModuleType:
@@ -52,6 +54,8 @@ def kernel(build: ModuleType, name: str, lines: list[bytes]) -> Callable[[], obj
         rows = build.encode_csv_quotes(batch)
         csv_parser = build.CsvQuoteParser(64)
         return lambda: csv_parser.parse(rows)
+    if name == "ohlc":  # a fresh aggregator each run: the quotes open, extend and close candles as in a replay
+        return lambda: build.OhlcAggregator(TIMEFRAMES_MS, 2).update(batch.symbols, batch.ts_ms, batch.bid, batch.ask)
     encoders: dict[str, Callable[[], object]] = {
         "frames": batch.record_frames,
         "records-json": batch.records_json,

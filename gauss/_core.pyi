@@ -242,7 +242,7 @@ class OhlcAggregator:
     def seed(
         self, key: str, timeframe_ms: int, start_ms: int, open: float, high: float, low: float, close: float, ticks: int
     ) -> bool:
-        """Hold a stored candle as a bucket of ``key`` (a symbol back after :meth:`forget`); False if held or too old."""
+        """Hold a stored candle as a bucket of ``key`` (back after :meth:`forget`); False if held, too old or off the grid."""
         ...
 
 # --- the binary quote codecs (_codecs.pxi, twins in _pycodecs.py) ---------------

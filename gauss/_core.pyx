@@ -2842,13 +2842,18 @@ cdef class OhlcAggregator:
             price = (bid_v[i] + ask_v[i]) / 2.0
             for t in range(ntf):
                 width = self._widths[t]
+                state = kid * ntf + t
+                bk = self._buckets + state * hold
+                nb = self._nb[state]
+                # PERF: a quote in its key's newest bucket (nearly every one) needs no division; starts are on the grid
+                if nb and ts >= bk[nb - 1].start and <uint64_t>ts - <uint64_t>bk[nb - 1].start < <uint64_t>width:
+                    _bucket_add(&bk[nb - 1], ts, price)
+                    self._changed(state, &bk[nb - 1])
+                    continue
                 r = ts % width
                 if r < 0:
                     r += width
                 start = ts - r
-                state = kid * ntf + t
-                bk = self._buckets + state * hold
-                nb = self._nb[state]
                 if nb == 0:
                     _bucket_init(bk, start, ts, price)
                     self._nb[state] = 1
@@ -3012,8 +3017,9 @@ cdef class OhlcAggregator:
         starting afresh. The candle's
         first and last quote times are not stored: later quotes of the bucket
         set its close, none replaces its open. Returns False, changing
-        nothing, when that bucket is held already or is older than the held
-        window.
+        nothing, when that bucket is held already, is older than the held
+        window or does not start on the timeframe's grid (a multiple of
+        ``timeframe_ms``: it is no candle of this timeframe).
         """
         cdef Py_ssize_t t = self.timeframes_ms.index(timeframe_ms)
         cdef int64_t start = start_ms, width = self._widths[t]
@@ -3023,6 +3029,8 @@ cdef class OhlcAggregator:
         cdef _Bucket* bk
         if count < 1:
             raise ValueError("a stored candle has at least one tick")
+        if start % width:
+            return False
         state = self._key_id(key) * self._ntf + t
         bk = self._buckets + state * hold
         nb = self._nb[state]

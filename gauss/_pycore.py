@@ -1143,13 +1143,16 @@ class OhlcAggregator:
         starting afresh. The candle's
         first and last quote times are not stored: later quotes of the bucket
         set its close, none replaces its open. Returns False, changing
-        nothing, when that bucket is held already or is older than the held
-        window.
+        nothing, when that bucket is held already, is older than the held
+        window or does not start on the timeframe's grid (a multiple of
+        ``timeframe_ms``: it is no candle of this timeframe).
         """
         t = self.timeframes_ms.index(timeframe_ms)
         width = self.timeframes_ms[t]
         if ticks < 1:
             raise ValueError("a stored candle has at least one tick")
+        if start_ms % width:
+            return False
         buckets = self._state.setdefault((key, t), [])
         self._held_keys.add(key)
         if buckets and start_ms < buckets[-1].start - (self.hold_buckets - 1) * width:

@@ -284,7 +284,10 @@ def test_a_key_forgotten_and_seeded_with_its_candles_goes_on_as_if_never_forgott
     hold=st.integers(min_value=1, max_value=3),
     raw=quote_batches,
     seeds=st.lists(
-        st.tuples(st.sampled_from(["EURUSD", "Y"]), st.integers(-3, 3), st.integers(0, 5), st.integers(1, 9)), max_size=10
+        st.tuples(
+            st.sampled_from(["EURUSD", "Y"]), st.integers(-3, 3), st.sampled_from([0, 0, 0, 1, -7]), st.integers(0, 5), st.integers(1, 9)
+        ),
+        max_size=10,
     ),
 )
 def test_compiled_seed_agrees_with_twin(
@@ -294,12 +297,19 @@ def test_compiled_seed_agrees_with_twin(
     base = 1_732_406_400_000
     for i, batch in enumerate(as_quotes(raw, base)):
         assert feed(compiled, batch) == feed(pure, batch)
-        for key, offset, price, ticks in seeds[i : i + 2]:
+        for key, offset, skew, price, ticks in seeds[i : i + 2]:
             width = timeframes[0]
-            start = base - base % width + offset * width
+            start = base - base % width + offset * width + skew  # a skew puts it off the grid: refused
             args = (key, width, start, PRICES[price], PRICES[price] + 1, PRICES[price] - 1, PRICES[price], ticks)
             assert compiled.seed(*args) == pure.seed(*args)
     assert compiled.key_count == pure.key_count
+
+
+def test_seed_refuses_a_candle_off_the_timeframe_grid(kernels: ModuleType) -> None:
+    agg = kernels.OhlcAggregator([SECOND])
+    assert agg.seed("A", SECOND, 1_500, 1.0, 1.0, 1.0, 1.0, 3) is False
+    candles, _ = agg.update(["A"], [1_700], [2.0], [2.0])  # a quote after it opens its own bucket on the grid
+    assert [(c[2], c[3], c[7]) for c in candles] == [(1_000, 2.0, 1)]
 
 
 def test_seed_refuses_a_candle_without_ticks(kernels: ModuleType) -> None:
