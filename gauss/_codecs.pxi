@@ -194,26 +194,25 @@ def encode_avro_quotes(QuoteBatch batch not None, framing=None):
     """
     cdef _Writer w = _new_writer()
     cdef _Writer hw = _new_writer()  # a symbol's head, written apart from the payloads
-    cdef dict heads = {}
+    cdef _PerSymbol heads = _PerSymbol()
     cdef int mode = _framing_mode(framing)
     cdef Py_ssize_t i, start, n = len(batch.symbols)
     cdef list out = [None] * n if mode == _EACH else None
-    cdef PyObject* found
     cdef bytes head, raw
     cdef uint64_t ts
     try:
         _reserve_framed(&w, mode, n, _BINARY_QUOTE_BYTES)
         for i in range(n):
             symbol = batch.symbols[i]
-            found = PyDict_GetItem(heads, symbol)
-            if found != NULL:
+            found = heads.get(symbol)
+            if found is not None:
                 head = <bytes>found
             else:
                 raw = _utf8(symbol)
                 hw.size = 0
                 _w_varint(&hw, <uint64_t>PyBytes_GET_SIZE(raw) << 1)
                 head = PyBytes_FromStringAndSize(hw.buf, hw.size) + raw
-                heads[symbol] = head
+                heads.put(symbol, head)
             start = _payload_begin(&w, mode)
             _w_raw(&w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
             _w_le_double(&w, _bits(batch._bid[i]))
@@ -303,11 +302,10 @@ def encode_protobuf_quotes(QuoteBatch batch not None, framing=None):
     """
     cdef _Writer w = _new_writer()
     cdef _Writer hw = _new_writer()  # a symbol's head, written apart from the payloads
-    cdef dict heads = {}
+    cdef _PerSymbol heads = _PerSymbol()
     cdef int mode = _framing_mode(framing)
     cdef Py_ssize_t i, start, n = len(batch.symbols)
     cdef list out = [None] * n if mode == _EACH else None
-    cdef PyObject* found
     cdef bytes head, raw
     cdef uint64_t bits
     cdef int f
@@ -321,8 +319,8 @@ def encode_protobuf_quotes(QuoteBatch batch not None, framing=None):
         _reserve_framed(&w, mode, n, _BINARY_QUOTE_BYTES)
         for i in range(n):
             symbol = batch.symbols[i]
-            found = PyDict_GetItem(heads, symbol)
-            if found != NULL:
+            found = heads.get(symbol)
+            if found is not None:
                 head = <bytes>found
             else:
                 raw = _utf8(symbol)
@@ -331,7 +329,7 @@ def encode_protobuf_quotes(QuoteBatch batch not None, framing=None):
                     _w_raw(&hw, "\x0a", 1)
                     _w_varint(&hw, <uint64_t>PyBytes_GET_SIZE(raw))
                 head = PyBytes_FromStringAndSize(hw.buf, hw.size) + raw
-                heads[symbol] = head
+                heads.put(symbol, head)
             start = _payload_begin(&w, mode)
             _w_raw(&w, PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
             for f in range(4):

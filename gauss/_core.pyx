@@ -36,6 +36,7 @@ from gauss.errors import FrameTooLarge
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object text)
+    PyObject* _list_item "PyList_GET_ITEM"(object items, Py_ssize_t i)  # borrowed, no check: for _RecentIds
 
 cdef extern from *:
     """
@@ -642,36 +643,102 @@ cdef inline bint _plain_ascii(str text) noexcept:
     return True
 
 
-cdef class _Names:
+cdef enum:
+    _RECENT_SLOTS = 64  # an identity cache's slots: the few dozen symbols that take turns through a batch
+
+
+cdef class _RecentIds:
+    """The id last found for up to 64 key objects, by identity: no hash, no comparison of text.
+
+    A batch's symbols are a few ``str`` objects taking turns (the parser's
+    own), so nearly every lookup of a symbol's id hits here, not the dict.
+    It holds a reference to each key it caches, so an address is never
+    reused while cached; :meth:`forget` drops an id that is given up.
+    """
+
+    cdef list _keys  # per slot the key object, or None
+    cdef int32_t[_RECENT_SLOTS] _ids
+
+    def __cinit__(self):
+        self._keys = [None] * _RECENT_SLOTS
+
+    @staticmethod
+    cdef inline Py_ssize_t _slot(object key) noexcept:
+        return <Py_ssize_t>((<uint64_t><size_t><PyObject*>key * 0x9E3779B97F4A7C15ULL) >> 58)  # 6 bits of the address
+
+    cdef inline int32_t find(self, object key) noexcept:
+        """The id cached for ``key``, or -1."""
+        cdef Py_ssize_t slot = _RecentIds._slot(key)
+        if _list_item(self._keys, slot) == <PyObject*>key:
+            return self._ids[slot]
+        return -1
+
+    cdef inline int remember(self, object key, int32_t kid) except -1:
+        cdef Py_ssize_t slot = _RecentIds._slot(key)
+        self._keys[slot] = key
+        self._ids[slot] = kid
+        return 0
+
+    cdef int forget(self, int32_t kid) except -1:
+        """Drop every slot holding ``kid`` (its key was given up, the id may go to another)."""
+        cdef Py_ssize_t slot
+        for slot in range(_RECENT_SLOTS):
+            if self._ids[slot] == kid:
+                self._keys[slot] = None
+        return 0
+
+
+cdef class _PerSymbol:
+    """A value made once per symbol for one batch (its JSON or CSV text, its binary head), found by identity first."""
+
+    cdef dict _at  # symbol -> index in _values
+    cdef list _values
+    cdef _RecentIds _recent
+
+    def __cinit__(self, *args):
+        self._at = {}
+        self._values = []
+        self._recent = _RecentIds()
+
+    cdef inline object get(self, object symbol):
+        """The value stored for ``symbol``, or None."""
+        cdef int32_t at = self._recent.find(symbol)
+        cdef PyObject* found
+        if at < 0:
+            found = PyDict_GetItem(self._at, symbol)
+            if found == NULL:
+                return None
+            at = <int32_t><object>found
+            self._recent.remember(symbol, at)
+        return <object>_list_item(self._values, at)
+
+    cdef object put(self, object symbol, object value):
+        cdef int32_t at = <int32_t>len(self._values)
+        self._values.append(value)
+        self._at[symbol] = at
+        self._recent.remember(symbol, at)
+        return value
+
+
+cdef class _Names(_PerSymbol):
     """The text of each symbol a batch writes (JSON, or a CSV field), made once per symbol."""
 
-    cdef dict _texts
     cdef bint _csv
-    cdef object _last  # the symbol asked for last, and its text: a run of one symbol skips the dict
-    cdef bytes _last_text
 
     def __cinit__(self, bint csv=False):
-        self._texts = {}
         self._csv = csv
 
     cdef bytes text(self, object symbol):
-        if symbol is self._last:
-            return self._last_text
-        cdef PyObject* found = PyDict_GetItem(self._texts, symbol)
-        if found != NULL:
-            self._last = symbol
-            self._last_text = <bytes>found
-            return self._last_text
+        found = self.get(symbol)
+        if found is not None:
+            return <bytes>found
         if self._csv:
             text = _csv_field(symbol)
         elif type(symbol) is str and _plain_ascii(symbol):
             text = b'"' + (<str>symbol).encode("ascii") + b'"'
         else:
             text = _encode_json(symbol)
-        self._texts[symbol] = text
-        self._last = symbol
-        self._last_text = text
-        return text
+        return <bytes>self.put(symbol, text)
 
 
 cdef bytes _csv_field(str text):
@@ -2084,10 +2151,10 @@ cdef class _RingIndex:
     cdef list _key_names
     cdef list _free_ids
     # key lookup cache: consecutive records often share the key object
-    cdef object _last_key
-    cdef int32_t _last_kid
+    cdef _RecentIds _recent
 
     def __cinit__(self, *args, **kwargs):
+        self._recent = _RecentIds()
         self._tail = NULL
         self._kcount = NULL
         self._kinv = NULL
@@ -2117,8 +2184,6 @@ cdef class _RingIndex:
         self._key_ids = {}
         self._key_names = []
         self._free_ids = []
-        self._last_key = None
-        self._last_kid = -1
 
     def __len__(self):
         return self._count
@@ -2157,10 +2222,10 @@ cdef class _RingIndex:
 
     cdef inline int32_t _key_id(self, object key) except -1:
         """The id of ``key``, creating one (with an empty chain) if needed."""
-        cdef int32_t kid
+        cdef int32_t kid = self._recent.find(key)
         cdef PyObject* found
-        if key is self._last_key and self._last_kid >= 0:
-            return self._last_kid
+        if kid >= 0:
+            return kid
         found = PyDict_GetItem(self._key_ids, key)
         if found != NULL:
             kid = <int32_t><object>found
@@ -2177,8 +2242,7 @@ cdef class _RingIndex:
             self._tail[kid] = -1
             self._kcount[kid] = 0
             self._kinv[kid] = 0
-        self._last_key = key
-        self._last_kid = kid
+        self._recent.remember(key, kid)
         return kid
 
     cdef inline int _check_seq(self, int64_t seq) except -1:
@@ -2222,9 +2286,7 @@ cdef class _RingIndex:
         del self._key_ids[name]
         self._key_names[kid] = None
         self._free_ids.append(kid)
-        if self._last_kid == kid:
-            self._last_key = None
-            self._last_kid = -1
+        self._recent.forget(kid)
         return 0
 
     cdef inline void _link(self, Py_ssize_t slot, int32_t kid, int64_t ts, int64_t seq) noexcept:
@@ -2651,6 +2713,7 @@ cdef class OhlcAggregator:
     cdef dict _key_ids
     cdef list _key_names
     cdef list _free_ids  # ids of forgotten keys, reused before new ones
+    cdef _RecentIds _recent
     cdef Py_ssize_t _kalloc
     cdef _Bucket* _buckets  # [key][tf][hold], ascending by start
     cdef int32_t* _nb  # buckets held per (key, tf)
@@ -2666,6 +2729,7 @@ cdef class OhlcAggregator:
     cdef Py_ssize_t _openalloc
 
     def __cinit__(self, *args, **kwargs):
+        self._recent = _RecentIds()
         self._widths = NULL
         self._late = NULL
         self._buckets = NULL
@@ -2724,6 +2788,13 @@ cdef class OhlcAggregator:
         return [self._late[t] for t in range(self._ntf)]
 
     cdef int32_t _key_id(self, object key) except -1:
+        cdef int32_t kid = self._recent.find(key)
+        if kid < 0:
+            kid = self._find_or_add_key(key)
+            self._recent.remember(key, kid)
+        return kid
+
+    cdef int32_t _find_or_add_key(self, object key) except -1:
         cdef PyObject* found = PyDict_GetItem(self._key_ids, key)
         cdef Py_ssize_t kid, n, first, i
         cdef _Bucket* buckets
@@ -3007,6 +3078,7 @@ cdef class OhlcAggregator:
         del self._key_ids[key]
         self._key_names[kid] = None
         self._free_ids.append(kid)
+        self._recent.forget(<int32_t>kid)
         return True
 
     def seed(self, key, timeframe_ms, start_ms, open, high, low, close, ticks):

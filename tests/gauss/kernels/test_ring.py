@@ -176,6 +176,25 @@ def test_compiled_ring_agrees_with_twin(
     assert compiled.keys() == pure.keys()
 
 
+def test_a_symbol_is_one_key_whichever_str_object_spells_it(twins: tuple[ModuleType, ModuleType]) -> None:
+    """Ids are cached by object identity: equal symbols in distinct objects, and ids given up and reused, stay right."""
+    rings = [m.QuoteRing(5) for m in twins]
+    aggs = [m.OhlcAggregator([1_000], 1) for m in twins]
+    same = [f"S{n}" for n in range(7)]  # 7 symbols through a ring of 5: ids are given up and reused
+    for seq in range(1, 301):
+        key = same[seq % 7] if seq % 3 else "".join(["S", str(seq % 7)])  # the same object, or a new one
+        for ring, agg in zip(rings, aggs, strict=True):
+            ring.append_columns(seq, [key], [seq], [1.0 + seq], [2.0], [1.0], [1.0])
+            agg.update([key], [seq * 400], [1.0 + seq], [2.0 + seq])
+            if seq % 50 == 0:
+                agg.forget(key)
+    (compiled, pure), (c_agg, p_agg) = rings, aggs
+    assert compiled.keys() == pure.keys() and compiled.latest() == pure.latest()
+    for n in range(7):
+        assert compiled.query("S" + str(n)) == pure.query("S" + str(n))
+        assert c_agg.take_open("S" + str(n)) == p_agg.take_open("S" + str(n))
+
+
 def test_ring_overwrites_oldest_and_forgets_evicted_keys(kernels: ModuleType) -> None:
     ring = kernels.RecordRing(3)
     ring.append([kernels.TopicRecord(10 + i, "A" if i == 0 else "B", i, i + 1) for i in range(4)])
