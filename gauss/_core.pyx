@@ -656,11 +656,14 @@ cdef class _RecentIds:
     reused while cached; :meth:`forget` drops an id that is given up.
     """
 
-    cdef list _keys  # per slot the key object, or None
-    cdef int32_t[_RECENT_SLOTS] _ids
+    cdef list _keys  # per slot the key object (None when empty)
+    cdef int32_t[_RECENT_SLOTS] _ids  # per slot its id, -1 when empty (None may be a key)
 
     def __cinit__(self):
         self._keys = [None] * _RECENT_SLOTS
+        cdef Py_ssize_t slot
+        for slot in range(_RECENT_SLOTS):
+            self._ids[slot] = -1
 
     @staticmethod
     cdef inline Py_ssize_t _slot(object key) noexcept:
@@ -685,6 +688,7 @@ cdef class _RecentIds:
         for slot in range(_RECENT_SLOTS):
             if self._ids[slot] == kid:
                 self._keys[slot] = None
+                self._ids[slot] = -1
         return 0
 
 

@@ -175,6 +175,15 @@ def test_a_batch_of_gathered_quotes_keeps_each_seq(kernels: ModuleType) -> None:
         ring.append(batch)
 
 
+def test_symbols_that_are_not_str_are_written_as_the_twin_writes_them(twins: tuple[ModuleType, ModuleType]) -> None:
+    """None is a key like any other to the writers' per-symbol cache (whose empty slots hold None)."""
+    ones = [1.0] * 4
+    compiled, pure = (k.QuoteBatch([None, "A", None, 7], [1, 2, 3, 4], ones, ones, ones, ones, first_seq=3) for k in twins)
+    assert compiled.records_json() == pure.records_json()
+    assert compiled.payloads_json() == pure.payloads_json()
+    assert compiled.record_frames() == pure.record_frames()
+
+
 def test_columns_that_differ_are_refused(kernels: ModuleType) -> None:
     with pytest.raises(ValueError, match="differ in length"):
         kernels.QuoteBatch(["A"], [1, 2], [1.0], [1.0], [1.0], [1.0])
