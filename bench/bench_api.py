@@ -2,7 +2,8 @@
 
 One invocation measures, each beside a baseline in the same run:
 
-1. REST: p50/p99 latency of ``GET /api/topics/bench?limit=10000`` (10,000 quotes), against
+1. REST: p50/p99 latency of ``GET /api/topics/bench?limit=10000`` (10,000 quotes) and of
+   ``GET /api/topics/candles?limit=10000`` (10,000 one-second candles of 10 symbols), each against
    a Falcon-free baseline: a bare gevent WSGI app that runs the same storage query and
    encodes the whole answer with one ``msgspec`` call; and the floor: the bytes of one
    Gauss answer served pre-encoded (what the client and the loopback cost alone).
@@ -307,12 +308,34 @@ def bench_rest(hub: Any, api_base: str, n: int) -> list[str]:
     ]
     hub.publish("bench", records)
     gauss, plain, floor = rest_latency(hub, api_base, "bench", 10_000, n)
+    hub.publish("candles", candles(now, 20_000))
+    c_gauss, c_plain, c_floor = rest_latency(hub, api_base, "candles", 10_000, n)
     p50_p99 = lambda r: "%.1f / %.1f" % (pct(r["ms"], 0.5), pct(r["ms"], 0.99))  # noqa: E731
     return [
         f"| REST, 10,000-record query ({gauss['bytes'] // 1024} KiB) | p50 / p99 ms | {p50_p99(gauss)} "
         f"| {p50_p99(plain)} | p50 <= 5 ms |",
         f"| REST floor: the same answer's bytes served pre-encoded | p50 / p99 ms | {p50_p99(floor)} | | |",
+        f"| REST, 10,000-candle query ({c_gauss['bytes'] // 1024} KiB) | p50 / p99 ms | {p50_p99(c_gauss)} "
+        f"| {p50_p99(c_plain)} | |",
+        f"| REST floor: the same candles' bytes served pre-encoded | p50 / p99 ms | {p50_p99(c_floor)} | | |",
     ]
+
+
+def candles(now: int, n: int) -> list[Any]:
+    """``n`` one-second candles of 10 symbols, as the OHLC processor makes them (its data fields, in its order)."""
+    from gauss.core import TopicRecord
+
+    out = []
+    for i in range(n):
+        symbol, start = f"SYM{i % 10}", (now // 1000 - n // 10 + i // 10) * 1000
+        price = round(1.1 + (i % 977) * 1e-5, 5)
+        data = {
+            "symbol": symbol, "timeframe": "1s", "ts_ms": start,
+            "open": price, "high": round(price + 3e-5, 5), "low": round(price - 2e-5, 5), "close": round(price + 1e-5, 5),
+            "ticks": 1 + i % 40,
+        }  # fmt: skip
+        out.append(TopicRecord(start, symbol, data))
+    return out
 
 
 def publish_loop(publish: Any, rate: int, seconds: float) -> tuple[int, float]:
@@ -528,6 +551,7 @@ def main() -> None:
             "api": {"port": 0, "ws_queue_size": 100_000},
             "topics": [
                 {"name": "bench", "format": "quote", "storage": {"type": "memory", "capacity": 100_000}},
+                {"name": "candles", "format": "candle", "storage": {"type": "memory", "capacity": 100_000}},
                 {"name": "fan", "format": "quote", "storage": {"type": "memory", "capacity": 100_000}},
                 {"name": "e2e", "format": "quote", "storage": {"type": "memory", "capacity": 1_000_000}},
             ],

@@ -12,7 +12,9 @@ numbers are noisy; compare the ratio, not one absolute figure). Inputs:
 - ring append: batches of 1000 quotes arriving as columns (keys a list of
   str, ts an int64 numpy array, prices float64 numpy arrays) into a
   full 100,000-slot QuoteRing that overwrites its oldest (quotes/s); also
-  TopicRecord batches into a RecordRing.
+  TopicRecord batches into a RecordRing;
+- records JSON: 10,000 one-second candles, also against ``as_dict()`` + one
+  msgspec call (what the kernel replaced).
 """
 
 from __future__ import annotations
@@ -214,6 +216,45 @@ def bench_checked_frames(kernels: ModuleType, batches: list, quotes: int) -> Cal
     return run
 
 
+def candle_records(kernels: ModuleType, n: int) -> list:
+    """``n`` one-second candles of 20 symbols as the OHLC processor publishes them (its data fields, in its order)."""
+    out = []
+    for i in range(n):
+        symbol, start, price = SYMBOLS[i % 20], 1_700_000_000_000 + i // 20 * 1000, round(1.1 + (i % 977) * 1e-5, 5)
+        data = {
+            "symbol": symbol, "timeframe": "1s", "ts_ms": start, "open": price, "high": round(price + 3e-5, 5),
+            "low": round(price - 2e-5, 5), "close": round(price + 1e-5, 5), "ticks": 1 + i % 40,
+        }  # fmt: skip
+        out.append(kernels.TopicRecord(start, symbol, data, i + 1))
+    return out
+
+
+def bench_records_json(kernels: ModuleType, n: int) -> Callable[[], int]:
+    """The REST/WebSocket JSON of candle records (``write_records_json``, msgspec only as the fallback)."""
+    import msgspec
+
+    records, fallback = candle_records(kernels, n), msgspec.json.Encoder().encode
+
+    def run() -> int:
+        kernels.write_records_json(records, lambda r: fallback(r.as_dict()))
+        return n
+
+    return run
+
+
+def bench_records_msgspec(n: int) -> Callable[[], int]:
+    """What ``write_records_json`` replaced: each record's ``as_dict()``, then one msgspec call."""
+    import msgspec
+
+    records, encode = candle_records(compiled, n), msgspec.json.Encoder().encode
+
+    def run() -> int:
+        encode([r.as_dict() for r in records])
+        return n
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs, fewer repeats")
@@ -240,6 +281,7 @@ def main() -> None:
         ("TopicRecord(...) creation", "records/s", lambda k: bench_records(k, 200_000 * scale), repeats),
         ("QuoteBatch.record_frames (tick log)", "quotes/s", lambda k: bench_record_frames(k, batches, quotes), repeats),
         ("encode_checked_frames (~170 B lines)", "frames/s", lambda k: bench_checked_frames(k, batches, quotes), repeats),
+        ("write_records_json (10,000 candles)", "records/s", lambda k: bench_records_json(k, 10_000), repeats * 2),
     ]
     print(f"gauss kernels, {quotes} quotes, {frames} frames; best of {repeats}; the machine is shared: numbers are noisy")
     print(f"{'kernel':34} {'unit':11} {'compiled':>14} {'pure twin':>14} {'ratio':>8}")
@@ -247,6 +289,8 @@ def main() -> None:
         fast = best_rate(make(compiled), reps)
         slow = best_rate(make(pure), max(1, reps // 2))
         print(f"{name:34} {unit:11} {fast:14,.0f} {slow:14,.0f} {fast / slow:7.1f}x")
+    kernel, before = best_rate(bench_records_json(compiled, 10_000), repeats * 2), best_rate(bench_records_msgspec(10_000), repeats * 2)
+    print(f"candle records JSON: compiled {kernel:,.0f} records/s, as_dict + msgspec (the path before) {before:,.0f}: {kernel / before:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Typed interface of the compiled kernels (``_core.pyx``) and their twins (``_pycore.py``)."""
 
-from typing import Any, Final, Iterator, Literal, Sequence, overload
+from typing import Any, Callable, Final, Iterable, Iterator, Literal, Sequence, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,8 @@ __all__ = [
     "encode_lines",
     "encode_length_prefixed",
     "encode_checked_frames",
+    "write_records_json",
+    "write_record_lines",
     "RecordRing",
     "QuoteRing",
     "OhlcAggregator",
@@ -159,6 +161,13 @@ class LengthPrefixedDecoder:
 def encode_lines(payloads: Sequence[_Buffer]) -> bytes: ...
 def encode_length_prefixed(payloads: Sequence[_Buffer]) -> bytes: ...
 def encode_checked_frames(lines: bytes) -> tuple[bytes, int]: ...
+def write_records_json(
+    records: Iterable[TopicRecord], fallback: Callable[[TopicRecord], bytes], start: int = 0, stop: int | None = None,
+    lead: bytes = b"[", tail: bytes = b"]",
+) -> bytes:
+    """The JSON array of the records' SPEC section 1 forms (plain JSON written here, any other record by ``fallback``)."""
+    ...
+def write_record_lines(records: Iterable[TopicRecord], fallback: Callable[[TopicRecord], bytes]) -> bytes: ...
 
 class _RingIndex:
     @property

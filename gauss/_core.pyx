@@ -154,6 +154,8 @@ __all__ = [
     "encode_lines",
     "encode_length_prefixed",
     "encode_checked_frames",
+    "write_records_json",
+    "write_record_lines",
     "RecordRing",
     "QuoteRing",
     "OhlcAggregator",
@@ -1145,6 +1147,198 @@ cdef class QuoteBatch:
 
 
 _Sequence.register(QuoteBatch)  # a sequence of records, as its pure twin (a Sequence subclass) is
+
+
+# --- any records as JSON ------------------------------------------------------
+
+
+cdef enum:
+    _JSON_DEPTH = 32  # the nesting of a payload written here (deeper: the fallback), as the twin's
+
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object value, int* overflow) except? -1
+    double PyFloat_AS_DOUBLE(object value)
+    bint PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
+
+
+cdef inline bint _int64_of(object value, int64_t* out):
+    """Whether ``value`` (an ``int``) fits int64, and if so its value."""
+    cdef int overflow = 0
+    cdef long long number = PyLong_AsLongLongAndOverflow(value, &overflow)
+    out[0] = number
+    return not overflow
+
+
+cdef inline int _w_json_str(_Writer* w, object text, _Names names) except -1:
+    """A ``str`` as JSON (``names`` makes each text once: symbols repeat from record to record)."""
+    cdef bytes escaped = names.text(text)
+    _w_raw(w, PyBytes_AS_STRING(escaped), PyBytes_GET_SIZE(escaped))
+    return 0
+
+
+cdef inline void _put_char(_Writer* w, char c) noexcept:
+    """Append one byte the writer has room for."""
+    w.buf[w.size] = c
+    w.size += 1
+
+
+cdef class _JsonTexts:
+    """The JSON texts one call writes again and again: of strings, and of object keys with their colon."""
+
+    cdef _Names strings
+    cdef _PerSymbol keys
+
+    def __cinit__(self):
+        self.strings = _Names()
+        self.keys = _PerSymbol()
+
+    cdef inline bytes key(self, object key):
+        """``"key":`` for a ``str`` key."""
+        found = self.keys.get(key)
+        if found is None:
+            found = self.keys.put(key, self.strings.text(key) + b":")
+        return <bytes>found
+
+
+cdef int _w_value(_Writer* w, object value, int depth, int* floats, _JsonTexts texts) except -1:
+    """``value`` as JSON if it is plain JSON data, 0; 1 if it is not (what was written is then of no use).
+
+    Plain: ``dict`` with ``str`` keys, ``list``, ``tuple``, ``str``, ``int``
+    within int64, ``float`` (``repr``'s text, not finite: ``null``), ``bool``
+    and ``None``, nested at most ``_JSON_DEPTH`` deep; exact types only.
+    ``floats`` counts the floats written, each remembered by its own column.
+    """
+    cdef type kind = type(value)
+    cdef int64_t number
+    cdef Py_ssize_t pos = 0, i
+    cdef bint first = True
+    cdef PyObject* key
+    cdef PyObject* item
+    cdef bytes text
+    if kind is float:
+        _w_float(w, PyFloat_AS_DOUBLE(value), floats[0] if floats[0] < 3 else 3)
+        floats[0] += 1
+    elif kind is str:
+        _w_json_str(w, value, texts.strings)
+    elif kind is int:
+        if not _int64_of(value, &number):
+            return 1
+        _w_int(w, number)
+    elif kind is bool:
+        if value:
+            _w_raw(w, "true", 4)
+        else:
+            _w_raw(w, "false", 5)
+    elif value is None:
+        _w_raw(w, "null", 4)
+    elif kind is dict:
+        if depth >= _JSON_DEPTH:
+            return 1
+        _w_reserve(w, 2)
+        _put_char(w, b"{")
+        while PyDict_Next(value, &pos, &key, &item):
+            if type(<object>key) is not str:
+                return 1
+            text = texts.key(<object>key)
+            _w_reserve(w, PyBytes_GET_SIZE(text) + 1)
+            if not first:
+                _put_char(w, b",")
+            first = False
+            _put(w, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+            if _w_value(w, <object>item, depth + 1, floats, texts):
+                return 1
+        _w_reserve(w, 1)
+        _put_char(w, b"}")
+    elif kind is list or kind is tuple:
+        if depth >= _JSON_DEPTH:
+            return 1
+        _w_reserve(w, 2)
+        _put_char(w, b"[")
+        for i in range(len(value)):
+            if i:
+                _w_reserve(w, 1)
+                _put_char(w, b",")
+            if _w_value(w, value[i], depth + 1, floats, texts):
+                return 1
+        _w_reserve(w, 1)
+        _put_char(w, b"]")
+    else:
+        return 1
+    return 0
+
+
+cdef int _w_topic_record(_Writer* w, object record, object fallback, _JsonTexts texts) except -1:
+    """``record``'s SPEC section 1 form as JSON: written here when it is plain JSON, else ``fallback(record)``'s bytes."""
+    cdef Py_ssize_t start = w.size
+    cdef int floats = 0
+    cdef int64_t ts, seq
+    cdef TopicRecord r
+    cdef bytes text
+    if type(record) is TopicRecord:
+        r = <TopicRecord>record
+        if (
+            type(r.ts_ms) is int and type(r.key) is str and type(r.seq) is int
+            and _int64_of(r.ts_ms, &ts) and _int64_of(r.seq, &seq)
+        ):
+            _w_reserve(w, 40)
+            _put(w, '{"ts_ms":', 9)
+            _put_int(w, ts)
+            _put(w, ',"key":', 7)
+            _w_json_str(w, r.key, texts.strings)
+            _w_raw(w, ',"data":', 8)
+            if not _w_value(w, r.data, 0, &floats, texts):
+                _w_reserve(w, 32)
+                if seq:
+                    _put(w, ',"seq":', 7)
+                    _put_int(w, seq)
+                _put_char(w, b"}")
+                return 0
+            w.size = start
+    text = fallback(record)
+    _w_raw(w, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text))
+    return 0
+
+
+def write_records_json(records, fallback, start=0, stop=None, bytes lead not None=b"[", bytes tail not None=b"]"):
+    """The JSON array of the records' SPEC section 1 forms; of ``records[start:stop]`` between ``lead`` and ``tail``.
+
+    Records whose fields and payload are plain JSON data are written here
+    (floats as ``repr`` writes them, as a :class:`QuoteBatch` does); any
+    other is ``fallback(record)``, its JSON as ``bytes``.
+    """
+    cdef object items = records if type(records) is list or type(records) is tuple else list(records)
+    cdef Py_ssize_t i, first, end
+    first, end, _ = slice(start, stop).indices(len(items))
+    cdef _Writer w = _new_writer()
+    cdef _JsonTexts texts = _JsonTexts()
+    try:
+        _w_reserve(&w, max(0, end - first) * _RECORD_JSON_BYTES + len(lead) + len(tail))
+        _w_raw(&w, PyBytes_AS_STRING(lead), PyBytes_GET_SIZE(lead))
+        for i in range(first, end):
+            if i > first:
+                _w_raw(&w, ",", 1)
+            _w_topic_record(&w, items[i], fallback, texts)
+        _w_raw(&w, PyBytes_AS_STRING(tail), PyBytes_GET_SIZE(tail))
+        return PyBytes_FromStringAndSize(w.buf, w.size)
+    finally:
+        free(w.buf)
+
+
+def write_record_lines(records, fallback):
+    """The records' SPEC section 1 forms as JSON lines, each ended by a newline (written as :func:`write_records_json` writes them)."""
+    cdef object items = records if type(records) is list or type(records) is tuple else list(records)
+    cdef Py_ssize_t i
+    cdef _Writer w = _new_writer()
+    cdef _JsonTexts texts = _JsonTexts()
+    try:
+        _w_reserve(&w, len(items) * _RECORD_JSON_BYTES)
+        for i in range(len(items)):
+            _w_topic_record(&w, items[i], fallback, texts)
+            _w_raw(&w, "\n", 1)
+        return PyBytes_FromStringAndSize(w.buf, w.size)
+    finally:
+        free(w.buf)
 
 
 cdef inline void* _data_ptr(object array) except NULL:

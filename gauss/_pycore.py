@@ -12,7 +12,7 @@ import re
 import struct
 import zlib
 from collections import deque
-from typing import Any, Iterable, Iterator, Sequence, overload
+from typing import Any, Callable, Iterable, Iterator, Sequence, overload
 
 import msgspec
 import numpy as np
@@ -35,6 +35,8 @@ __all__ = [
     "encode_lines",
     "encode_length_prefixed",
     "encode_checked_frames",
+    "write_records_json",
+    "write_record_lines",
     "RecordRing",
     "QuoteRing",
     "OhlcAggregator",
@@ -378,6 +380,78 @@ def _json_str(value: str) -> str:
 def _json_float(value: float) -> str:
     """``repr`` (the shortest text that reads back the same double); JSON has no NaN or infinity: ``null``."""
     return repr(value) if value - value == 0.0 else "null"
+
+
+# --- any records as JSON ------------------------------------------------------
+
+_JSON_DEPTH = 32
+"""The nesting of a payload written by :func:`write_records_json` (deeper: the fallback)."""
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def write_records_json(
+    records: Iterable[TopicRecord], fallback: Callable[[TopicRecord], bytes], start: int = 0, stop: int | None = None,
+    lead: bytes = b"[", tail: bytes = b"]",
+) -> bytes:  # fmt: skip
+    """The JSON array of the records' SPEC section 1 forms; of ``records[start:stop]`` between ``lead`` and ``tail``.
+
+    Records whose fields and payload are plain JSON data are written here
+    (floats as ``repr`` writes them, as a :class:`QuoteBatch` does); any
+    other is ``fallback(record)``, its JSON as ``bytes``.
+    """
+    items = records if isinstance(records, (list, tuple)) else list(records)
+    return lead + b",".join(_record_json(r, fallback) for r in items[start:stop]) + tail
+
+
+def write_record_lines(records: Iterable[TopicRecord], fallback: Callable[[TopicRecord], bytes]) -> bytes:
+    """The records' SPEC section 1 forms as JSON lines, each ended by a newline (written as :func:`write_records_json` writes them)."""
+    return b"".join(_record_json(r, fallback) + b"\n" for r in records)
+
+
+def _record_json(record: TopicRecord, fallback: Callable[[TopicRecord], bytes]) -> bytes:
+    if type(record) is TopicRecord and type(record.key) is str and _is_int64(record.ts_ms) and _is_int64(record.seq):
+        data = _json_value(record.data, 0)
+        if data is not None:
+            head = f'{{"ts_ms":{record.ts_ms},"key":{_json_str(record.key)},"data":{data}'
+            return (f'{head},"seq":{record.seq}}}' if record.seq else head + "}").encode()
+    return fallback(record)
+
+
+def _is_int64(value: object) -> bool:
+    return type(value) is int and _INT64[0] <= value <= _INT64[1]
+
+
+def _json_value(value: object, depth: int) -> str | None:
+    """``value`` as JSON if it is plain JSON data (the compiled kernel's rule, exact types only), else None."""
+    kind = type(value)
+    if kind is float:
+        return _json_float(value)  # type: ignore[arg-type]
+    if kind is str:
+        return _json_str(value)  # type: ignore[arg-type]
+    if kind is int:
+        return str(value) if _is_int64(value) else None
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if (kind is dict or kind is list or kind is tuple) and depth >= _JSON_DEPTH:
+        return None
+    parts = []
+    if kind is dict:
+        for key, item in value.items():  # type: ignore[attr-defined]
+            text = _json_value(item, depth + 1) if type(key) is str else None
+            if text is None:
+                return None
+            parts.append(f"{_json_str(key)}:{text}")
+        return "{" + ",".join(parts) + "}"
+    if kind is list or kind is tuple:
+        for item in value:  # type: ignore[attr-defined]
+            text = _json_value(item, depth + 1)
+            if text is None:
+                return None
+            parts.append(text)
+        return "[" + ",".join(parts) + "]"
+    return None
 
 
 _WS = b" \t\n\r"

@@ -29,6 +29,8 @@ __all__ = [
     "encode_lines",
     "encode_length_prefixed",
     "encode_checked_frames",
+    "write_records_json",
+    "write_record_lines",
     "RecordRing",
     "QuoteRing",
     "OhlcAggregator",

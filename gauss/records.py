@@ -8,7 +8,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import msgspec
 
-from gauss.core import QuoteBatch, TopicRecord
+from gauss.core import QuoteBatch, TopicRecord, write_record_lines, write_records_json
 from gauss.errors import QueryError
 
 __all__ = [
@@ -177,16 +177,21 @@ ClickHouse all go through this module, so a record encodes the same everywhere.
 """
 
 
-def encode_record(record: TopicRecord) -> bytes:
-    """One record's SPEC form (``ts_ms``, ``key``, ``data`` and ``seq`` once numbered) as JSON."""
+def _encode_any(record: TopicRecord) -> bytes:
+    """The kernels' fallback: a record whose payload is not plain JSON data (numpy values, say), by msgspec."""
     return _encoder.encode(record.as_dict())
 
 
+def encode_record(record: TopicRecord) -> bytes:
+    """One record's SPEC form (``ts_ms``, ``key``, ``data`` and ``seq`` once numbered) as JSON."""
+    return write_records_json((record,), _encode_any, lead=b"", tail=b"")
+
+
 def encode_records(records: Iterable[TopicRecord]) -> bytes:
-    """The JSON array of the records' SPEC forms (quotes as columns written from the columns)."""
+    """The JSON array of the records' SPEC forms (quotes as columns written from the columns, any others by a kernel)."""
     if isinstance(records, QuoteBatch):
         return records.records_json()
-    return _encoder.encode([r.as_dict() for r in records])
+    return write_records_json(records, _encode_any)
 
 
 def encode_records_piece(records: Sequence[TopicRecord], start: int, stop: int) -> bytes:
@@ -198,14 +203,14 @@ def encode_records_piece(records: Sequence[TopicRecord], start: int, stop: int) 
     lead = b"," if start else b""
     if isinstance(records, QuoteBatch):
         return records.records_json(start, stop, lead, b"")
-    return lead + _encoder.encode([r.as_dict() for r in records[start:stop]])[1:-1]
+    return write_records_json(records, _encode_any, start, stop, lead, b"")
 
 
 def encode_record_lines(records: Iterable[TopicRecord]) -> bytes:
     """The records' SPEC forms as JSON lines, each ended by a newline (JSON has none inside)."""
     if isinstance(records, QuoteBatch):
         return records.record_lines()
-    return _encoder.encode_lines([r.as_dict() for r in records])
+    return write_record_lines(records, _encode_any)
 
 
 INT64_MIN = -(1 << 63)

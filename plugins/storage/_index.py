@@ -30,6 +30,7 @@ newer ones: the seq order is then restored lazily, when something needs it.
 from __future__ import annotations
 
 from collections import OrderedDict
+from operator import attrgetter
 from typing import Any, Callable, Iterable
 
 from sortedcontainers import SortedList
@@ -42,8 +43,8 @@ __all__ = ["RecordIndex"]
 RecordId = tuple[int, Any]
 
 
-def _by_time(record: TopicRecord) -> tuple[int, int]:
-    return (record.ts_ms, record.seq)
+_by_time: Callable[[TopicRecord], tuple[int, int]] = attrgetter("ts_ms", "seq")
+"""The order of answers: ``(ts_ms, seq)`` (PERF: a C getter, no Python call per record sorted)."""
 
 
 class RecordIndex:
@@ -92,6 +93,13 @@ class RecordIndex:
 
     def _resolve(self, rid: RecordId) -> TopicRecord:
         return self._current[rid] if self.upsert else self._by_seq[rid[1]]
+
+    def _resolve_all(self, rids: Iterable[RecordId]) -> list[TopicRecord]:
+        """:meth:`_resolve` of each id (PERF: a C lookup per id, no method call)."""
+        if self.upsert:
+            return list(map(self._current.__getitem__, rids))
+        by_seq = self._by_seq
+        return [by_seq[seq] for _, seq in rids]
 
     def add(self, records: Iterable[TopicRecord]) -> None:
         """Index numbered records, then apply the bounds.
@@ -274,11 +282,12 @@ class RecordIndex:
             truncated = hi - lo > limit
             start = max(lo, hi - limit)
             if not self.upsert:
-                return [resolve(rid) for rid in ordered.islice(start, hi)], truncated
+                return self._resolve_all(ordered.islice(start, hi)), truncated
             # Ties in ts_ms are ordered by key here, but answers order them by seq:
             # take the whole group of the boundary ts_ms, then sort (nearly sorted: cheap).
             start = max(lo, ordered.bisect_left((ordered[start][0],)))
-            picked = sorted(map(resolve, ordered.islice(start, hi)), key=_by_time)
+            picked = self._resolve_all(ordered.islice(start, hi))
+            picked.sort(key=_by_time)
             return picked[max(0, len(picked) - limit) :], truncated
         if since_seq >= self._last_seq:
             return [], False
