@@ -28,8 +28,10 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_ingest import generate  # noqa: E402
 
+import gauss  # noqa: E402, F401 - the package first, on its own kernels: a build loaded below imports from it
+
 QUOTES = 10_000
-KERNELS = ("json", "csv", "frames", "records-json", "csv-encode", "protobuf-encode", "avro-encode", "ohlc")
+KERNELS = ("json", "csv", "frames", "records-json", "csv-encode", "protobuf-encode", "avro-encode", "ohlc", "candles-json")
 TIMEFRAMES_MS = [1_000, 5_000, 60_000, 300_000, 900_000, 3_600_000, 14_400_000, 86_400_000]
 
 
@@ -44,6 +46,12 @@ def load(path: Path, tag: int, workdir: Path) -> ModuleType:
     return module
 
 
+def _encode_any(record: object) -> bytes:
+    from gauss.records import encode_json
+
+    return encode_json(record.as_dict())  # type: ignore[attr-defined]
+
+
 def kernel(build: ModuleType, name: str, lines: list[bytes]) -> Callable[[], object]:
     batch, _ = build.JsonQuoteParser(64).parse(lines)
     batch.first_seq = 1
@@ -54,6 +62,11 @@ def kernel(build: ModuleType, name: str, lines: list[bytes]) -> Callable[[], obj
         rows = build.encode_csv_quotes(batch)
         csv_parser = build.CsvQuoteParser(64)
         return lambda: csv_parser.parse(rows)
+    if name == "candles-json":  # 10,000 candle records (ns a candle): write_records_json, msgspec only as the fallback
+        from bench_kernels import candle_records
+
+        candles = candle_records(build, QUOTES)
+        return lambda: build.write_records_json(candles, _encode_any)
     if name == "ohlc":  # a fresh aggregator each run: the quotes open, extend and close candles as in a replay
         return lambda: build.OhlcAggregator(TIMEFRAMES_MS, 2).update(batch.symbols, batch.ts_ms, batch.bid, batch.ask)
     encoders: dict[str, Callable[[], object]] = {

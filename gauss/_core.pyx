@@ -507,17 +507,17 @@ cdef int _w_float(_Writer* w, double x, int column, bint json=True) except -1:
 cdef int _w_float_text(_Writer* w, double x, int column, bint json) except -1:
     """``repr(x)`` written afresh.
 
-    PERF: a price with as many decimals as the column's last value is
-    found by Clinger's test (``m / 10**k == x`` with ``m < 10**15``: then
-    the decimal ``m * 10**-k`` is the only one of its length for ``x``, so
-    it is what ``repr`` prints), then shortened while a shorter one passes:
-    about two tests for a column of prices with the same decimals. Any
+    PERF: a price with as many decimals as the column's last value, or one
+    or two more, is found by Clinger's test (``m / 10**k == x`` with ``m <
+    10**15``: then the decimal ``m * 10**-k`` is the only one of at most 15
+    digits for ``x``, so ``repr`` prints it without its trailing zeros): one
+    to three tests, no search. Any
     other value is found exactly by ``gauss_shortest``; what neither
     covers (huge, tiny, a tie) goes to CPython's own ``repr`` code.
     """
     cdef double a
-    cdef int64_t m, lower, ip, frac
-    cdef int k, pad, n, fraction_digits
+    cdef int64_t m, ip, frac
+    cdef int k, pad, n, fraction_digits, found
     cdef char* text
     if not (x - x == 0.0):
         if json:
@@ -533,11 +533,16 @@ cdef int _w_float_text(_Writer* w, double x, int column, bint json) except -1:
     if 1e-4 <= a < 1e15:
         _w_reserve(w, 40)  # a sign, 16 digits, a point, up to 21 fraction digits
         k = w.digits[column]
-        if _clinger(a, k, &m) == 1:
-            # A shorter form would make this one end in 0 (one passing form per length).
-            while k > 0 and m % 10 == 0 and _clinger(a, k - 1, &lower) == 1:
+        found = _clinger(a, k, &m)
+        while found == 0 and k < w.digits[column] + 2:  # a price with a decimal or two more than the last
+            k += 1
+            found = _clinger(a, k, &m)
+        if found == 1:
+            # No two decimals of at most 15 digits read back as one double: a shorter
+            # form is this one without its trailing zeros.
+            while k > 0 and m % 10 == 0:
                 k -= 1
-                m = lower
+                m //= 10
             w.digits[column] = k
             if x < 0.0:
                 _put(w, "-", 1)
