@@ -14,7 +14,11 @@ Runs, in one invocation and against the same pre-generated quotes:
    each loopback topic holds every quote (waited for up to 30 s);
 5. with ``--fsync`` (or ``--only fsync``): the default ``config.toml`` without its
    tick log (as before issue 10) and with it under each fsync policy, ``never``,
-   ``interval`` (the default) and ``always``.
+   ``interval`` (the default) and ``always``;
+6. with ``--ws-stalled COUNT`` (or ``--only ws``): the default ``config.toml`` with
+   COUNT WebSocket clients (a separate process) subscribed to ``quotes.raw`` that
+   never read, in ``--pairs`` runs each right after a run without them; the
+   ratio of each pair, and of the best against the best.
 
 Quotes are sent by a separate process over one connection. The time runs from
 the connection until the N-th quote is in ``quotes.raw`` (Gauss) or processed
@@ -185,12 +189,13 @@ def run_receiver(role: str, path: Path, n: int) -> dict[str, float]:
 # --- Gauss -----------------------------------------------------------------------------------
 
 
-def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str, float]:
+def run_gauss(config_file: Path, path: Path, n: int, workdir: Path, stalled: int = 0) -> dict[str, float]:
     import gevent
 
     hub = start_gauss(config_file, workdir)
     topic = hub.topic("quotes.raw")
     source = hub.sources[0]
+    clients = subscribe_stalled(hub, stalled) if stalled else None
     gevent.sleep(0.1)
     before = rss_bytes()
     cpu_before = _own_cpu()
@@ -211,12 +216,37 @@ def run_gauss(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str,
     looped = time.perf_counter() - started
     server_cpu = _own_cpu() - cpu_before
     held = {t.name: t.last_seq for t in loopbacks}
+    if clients is not None:
+        clients.kill()  # so that stopping the hub does not wait on their full sockets
+        clients.wait()
     hub.stop(timeout=30)
     sender.wait(timeout=60)
     result = {"rate": n / elapsed, "peak": peak_rss_bytes(), "per_quote": per_quote, "with_ohlc": n / drained, "server_cpu_us": server_cpu / n * 1e6}
     if loopbacks:
         result.update(loopbacks=held, with_loopbacks=n / looped if min(held.values()) >= n else 0.0)
     return result
+
+
+def subscribe_stalled(hub: Hub, count: int) -> subprocess.Popen[bytes]:
+    """``count`` WebSocket clients of quotes.raw in a subprocess that never read after subscribing (bench_scaling's)."""
+    import gevent
+    import gevent.subprocess
+
+    host, port = hub._api_server.address
+    clients = gevent.subprocess.Popen(
+        [sys.executable, str(HERE / "bench_scaling.py"), "--stalled-clients", host, str(port), str(count)], stdout=subprocess.PIPE
+    )
+    assert clients.stdout is not None
+    line = clients.stdout.readline()
+    if not line.startswith(b"READY"):
+        raise RuntimeError(f"stalled clients did not start: {line!r}")
+    topic = hub.topic("quotes.raw")
+    deadline = time.monotonic() + 60
+    while sum(s.kind == "ws" for s in topic.subscriptions) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not all {count} stalled clients subscribed")
+        gevent.sleep(0.05)
+    return clients
 
 
 def start_gauss(config_file: Path, workdir: Path) -> Hub:
@@ -255,11 +285,12 @@ def tick_log_variant(config_file: Path, out: Path, policy: str | None) -> Path:
     return out
 
 
-def run_gauss_process(config_file: Path, path: Path, n: int, workdir: Path) -> dict[str, float]:
+def run_gauss_process(config_file: Path, path: Path, n: int, workdir: Path, stalled: int = 0) -> dict[str, float]:
     workdir.mkdir()
     cpu_before = _children_cpu()
     out = subprocess.run(
-        [sys.executable, __file__, "--gauss-server", str(config_file), "--quotes", str(path), "--workdir", str(workdir), "-n", str(n)],
+        [sys.executable, __file__, "--gauss-server", str(config_file), "--quotes", str(path), "--workdir", str(workdir), "-n", str(n),
+         "--ws-stalled", str(stalled)],
         stdout=subprocess.PIPE, text=True, check=True, timeout=1800,
     )  # fmt: skip
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -287,8 +318,13 @@ def main() -> None:
     parser.add_argument("--gauss-server", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--quotes", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    parser.add_argument("--only", choices=["ingest", "default", "naive", "ceiling", "fsync"], help="run one part only")
+    parser.add_argument("--only", choices=["ingest", "default", "naive", "ceiling", "fsync", "ws"], help="run one part only")
     parser.add_argument("--fsync", action="store_true", help="also run the default config per tick-log fsync policy")
+    parser.add_argument(
+        "--ws-stalled", type=int, default=0, metavar="COUNT",
+        help="also run the default config with COUNT stalled WebSocket subscribers (--only ws: 200)",
+    )  # fmt: skip
+    parser.add_argument("--pairs", type=int, default=3, help="runs with and without the stalled subscribers (default 3)")
     args = parser.parse_args()
     if args.naive_server:
         naive_server(args.naive_server, args.n)
@@ -303,11 +339,13 @@ def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.WARNING)
-        result = run_gauss(Path(args.gauss_server), Path(args.quotes), args.n, Path(args.workdir))
+        result = run_gauss(Path(args.gauss_server), Path(args.quotes), args.n, Path(args.workdir), args.ws_stalled)
         print(json.dumps(result), flush=True)
         return
     import gauss
 
+    stalled = args.ws_stalled or (200 if args.only == "ws" else 0)
+    pairs: list[tuple[dict[str, float], dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="gauss-bench-") as tmp:
         work = Path(tmp)
         quotes = work / "quotes.jsonl"
@@ -327,6 +365,18 @@ def main() -> None:
                 variant = tick_log_variant(REPO / "config.toml", work / f"config.{policy or 'nolog'}.toml", policy)
                 label = "config.toml, no tick log" if policy is None else f"config.toml, tick log {policy}"
                 rows.append((label, run_gauss_process(variant, quotes, args.n, work / f"fsync-{policy or 'nolog'}")))
+        if stalled:
+            for i in range(args.pairs):
+                alone = run_gauss_process(REPO / "config.toml", quotes, args.n, work / f"alone-{i}")
+                crowded = run_gauss_process(REPO / "config.toml", quotes, args.n, work / f"stalled-{i}", stalled)
+                print(
+                    f"pair {i + 1}/{args.pairs}: {alone['rate']:,.0f} quotes/s alone, {crowded['rate']:,.0f} with {stalled} stalled "
+                    f"(server CPU {alone['server_cpu_us']:.2f} and {crowded['server_cpu_us']:.2f} us a quote)",
+                    flush=True,
+                )
+                pairs.append((alone, crowded))
+            rows.append(("config.toml, best alone", max((a for a, _ in pairs), key=lambda r: r["rate"])))
+            rows.append((f"config.toml, {stalled} stalled WS, best", max((c for _, c in pairs), key=lambda r: r["rate"])))
     print(f"{'server':<32} {'quotes/s':>12} {'incl. OHLC drain':>17} {'peak RSS':>10} {'bytes/quote':>12} {'CPU us/quote':>13} {'server CPU us/q':>16}")
     for name, r in rows:
         drain = f"{r['with_ohlc']:>17,.0f}" if "with_ohlc" in r else f"{'-':>17}"
@@ -338,6 +388,10 @@ def main() -> None:
             held = ", ".join(f"{topic} {count:,}" for topic, count in r["loopbacks"].items())
             whole = f"all {args.n:,} in each, {r['with_loopbacks']:,.0f} quotes/s incl. the loopbacks" if r["with_loopbacks"] else "NOT every quote"
             print(f"{name}: loopback topics hold {held} ({whole})")
+    if pairs:
+        ratios = ", ".join(f"{c['rate'] / a['rate']:.2f}" for a, c in pairs)
+        best = max(c["rate"] for _, c in pairs) / max(a["rate"] for a, _ in pairs)
+        print(f"{stalled} stalled WebSocket subscribers, default config: pairs {ratios}; best against best {best:.2f}")
     by_name = dict(rows)
     base = by_name.get("naive asyncio + json.loads")
     ceiling = by_name.get("raw TCP ceiling (count lines)")
