@@ -74,14 +74,16 @@ from gauss.ratelimit import RateLimitedLog
 from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.records import encode_record_lines as encode_records
 
-__all__ = ["FileStorage", "FileConfig", "META_FILE", "encode_records", "decode_record"]
+__all__ = ["FileStorage", "FileConfig", "META_FILE", "encode_records", "decode_record", "default_max_open_files"]
 
 log = logging.getLogger(__name__)
 
 META_FILE = "_meta.json"
 DEFAULT_MAX_RECORDS_PER_KEY = 100_000
 DEFAULT_MAX_KEYS = 10_000
-DEFAULT_MAX_OPEN_FILES = 256
+OPEN_FILES_SHARE = 16
+"""By default a storage keeps a sixteenth of the process's open-file limit open (within OPEN_FILES_BOUNDS)."""
+OPEN_FILES_BOUNDS = (64, 4096)
 COMPACT_MIN_DEAD_LINES = 256
 """A file is rewritten only when it has at least this many dead lines (and more dead than live)."""
 SLICE_S = 0.005
@@ -131,8 +133,26 @@ class FileConfig(DurableConfig):
     """Seconds between looks for files with more dead lines than live ones to rewrite."""
     max_keys: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_KEYS
     """Keys held in memory; past that the longest-idle key leaves the index (its file stays)."""
-    max_open_files: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_OPEN_FILES
-    """Append descriptors kept open (least recently used closed first)."""
+    max_open_files: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """Append descriptors kept open (least recently used closed first); None: :func:`default_max_open_files`."""
+
+
+def default_max_open_files() -> int:
+    """Append descriptors a storage keeps open by default: the soft ``RLIMIT_NOFILE`` / 16, within 64 to 4096.
+
+    PERF: a topic that writes more keys a batch than it keeps open reopens
+    files every batch (1,000 symbols of candles at a fixed 256: open(2) and
+    close(2) ~a third of the server). A share of the limit leaves the rest
+    to the other storages and the sockets (eight candle storages: half).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return OPEN_FILES_BOUNDS[0]
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return OPEN_FILES_BOUNDS[1]
+    return max(OPEN_FILES_BOUNDS[0], min(OPEN_FILES_BOUNDS[1], soft // OPEN_FILES_SHARE))
 
 
 class _Slicer:
@@ -187,13 +207,13 @@ class FileStorage(MetaWriter):
         compact_interval: float = 60.0,
         fsync: str = "interval",
         max_keys: int | None = DEFAULT_MAX_KEYS,
-        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+        max_open_files: int | None = None,
     ) -> None:
         if flush_interval <= 0 or compact_interval <= 0:
             raise ValueError("flush_interval and compact_interval must be positive")
         if fsync not in ("always", "interval", "never"):
             raise ValueError(f"fsync must be always, interval or never, not {fsync!r}")
-        if max_open_files < 1 or (max_keys is not None and max_keys < 1):
+        if (max_open_files is not None and max_open_files < 1) or (max_keys is not None and max_keys < 1):
             raise ValueError("max_keys and max_open_files must be at least 1")
         self.directory = Path(directory)
         self._dir = str(self.directory)
@@ -203,7 +223,9 @@ class FileStorage(MetaWriter):
         self.compact_interval = compact_interval
         self.fsync = fsync
         self.max_keys = max_keys
-        self.max_open_files = max_open_files
+        self._open_files_option = max_open_files
+        self.max_open_files = self._open_files()
+        """Append descriptors kept open; the default is read again at :meth:`open` (gauss-serve raises the limit between)."""
         self.topic = ""
         self.epoch = ""
         self.format = DataFormat.ANY
@@ -237,8 +259,12 @@ class FileStorage(MetaWriter):
 
     # --- opening -----------------------------------------------------------
 
+    def _open_files(self) -> int:
+        return default_max_open_files() if self._open_files_option is None else self._open_files_option
+
     def open(self, topic: str, data_format: DataFormat) -> tuple[str, int]:
         fmt = DataFormat(data_format)
+        self.max_open_files = self._open_files()
         self.topic = topic
         self.format = fmt
         self.upsert = fmt.upsert

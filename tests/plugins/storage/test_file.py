@@ -419,3 +419,38 @@ def test_opening_100000_key_files_is_fast_and_keyed_queries_answer_at_once(fast_
     print(f"open() after a crash with 100,000 key files took {time.perf_counter() - started:.2f} s")
     assert (epoch3, last_seq) == (epoch, 100_001)
     third.close()
+
+
+@pytest.mark.parametrize(
+    ("soft", "expected"), [(1024, 64), (4096, 256), (20_000, 1250), (1 << 20, 4096), (-1, 4096)]
+)
+def test_descriptors_kept_open_follow_the_process_limit_unless_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, soft: int, expected: int
+) -> None:
+    import resource
+
+    real_soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = resource.RLIM_INFINITY if soft == -1 else soft
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (limit, resource.RLIM_INFINITY))
+    storage, _, _ = opened(tmp_path / "auto")
+    assert storage.max_open_files == expected
+    if real_soft == resource.RLIM_INFINITY or expected + 256 < real_soft:  # this process may hold that many
+        storage.append([candle(i + 1, f"K{i:04d}", 60_000) for i in range(expected + 20)])
+        assert len(os.listdir(tmp_path / "auto")) >= expected + 20  # every key has its file...
+        assert len(storage._fds) == expected  # ...and only the most recently written stay open
+    storage.close()
+    configured, _, _ = opened(tmp_path / "set", max_open_files=7)
+    assert configured.max_open_files == 7
+    configured.close()
+
+
+def test_the_default_is_read_when_the_storage_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gauss-serve raises the soft limit after the hub is built and before it starts."""
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 1 << 20))
+    storage = FileStorage(tmp_path)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1 << 20, 1 << 20))
+    storage.open("ohlc.1m", DataFormat.CANDLE)
+    assert storage.max_open_files == 4096
+    storage.close()
