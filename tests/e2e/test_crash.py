@@ -150,12 +150,25 @@ def start(config: Path, api_port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def held(base: str, topic: str, key: str | None = None) -> list[dict[str, Any]]:
+    """Every record the topic holds (of ``key``), ascending, paged back with ``to`` past the answers' limit.
+
+    Twenty server lives can feed quotes.raw more than one answer's 100,000
+    records (the runs' lengths are random): a truncated answer is the most
+    recent part, so the next page asks for what is older than its first
+    record, that record's ``ts_ms`` included (ties), and repeats drop by seq.
+    """
+    by_seq: dict[int, dict[str, Any]] = {}
     params: dict[str, Any] = {"limit": 100000}
     if key is not None:
         params["key"] = key
-    answer = requests.get(f"{base}/api/topics/{topic}", params=params, timeout=30).json()
-    assert not answer["truncated"]
-    return list(answer["records"])
+    while True:
+        answer = requests.get(f"{base}/api/topics/{topic}", params=params, timeout=30).json()
+        page = answer["records"]
+        known = len(by_seq)
+        by_seq.update((r["seq"], r) for r in page)
+        if not answer["truncated"] or len(by_seq) == known:
+            return sorted(by_seq.values(), key=lambda r: (r["ts_ms"], r["seq"]))
+        params["to"] = page[0]["ts_ms"] + 1
 
 
 def epoch_of(ws_url: str) -> str:
