@@ -6,10 +6,16 @@ overwritten when full). Candle topics upsert: one record per
 ``(key, ts_ms)``, a later version replaces the earlier and takes its new
 ``seq``; when full the candle updated longest ago is evicted. The epoch is a
 new random string at every :meth:`open`, and ``seq`` restarts at 1.
+
+The rings hold consecutive seqs only. Seqs skip only when a topic rebuilds
+the storage from a journal that lost records (a damaged frame moved aside):
+the ring then restarts after the hole, as if what came before had been
+evicted, and says so in the log; the journal keeps those records on disk.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Sequence
 
 import msgspec
@@ -21,6 +27,8 @@ from gauss.records import DataFormat, KeyInfo, QueryResult, TopicQuery
 from gauss.registry import PluginConfig
 
 __all__ = ["MemoryStorage", "MemoryConfig", "DEFAULT_QUOTE_CAPACITY", "DEFAULT_CAPACITY"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_QUOTE_CAPACITY = 1_000_000
 DEFAULT_CAPACITY = 100_000
@@ -74,8 +82,29 @@ class MemoryStorage:
         store = self._opened
         if isinstance(store, RecordIndex):
             store.add(records)
-        else:
+        elif not records or _follows(store.last_seq, records):
             store.append(records)
+        else:
+            self._append_across_holes(store, records)
+
+    def _append_across_holes(self, store: QuoteRing | RecordRing, records: Sequence[TopicRecord]) -> None:
+        """Append ``records`` whose seqs skip: each run of consecutive seqs after a hole restarts the ring."""
+        seqs = [int(r.seq) for r in records]
+        start = 0
+        for i in range(1, len(seqs) + 1):
+            if i < len(seqs) and seqs[i] == seqs[i - 1] + 1:
+                continue
+            first, last_held = seqs[start], store.last_seq
+            if last_held and first != last_held + 1:
+                log.warning(
+                    "memory storage of %s: seqs %d..%d are missing (a journal that lost records?); "
+                    "the %d records before seq %d are no longer held",
+                    self.topic, last_held + 1, first - 1, len(store), first,
+                )  # fmt: skip
+                store = type(store)(store.capacity)
+                self._store = store
+            store.append(records[start:i])
+            start = i
 
     def query(self, query: TopicQuery) -> QueryResult:
         records, truncated = self._opened.query(query.key, query.from_ms, query.to_ms, query.since_seq, query.limit)
@@ -103,3 +132,9 @@ class MemoryStorage:
 
     def close(self) -> None:
         """Nothing to release early: the records stay readable until the storage is dropped."""
+
+
+def _follows(last_seq: int, records: Sequence[TopicRecord]) -> bool:
+    """Whether ``records`` (numbered, ascending) continue a ring holding up to ``last_seq`` without a hole."""
+    first = records[0].seq
+    return (not last_seq or first == last_seq + 1) and records[-1].seq - first == len(records) - 1

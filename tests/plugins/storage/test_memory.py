@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,3 +151,41 @@ def test_config_reads_capacity_and_refuses_typos() -> None:
 def test_use_before_open_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="before open"):
         MemoryStorage().count()
+
+
+@pytest.mark.parametrize("fmt", [DataFormat.QUOTE, DataFormat.ANY])
+def test_a_hole_in_the_seqs_restarts_the_ring_after_it(fmt: DataFormat, caplog: pytest.LogCaptureFixture) -> None:
+    storage = MemoryStorage(capacity=100)
+    storage.open("holed", fmt)
+    records = [make_record(fmt, seq, "EURUSD", 1_000 * seq) for seq in (1, 2, 3, 4, 5, 7, 8, 9, 10)]
+    storage.append(records[:2])
+    storage.append(records[2:])  # 3..5, then the hole, then 7..10 in one batch
+    assert storage.bounds() == (7, 10)
+    assert dicts(storage.query(TopicQuery(limit=100)).records) == dicts(records[5:])
+    assert "seqs 6..6 are missing" in caplog.text
+    storage.append([make_record(fmt, 11, "EURUSD", 11_000)])
+    assert storage.bounds() == (7, 11) and storage.count() == 5
+
+
+def test_a_journal_damaged_in_the_middle_still_rebuilds_its_memory_topic(tmp_path: Path) -> None:
+    """One flipped byte in the tick log: the topic opens (it raised "seq 7 does not follow 5"), every intact record after the damage is held."""
+    from gauss_plugins.storage.raw_file import RawFileStorage, segments
+
+    from gauss.topics import Topic
+
+    topic = Topic("quotes.raw", "quote", MemoryStorage(), journal=RawFileStorage(tmp_path))
+    epoch = topic.epoch
+    topic.publish([quote(0, "EURUSD", 1_000 + i, bid=1.0 + i) for i in range(10)])
+    topic.close()
+    (segment,) = segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    sixth = [i for i in range(len(data)) if data.startswith(b'"bid":6.0', i)]
+    assert len(sixth) == 1
+    data[sixth[0] + 6] = ord("X")  # the checksum no longer matches: frame 6 is moved aside
+    segment.write_bytes(bytes(data))
+    again = Topic("quotes.raw", "quote", MemoryStorage(), journal=RawFileStorage(tmp_path))
+    assert (again.epoch, again.last_seq) == (epoch, 10)
+    assert [r.seq for r in again.query(limit=100).records] == [7, 8, 9, 10]
+    again.publish([quote(0, "EURUSD", 2_000, bid=11.0)])
+    assert [r.seq for r in again.query(limit=100).records] == [7, 8, 9, 10, 11]
+    again.close()
