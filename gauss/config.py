@@ -41,7 +41,7 @@ from gauss import registry
 from gauss.core import DEFAULT_MAX_FRAME_BYTES
 from gauss.errors import ConfigError
 from gauss.http.options import ApiOptions
-from gauss.protocols import ReplayableStorage, missing_members
+from gauss.protocols import PublishingConfig, ReplayableStorage, missing_members
 from gauss.quotes import DEFAULT_MAX_FUTURE_MS, DEFAULT_MAX_KEY_BYTES
 from gauss.records import DataFormat, OverflowPolicy
 from gauss.registry import PluginConfig, PluginSpec, StorageSpec, TransportSpec, configure, convert, default
@@ -361,6 +361,10 @@ def _parse(data: Mapping[str, Any], file: str | None, base: Path) -> GaussConfig
     for where, table in _tables(data, "processors"):
         processor = _flat(where, table, ProcessorSpec, "processor", base)
         known_topic(f"{where}.topic", processor.topic)
+        assert processor.plugin is not None
+        if isinstance(processor.plugin.config, PublishingConfig):
+            for key, name in processor.plugin.config.published_topics():
+                known_topic(f"{where}.{key}", name)
         processors.append(processor)
     sinks = []
     for where, table in _tables(data, "sinks"):

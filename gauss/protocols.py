@@ -40,6 +40,7 @@ __all__ = [
     "RecoveryContext",
     "TopicProcessor",
     "RecoveringProcessor",
+    "PublishingConfig",
     "TopicSink",
     "RecordConnection",
     "CountingTransport",
@@ -274,6 +275,20 @@ class TopicProcessor(Protocol):
         ...
 
     def stop(self, context: PublishContext) -> None: ...
+
+
+@runtime_checkable
+class PublishingConfig(Protocol):
+    """A processor's configuration that names the topics its processor publishes to.
+
+    Loading a configuration checks each against the declared topics, so one
+    that does not exist stops the server at start (exit 2, naming the key)
+    instead of losing every record published to it later.
+    """
+
+    def published_topics(self) -> Iterator[tuple[str, str]]:
+        """``(key, topic)``: each topic published to, and the option that names it (for the error)."""
+        ...
 
 
 @runtime_checkable

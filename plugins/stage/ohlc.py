@@ -118,6 +118,13 @@ class OhlcConfig(PluginConfig, frozen=True, kw_only=True):
                 raise ConfigError("timeframes", f"{label!r} and {widths[width]!r} are the same width")
             widths[width] = label
 
+    def published_topics(self) -> Iterator[tuple[str, str]]:
+        """One candle topic a timeframe, and the late quotes' topic if any (:class:`~gauss.protocols.PublishingConfig`)."""
+        for label in self.timeframes:
+            yield "output_prefix", self.output_prefix + label
+        if self.late_topic is not None:
+            yield "late_topic", self.late_topic
+
 
 class OhlcProcessor:
     """Candles per symbol for each configured timeframe."""

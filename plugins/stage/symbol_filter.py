@@ -8,7 +8,7 @@ gets its ``seq`` there), carrying the same ``ts_ms``, ``key`` and ``data``.
 
 from __future__ import annotations
 
-from typing import Annotated, Iterable, Sequence
+from typing import Annotated, Iterable, Iterator, Sequence
 
 import msgspec
 
@@ -38,6 +38,10 @@ class SymbolFilterConfig(PluginConfig, frozen=True, kw_only=True):
             raise ConfigError("deny", "give either 'allow' or 'deny', not both")
         if self.allow is None and self.deny is None:
             raise ConfigError("allow", "missing: give 'allow' (symbols to keep) or 'deny' (symbols to drop)")
+
+    def published_topics(self) -> Iterator[tuple[str, str]]:
+        """The one topic records pass on to (:class:`~gauss.protocols.PublishingConfig`)."""
+        yield "output", self.output
 
 
 class SymbolFilter:

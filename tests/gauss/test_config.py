@@ -92,6 +92,22 @@ def test_duplicate_topic_name_is_refused() -> None:
         load_config(config)
 
 
+@pytest.mark.parametrize(
+    ("processor", "error"),
+    [
+        ({"type": "ohlc", "topic": "quotes.raw", "timeframes": ["1m"], "output_prefix": "candles."}, r"processors\[0\].output_prefix: topic 'candles.1m' does not exist"),
+        ({"type": "ohlc", "topic": "quotes.raw", "timeframes": ["1m"], "late_topic": "late"}, r"processors\[0\].late_topic: topic 'late' does not exist"),
+        ({"type": "symbol-filter", "topic": "quotes.raw", "output": "eur", "allow": ["EURUSD"]}, r"processors\[0\].output: topic 'eur' does not exist"),
+    ],
+)
+def test_processor_publishing_to_a_missing_topic_is_refused(processor: dict[str, Any], error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        load_config(minimal(processors=[processor]))
+    fixed = minimal(processors=[processor])
+    fixed["topics"].append({"name": "*"})  # a catch-all template makes every name a topic
+    load_config(fixed)
+
+
 def test_processor_reading_a_missing_topic_is_refused() -> None:
     config = minimal(processors=[{"type": "ohlc", "topic": "quotes.nope"}])
     with pytest.raises(ConfigError, match=r"processors\[0\].topic: topic 'quotes.nope' does not exist"):
