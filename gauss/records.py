@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
@@ -228,9 +229,12 @@ def _int_param(params: Mapping[str, Any], name: str, default: int | None = None)
     return value
 
 
+_DECIMAL = re.compile(r"-?[0-9]+")
+
+
 def _int_value(params: Mapping[str, Any], name: str) -> int | None:
     value = params.get(name)
-    if value is None or value == "":
+    if value is None:
         return None
     if isinstance(value, bool):
         raise QueryError(name, "must be an integer")
@@ -241,10 +245,10 @@ def _int_value(params: Mapping[str, Any], name: str) -> int | None:
             return int(value)
         raise QueryError(name, "must be an integer")
     if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            raise QueryError(name, f"must be an integer, got {value!r}") from None
+        # ASCII digits only: int() would also take " 5", "+5", "1_0" and other scripts' digits.
+        if _DECIMAL.fullmatch(value):
+            return int(value)
+        raise QueryError(name, f"must be an integer, got {value!r}")
     raise QueryError(name, "must be an integer")
 
 

@@ -86,6 +86,14 @@ def test_default_limit_is_1000(api: Api) -> None:
         ({"key": ""}, "key"),
         ({"limt": "5"}, "limt"),
         ({"limit": ["1", "2"]}, "limit"),
+        # ASCII decimal digits only, and a value is needed (int() would take all of these):
+        ({"limit": ""}, "limit"),
+        ({"from": ""}, "from"),
+        ({"limit": " 5"}, "limit"),
+        ({"limit": "+5"}, "limit"),
+        ({"limit": "1_0"}, "limit"),
+        ({"limit": "\uff15"}, "limit"),
+        ({"since_seq": "\u0665"}, "since_seq"),
     ],
 )
 def test_bad_parameters_are_400_naming_the_parameter(api: Api, params: dict[str, Any], named: str) -> None:
