@@ -137,7 +137,8 @@ class Hub:
         """
         require(sink, TopicSink, kind="sink", name=name or type(sink).__name__)
         target = self.registry.resolve(topic)
-        sink.attach(target, capacity=queue_size, policy=OverflowPolicy.parse(policy), metrics=self.metrics, label=name or topic)
+        sink.attach(target, capacity=queue_size, policy=OverflowPolicy.parse(policy), metrics=self.metrics,
+                    label=self.metrics.claim_label("sink", name or topic))
         sink.start()
         self.sinks.append(sink)
         log.info("%s", sink.description)

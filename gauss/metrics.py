@@ -145,6 +145,12 @@ class Metrics:
         self._dropped = Counter(
             "gauss_subscriber_dropped_records", "Records shed by subscriber queues", ["topic", "kind"], registry=r
         )
+        self._delivered = Counter(
+            "gauss_topic_records_delivered",
+            "Records a topic handed to its subscribers (processors, sinks, WebSocket clients, callbacks)",
+            ["topic", "kind"],
+            registry=r,
+        )
         self._connections = Counter("gauss_source_connections", "Connections accepted or made", ["source"], registry=r)
         self._open = Gauge("gauss_source_open_connections", "Connections open now", ["source"], registry=r)
         self._frames = Counter("gauss_source_frames", "Frames received", ["source"], registry=r)
@@ -180,6 +186,7 @@ class Metrics:
             registry=r,
         )
         self._topics: TopicRegistry | None = None
+        self._labels: dict[str, set[str]] = {}
         r.register(_SubscriberCollector(lambda: self._topics))
         r.register(_StorageHealthCollector(lambda: self._topics))
 
@@ -191,8 +198,26 @@ class Metrics:
         """Report the records the processors of ``runners()`` (``ProcessorRunner``s) skipped."""
         self.registry.register(_ProcessorCollector(runners))
 
+    def claim_label(self, kind: str, preferred: str) -> str:
+        """The series label of a new ``kind`` ("source", "sink"): ``preferred``, or ``preferred#2``, ``#3``, ... once taken.
+
+        A source or sink is labelled by its ``name``, else its topic; two of one
+        topic without names (the default config's four sinks of quotes.raw) must
+        not count on one series.
+        """
+        taken = self._labels.setdefault(kind, set())
+        label, n = preferred, 1
+        while label in taken:
+            n += 1
+            label = f"{preferred}#{n}"
+        taken.add(label)
+        return label
+
     def topic_published(self, topic: str) -> Counter:
         return self._published.labels(topic)
+
+    def delivered(self, topic: str, kind: str) -> Counter:
+        return self._delivered.labels(topic, kind)
 
     def topic_stored(self, topic: str) -> Counter:
         return self._stored.labels(topic)

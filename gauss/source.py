@@ -88,7 +88,7 @@ class Source:
         self.name = spec.name or f"{spec.topic}@{self.transport.description}"
         # The counters live once, in Metrics (a source made alone gets a Metrics of its own).
         self._metrics = metrics = metrics if metrics is not None else Metrics()
-        label = spec.name or spec.topic
+        label = metrics.claim_label("source", spec.name or spec.topic)
         self.label = label
         self.queue = BoundedQueue(
             self.topic.name,

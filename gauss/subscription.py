@@ -152,6 +152,7 @@ class BoundedQueue:
         kind: str = "client",
         on_shed: Callable[[int], None] | None = None,
         on_stall: Callable[[float], None] | None = None,
+        on_take: Callable[[int], None] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -161,6 +162,7 @@ class BoundedQueue:
         self.kind = kind
         self.on_shed = on_shed
         self.on_stall = on_stall
+        self.on_take = on_take
         self.depth = 0
         """Records queued now."""
         self.delivered = 0
@@ -362,6 +364,8 @@ class BoundedQueue:
             self._skip = 0
         self._items.clear()
         self.delivered += self.depth
+        if self.on_take is not None:
+            self.on_take(self.depth)
         self.depth = 0
         gap = None
         if self._gap_dropped:
@@ -418,6 +422,7 @@ class Subscription(BoundedQueue):
         start_seq: int = 0,
         on_shed: Callable[[int], None] | None = None,
         on_stall: Callable[[float], None] | None = None,
+        on_take: Callable[[int], None] | None = None,
     ) -> None:
         self._topic = topic
         self._stall_seq = 0
@@ -433,6 +438,7 @@ class Subscription(BoundedQueue):
             kind=kind,
             on_shed=on_shed,
             on_stall=on_stall,
+            on_take=on_take,
         )
         self.key = key
         self.start_seq = start_seq

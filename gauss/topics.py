@@ -302,8 +302,9 @@ class Topic:
         """
         on_shed = self._metrics.dropped(self.name, kind).inc
         subscription = Subscription(
-            self, key=key, policy=policy, capacity=capacity, kind=kind, start_seq=self.last_seq, on_shed=on_shed
-        )
+            self, key=key, policy=policy, capacity=capacity, kind=kind, start_seq=self.last_seq, on_shed=on_shed,
+            on_take=self._metrics.delivered(self.name, kind).inc,
+        )  # fmt: skip
         self._subscriptions = (*self._subscriptions, subscription)
         self._offered = (*self._offered, subscription)
         return subscription

@@ -72,3 +72,38 @@ def test_a_runners_errors_and_lag_are_its_metrics_samples() -> None:
 
 def test_metric_count_on_the_class_is_the_descriptor() -> None:
     assert isinstance(Topic.published, MetricCount) and "gauss_topic_records_published" in (Topic.published.__doc__ or "")
+
+
+def test_sources_and_sinks_of_one_topic_count_on_series_of_their_own() -> None:
+    from gauss.hub import Hub
+
+    def tcp(kind: str) -> dict[str, object]:
+        return {"type": kind, "bind": "127.0.0.1", "port": 0}
+
+    config = {
+        "hub": {"status_interval": 0},
+        "topics": [{"name": "t", "format": "any"}],
+        "sources": [{"topic": "t", "transport": tcp("tcp-server")} for _ in range(2)]
+        + [{"topic": "t", "transport": tcp("tcp-server"), "name": "named"}],
+        "sinks": [{"topic": "t", "transport": tcp("tcp-server")} for _ in range(2)],
+    }
+    with Hub.from_config(config) as hub:
+        assert [s.label for s in hub.sources] == ["t", "t#2", "named"]
+        text = hub.metrics.exposition().decode()
+        for label in ("t", "t#2", "named"):
+            assert f'gauss_source_frames_total{{source="{label}"}} 0.0' in text
+        assert 'gauss_sink_records_sent_total{sink="t"} 0.0' in text
+        assert 'gauss_sink_records_sent_total{sink="t#2"} 0.0' in text
+
+
+def test_records_a_topic_hands_its_subscribers_are_counted_per_kind() -> None:
+    metrics = Metrics()
+    topic = Topic("t", "any", ListStorage(), metrics=metrics)
+    client = topic.subscribe(kind="ws")
+    sink = topic.subscribe(kind="sink")
+    topic.publish(records(3))
+    topic.publish(records(2))
+    delivery = client.take(timeout=1)
+    assert delivery is not None and len(delivery.records) == 5
+    assert metrics.value("gauss_topic_records_delivered_total", topic="t", kind="ws") == 5
+    assert sink.depth == 5 and metrics.value("gauss_topic_records_delivered_total", topic="t", kind="sink") == 0
