@@ -16,7 +16,10 @@ batches; this stage decides *when* candles are published (SPEC section 1):
   there as ``{"quote": ..., "timeframe": label, "reason": "late"}``.
 
 Candles go to ``<output_prefix><label>`` (``ohlc.1m``), as records with
-``ts_ms`` the bucket start and ``key`` the symbol.
+``ts_ms`` the bucket start and ``key`` the symbol. A bucket starting at the
+epoch itself (a quote in the first ``timeframe`` after 1970-01-01 00:00 UTC)
+makes no candle: no record may carry ``ts_ms`` 0 (SPEC section 1); such
+candles are counted in :attr:`OhlcProcessor.epoch_candles`.
 
 State is bounded: at most ``max_keys`` symbols are held; beyond that the
 symbol idle longest is evicted (its open candles are published first, so
@@ -163,6 +166,8 @@ class OhlcProcessor:
         self.invalid_quotes = 0
         """Input records without a usable bid and ask (skipped)."""
         self._invalid_log = RateLimitedLog(log, level=logging.ERROR)
+        self.epoch_candles = 0
+        """Candle publications skipped because the bucket starts at ts_ms 0, which no record may carry."""
         self._aggregator = OhlcAggregator(widths, hold_buckets, coalesce_open=True)
         self._tf_index = {width: t for t, width in enumerate(widths)}
         self.max_keys = max_keys
@@ -272,7 +277,11 @@ class OhlcProcessor:
         per_tf: list[list[TopicRecord]] = [[] for _ in self.widths_ms]
         tf_index = self._tf_index
         for candle in candles:
-            t = tf_index[candle[1]]  # (key, timeframe_ms, ...)
+            t = tf_index[candle[1]]  # (key, timeframe_ms, start_ms, ...)
+            if candle[2] < 1:  # a bucket at the epoch
+                self.epoch_candles += 1
+                self._invalid_log("ohlc: no %s candle of %r: its bucket starts at ts_ms 0 (%d so far)", self.labels[t], candle[0], self.epoch_candles)
+                continue
             per_tf[t].append(self._record(candle, t))
         for t, out in enumerate(per_tf):
             if out:

@@ -241,7 +241,7 @@ def test_defaults_through_the_registry() -> None:
 
 def test_many_symbols_publish_grouped_per_timeframe(context: Any) -> None:
     processor = OhlcProcessor(["1s", "1m"])
-    quotes = [quote(f"S{i % 50}", 1000 + i, 1.0) for i in range(500)]
+    quotes = [quote(f"S{i % 50}", 1_732_406_400_000 + i, 1.0) for i in range(500)]
     processor.process("q", quotes, context)
     processor.flush(context)
     per_topic = defaultdict(int)
@@ -405,3 +405,13 @@ def test_recovery_skips_a_record_the_kernel_refuses_and_keeps_the_rest() -> None
     want, _ = naive_candles(stream, ["1m"], 2)
     got = {(t.removeprefix("ohlc."), key, ts): data for t, series in context.topics.items() for (key, ts), data in series.items()}
     assert got == want and restarted.skipped_records == 1
+
+
+def test_a_bucket_at_the_epoch_makes_no_candle(context: Any) -> None:
+    """SPEC 1: no record carries ts_ms 0, so the first second (or day) after 1970-01-01 has no candle."""
+    processor = OhlcProcessor(["1s", "1d"])
+    processor.process("quotes.raw", [quote("EARLY", 1, 1.0), quote("EARLY", 500, 2.0), quote("EARLY", 1_200, 3.0)], context)
+    processor.flush(context)
+    published = [(t, r.ts_ms, r.data["ticks"]) for t, batch in context.take() for r in batch]
+    assert published == [("ohlc.1s", 1_000, 1)]  # the 1s bucket at 0 and the 1d bucket at 0 are skipped
+    assert processor.epoch_candles == 2
