@@ -15,8 +15,10 @@ from __future__ import annotations
 import enum
 import functools
 import importlib
+import ipaddress
 import math
 import re
+import socket
 import typing
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -45,6 +47,7 @@ __all__ = [
     "create",
     "convert",
     "default",
+    "check_bind",
 ]
 
 
@@ -411,3 +414,16 @@ def _refuse_non_finite(config: PluginConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(name, f"must be a finite number, got {value!r}")
+
+
+def check_bind(key: str, address: str) -> None:
+    """Refuse a listen address that is neither an IP address nor a name resolving here (exit 2 naming ``key``, not a failed start)."""
+    try:
+        ipaddress.ip_address(address)
+        return
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(key, f"{address!r} is neither an IP address nor a host name that resolves here ({exc})") from None

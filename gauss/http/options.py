@@ -15,7 +15,7 @@ import msgspec
 
 from gauss.errors import ConfigError
 from gauss.records import OverflowPolicy
-from gauss.registry import PluginConfig, convert
+from gauss.registry import PluginConfig, check_bind, convert
 
 __all__ = ["ApiOptions", "TOKEN_ENV", "WS_POLICIES"]
 
@@ -84,6 +84,7 @@ class ApiOptions(PluginConfig, frozen=True):
     """How long a request waits for room under ``max_inflight_bytes`` before it gets 503."""
 
     def __post_init__(self) -> None:
+        check_bind("bind", self.bind)
         if self.token is not None and self.token_env is not None:
             raise ConfigError("token_env", "give token or token_env, not both")
         if "*" in self.cors_origins and len(self.cors_origins) > 1:

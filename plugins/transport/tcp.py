@@ -34,7 +34,7 @@ import msgspec
 
 from gauss.errors import ConfigError
 from gauss.ratelimit import RateLimitedLog
-from gauss.registry import PluginConfig
+from gauss.registry import PluginConfig, check_bind
 
 __all__ = [
     "TcpConnection",
@@ -88,6 +88,9 @@ class TcpServerConfig(TcpSocketConfig, frozen=True, kw_only=True):
     """Seconds without a byte in or out after which a connection is closed (None: never)."""
     backlog: Annotated[int, msgspec.Meta(ge=1)] = 128
     """The listen() backlog."""
+
+    def __post_init__(self) -> None:
+        check_bind("bind", self.bind)
 
 
 class TcpClientConfig(TcpSocketConfig, frozen=True, kw_only=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,13 @@ def test_max_key_bytes_defaults_to_64_and_is_checked() -> None:
     assert load_config(minimal(sources=[source])).sources[0].max_key_bytes == 16
     with pytest.raises(ConfigError, match=r"sources\[0\]\.max_key_bytes"):
         load_config(minimal(sources=[{**source, "max_key_bytes": 0}]))
+
+
+@pytest.mark.parametrize("bind", ["999.1.1.1", "not-a-host.invalid"])
+def test_a_listen_address_that_cannot_be_bound_is_refused_naming_the_key(bind: str) -> None:
+    with pytest.raises(ConfigError, match=rf"sources\[0\].transport.bind: '{re.escape(bind)}' is neither an IP address"):
+        load_config(minimal(sources=[{"topic": "quotes.raw", "transport": {"type": "tcp-server", "bind": bind, "port": 0}}]))
+    with pytest.raises(ConfigError, match=r"api.bind: .* is neither an IP address"):
+        load_config(minimal(api={"bind": bind}))
+    for good in ("127.0.0.1", "::1", "0.0.0.0", "localhost"):
+        load_config(minimal(api={"bind": good}))
