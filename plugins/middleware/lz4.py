@@ -14,16 +14,22 @@ __all__ = ["Lz4Middleware", "Lz4Config"]
 
 
 def inflate(payload: bytes, max_bytes: int) -> bytes:
-    """Decompress one LZ4 frame to at most ``max_bytes``."""
-    decompressor = lz4.frame.LZ4FrameDecompressor()
-    out = decompressor.decompress(payload, max_length=max_bytes + 1)
-    if len(out) > max_bytes or not decompressor.needs_input:
-        raise BombError(f"inflates past max_frame_bytes ({max_bytes})")
-    if not decompressor.eof:
-        raise ValueError("truncated or invalid LZ4 frame")
-    if decompressor.unused_data:
-        raise ValueError(f"{len(decompressor.unused_data)} bytes after the LZ4 frame")
-    return out  # type: ignore[no-any-return]
+    """Decompress one payload to at most ``max_bytes``: one LZ4 frame, or several back to back (as ``lz4`` concatenates them)."""
+    parts: list[bytes] = []
+    room = max_bytes
+    rest = payload
+    while True:
+        decompressor = lz4.frame.LZ4FrameDecompressor()
+        out = decompressor.decompress(rest, max_length=room + 1)
+        if len(out) > room or not decompressor.needs_input:
+            raise BombError(f"inflates past max_frame_bytes ({max_bytes})")
+        if not decompressor.eof:
+            raise ValueError("truncated or invalid LZ4 frame")
+        parts.append(out)
+        room -= len(out)
+        rest = decompressor.unused_data
+        if not rest:
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class Lz4Config(PluginConfig, frozen=True, kw_only=True):

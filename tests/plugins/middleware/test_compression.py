@@ -147,7 +147,16 @@ def test_snappy_refuses_lying_length_header() -> None:
 
 def test_lz4_refuses_trailing_bytes_after_frame() -> None:
     decoded, rejected = create("middleware", "lz4").decode([lz4.frame.compress(b"abc") + b"junk"], MAX)
-    assert decoded == [] and "after the LZ4 frame" in rejected[0].reason
+    assert decoded == [] and "truncated or invalid LZ4 frame" in rejected[0].reason
+
+
+def test_lz4_takes_frames_back_to_back_as_one_payload_like_gzip_members() -> None:
+    """The frame format allows concatenated frames (the lz4 tool writes them); a payload of two is their joined bytes."""
+    middleware = create("middleware", "lz4")
+    decoded, rejected = middleware.decode([lz4.frame.compress(b"hello ") + lz4.frame.compress(b"world")], MAX)
+    assert decoded == [b"hello world"] and rejected == []
+    decoded, rejected = middleware.decode([lz4.frame.compress(b"x" * 600) + lz4.frame.compress(b"y" * 600)], 1_000)
+    assert decoded == [] and "inflates past" in rejected[0].reason  # the limit holds across the frames
 
 
 @pytest.mark.parametrize(
