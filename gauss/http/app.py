@@ -57,7 +57,7 @@ def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics, *, budget: In
         middleware.append(falcon.CORSMiddleware(allow_origins=origins, expose_headers=["Content-Type"]))
     if options.token is not None:
         middleware.append(AuthMiddleware(options.token))
-    app = falcon.App(middleware=middleware)
+    app = falcon.App(middleware=middleware, router=_HeadAsGetRouter())
     app.req_options.auto_parse_qs_csv = False
     app.req_options.keep_blank_qs_values = True
     app.set_error_serializer(_serialize_error)
@@ -75,6 +75,20 @@ def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics, *, budget: In
     app.add_route("/ws", WebSocketOnly())
     add_dashboard_routes(app)  # GET / and /static/*: SPEC section 8
     return app
+
+
+class _HeadAsGetRouter(falcon.routing.CompiledRouter):
+    """Falcon's router, answering HEAD with a resource's ``on_get`` where it has no ``on_head``.
+
+    HTTP expects HEAD wherever GET works (RFC 9110 section 9.3.2); Falcon
+    answers 405 instead, and drops the body of a HEAD answer itself.
+    """
+
+    def map_http_methods(self, resource: object, **kwargs: Any) -> Any:
+        methods: dict[str, Any] = super().map_http_methods(resource, **kwargs)
+        if "GET" in methods:
+            methods.setdefault("HEAD", methods["GET"])
+        return methods
 
 
 # --- errors ------------------------------------------------------------------------

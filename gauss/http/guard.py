@@ -1,6 +1,8 @@
 """Browser-facing checks of SPEC section 4: which ``Host`` a tokenless API answers, which ``Origin`` may open ``/ws``.
 
-Both close holes that only a browser opens, so both let programs through:
+First, with or without a token, an HTTP/1.1 request without ``Host`` is a
+400 (RFC 9112 section 3.2; a malformed ``Host : x`` arrives as none). The two
+checks below close holes that only a browser opens, so both let programs through:
 
 - DNS rebinding: a page on ``evil.example`` re-points that name at
   127.0.0.1 and then reads the tokenless API as "its own" site. The browser
@@ -21,10 +23,12 @@ import falcon
 
 from gauss.http.options import ApiOptions
 
-__all__ = ["LOOPBACK_HOSTS", "GuardMiddleware", "environ_refusal", "host_refusal", "origin_refusal"]
+__all__ = ["LOOPBACK_HOSTS", "MISSING_HOST", "GuardMiddleware", "environ_refusal", "host_refusal", "origin_refusal"]
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 """Host names (without port) a tokenless API always answers."""
+
+MISSING_HOST = "missing Host header (HTTP/1.1 requires one)"
 
 
 def _host_name(host: str) -> str:
@@ -60,17 +64,23 @@ def origin_refusal(options: ApiOptions, origin: str | None, host: str | None) ->
     return f"origin {origin!r} refused: WebSocket upgrades are accepted from the API's own origin and [api] cors_origins"
 
 
-def environ_refusal(options: ApiOptions, environ: Mapping[str, Any], *, websocket: bool) -> str | None:
-    """:func:`host_refusal`, then (for a WebSocket upgrade) :func:`origin_refusal`, from a WSGI environ."""
+def environ_refusal(options: ApiOptions, environ: Mapping[str, Any], *, websocket: bool) -> falcon.HTTPError | None:
+    """The error that refuses this WSGI request, or None.
+
+    400 for an HTTP/1.1 request without ``Host``; else 403 from :func:`host_refusal`,
+    then (for a WebSocket upgrade) :func:`origin_refusal`.
+    """
     host = environ.get("HTTP_HOST")
+    if host is None and environ.get("SERVER_PROTOCOL") == "HTTP/1.1":
+        return falcon.HTTPBadRequest(description=MISSING_HOST)
     refusal = host_refusal(options, host)
     if refusal is None and websocket:
         refusal = origin_refusal(options, environ.get("HTTP_ORIGIN"), host)
-    return refusal
+    return None if refusal is None else falcon.HTTPForbidden(description=refusal)
 
 
 class GuardMiddleware:
-    """403 ``{"error": ...}`` for a refused ``Host`` (any route) or ``Origin`` (``/ws``)."""
+    """400 ``{"error": ...}`` for HTTP/1.1 without ``Host``, 403 for a refused ``Host`` (any route) or ``Origin`` (``/ws``)."""
 
     def __init__(self, options: ApiOptions, ws_path: str) -> None:
         self._options = options
@@ -79,4 +89,4 @@ class GuardMiddleware:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         refusal = environ_refusal(self._options, req.env, websocket=req.path == self._ws_path)
         if refusal is not None:
-            raise falcon.HTTPForbidden(description=refusal)
+            raise refusal

@@ -47,7 +47,7 @@ class ApiMetrics:
         )
         self.http_timeouts = Counter(
             "gauss_http_timeouts",
-            "Connections closed by a time limit (request_head, keepalive, write, ws_write)",
+            "Connections closed by a time limit (request_head, request_body, keepalive, write, ws_write)",
             ["kind"],
             registry=r,
         )

@@ -16,14 +16,15 @@ closed after ``keepalive_s``, and a write the client does not take within
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import gevent
 import gevent.pool
-from gevent.pywsgi import LoggingLogAdapter, WSGIHandler, WSGIServer
+from gevent.pywsgi import MAX_REQUEST_LINE, LoggingLogAdapter, WSGIHandler, WSGIServer
 from geventwebsocket.handler import WebSocketHandler
 
 from gauss.http.app import create_app
@@ -46,29 +47,66 @@ access_log = logging.getLogger("gauss.http.access")
 _client_error_log = RateLimitedLog(log, interval=10.0, level=logging.INFO)
 
 WS_PATH = "/ws"
+WS_VERSION = "13"
+"""The WebSocket version accepted (RFC 6455); gevent-websocket's drafts 7 and 8 are not."""
 
 
-def _refusal_response(limit: int) -> bytes:
-    body = dumps({"error": f"server at max_connections ({limit}) with none idle; retry shortly"})
-    head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
-    return head + b"Content-Length: %d\r\nRetry-After: 1\r\n\r\n" % len(body) + body
-
-
-def _bad_request_response() -> bytes:
-    body = dumps({"error": "malformed HTTP request"})
-    head = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
+def _error_response(status: bytes, message: str, extra: bytes = b"") -> bytes:
+    """A whole JSON error answer that closes the connection, for refusals before any application runs."""
+    body = dumps({"error": message})
+    head = b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nConnection: close\r\n" + extra
     return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
-_BAD_REQUEST = _bad_request_response()
+def _refusal_response(limit: int) -> bytes:
+    message = f"server at max_connections ({limit}) with none idle; retry shortly"
+    return _error_response(b"503 Service Unavailable", message, b"Retry-After: 1\r\n")
+
+
+_BAD_REQUEST = _error_response(b"400 Bad Request", "malformed HTTP request")
+# gevent's own 414 has an empty body; its limit counts the line with its CRLF.
+_REQUEST_LINE_TOO_LONG = _error_response(b"414 URI Too Long", f"request line too long (limit {MAX_REQUEST_LINE} bytes)")
+
+
+MAX_REQUEST_BODY = 65_536
+"""The largest request body read (and thrown away: no route takes one); a larger one is a 413."""
+
+
+def _declared_body(environ: Mapping[str, Any]) -> int:
+    """The request body's declared length (0 when none or not a number: gevent refuses those itself)."""
+    value = environ.get("CONTENT_LENGTH") or ""
+    return int(value) if value.isdigit() else 0
+
+
+def _upgrade_refusal(request_version: str, environ: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]]] | None:
+    """Why this WebSocket upgrade is refused and the headers its 400 carries (None: a valid upgrade)."""
+    if request_version != "HTTP/1.1":
+        return f"a WebSocket upgrade needs HTTP/1.1, not {request_version}", []
+    version = environ.get("HTTP_SEC_WEBSOCKET_VERSION")
+    if version != WS_VERSION:
+        problem = "missing" if version is None else "unsupported"
+        # RFC 6455 section 4.2.2: a version refusal names the versions the server speaks.
+        return f"Sec-WebSocket-Version {problem} (supported: {WS_VERSION})", [("Sec-WebSocket-Version", WS_VERSION)]
+    key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "").strip()
+    if not key:
+        return "Sec-WebSocket-Key is missing", []
+    try:
+        nonce = base64.b64decode(key, validate=True)
+    except ValueError:  # binascii.Error
+        nonce = b""
+    if len(nonce) != 16:
+        return "Sec-WebSocket-Key must be base64 of 16 bytes", []
+    return None
 
 
 class _Handler(WebSocketHandler):
     """One connection: timed request heads, timed writes, upgrade only allowed ``GET /ws``."""
 
     server: _Server
+    SUPPORTED_VERSIONS = (WS_VERSION,)
     ignored_socket_errors = WSGIHandler.ignored_socket_errors + (errno.ETIMEDOUT,)
     evicted = False
+    provided_content_length: str | bool | None  # set by start_response (gevent, gevent-websocket)
     _head_timer: gevent.Timeout | None = None
     _served = 0
 
@@ -123,6 +161,10 @@ class _Handler(WebSocketHandler):
         finally:
             timer.close()
             self._head_timer = None
+        if isinstance(result, tuple) and result[0] == "414":
+            api.metrics.http_bad_requests.inc()
+            _client_error_log("request line over %d bytes from %s", MAX_REQUEST_LINE, self.client_address)
+            result = ("414", _REQUEST_LINE_TOO_LONG)
         self._served += 1
         return result
 
@@ -165,29 +207,88 @@ class _Handler(WebSocketHandler):
         self.response_length += len(data)
 
     def run_application(self) -> Any:
-        if self.environ.get("PATH_INFO") == WS_PATH and self.server.api.ws_allowed(self.environ):
-            return super().run_application()
-        return WSGIHandler.run_application(self)
+        try:
+            if _declared_body(self.environ) > MAX_REQUEST_BODY:
+                self._refuse_body()
+            elif self.environ.get("PATH_INFO") == WS_PATH and self.server.api.ws_allowed(self.environ):
+                super().run_application()
+            else:
+                WSGIHandler.run_application(self)
+        finally:
+            self._discard_body()
+
+    def _discard_body(self) -> None:
+        """Read what is left of the request body within ``request_timeout_s``.
+
+        gevent does it next, with no time limit: a client sending its body
+        slowly (or never) held the connection. Cut off, the connection closes;
+        its read side is shut, so gevent's own discard ends at once.
+        """
+        timer = gevent.Timeout.start_new(self.server.api.options.request_timeout_s)
+        try:
+            self.wsgi_input._discard()
+        except gevent.Timeout as fired:
+            if fired is not timer:
+                raise
+            self.server.api.metrics.http_timeouts.labels("request_body").inc()
+            self.close_connection = True
+            try:
+                self.socket.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        except OSError:
+            self.close_connection = True
+        finally:
+            timer.close()
+
+    def _refuse_body(self) -> None:
+        """413: no route takes a body; the connection closes after the answer."""
+        self.server.api.metrics.http_bad_requests.inc()
+        self.close_connection = True
+        self.start_response("413 Content Too Large", [("Content-Type", "application/json"), ("Connection", "close")])
+        self.result = [dumps({"error": f"request body over {MAX_REQUEST_BODY} bytes: the API takes none"})]
+        self.process_result()
 
     def upgrade_websocket(self) -> Any:
-        # gevent-websocket answers a bad upgrade with a body of str (a TypeError on
-        # write) and lets an invalid base64 key escape as binascii.Error: both
-        # were tracebacks per request. Its refusals become JSON errors here.
-        try:
-            result = super().upgrade_websocket()
-        except ValueError:  # binascii.Error: Sec-WebSocket-Key is not base64
-            self.start_response("400 Bad Request", [("Content-Type", "application/json")])
-            return [dumps({"error": "/ws: Sec-WebSocket-Key is not valid base64"})]
-        if isinstance(result, list) and any(isinstance(part, str) for part in result):
-            message = "".join(part if isinstance(part, str) else part.decode("latin-1") for part in result)
-            return [dumps({"error": f"/ws: {message}"})]
-        return result
+        """Upgrade a valid WebSocket request; refuse a bad one with a JSON 400 (RFC 6455 section 4.2.2).
+
+        Validated here, not by gevent-websocket: its refusals were a 402 (sic), a
+        426, 400s without Content-Type, and an invalid base64 key escaped as a
+        traceback. Anything but an upgrade goes on to Falcon (which answers 400).
+        """
+        environ = self.environ
+        if (
+            environ.get("REQUEST_METHOD") != "GET"
+            or environ.get("HTTP_UPGRADE", "").lower() != "websocket"
+            or "upgrade" not in environ.get("HTTP_CONNECTION", "").lower()
+        ):
+            return None
+        refusal = _upgrade_refusal(self.request_version, environ)
+        if refusal is None:
+            return self.upgrade_connection()
+        reason, headers = refusal
+        self.logger.warning(reason)
+        self.start_response("400 Bad Request", [("Content-Type", "application/json"), *headers])
+        return [dumps({"error": f"/ws: {reason}"})]
 
     def _handle_client_error(self, ex: Exception) -> Any:
         # A malformed request head: 400, counted, one log line per 10 s, never a traceback.
+        if self.evicted:
+            # Not the client's fault: evict() cut its head short, and the socket it
+            # shut down takes no answer (sending one was a BrokenPipeError traceback).
+            log.debug("connection from %s evicted during its request head", self.client_address)
+            return None
         self.server.api.metrics.http_bad_requests.inc()
         _client_error_log("bad request head from %s: %s", self.client_address, str(ex)[:200] or type(ex).__name__)
         return ("400", _BAD_REQUEST)
+
+    def finalize_headers(self) -> None:
+        if self.command == "HEAD" and self.provided_content_length is None:
+            # Falcon drops a HEAD's body but knows no length for a streamed one: gevent
+            # would add Content-Length: 0 (not GET's, RFC 9110 section 9.3.2) or chunked
+            # encoding, whose last chunk the client would read as the next answer.
+            self.provided_content_length = ""  # neither header
+        super().finalize_headers()
 
     def log_request(self) -> None:
         if access_log.isEnabledFor(logging.DEBUG):

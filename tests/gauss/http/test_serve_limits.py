@@ -8,6 +8,7 @@ never read are cut off at ``write_timeout_s`` with memory bounded by
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import resource
@@ -15,7 +16,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import pytest
 import requests
@@ -283,3 +284,171 @@ def test_nothing_a_client_sends_leaves_a_traceback(serve: Callable[..., Served])
     served.assert_no_traceback()
     lines = served.process.output().splitlines()
     assert len(lines) < 40, "\n".join(lines[-40:])  # rate-limited: not one line per bad request
+
+
+# --- SPEC section 4 on the wire: every refusal JSON, HEAD wherever GET --------------------------
+
+Answer = tuple[str, dict[str, str], bytes]  # status line, headers (names lower-cased), body
+
+
+def read_answer(reader: BinaryIO, method: str = "GET") -> Answer:
+    """One HTTP answer off a raw connection (a HEAD's or a 101's has no body, whatever its headers say)."""
+    status = reader.readline().decode("latin-1").rstrip("\r\n")
+    headers: dict[str, str] = {}
+    while line := reader.readline().decode("latin-1").rstrip("\r\n"):
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if method == "HEAD" or status.startswith("HTTP/1.1 101 "):
+        return status, headers, b""
+    if "content-length" in headers:
+        return status, headers, reader.read(int(headers["content-length"]))
+    if headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while size := int(reader.readline(), 16):
+            body += reader.read(size)
+            reader.readline()
+        reader.readline()
+        return status, headers, body
+    return status, headers, reader.read()
+
+
+def raw_answer(port: int, request: bytes) -> Answer:
+    """Send exactly ``request`` on a new connection; its answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, sock.makefile("rb") as reader:
+        sock.sendall(request)
+        return read_answer(reader)
+
+
+def assert_json_error(answer: Answer, status: int, message: str = "") -> dict[str, str]:
+    line, headers, body = answer
+    assert line.startswith(f"HTTP/1.1 {status} "), answer
+    assert headers.get("content-type") == "application/json", answer
+    error = json.loads(body)["error"]
+    assert message in error, answer
+    return headers
+
+
+def upgrade(*lines: str, version: str = "HTTP/1.1") -> bytes:
+    head = [f"GET /ws {version}", "Host: 127.0.0.1", "Upgrade: websocket", "Connection: keep-alive, Upgrade", *lines]
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+def test_every_bad_websocket_upgrade_is_a_json_400(serve: Callable[..., Served]) -> None:
+    served = serve()
+    port = served.api_port
+    key = "Sec-WebSocket-Key: " + base64.b64encode(b"k" * 16).decode()
+    bad_versions = [upgrade(key), upgrade("Sec-WebSocket-Version: 99", key), upgrade("Sec-WebSocket-Version: 8", key)]
+    for request in bad_versions:
+        headers = assert_json_error(raw_answer(port, request), 400, "/ws: Sec-WebSocket-Version")
+        assert headers["sec-websocket-version"] == "13"  # RFC 6455 section 4.2.2
+    bad = {
+        upgrade("Sec-WebSocket-Version: 13", key, version="HTTP/1.0"): "/ws: a WebSocket upgrade needs HTTP/1.1",
+        upgrade("Sec-WebSocket-Version: 13"): "/ws: Sec-WebSocket-Key is missing",
+        upgrade("Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: !!not base64!!"): "base64 of 16 bytes",
+        upgrade("Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: YWJj"): "base64 of 16 bytes",  # 3 bytes
+        upgrade("Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: " + base64.b64encode(b"k" * 17).decode()): "16 bytes",
+    }
+    for request, message in bad.items():
+        headers = assert_json_error(raw_answer(port, request), 400, message)
+        assert "sec-websocket-version" not in headers
+    plain = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\r\n"  # no Connection: upgrade
+    assert_json_error(raw_answer(port, plain), 400, "a WebSocket upgrade is required")
+    assert raw_answer(port, upgrade("Sec-WebSocket-Version: 13", key))[0] == "HTTP/1.1 101 Switching Protocols"
+    served.assert_no_traceback()
+
+
+def test_an_overlong_request_line_is_a_json_414_and_an_oversized_head_a_json_400(serve: Callable[..., Served]) -> None:
+    served = serve()
+    port = served.api_port
+    long_line = b"GET /api/health?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    assert_json_error(raw_answer(port, long_line), 414, "request line too long (limit 8192 bytes)")
+    many_headers = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-a: b\r\n" * 101 + b"\r\n"
+    assert_json_error(raw_answer(port, many_headers), 400, "malformed HTTP request")
+    long_header = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: " + b"b" * 70_000 + b"\r\n\r\n"
+    assert_json_error(raw_answer(port, long_header), 400, "malformed HTTP request")
+    assert served.metric("gauss_http_bad_requests_total") == 3.0
+    served.assert_no_traceback()
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_http11_without_a_host_header_is_a_json_400(serve: Callable[..., Served], token: str | None) -> None:
+    served = serve(**({"token": token} if token else {}))
+    port = served.api_port
+    auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
+    for head in (b"", b"Host : evil.com\r\n"):  # a space before the colon: gevent sees no Host
+        request = b"GET /api/topics HTTP/1.1\r\n" + head + auth + b"\r\n"
+        assert_json_error(raw_answer(port, request), 400, "missing Host header (HTTP/1.1 requires one)")
+    ws = b"GET /ws HTTP/1.1\r\n" + auth + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+    ws += b"Sec-WebSocket-Key: " + base64.b64encode(b"k" * 16) + b"\r\n\r\n"
+    assert_json_error(raw_answer(port, ws), 400, "missing Host header")
+    status, _, body = raw_answer(port, b"GET /api/topics HTTP/1.0\r\n" + auth + b"\r\n")  # 1.0 may omit it
+    assert status == "HTTP/1.1 200 OK" and json.loads(body)[0]["name"] == "quotes.raw"
+
+
+def test_connections_evicted_mid_head_end_quietly(serve: Callable[..., Served]) -> None:
+    limit = 8
+    served = serve(max_connections=limit, request_timeout_s=60.0)  # only an eviction ends a half-open head
+    health = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    for _ in range(5):
+        half_open = [socket.create_connection(("127.0.0.1", served.api_port), timeout=10) for _ in range(limit)]
+        for sock in half_open:
+            sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: ")
+        time.sleep(0.3)  # every head is being read when the newcomers arrive
+        newcomers = [socket.create_connection(("127.0.0.1", served.api_port), timeout=10) for _ in range(limit)]
+        try:
+            for sock in newcomers:  # each takes the slot of the longest idle: a half-open head
+                sock.sendall(health)
+                with sock.makefile("rb") as reader:
+                    status, _, body = read_answer(reader)
+                assert status == "HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}
+            for sock in half_open:
+                assert sock.recv(1) == b""  # evicted: closed without an answer
+        finally:
+            for sock in half_open + newcomers:
+                sock.close()
+    assert served.metric("gauss_http_connections_evicted_total") >= 5 * limit
+    time.sleep(0.5)
+    served.assert_no_traceback()
+
+
+def test_head_answers_like_get_without_a_body(serve: Callable[..., Served]) -> None:
+    served = serve()
+    served.feed(10)
+    paths = ["/api/health", "/api/topics", "/api/topics/quotes.raw", "/api/topics/quotes.raw/keys",
+             "/api/topics/quotes.raw/latest", "/metrics", "/api/topics/nothing"]  # fmt: skip
+    with socket.create_connection(("127.0.0.1", served.api_port), timeout=10) as sock, sock.makefile("rb") as reader:
+        for path in paths:  # one keep-alive connection: a HEAD's answer must end at its head
+            answers = {}
+            for method in ("HEAD", "GET"):
+                sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+                answers[method] = read_answer(reader, method)
+            (head_status, head, _), (get_status, get, body) = answers["HEAD"], answers["GET"]
+            assert head_status == get_status and head["content-type"] == get["content-type"], (path, answers)
+            if "content-length" in get and path != "/metrics":  # the exposition changes between the two
+                assert head["content-length"] == get["content-length"] == str(len(body)), (path, answers)
+            if "content-length" not in get:  # streamed: the length is not known without the body
+                assert "content-length" not in head and "transfer-encoding" not in head, (path, answers)
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_answer(reader)[2] == b'{"status":"ok"}'
+    served.assert_no_traceback()
+
+
+def test_a_request_body_is_bounded_in_size_and_in_time(serve: Callable[..., Served]) -> None:
+    """No route takes a body: a large one is a 413 before it is read; one sent slowly is cut at request_timeout_s."""
+    served = serve(request_timeout_s=1.0)
+    port = served.api_port
+    started = time.monotonic()
+    answer = raw_answer(port, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n\r\n")
+    assert_json_error(answer, 413, "request body over 65536 bytes")
+    assert answer[1].get("connection") == "close" and time.monotonic() - started < 0.5
+    small = b"POST /api/topics HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
+    assert_json_error(raw_answer(port, small), 405)  # a small body is read and thrown away, as before
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nabc")  # 997 bytes never come
+        assert read_answer(reader)[0].startswith("HTTP/1.1 200 ")
+        started = time.monotonic()
+        assert reader.read() == b""  # closed by the server
+        assert 0.5 < time.monotonic() - started < 5.0
+    assert served.metric('gauss_http_timeouts_total{kind="request_body"}') == 1.0
+    assert timed_health(served) < 1.0
+    served.assert_no_traceback()
