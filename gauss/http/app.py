@@ -22,7 +22,7 @@ from gauss.http.encoding import dumps, records_message_parts
 from gauss.http.guard import GuardMiddleware
 from gauss.http.limits import SHARE_KEY, ChargedStream, InflightBudget, InflightLimit, Share
 from gauss.http.metrics import ApiMetrics
-from gauss.http.middleware import AuthMiddleware, MetricsMiddleware
+from gauss.http.middleware import AuthMiddleware, CorsMiddleware, MetricsMiddleware
 from gauss.http.options import ApiOptions
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import TopicQuery
@@ -52,9 +52,10 @@ def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics, *, budget: In
             options.max_inflight_bytes, options.max_inflight_bytes_per_connection, options.inflight_wait_s
         )
     middleware: list[Any] = [MetricsMiddleware(metrics), GuardMiddleware(options, "/ws")]
-    if options.cors_origins:
-        origins: Any = "*" if options.cors_origins == ("*",) else list(options.cors_origins)
-        middleware.append(falcon.CORSMiddleware(allow_origins=origins, expose_headers=["Content-Type"]))
+    if options.cors_origins == ("*",):
+        middleware.append(falcon.CORSMiddleware(allow_origins="*", expose_headers=["Content-Type"]))
+    elif options.cors_origins:
+        middleware.append(CorsMiddleware(allow_origins=list(options.cors_origins), expose_headers=["Content-Type"]))
     if options.token is not None:
         middleware.append(AuthMiddleware(options.token))
     app = falcon.App(middleware=middleware, router=_HeadAsGetRouter())

@@ -1,7 +1,7 @@
-"""Falcon middleware of the API: bearer-token access control and request metrics.
+"""Falcon middleware of the API: bearer-token access control, CORS and request metrics.
 
 CORS is Falcon's own :class:`falcon.CORSMiddleware`, configured from
-``[api] cors_origins`` by :func:`gauss.http.app.create_app`.
+``[api] cors_origins`` by :func:`gauss.http.app.create_app`, plus ``Vary: Origin``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import falcon
 
 from gauss.http.metrics import ApiMetrics
 
-__all__ = ["OPEN_ROUTES", "AuthMiddleware", "MetricsMiddleware", "token_matches", "bearer_token"]
+__all__ = ["OPEN_ROUTES", "AuthMiddleware", "CorsMiddleware", "MetricsMiddleware", "token_matches", "bearer_token"]
 
 OPEN_ROUTES = frozenset({"/api/health", "/", "/index.html"})
 """Routes that stay open when a token is configured (the dashboard page asks for the token itself)."""
@@ -61,6 +61,14 @@ class AuthMiddleware:
                 description="send 'Authorization: Bearer <token>' (or ?token=<token>)",
                 challenges=['Bearer realm="gauss"'],
             )
+
+
+class CorsMiddleware(falcon.CORSMiddleware):
+    """Falcon's CORS for a list of origins, whose answers differ by ``Origin``: so they say ``Vary: Origin`` (a cache must not mix them)."""
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool) -> None:
+        super().process_response(req, resp, resource, req_succeeded)
+        resp.append_header("Vary", "Origin")
 
 
 class MetricsMiddleware:

@@ -94,6 +94,8 @@ def test_cors_allows_the_configured_origin_with_preflight(make_api: Callable[...
     assert allowed.headers["Access-Control-Allow-Origin"] == "https://dash.example"
     other = api.get("/api/topics", headers={"Origin": "https://evil.example", "Authorization": "Bearer t"})
     assert "Access-Control-Allow-Origin" not in other.headers
+    # The answer depends on Origin: a shared cache must key on it.
+    assert allowed.headers["Vary"] == other.headers["Vary"] == preflight.headers["Vary"] == "Origin"
 
 
 def test_cors_star_and_no_cors_by_default(make_api: Callable[..., Api], api: Api) -> None:
