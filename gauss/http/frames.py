@@ -15,7 +15,7 @@ from geventwebsocket.websocket import Header
 
 from gauss.errors import GaussError
 
-__all__ = ["OP_CONTINUATION", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "Message", "FrameReader", "frame", "frame_header", "close_frame", "ConnectionGone"]
+__all__ = ["OP_CONTINUATION", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "Message", "FrameReader", "frame", "frame_header", "close_frame", "ConnectionGone", "ProtocolViolation"]
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -29,6 +29,10 @@ _DISCARD_PIECE = 65_536
 
 class ConnectionGone(GaussError, ConnectionError):
     """The peer closed the connection, or broke the framing so it cannot go on."""
+
+
+class ProtocolViolation(ConnectionGone):
+    """The peer broke the framing (RFC 6455 section 5): the server closes with status 1002 (section 7.1.7)."""
 
 
 class Message:
@@ -85,6 +89,8 @@ class FrameReader:
 
         A control frame between the fragments of a data message is returned
         at once; the message goes on with the next ``read_message`` call.
+        Raises :class:`ConnectionGone` when the peer is gone,
+        :class:`ProtocolViolation` when it broke the framing.
         """
         while True:
             try:
@@ -92,24 +98,24 @@ class FrameReader:
             except ConnectionGone:
                 raise
             except Exception as exc:  # noqa: BLE001 - geventwebsocket raises several kinds
-                raise ConnectionGone(f"bad frame header: {exc}") from None
+                raise ProtocolViolation(f"bad frame header: {exc}") from None
             if header.flags:
-                raise ConnectionGone("reserved bits set (no extension was negotiated)")
+                raise ProtocolViolation("reserved bits set (no extension was negotiated)")
             if not header.mask:
-                raise ConnectionGone("client frames must be masked")
+                raise ProtocolViolation("client frames must be masked")
             op = header.opcode
             if op >= 0x8:  # control frame: small, never fragmented, may come between fragments
                 if op not in (OP_CLOSE, OP_PING, OP_PONG):
-                    raise ConnectionGone(f"unexpected opcode {op}")
+                    raise ProtocolViolation(f"unexpected opcode {op}")
                 if header.length > 125 or not header.fin:
-                    raise ConnectionGone("invalid control frame")
+                    raise ProtocolViolation("invalid control frame")
                 return Message(op, unmask(self._exactly(header.length), header.mask))
             if op in (OP_TEXT, OP_BINARY):
                 if self._opcode:
-                    raise ConnectionGone("new message before the previous one finished")
+                    raise ProtocolViolation("new message before the previous one finished")
                 self._opcode = op
             elif op != OP_CONTINUATION or not self._opcode:
-                raise ConnectionGone(f"unexpected opcode {op}")
+                raise ProtocolViolation(f"unexpected opcode {op}")
             if self._oversize or self._size + header.length > self._max:
                 self._oversize = True
                 self._parts.clear()

@@ -3,21 +3,23 @@
 The connection's own greenlet reads client messages and answers them. Each
 subscription is a topic subscriber (kind ``ws``) with a bounded queue and a
 greenlet of its own that replays stored records when asked (``since_seq`` /
-``since_ts``), then pushes the live tail: every take drains all that waits,
-so one message carries every record waiting for this client, and a batch's
-JSON is built once and shared by every client that gets it whole. A watchdog
-disconnects a client whose queues stay overflowed for ``ws_overflow_grace_s``;
-a write the client does not take within ``write_timeout_s`` ends the
-connection. Query answers go out as fragmented messages of ~64 KiB frames;
-queries and replays hold their bytes of the server's in-flight budget
-(:mod:`gauss.http.limits`), and every client mistake, binary frames included,
-is an ``error`` answer on a connection that stays open.
+``since_ts``; page by page, oldest first), then pushes the live tail: every
+take drains all that waits, so one message carries every record waiting for
+this client, and a batch's JSON is built once and shared by every client that
+gets it whole. A watchdog disconnects a client whose queues stay overflowed
+for ``ws_overflow_grace_s``; a write the client does not take within
+``write_timeout_s`` ends the connection. Query answers go out as fragmented
+messages of ~64 KiB frames; queries and replays hold their bytes of the
+server's in-flight budget (:mod:`gauss.http.limits`), and every client
+mistake, binary frames included, is an ``error`` answer on a connection that
+stays open; a frame that breaks the protocol closes it with status 1002.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import gevent
@@ -36,6 +38,7 @@ from gauss.http.frames import (
     OP_TEXT,
     ConnectionGone,
     FrameReader,
+    ProtocolViolation,
     close_frame,
     frame,
     frame_header,
@@ -44,7 +47,7 @@ from gauss.http.limits import Charge, InflightBudget, InflightLimit, Share
 from gauss.http.metrics import ApiMetrics
 from gauss.http.options import WS_POLICIES, ApiOptions
 from gauss.ratelimit import RateLimitedLog
-from gauss.records import INT64_MAX, INT64_MIN, MAX_QUERY_LIMIT, OverflowPolicy, TopicQuery
+from gauss.records import DEFAULT_QUERY_LIMIT, INT64_MAX, INT64_MIN, MAX_QUERY_LIMIT, OverflowPolicy, TopicQuery
 from gauss.subscription import Delivery, Gap, PublishedBatch, Subscription
 
 if TYPE_CHECKING:
@@ -58,6 +61,9 @@ _server_error_log = RateLimitedLog(log, interval=10.0, level=logging.ERROR)
 
 REPLAY_MESSAGE_RECORDS = 5_000
 """Replayed records per pushed message."""
+
+REPLAY_PAGE_RECORDS = MAX_QUERY_LIMIT
+"""Most stored records a replay reads (and holds) at once; it reads as many pages as it takes."""
 
 _SUBSCRIBE_FIELDS = frozenset({"action", "topic", "key", "policy", "id", "since_seq", "epoch", "since_ts"})
 _UNSUBSCRIBE_FIELDS = frozenset({"action", "topic", "key", "id"})
@@ -171,9 +177,22 @@ class _Pusher:
         self.session.send(dumps(message), self)
 
     def _deliver(self, delivery: Delivery) -> None:
-        if delivery.gap is not None:
-            self._gap(delivery.gap)
-        batches = delivery.batches
+        batches, gap = delivery.batches, delivery.gap
+        if gap is not None:
+            # The gap goes where its hole is, so the client reads seqs in order: ``drop``
+            # sheds the newest, so the batches still queued come before it; ``drop_oldest``
+            # sheds the oldest (and ``conflate`` keeps records on both sides of it): after.
+            before = 0
+            while before < len(batches) and batches[before].records[-1].seq < gap.from_seq:
+                before += 1
+            if before:
+                self._send_batches(batches[:before])
+            self._gap(gap)
+            batches = batches[before:]
+        if batches:
+            self._send_batches(batches)
+
+    def _send_batches(self, batches: list[PublishedBatch]) -> None:
         if self.skip_through:
             self._deliver_after_skip(batches)
             return
@@ -189,51 +208,133 @@ class _Pusher:
             self.session.send(records_message(self.topic.name, records), self, records=len(records))
 
     def _replay(self) -> None:
-        """Send the stored records after the client's point, up to where the live queue starts."""
+        """Send the stored records after the client's point, up to where the live queue starts, oldest first.
+
+        A storage answers the most recent ``limit`` records of a ``ts_ms``
+        range, so a page that comes back truncated only says where to cut
+        (:func:`_cut`): the older part of the range is read and sent first,
+        the newer part after it. Each page goes out in seq order; one page
+        (and its charge of the budget) is held at a time.
+        """
         topic, start = self.topic, self.subscription.start_seq
         since_seq = self.since_seq
         if since_seq is not None:
             if since_seq >= start:
                 self.skip_through = since_seq if since_seq > start else 0
                 return
-            query = TopicQuery(key=self.key, since_seq=since_seq, limit=MAX_QUERY_LIMIT)
+            progress = _Progress(since_seq)
         else:
-            query = TopicQuery(key=self.key, from_ms=self.since_ts, limit=MAX_QUERY_LIMIT)
-        # Room for every record the replay may bring: since_seq tells how many at most.
-        expected = MAX_QUERY_LIMIT if since_seq is None else max(1, min(MAX_QUERY_LIMIT, start - since_seq))
+            progress = _Progress((topic.bounds()[0] or start + 1) - 1)  # ts_ms >= T evicted before: unknowable
+        page = REPLAY_PAGE_RECORDS
+        query = TopicQuery(key=self.key, from_ms=self.since_ts, since_seq=since_seq, limit=page)
+        # Room for one page: since_seq tells how many records it may bring at most.
+        expected = page if since_seq is None else max(1, min(page, start - since_seq))
+        # The ts_ms range still to send: from low to each (exclusive) end in turn, the last first; None: no end.
+        low = self.since_ts
+        ends: list[int | None] = [None]
         with self.session.charge(topic.name, expected) as charge:
-            result = topic.query(query)
-            records = [r for r in result.records if r.seq <= start]
-            truncated = result.truncated
-            del result
-            records.sort(key=_seq)
-            charge.resize(self.session.budget.estimate(topic.name, len(records)))
-            gap = self._replay_gap(records, truncated, start)
+            while ends and self.active:
+                charge.resize(self.session.budget.estimate(topic.name, expected))
+                split = self._replay_range(replace(query, from_ms=low, to_ms=ends[-1]), progress, charge)
+                if split is None:
+                    low = ends.pop()
+                    continue
+                cut, newest = split
+                if ends[-1] is None and newest < INT64_MAX:
+                    # The first answer holds the newest record the replay owes: any newer one is live.
+                    ends[-1] = newest + 1
+                ends.append(cut)
+
+    def _replay_range(self, query: TopicQuery, progress: _Progress, charge: Charge) -> tuple[int, int] | None:
+        """Send the records of ``query``'s range, or if more match than a page holds, say where to cut it.
+
+        None when sent; else the ts_ms to cut at and the newest ts_ms in the range.
+        """
+        topic, start = self.topic, self.subscription.start_seq
+        result = topic.query(query)
+        below = 0
+        if result.truncated:
+            cut = _cut(result.records, query.from_ms)
+            if cut is not None:
+                return cut, result.records[-1].ts_ms
+            # More than a page of records share this one ts_ms: only the newest page of them can
+            # be had, and none of those below it was sent (each ts_ms range is sent once).
+            below = min(map(_seq, result.records)) - 1
+        records = [r for r in result.records if r.seq <= start]  # later ones come live
+        del result
+        records.sort(key=_seq)
+        if records and records[0].seq <= progress.top:
+            progress.in_order = False  # ts_ms does not follow seq here
+        # What the topic no longer holds was evicted (upsert topics: superseded by a newer
+        # version, not lost); in seq order, only below the page, whose records were read before.
+        evicted = 0 if topic.format.upsert else (topic.bounds()[0] or start + 1) - 1
+        if records and progress.in_order:
+            evicted = min(evicted, records[0].seq - 1)
+        for through in (evicted, below):
+            gap = progress.missing(min(through, start))
             if gap is not None:
                 self._gap(gap)
-            for i in range(0, len(records), REPLAY_MESSAGE_RECORDS):
-                chunk = records[i : i + REPLAY_MESSAGE_RECORDS]
-                self.session.send(records_message(topic.name, chunk), self, records=len(chunk))
-
-    def _replay_gap(self, records: list[TopicRecord], truncated: bool, start: int) -> Gap | None:
-        """Records after the client's point that the replay cannot give (evicted or over the limit)."""
-        topic = self.topic
-        first_held = topic.bounds()[0] or start + 1
-        if self.since_seq is not None:
-            after = self.since_seq
-            missing_to = 0
-            # Upsert topics replace records by newer versions: a seq not held
-            # any more was superseded, not lost.
-            if not topic.format.upsert and after + 1 < first_held:
-                missing_to = min(first_held - 1, start)
-            if truncated and records:
-                missing_to = max(missing_to, records[0].seq - 1)
-            if missing_to > after:
-                return Gap(missing_to - after, after + 1, missing_to)
-            return None
-        if truncated and records and records[0].seq > first_held:
-            return Gap(records[0].seq - first_held, first_held, records[0].seq - 1)
+        charge.resize(self.session.budget.estimate(topic.name, len(records)))
+        for i in range(0, len(records), REPLAY_MESSAGE_RECORDS):
+            chunk = records[i : i + REPLAY_MESSAGE_RECORDS]
+            self.session.send(records_message(topic.name, chunk), self, records=len(chunk))
+        if records:
+            progress.sent(records[-1].seq, len(records))
         return None
+
+
+class _Progress:
+    """What a replay has sent or reported missing, to place its gaps (a topic's seqs follow each other).
+
+    While pages come in seq order and ``accounted`` counts every seq after
+    ``point`` (the client's since_seq) up to ``top``, a gap starts after
+    ``top``. Otherwise (ts_ms not following seq, a key filter, since_ts)
+    lower seqs may be missing too: it starts after the last seq a gap named
+    (or ``point``), and may name some that were sent.
+    """
+
+    __slots__ = ("point", "top", "accounted", "named", "in_order")
+
+    def __init__(self, point: int) -> None:
+        self.point = self.top = self.named = point
+        self.accounted = 0
+        self.in_order = True
+
+    @property
+    def exact(self) -> bool:
+        """Every seq after ``point`` up to ``top`` was sent or reported missing."""
+        return self.in_order and self.accounted == self.top - self.point
+
+    def sent(self, last: int, n: int) -> None:
+        self.top = max(self.top, last)
+        self.accounted += n
+
+    def missing(self, through: int) -> Gap | None:
+        """The gap of the seqs up to ``through`` not sent, if any."""
+        exact = self.exact
+        after = self.top if exact else self.named
+        if through <= after:
+            return None
+        if exact:
+            self.top, self.accounted = through, through - self.point
+        self.named = through
+        return Gap(through - after, after + 1, through)
+
+
+def _cut(records: Sequence[TopicRecord], low: int | None) -> int | None:
+    """Where to cut a range whose newest page is ``records`` (ascending by ts_ms), so that its older part holds less.
+
+    Every record of the range newer than the page's oldest ts_ms is in the
+    page: cutting just after that ts_ms leaves them for later. A page of one
+    ts_ms cuts before it (the range's older part, then that ts_ms alone);
+    None when the range is that one ts_ms already.
+    """
+    oldest, newest = records[0].ts_ms, records[-1].ts_ms
+    if newest > oldest:
+        return oldest + 1
+    if low is None or oldest > low:
+        return oldest
+    return None
 
 
 def _seq(record: TopicRecord) -> int:
@@ -333,17 +434,20 @@ class WebSocketSession:
                     code = int.from_bytes(message.data[:2], "big") if len(message.data) >= 2 else 1000
                     self._send_raw(close_frame(code if 1000 <= code < 5000 else 1000))
                     return
+        except ProtocolViolation as exc:
+            log.debug("WebSocket %s: %s", self.peer, exc)
+            self.close(code=1002, reason=str(exc))  # RFC 6455 section 7.1.7: fail the connection, saying why
         except (ConnectionGone, OSError) as exc:
             log.debug("WebSocket %s: %s", self.peer, exc)
         finally:
             self.close()
             self._metrics.ws_open.dec()
 
-    def close(self, code: int | None = None) -> None:
+    def close(self, code: int | None = None, reason: str = "") -> None:
         """End every subscription and the connection (idempotent; safe from any greenlet).
 
-        With ``code``, a close frame is sent first (when the socket takes it
-        within a second); a slow client gets none: its socket is full.
+        With ``code``, a close frame (with ``reason``) is sent first (when the
+        socket takes it within a second); a slow client gets none: its socket is full.
         """
         if self._closed:
             return
@@ -361,7 +465,7 @@ class WebSocketSession:
         if code is not None:
             try:
                 with gevent.Timeout(1.0, False), self._lock:
-                    self._write(close_frame(code))
+                    self._write(close_frame(code, reason))
             except OSError:
                 pass
         self._shutdown()
@@ -561,7 +665,13 @@ class WebSocketSession:
     def _query(self, message: Mapping[str, Any], ident: Any) -> None:
         self._check_fields(message, _QUERY_FIELDS)
         name, key = self._topic_and_key(message)
-        query = TopicQuery.from_params(message)
+        # JSON numbers only, as in subscribe: TopicQuery.from_params also reads the strings of REST query strings.
+        from_ms, to_ms = self._int_field(message, "from"), self._int_field(message, "to")
+        since_seq, limit = self._int_field(message, "since_seq", minimum=0), self._int_field(message, "limit")
+        query = TopicQuery(
+            key=key, from_ms=from_ms, to_ms=to_ms, since_seq=since_seq,
+            limit=DEFAULT_QUERY_LIMIT if limit is None else limit,
+        )  # fmt: skip
         topic = self._registry.get(name)
         with self.charge(name, query.limit) as charge:
             result = topic.query(query)

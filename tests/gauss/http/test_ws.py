@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
+import struct
 from typing import Any, Callable
 
 import gevent
@@ -11,6 +14,7 @@ import pytest
 import websocket
 from support.http import NOW_MS, Api, masked_text_frame, off_loop, quote, quotes, stalled_ws, wait_for
 
+from gauss.http import ws as ws_module
 from gauss.http.ws import push_message
 from gauss.subscription import PublishedBatch
 
@@ -113,6 +117,11 @@ def test_query_follows_the_rest_rules(api: Api) -> None:
         ({"action": "query", "topic": "quotes", "limit": 0}, "limit:"),
         ({"action": "query", "topic": "quotes", "from": 5, "to": 1}, "from:"),
         ({"action": "query", "topic": "quotes", "limit": "many"}, "limit:"),
+        ({"action": "query", "topic": "quotes", "limit": "10"}, "limit: must be an integer"),
+        ({"action": "query", "topic": "quotes", "since_seq": "5"}, "since_seq: must be an integer"),
+        ({"action": "query", "topic": "quotes", "from": "1"}, "from: must be an integer"),
+        ({"action": "query", "topic": "quotes", "to": "2"}, "to: must be an integer"),
+        ({"action": "query", "topic": "quotes", "since_seq": -1}, "since_seq:"),
         ({"action": "query", "topic": "nope"}, "unknown topic"),
     ],
 )
@@ -154,13 +163,28 @@ def test_policy_is_chosen_per_subscription(api: Api) -> None:
     wait_for(lambda: all(not t.subscriptions for t in api.hub.registry.topics()), what="subscriptions closed")
 
 
-def test_gap_message_comes_before_the_next_push(make_api: Callable[..., Api]) -> None:
+def test_gap_message_comes_where_the_hole_is_under_drop(make_api: Callable[..., Api]) -> None:
     api = make_api(ws_queue_size=50)
     ws = api.ws()
     ws.request({"action": "subscribe", "topic": "quotes", "id": 1})
-    api.hub.publish("quotes", quotes(200))  # one batch: 50 fit, 150 are shed
-    assert ws.recv() == {"type": "gap", "topic": "quotes", "dropped": 150, "from_seq": 51, "to_seq": 200}
+    # Before the client's greenlet runs: 30 fit, 20 of the next 40 fit, the rest and the next 100 are shed.
+    for n, start in ((30, 0), (40, 30), (100, 70)):
+        api.hub.publish("quotes", quotes(n, start=start))
+    # drop sheds the newest: the records still queued come before the hole, the gap before the next push.
     assert seqs(ws.recv()["records"]) == list(range(1, 51))
+    assert ws.recv() == {"type": "gap", "topic": "quotes", "dropped": 120, "from_seq": 51, "to_seq": 170}
+    api.hub.publish("quotes", quotes(5, start=170))
+    assert seqs(ws.recv()["records"]) == list(range(171, 176))
+    ws.close()
+
+
+def test_gap_message_comes_before_the_records_drop_oldest_kept(make_api: Callable[..., Api]) -> None:
+    api = make_api(ws_queue_size=50)
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "quotes", "policy": "drop_oldest"})
+    api.hub.publish("quotes", quotes(200))  # one batch: the oldest 150 are shed
+    assert ws.recv() == {"type": "gap", "topic": "quotes", "dropped": 150, "from_seq": 1, "to_seq": 150}
+    assert seqs(ws.recv()["records"]) == list(range(151, 201))
     ws.close()
 
 
@@ -187,6 +211,84 @@ def test_resume_since_seq_replays_then_live_without_gap_or_duplicate(api: Api) -
         stop.set()
         worker.join()
     assert seqs(got) == list(range(1001, got[-1]["seq"] + 1))
+    ws.close()
+
+
+def test_resume_replays_more_than_a_page_without_gap_or_duplicate(api: Api) -> None:
+    total = 130_000  # more than one storage answer (100,000) holds
+    for start in range(0, total, 10_000):
+        api.hub.publish("quotes", quotes(10_000, start=start))
+    ws = api.ws()
+    answer = ws.request({"action": "subscribe", "topic": "quotes", "since_seq": 0, "epoch": api.hub.topic("quotes").epoch})
+    assert answer["first_seq"] == 1 and answer["last_seq"] == total
+    got = ws.records_until(total, timeout=60)  # fails on a gap message
+    assert seqs(got) == list(range(1, total + 1))
+    api.hub.publish("quotes", quotes(3, start=total))
+    assert seqs(ws.recv()["records"]) == [total + 1, total + 2, total + 3]
+    ws.close()
+
+
+@pytest.mark.parametrize("resume", ["since_seq", "since_ts"])
+def test_replay_pages_follow_ts_order_when_seqs_and_ts_disagree(
+    api: Api, monkeypatch: pytest.MonkeyPatch, resume: str
+) -> None:
+    """Pages are ts_ms ranges sent oldest first, each in seq order; ties and out-of-order ts_ms lose nothing."""
+    monkeypatch.setattr(ws_module, "REPLAY_PAGE_RECORDS", 7)
+    seed = random.randrange(1 << 32)
+    n = 100
+    stamps = [NOW_MS + i // 3 for i in range(n)]  # ties of 3 or 4 (fewer than a page), shuffled
+    random.Random(seed).shuffle(stamps)
+    api.hub.publish("quotes", [quote(i, ts_ms=ts) for i, ts in enumerate(stamps)])
+    ws = api.ws()
+    point = {"since_seq": 0, "epoch": api.hub.topic("quotes").epoch} if resume == "since_seq" else {"since_ts": NOW_MS}
+    ws.request({"action": "subscribe", "topic": "quotes", **point})
+    pages: list[list[dict[str, Any]]] = []
+    while sum(map(len, pages)) < n:
+        message = ws.recv()
+        assert message["type"] == "records", (seed, message)
+        pages.append(message["records"])
+    assert sorted(r["seq"] for page in pages for r in page) == list(range(1, n + 1)), seed
+    for older, newer in itertools.pairwise(pages):
+        assert max(r["ts_ms"] for r in older) < min(r["ts_ms"] for r in newer), seed
+    assert all(seqs(page) == sorted(seqs(page)) for page in pages), seed
+    api.hub.publish("quotes", quotes(1, start=n))
+    assert seqs(ws.recv()["records"]) == [n + 1]
+    ws.close()
+
+
+def test_more_records_of_one_ts_than_a_page_holds_are_a_gap(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Storages page by time: of more records sharing one ts_ms than a page holds, only the newest page can be had."""
+    monkeypatch.setattr(ws_module, "REPLAY_PAGE_RECORDS", 7)
+    api.hub.publish("quotes", [quote(i, ts_ms=NOW_MS + (0 if i < 3 else 1)) for i in range(20)])
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "quotes", "since_seq": 0, "epoch": api.hub.topic("quotes").epoch})
+    assert seqs(ws.recv()["records"]) == [1, 2, 3]
+    assert ws.recv() == {"type": "gap", "topic": "quotes", "dropped": 10, "from_seq": 4, "to_seq": 13}
+    assert seqs(ws.recv()["records"]) == list(range(14, 21))
+    ws.close()
+
+
+def test_records_evicted_while_replaying_are_reported_as_a_gap(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ws_module, "REPLAY_PAGE_RECORDS", 2)
+    api.hub.publish("small", quotes(10))  # capacity 10: all held
+    topic = api.hub.topic("small")
+    query = topic.query
+    published = False
+
+    def query_then_publish(*args: Any, **kwargs: Any) -> Any:
+        nonlocal published
+        result = query(*args, **kwargs)
+        if not result.truncated and not published:  # the first page (seqs 1, 2) is read: 4 more evict 1..4
+            published = True
+            api.hub.publish("small", quotes(4, start=10))
+        return result
+
+    monkeypatch.setattr(topic, "query", query_then_publish)
+    ws = api.ws()
+    ws.request({"action": "subscribe", "topic": "small", "since_seq": 0, "epoch": topic.epoch})
+    assert seqs(ws.recv()["records"]) == [1, 2]
+    assert ws.recv() == {"type": "gap", "topic": "small", "dropped": 2, "from_seq": 3, "to_seq": 4}
+    assert seqs(ws.records_until(14)) == list(range(5, 15))  # the rest of the replay, then the live tail
     ws.close()
 
 
@@ -331,6 +433,45 @@ def test_a_binary_frame_is_answered_with_an_error_and_the_connection_stays_open(
     assert ws.recv()["type"] == "error"
     assert ws.request({"action": "query", "topic": "quotes"})["type"] == "result"
     ws.close()
+
+
+def client_frame(first: int, payload: bytes = b"", *, masked: bool = True) -> bytes:
+    """A raw client frame: ``first`` is its first byte (FIN, reserved bits, opcode), as RFC 6455 section 5.2 lays it out."""
+    n = len(payload)
+    mask_bit = 0x80 if masked else 0
+    head = struct.pack("!BB", first, mask_bit | n) if n < 126 else struct.pack("!BBH", first, mask_bit | 126, n)
+    if not masked:
+        return head + payload
+    mask = b"\x5a\x13\xc7\x02"
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(client_frame(0x81, b"{}", masked=False), id="unmasked"),
+        pytest.param(client_frame(0xC1, b"{}"), id="reserved-bit"),
+        pytest.param(client_frame(0x83, b"{}"), id="unknown-opcode"),
+        pytest.param(client_frame(0x80, b"{}"), id="orphan-continuation"),
+        pytest.param(client_frame(0x89, b"x" * 126), id="control-frame-over-125-bytes"),
+        pytest.param(client_frame(0x09, b"x"), id="fragmented-control-frame"),
+        pytest.param(client_frame(0x01, b"{") + client_frame(0x81, b"{}"), id="data-frame-inside-a-message"),
+    ],
+)
+def test_a_protocol_violation_is_answered_with_close_1002_then_eof(api: Api, data: bytes) -> None:
+    host, port = api.server.address
+    sock = off_loop(stalled_ws, host, port)
+    try:
+        off_loop(sock.sendall, data)
+        received = b""
+        while piece := off_loop(sock.recv, 4096):  # until EOF
+            received += piece
+        assert received[0] == 0x88 and received[1] < 126, received  # one final close frame, unmasked
+        assert int.from_bytes(received[2:4], "big") == 1002, received
+        assert len(received) == 2 + received[1], "nothing after the close frame"
+    finally:
+        sock.close()
+    wait_for(lambda: api.server.websocket_sessions == 0, what="session ended")
 
 
 def test_a_large_query_is_one_fragmented_message_equal_to_rest(api: Api) -> None:
