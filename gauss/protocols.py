@@ -45,6 +45,7 @@ __all__ = [
     "RecordConnection",
     "CountingTransport",
     "FeedingTransport",
+    "SinkAwareTransport",
     "missing_members",
     "require",
 ]
@@ -86,6 +87,11 @@ class Transport(Protocol):
 
 
 class FrameDecoder(Protocol):
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a frame not complete yet."""
+        ...
+
     def feed(self, chunk: bytes) -> Sequence[bytes]:
         """Return the frames completed by ``chunk`` (a list, or any sequence of them); raises ``FrameTooLarge``."""
         ...
@@ -361,6 +367,15 @@ class FeedingTransport(Transport, Protocol):
 
     def attach_source(self, source: Source) -> None:
         """Called once by the source before ``serve``."""
+        ...
+
+
+@runtime_checkable
+class SinkAwareTransport(Transport, Protocol):
+    """A sink transport told the topic and metrics of the sink it serves (its own series carry the topic: a bus)."""
+
+    def attach_sink(self, topic: str, metrics: Metrics) -> None:
+        """Called once by the sink before ``serve``."""
         ...
 
 

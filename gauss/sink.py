@@ -40,7 +40,7 @@ import msgspec
 
 from gauss.core import TopicRecord
 from gauss.metrics import MetricCount, Metrics, current
-from gauss.protocols import Connection, CountingTransport, RecordConnection, Transport
+from gauss.protocols import Connection, CountingTransport, RecordConnection, SinkAwareTransport, Transport
 from gauss.ratelimit import RateLimitedLog
 from gauss.records import OverflowPolicy
 from gauss.registry import TransportSpec
@@ -182,6 +182,8 @@ class StreamSink:
         self.policy = OverflowPolicy.parse(policy)
         self._label = label or topic.name
         self._count_with(metrics if metrics is not None else self._metrics)
+        if isinstance(self.transport, SinkAwareTransport):
+            self.transport.attach_sink(topic.name, self._metrics)
 
     def start(self) -> None:
         self._stopping = False

@@ -262,6 +262,14 @@ class Source:
             self._m_open.dec()
             log.debug("source %s: connection %s closed", self.name, conn.peer)
 
+    def count_received(self, size: int) -> None:
+        """Count ``size`` bytes a feeding transport took (a message; a stream source counts its reads itself)."""
+        self._m_bytes.inc(size)
+
+    def count_refused_frame(self, *, oversize: bool) -> None:
+        """Count a frame a feeding transport's framing refused: over ``max_frame_bytes``, or cut short by its message's end."""
+        (self._m_oversize if oversize else self._m_bad).inc()
+
     def ingest(self, frames: Sequence[builtins.bytes], peer: str = "") -> int:  # builtins: ``bytes`` is a count here
         """Decode a batch of frames and queue the good records (bad ones are counted); returns how many were good.
 

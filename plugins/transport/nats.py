@@ -39,10 +39,13 @@ stream whose subjects cover the subject captures them: ``stream`` creates it
 when missing); the hand-off is bounded in bytes and a sink waits, as on a
 slow TCP client, while it is full.
 
-Connection: the first connection retries with capped exponential back-off;
-once connected nats-py reconnects forever every ``reconnect_max`` seconds.
-``/metrics`` carries ``gauss_bus_connected{transport}`` (1 connected, 0 not)
-and counters of redeliveries skipped, messages dropped and acks sent.
+Connection: nats-py retries the first connection, and reconnects once
+connected, forever every ``reconnect_max`` seconds (what it raises is retried
+with capped exponential back-off); host names are resolved by gevent
+(:class:`_BusLoop`), and closing cancels every attempt. ``/metrics`` carries
+``gauss_bus_connected{transport, topic}`` (1 connected, 0 not) and counters of
+redeliveries skipped, messages dropped and acks sent, one series per
+transport description and topic.
 """
 
 from __future__ import annotations
@@ -53,12 +56,14 @@ import json
 import logging
 import os
 import time
+import urllib.parse
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterable, Iterator, Sequence
 
 import gevent
 import gevent.event
+import gevent.socket
 import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -70,6 +75,7 @@ from gauss.records import OverflowPolicy, TopicQuery
 from gauss.registry import PluginConfig
 
 if TYPE_CHECKING:
+    from gauss.metrics import Metrics
     from gauss.source import Source
 
 __all__ = [
@@ -173,6 +179,21 @@ class _Waker:
                 log.exception("nats: callback from the bus thread failed")
 
 
+class _BusLoop(asyncio.SelectorEventLoop):
+    """The bus thread's loop: host names are resolved in the gevent hub, not in asyncio's default executor.
+
+    NOTE: under monkey-patching the executor's workers are greenlets of this
+    thread's gevent hub, which never runs: a name never resolved and, at
+    exit, the interpreter waited for those workers forever (a source with an
+    unresolvable host kept ``gauss-serve`` from exiting after SIGTERM).
+    """
+
+    async def getaddrinfo(  # type: ignore[override]  # the same call, typeshed's overloads aside
+        self, host: Any, port: Any, *, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> Any:
+        return await BUS.resolve(host, port, family, type, proto, flags)
+
+
 class _Bus:
     """The process's one asyncio thread for every nats transport."""
 
@@ -196,7 +217,7 @@ class _Bus:
         selector_class = get_original("selectors", "DefaultSelector") if patched else None
 
         def run() -> None:
-            loop = asyncio.SelectorEventLoop(selector_class()) if selector_class is not None else asyncio.new_event_loop()
+            loop = _BusLoop(selector_class() if selector_class is not None else None)
             asyncio.set_event_loop(loop)
             holder.append(loop)
             ready.release()
@@ -207,16 +228,42 @@ class _Bus:
         self.loop = holder[0]
         return self.loop
 
-    def spawn(self, coro: Any) -> None:
-        """Run ``coro`` as a task of the bus loop (its end is the coroutine's business)."""
-        self.ensure().call_soon_threadsafe(self._start, coro, None)
+    def spawn(self, coro: Any, owner: set[asyncio.Task[Any]] | None = None) -> None:
+        """Run ``coro`` as a task of the bus loop, also kept in ``owner`` (for the owner to cancel) until it ends."""
+        self.ensure().call_soon_threadsafe(self._start, coro, None, owner)
 
-    def _start(self, coro: Any, result: gevent.event.AsyncResult | None) -> None:
+    def _start(self, coro: Any, result: gevent.event.AsyncResult | None, owner: set[asyncio.Task[Any]] | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        for tasks in (self._tasks, owner):
+            if tasks is not None:
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
         if result is not None:
             task.add_done_callback(lambda done: self.post(result.set, done))
+
+    async def resolve(self, host: Any, port: Any, family: int, type: int, proto: int, flags: int) -> Any:
+        """In the bus loop: ``getaddrinfo`` run by gevent's cooperative resolver in the gevent hub."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if future.done():  # cancelled: the connection attempt timed out or the transport closed
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def run() -> None:
+            try:
+                result = gevent.socket.getaddrinfo(host, port, family, type, proto, flags)
+            except Exception as exc:  # noqa: BLE001 - the caller's error (gaierror, ...)
+                loop.call_soon_threadsafe(settle, None, exc)
+            else:
+                loop.call_soon_threadsafe(settle, result, None)
+
+        self.post(gevent.spawn, run)
+        return await future
 
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         self.ensure().call_soon_threadsafe(fn, *args)
@@ -249,23 +296,36 @@ _COLLECTED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class _BusCollector(Collector):
-    """Per transport: connected (gauge), redeliveries skipped, messages dropped, acks (counters)."""
+    """Per (transport, topic): connected (gauge), redeliveries skipped, messages dropped, acks (counters).
+
+    Several sinks share one transport description (``gauss.{topic}.{key}``
+    on one server), so ``topic`` tells them apart; transports alike in both
+    labels are summed (connected: 1 only while all of them are), so no series
+    is ever exposed twice.
+    """
 
     def collect(self) -> Iterator[Any]:
-        connected = GaugeMetricFamily("gauss_bus_connected", "1 while the NATS connection is up", labels=["transport"])
+        labels = ["transport", "topic"]
+        connected = GaugeMetricFamily("gauss_bus_connected", "1 while the NATS connection is up", labels=labels)
         skipped = CounterMetricFamily(
-            "gauss_bus_redeliveries_skipped", "Redelivered messages recognised and not stored again", labels=["transport"]
+            "gauss_bus_redeliveries_skipped", "Redelivered messages recognised and not stored again", labels=labels
         )
         dropped = CounterMetricFamily(
-            "gauss_bus_dropped_messages", "Messages dropped: hand-off full (core subscription) or publish failed", labels=["transport"]
+            "gauss_bus_dropped_messages", "Messages dropped: hand-off full (core subscription) or publish failed", labels=labels
         )
-        acked = CounterMetricFamily("gauss_bus_acks", "JetStream messages acknowledged after storage", labels=["transport"])
-        for transport in sorted(_TRANSPORTS, key=lambda t: t.description):
-            label = [transport.description]
-            connected.add_metric(label, 1.0 if transport.connected else 0.0)
-            skipped.add_metric(label, transport.redeliveries_skipped)
-            dropped.add_metric(label, transport.dropped)
-            acked.add_metric(label, transport.acked)
+        acked = CounterMetricFamily("gauss_bus_acks", "JetStream messages acknowledged after storage", labels=labels)
+        totals: dict[tuple[str, str], list[int]] = {}
+        for transport in list(_TRANSPORTS):
+            total = totals.setdefault((transport.description, transport.topic), [1, 0, 0, 0])
+            total[0] = min(total[0], 1 if transport.connected else 0)
+            total[1] += transport.redeliveries_skipped
+            total[2] += transport.dropped
+            total[3] += transport.acked
+        for label, (up, skips, drops, acks) in sorted(totals.items()):
+            connected.add_metric(list(label), float(up))
+            skipped.add_metric(list(label), skips)
+            dropped.add_metric(list(label), drops)
+            acked.add_metric(list(label), acks)
         yield connected
         yield skipped
         yield dropped
@@ -316,8 +376,7 @@ class NatsConfig(PluginConfig, frozen=True, kw_only=True):
     """Where a durable consumer keeps its state file (relative: beside the config file)."""
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("nats://", "tls://")):
-            raise ConfigError("url", f"must be a nats:// or tls:// URL, got {self.url!r}")
+        _check_url(self.url)
         if any(c.isspace() for c in self.subject):
             raise ConfigError("subject", f"must not contain white space, got {self.subject!r}")
         if self.durable is not None and self.stream is None:
@@ -326,6 +385,25 @@ class NatsConfig(PluginConfig, frozen=True, kw_only=True):
             raise ConfigError("durable", f"must not contain '.', '*', '>' or white space, got {self.durable!r}")
         if self.reconnect_max < self.reconnect_min:
             raise ConfigError("reconnect_max", f"must be at least reconnect_min ({self.reconnect_min}), got {self.reconnect_max}")
+
+
+def _check_url(url: str) -> None:
+    """Refuse what nats-py would retry forever ("invalid connect url option"): a bad scheme, host or port."""
+    if not url.startswith(("nats://", "tls://")):
+        raise ConfigError("url", f"must be a nats:// or tls:// URL, got {url!r}")
+    if "," in url:
+        raise ConfigError("url", f"must be one server URL (a list of servers is not supported), got {url!r}")
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        raise ConfigError("url", f"has no host, got {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        port_text = parts.netloc.rpartition(":")[2]
+        reason = "is not a number" if not port_text.isdigit() else "is out of range (1-65535)"
+        raise ConfigError("url", f"port {port_text!r} {reason}, got {url!r}") from None
+    if port == 0:
+        raise ConfigError("url", f"port 0 is out of range (1-65535), got {url!r}")
 
 
 class NatsTransport:
@@ -367,12 +445,16 @@ class NatsTransport:
         self.max_message_bytes = max_message_bytes
         self.state_dir = state_dir if state_dir is not None else Path("nats-state")
         self.connected = False
+        self.topic = ""
+        """The topic of the source or sink it serves (a label in ``/metrics``)."""
         self.redeliveries_skipped = 0
         self.dropped = 0
         self.acked = 0
         self.messages = 0
         """Messages taken by a source (duplicates included)."""
         self._nc: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        """Its tasks in the bus loop (connecting, consuming, publishing): cancelled on close."""
         self._closing = False
         self._recover = True
         """Set at start and on each reconnect: re-read what was delivered but not acknowledged, in order."""
@@ -408,9 +490,8 @@ class NatsTransport:
 
     @property
     def address(self) -> tuple[str, int]:
-        rest = self.url.split("://", 1)[-1].rsplit("@", 1)[-1]
-        host, _, port = rest.partition(":")
-        return (host or "127.0.0.1", int(port or 4222))
+        parts = urllib.parse.urlsplit(self.url)
+        return (parts.hostname or "127.0.0.1", parts.port or 4222)
 
     @property
     def jetstream(self) -> bool:
@@ -425,6 +506,7 @@ class NatsTransport:
                 "policy", f"a JetStream source must use back_pressure (a shed record could never be acknowledged), got {source.queue.policy.value}"
             )
         self._source = source
+        self.topic = source.topic.name
         _register_metrics(getattr(source, "_metrics", None))
         if self.jetstream:
             self._consumer = _DurableConsumer(self, source)
@@ -438,10 +520,15 @@ class NatsTransport:
         _TRANSPORTS.add(self)  # in /metrics while serving (config validation builds throwaway instances)
         if self._source is not None:
             self._greenlets.append(gevent.spawn(self._take_loop))
-            BUS.spawn(self._consume_js() if self.jetstream else self._consume_core())
+            BUS.spawn(self._consume_js() if self.jetstream else self._consume_core(), self._tasks)
         else:
-            BUS.spawn(self._publish_loop())
+            BUS.spawn(self._publish_loop(), self._tasks)
             self._greenlets.append(gevent.spawn(self._sink_loop, handler))
+
+    def attach_sink(self, topic: str, metrics: Metrics) -> None:
+        """The sink's topic labels this transport's series (:class:`~gauss.protocols.SinkAwareTransport`)."""
+        self.topic = topic
+        _register_metrics(metrics)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop consuming or publishing; drain what the sink handed over (up to ``timeout``), then disconnect."""
@@ -483,7 +570,7 @@ class NatsTransport:
             BUS.post(log.info, "%s: reconnected", self.description)
 
         async def error(exc: Exception) -> None:
-            BUS.post(self._log, "%s: %s", self.description, exc)
+            BUS.post(self._log, "%s: %s", self.description, str(exc) or type(exc).__name__)
 
         while not self._closing:
             try:
@@ -701,6 +788,12 @@ class NatsTransport:
             except Exception:  # noqa: BLE001 - closing anyway
                 pass
             await nc.close()
+        # nats-py retries a first connection forever (and resolves the name each time):
+        # only cancelling ends it, with any resolution it awaits
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.connected = False
 
     # --- the gevent side --------------------------------------------------------------
@@ -717,6 +810,7 @@ class NatsTransport:
                 if isinstance(item, tuple):  # ("stream", created), ("floor", ack floor), ("recover", seq, subject, data)
                     if self._consumer is not None:
                         if item[0] == "recover":
+                            self._count_bytes(len(item[3]))
                             self._consumer.recover(item[1], item[2], item[3])
                         elif item[0] == "stream":
                             self._consumer.on_stream(item[1])
@@ -724,23 +818,39 @@ class NatsTransport:
                             self._consumer.on_floor(item[1])
                     continue
                 self.messages += 1
+                self._count_bytes(len(item.data or b""))
                 if self._consumer is not None:
                     self._consumer.take(item)
                 else:
                     self.ingest(item.data, item.subject)
 
+    def _count_bytes(self, size: int) -> None:
+        """``gauss_source_bytes``: every message's bytes, as a TCP source counts what it reads."""
+        assert self._source is not None
+        self._source.count_received(size)
+
     def ingest(self, data: bytes, subject: str) -> int:
-        """Decode one message's payloads into the source; returns the good records it held."""
+        """Decode one message's payloads into the source; returns the good records it held.
+
+        A message is whole (no more bytes will come, unlike on TCP), so bytes
+        after its last whole frame are a truncated frame: counted as a bad
+        frame. Counters are the source's own (``decode_errors{reason}``).
+        """
         source = self._source
         assert source is not None
         if data and source.framing.name == "lines" and not data.endswith(b"\n"):
-            data += b"\n"
+            data += b"\n"  # a last line without its newline is a whole line
+        decoder = source.framing.decoder()
         try:
-            frames = source.framing.decoder().feed(data)
+            frames = decoder.feed(data)
         except FrameTooLarge as exc:
-            source.oversize += 1
+            source.count_refused_frame(oversize=True)
             self._log("%s: message on %s dropped: %s", self.description, subject, exc)
             return 0
+        leftover = decoder.buffered
+        if leftover:
+            source.count_refused_frame(oversize=False)
+            self._log("%s: message on %s ends in a truncated frame (%d bytes): dropped", self.description, subject, leftover)
         if not frames:
             return 0
         try:

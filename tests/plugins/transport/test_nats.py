@@ -12,14 +12,17 @@ import gevent
 import pytest
 from gauss_plugins.transport import nats as bus
 from gauss_plugins.transport.nats import fnv1a_32, shard_of, subject_token
+from prometheus_client.parser import text_string_to_metric_families
 from support import wait_until
 from support.nats import BusClient, NatsServer, quote_messages
 from support.plugins import ListStorage, quote
+from support.serve import serve_command
 
 from gauss.core import TopicRecord
 from gauss.errors import ConfigError
 from gauss.hub import Hub
 from gauss.registry import create
+from gauss.wire import WireFormat
 
 START = 1_732_406_400_000
 
@@ -61,6 +64,18 @@ def stored(hub: Hub, topic: str = "quotes.raw") -> list[TopicRecord]:
     return sorted(records, key=lambda r: r.seq)
 
 
+def samples(hub: Hub, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric ``name`` in the hub's exposition, as ``(labels, value)``."""
+    families = text_string_to_metric_families(hub.metrics.exposition().decode())
+    return [(s.labels, s.value) for family in families for s in family.samples if s.name == name]
+
+
+def sample(hub: Hub, name: str, **labels: str) -> float | None:
+    found = [value for have, value in samples(hub, name) if labels.items() <= have.items()]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
 # --- pure functions ---------------------------------------------------------------------
 
 
@@ -85,6 +100,12 @@ def test_subject_token_escapes_only_what_a_subject_cannot_carry() -> None:
     [
         ({"subject": "q.>", "durable": "d"}, "durable: needs a 'stream'"),
         ({"subject": "q.>", "url": "http://x"}, "url: must be a nats:// or tls:// URL"),
+        ({"subject": "q.>", "url": "nats://127.0.0.1:99999"}, r"url: port '99999' is out of range \(1-65535\)"),
+        ({"subject": "q.>", "url": "nats://127.0.0.1:0"}, r"url: port 0 is out of range"),
+        ({"subject": "q.>", "url": "nats://127.0.0.1:abc"}, "url: port 'abc' is not a number"),
+        ({"subject": "q.>", "url": "nats://"}, "url: has no host"),
+        ({"subject": "q.>", "url": "tls://:4222"}, "url: has no host"),
+        ({"subject": "q.>", "url": "nats://a:4222,nats://b:4222"}, "url: must be one server URL"),
         ({"subject": "q.>", "stream": "Q", "durable": "a.b"}, "durable: must not contain"),
         ({}, r"subject: missing \(required\)"),
         ({"subject": "q a"}, "subject: must not contain white space"),
@@ -101,6 +122,23 @@ def test_subject_token_escapes_only_what_a_subject_cannot_carry() -> None:
 def test_config_errors_name_the_option(table: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         create("transport", {"type": "nats", **table})
+
+
+def test_a_malformed_url_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[[topics]]\nname = "q"\n[[sources]]\ntopic = "q"\n'
+        'transport = { type = "nats", url = "nats://127.0.0.1:99999", subject = "q.>" }\n'
+    )
+    result = subprocess.run([*serve_command(), "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "sources[0].transport.url: port '99999' is out of range" in result.stderr
+
+
+def test_well_formed_urls_are_accepted() -> None:
+    for url in ("nats://127.0.0.1", "tls://user:secret@nats.example:4443", "nats://[::1]:4222", "nats://nohost.invalid:4222"):
+        assert create("transport", {"type": "nats", "url": url, "subject": "q"}).url == url
+    assert create("transport", {"type": "nats", "url": "nats://[::1]:4223", "subject": "q"}).address == ("::1", 4223)
 
 
 def test_options_reach_the_transport(tmp_path: Path) -> None:
@@ -177,6 +215,29 @@ def test_sink_routes_each_key_to_its_subject_in_order_several_records_a_message(
     for numbers in per_key.values():
         assert numbers == sorted(numbers)
     assert len(got) < 2000  # several records a message
+
+
+def test_bus_series_are_unique_per_transport_and_topic(nats_server: NatsServer, tmp_path: Path) -> None:
+    sink = {"type": "nats", "url": nats_server.url, "subject": "gauss.{topic}.{key}"}
+    config = {
+        "hub": {"status_interval": 0},
+        "topics": [{"name": "ohlc.*", "format": "any", "storage": "memory", "create": ["ohlc.1m", "ohlc.5m"]}],
+        "sinks": [{"topic": "ohlc.1m", "transport": sink}, {"topic": "ohlc.5m", "transport": sink},
+                  {"topic": "ohlc.5m", "transport": sink, "name": "again"}],
+    }  # fmt: skip
+    hub = Hub.from_config(config, base_dir=tmp_path)
+    hub.start()
+    try:
+        wait_until(lambda: all(s.transport.connected for s in hub.sinks), what="sinks connected")
+        description = hub.sinks[0].transport.description
+        for name in ("gauss_bus_connected", "gauss_bus_acks_total", "gauss_bus_dropped_messages_total", "gauss_bus_redeliveries_skipped_total"):
+            found = samples(hub, name)
+            labels = [tuple(sorted(have.items())) for have, _ in found]
+            assert len(labels) == len(set(labels)), f"{name}: duplicate series {labels}"
+            assert sorted((have["transport"], have["topic"]) for have, _ in found) == [(description, "ohlc.1m"), (description, "ohlc.5m")]
+        assert sample(hub, "gauss_bus_connected", topic="ohlc.5m") == 1.0  # both ohlc.5m sinks, in one series
+    finally:
+        hub.stop()
 
 
 # --- sources --------------------------------------------------------------------------------
@@ -303,6 +364,40 @@ def test_a_damaged_message_loses_only_itself(nats_server: NatsServer, tmp_path: 
             wait_until(lambda: hub.registry.get("quotes.raw").last_seq == 5, what="the good frames")
             wait_until(lambda: client.consumer_info("Q", "d1").num_ack_pending == 0, what="all three acknowledged")
         assert hub.sources[0].oversize == 1
+        assert hub.sources[0].bad_frames == 1  # the truncated one's third frame
+    finally:
+        hub.stop()
+
+
+def test_frame_errors_and_bytes_of_messages_are_counted_as_on_tcp(nats_server: NatsServer, tmp_path: Path) -> None:
+    hub = quote_hub(tmp_path, source_table(nats_server, tmp_path), framing="length-prefixed", codec="protobuf")
+    wire = WireFormat.build("length-prefixed", "protobuf")
+
+    def message(i: int) -> bytes:
+        q = quote("EURUSD", 1.0, 1.1, START + i)
+        return wire.encode([TopicRecord(q["ts_ms"], "EURUSD", q)])
+
+    def count(name: str, **labels: str) -> float | None:
+        return sample(hub, f"gauss_source_{name}", **labels)
+
+    try:
+        with BusClient(nats_server.url) as client:
+            wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
+            client.publish([("q.a", b"\x7f\x00\x00\x10abc"), ("q.a", message(0))], stream_ack=True)
+            wait_until(lambda: hub.registry.get("quotes.raw").last_seq == 1, what="the good message after the oversize one")
+            assert count("decode_errors_total", reason="oversize_frame") == 1.0
+            assert count("decode_errors_total", reason="bad_frame") == 0.0
+            # a message is whole: bytes after its last whole frame are a bad frame, the frames before it count
+            truncated = [b"\x00\x00", b"\x00\x00\x00\x10abc", message(1) + b"\x00\x00\x00\x10abc", message(2)]
+            client.publish([("q.a", data) for data in truncated], stream_ack=True)
+            wait_until(lambda: hub.registry.get("quotes.raw").last_seq == 3, what="the whole frames")
+            wait_until(lambda: count("decode_errors_total", reason="bad_frame") == 3.0, what="three truncated frames")
+            wait_until(lambda: client.consumer_info("Q", "d1").num_ack_pending == 0, what="all acknowledged")
+        sent = [b"\x7f\x00\x00\x10abc", message(0), *truncated]
+        assert count("bytes_total") == float(sum(len(data) for data in sent))
+        assert hub.sources[0].bytes == sum(len(data) for data in sent)
+        assert count("decode_errors_total", reason="oversize_frame") == 1.0
+        assert [r.ts_ms for r in stored(hub)] == [START, START + 1, START + 2]
     finally:
         hub.stop()
 
