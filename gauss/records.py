@@ -246,9 +246,11 @@ def _int_value(params: Mapping[str, Any], name: str) -> int | None:
         raise QueryError(name, "must be an integer")
     if isinstance(value, str):
         # ASCII digits only: int() would also take " 5", "+5", "1_0" and other scripts' digits.
-        if _DECIMAL.fullmatch(value):
-            return int(value)
-        raise QueryError(name, f"must be an integer, got {value!r}")
+        if not _DECIMAL.fullmatch(value):
+            raise QueryError(name, f"must be an integer, got {value!r}")
+        if len(value) > 20:  # past int64 (and past what int() converts: 4,300 digits)
+            raise QueryError(name, "must fit in a signed 64-bit integer")
+        return int(value)
     raise QueryError(name, "must be an integer")
 
 

@@ -94,6 +94,7 @@ def test_default_limit_is_1000(api: Api) -> None:
         ({"limit": "1_0"}, "limit"),
         ({"limit": "\uff15"}, "limit"),
         ({"since_seq": "\u0665"}, "since_seq"),
+        ({"since_seq": "1" * 5000}, "since_seq"),  # int() refuses more than 4,300 digits: was a 500
     ],
 )
 def test_bad_parameters_are_400_naming_the_parameter(api: Api, params: dict[str, Any], named: str) -> None:
