@@ -12,13 +12,16 @@ import logging
 import os
 import re
 import secrets
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import gevent
 import msgspec
 
+from gauss.core import TopicRecord
 from gauss.ratelimit import RateLimitedLog
+from gauss.records import encode_record_lines
 from gauss.registry import PluginConfig
 
 if TYPE_CHECKING:
@@ -46,6 +49,9 @@ __all__ = [
     "remove_leftovers",
     "CORRUPT_SUFFIX",
     "MAX_FSYNC_INTERVAL",
+    "DeadLetters",
+    "DEAD_LETTER_DIR",
+    "DEAD_LETTER_BYTES",
 ]
 
 FsyncPolicy = Literal["always", "interval", "never"]
@@ -91,6 +97,50 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
         raise
     if fsync:
         fsync_dir(path.parent)
+
+
+DEAD_LETTER_DIR = "dead-letter"
+DEAD_LETTER_BYTES = 64 << 20
+"""What one storage's dead-letter directory may hold; past it a batch that failed is only counted."""
+
+
+class DeadLetters:
+    """Batches a storage could not write (disk full, say), kept in ``dead-letter/`` beside its data (SPEC section 6).
+
+    One ``<unix ms>-<n>-<records>.jsonl`` a batch: its records' SPEC JSON
+    without ``seq`` (the topic hands those seqs out again), and a ``.json``
+    note saying why. Bounded by :data:`DEAD_LETTER_BYTES`; the same disk may
+    refuse this write too, and then the batch is only counted, as before.
+    """
+
+    def __init__(self, directory: Path, *, fsync: bool = False) -> None:
+        self.directory = directory / DEAD_LETTER_DIR
+        self.fsync = fsync
+        self.records = 0
+        """Records kept here by this process."""
+        self._bytes: int | None = None
+        self._batches = 0
+
+    def keep(self, records: Sequence[TopicRecord], reason: str) -> Path | None:
+        """Keep a failed batch; the file written, or None when there is no room or the write fails too."""
+        body = encode_record_lines([TopicRecord(r.ts_ms, r.key, r.data) for r in records])
+        try:
+            if self._bytes is None:
+                held = self.directory.glob("*.jsonl") if self.directory.is_dir() else ()
+                self._bytes = sum(path.stat().st_size for path in held)
+            if not records or self._bytes + len(body) > DEAD_LETTER_BYTES:
+                return None
+            self.directory.mkdir(exist_ok=True)
+            self._batches += 1
+            path = self.directory / f"{time.time_ns() // 1_000_000}-{self._batches}-{len(records)}.jsonl"
+            note = {"reason": reason, "records": len(records), "first_ts_ms": records[0].ts_ms, "last_ts_ms": records[-1].ts_ms}
+            write_atomic(path.with_suffix(".json"), msgspec.json.encode(note), fsync=self.fsync)
+            write_atomic(path, body, fsync=self.fsync)
+        except OSError:
+            return None
+        self._bytes += len(body)
+        self.records += len(records)
+        return path
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -53,6 +53,7 @@ from gauss_plugins.storage._index import RecordIndex
 from gauss_plugins.storage._keys import KEY_FILE_SUFFIX, key_file_name
 from gauss_plugins.storage._support import (
     MAX_FSYNC_INTERVAL,
+    DeadLetters,
     DurableConfig,
     MetaWriter,
     PeriodicTask,
@@ -235,6 +236,8 @@ class FileStorage(MetaWriter):
         self.dropped = 0
         """Records not stored: data that cannot be JSON, or batches whose write failed."""
         self.write_failures = 0
+        self.dead_letters = DeadLetters(self.directory, fsync=fsync == "always")
+        """Batches a write failed for, kept in ``dead-letter/`` (SPEC section 6)."""
         """Appends that failed (every file of the batch cut back, the batch raised)."""
         self.healthy = True
         """False while the last write failed."""
@@ -482,7 +485,9 @@ class FileStorage(MetaWriter):
                 self.write_failures += 1
                 self.dropped += len(records) - len(dropped)
                 self.healthy = False
-                raise StorageError(f"file storage {self.directory}: write failed, batch of {len(records)} not stored: {exc}") from exc
+                kept = self.dead_letters.keep([r for r in records if r.seq not in dropped], str(exc))
+                where = f"kept in {kept}" if kept is not None else "not kept (dead-letter full or failing too)"
+                raise StorageError(f"file storage {self.directory}: write failed, batch of {len(records)} not stored ({where}): {exc}") from exc
             self.healthy = True
             if self.fsync == "interval":
                 self._dirty.update(name for name, _ in jobs)
@@ -659,6 +664,7 @@ class FileStorage(MetaWriter):
             "write_failures": float(self.write_failures),
             "unreadable_records": float(self.corrupt_lines),
             "evicted_keys": float(index.evicted_keys if index is not None else 0),
+            "dead_letter_records": float(self.dead_letters.records),
         }
 
     # --- reading -----------------------------------------------------------

@@ -54,6 +54,7 @@ from gauss_plugins.storage._index import RecordIndex
 from gauss_plugins.storage._support import (
     CORRUPT_SUFFIX,
     MAX_FSYNC_INTERVAL,
+    DeadLetters,
     DurableConfig,
     MetaWriter,
     PeriodicTask,
@@ -302,6 +303,8 @@ class RawFileStorage(MetaWriter):
         self.dropped = 0
         """Records not stored: data that cannot be JSON, or batches whose write failed."""
         self.write_failures = 0
+        self.dead_letters = DeadLetters(self.path, fsync=fsync == "always")
+        """Batches a write failed for, kept in ``dead-letter/`` (SPEC section 6)."""
         """Appends that failed (the batch was cut back off the log and raised)."""
         self.healthy = True
         """False while the last write failed."""
@@ -415,7 +418,13 @@ class RawFileStorage(MetaWriter):
         data, kept = self._encode(records)
         if data:
             with self._lock:
-                self._write(data, len(kept))
+                try:
+                    self._write(data, len(kept))
+                except StorageError as exc:
+                    where = self.dead_letters.keep(kept, str(exc.__cause__ or exc))
+                    if where is not None:
+                        exc.add_note(f"the batch is kept in {where}")
+                    raise
         index.add(kept)
 
     def _encode(self, records: Sequence[TopicRecord]) -> tuple[bytes, Sequence[TopicRecord]]:
@@ -547,6 +556,7 @@ class RawFileStorage(MetaWriter):
             "dropped_records": float(self.dropped),
             "write_failures": float(self.write_failures),
             "unreadable_records": float(self.corrupt_frames),
+            "dead_letter_records": float(self.dead_letters.records),
         }
 
     # --- reading -----------------------------------------------------------

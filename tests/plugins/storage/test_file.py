@@ -179,7 +179,14 @@ def test_a_failed_write_leaves_nothing_of_the_batch_and_the_next_batch_goes_on(t
         storage.append([TopicRecord(2, "B", {}, 2), TopicRecord(3, "A", {}, 3)])
     assert [line["seq"] for line in lines(tmp_path / "B.jsonl")] == [1], "B's part of the failed batch was cut back"
     assert storage.query(TopicQuery()).records == [TopicRecord(1, "B", {}, 1)]
-    assert storage.health() == {"healthy": 0.0, "dropped_records": 2.0, "write_failures": 1.0, "unreadable_records": 0.0, "evicted_keys": 0.0}
+    assert storage.health() == {
+        "healthy": 0.0, "dropped_records": 2.0, "write_failures": 1.0, "unreadable_records": 0.0, "evicted_keys": 0.0,
+        "dead_letter_records": 2.0,
+    }  # fmt: skip
+    # SPEC 6: what could not be written is kept, in dead-letter/, as records without the seqs the topic hands out again
+    (kept,) = (tmp_path / "dead-letter").glob("*.jsonl")
+    assert [json.loads(line) for line in kept.read_text().splitlines()] == [{"ts_ms": 2, "key": "B", "data": {}}, {"ts_ms": 3, "key": "A", "data": {}}]
+    assert "Is a directory" in json.loads(kept.with_suffix(".json").read_text())["reason"]
     (tmp_path / "A.jsonl").rmdir()
     storage.append([TopicRecord(2, "B", {}, 2), TopicRecord(3, "A", {}, 3)])  # the topic numbers the next batch from 2 again
     assert storage.health()["healthy"] == 1.0

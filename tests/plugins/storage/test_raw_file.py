@@ -100,7 +100,7 @@ def test_a_torn_last_frame_is_cut_and_appends_continue_cleanly(tmp_path: Path) -
     assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2]
     again, _, last_seq = opened(tmp_path)
     assert last_seq == 2 and again.corrupt_frames == 1
-    assert again.health() == {"healthy": 1.0, "dropped_records": 0.0, "write_failures": 0.0, "unreadable_records": 1.0}
+    assert again.health() == {"healthy": 1.0, "dropped_records": 0.0, "write_failures": 0.0, "unreadable_records": 1.0, "dead_letter_records": 0.0}
     assert segment.stat().st_size == size
     assert (tmp_path / "00000001.glog.corrupt").read_bytes() == b"\x00\x00\x01\x00\x00\x00\x00\x00{\"ts_ms\""
     again.append([record(3)])
@@ -207,3 +207,31 @@ def test_unserialisable_data_is_dropped_and_counted_not_the_batch(tmp_path: Path
     assert [r.seq for r in storage.query(TopicQuery()).records] == [1, 3]
     assert storage.health()["dropped_records"] == 1.0
     storage.close()
+
+
+def test_a_batch_the_disk_refuses_is_cut_back_kept_in_dead_letter_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC 6: a failed write leaves nothing torn, keeps the batch in a bounded dead-letter file, counts it, goes on."""
+    from gauss_plugins.storage import raw_file
+
+    from gauss.errors import StorageError
+
+    storage, _, _ = opened(tmp_path)
+    storage.append([record(1)])
+    real_write = raw_file.write_all
+
+    def full_disk(fd: int, data: bytes) -> None:
+        real_write(fd, data[: len(data) // 2])  # half of it reaches the file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(raw_file, "write_all", full_disk)
+    with pytest.raises(StorageError, match="write failed, batch of 2 not stored") as failed:
+        storage.append([record(2), record(3)])
+    assert any("dead-letter" in note for note in failed.value.__notes__)
+    monkeypatch.setattr(raw_file, "write_all", real_write)
+    assert storage.health()["dead_letter_records"] == 2.0 and storage.health()["dropped_records"] == 2.0
+    (kept,) = (tmp_path / "dead-letter").glob("*.jsonl")
+    assert [json.loads(line)["data"]["bid"] for line in kept.read_text().splitlines()] == [3.0, 4.0]
+    assert all("seq" not in json.loads(line) for line in kept.read_text().splitlines())
+    storage.append([record(2)])  # the topic numbers the next batch from 2 again
+    storage.close()
+    assert [r.seq for r in iter_raw_log(tmp_path)] == [1, 2], "nothing of the failed batch is left in the log"
