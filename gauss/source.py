@@ -262,6 +262,11 @@ class Source:
             self._m_open.dec()
             log.debug("source %s: connection %s closed", self.name, conn.peer)
 
+    @property
+    def metrics(self) -> Metrics:
+        """The hub's metrics this source counts in (a transport with series of its own registers there)."""
+        return self._metrics
+
     def count_received(self, size: int) -> None:
         """Count ``size`` bytes a feeding transport took (a message; a stream source counts its reads itself)."""
         self._m_bytes.inc(size)

@@ -1,7 +1,7 @@
 """Browser-facing checks of SPEC section 4: which ``Host`` a tokenless API answers, which ``Origin`` may open ``/ws``.
 
-First, with or without a token, an HTTP/1.1 request without ``Host`` is a
-400 (RFC 9112 section 3.2; a malformed ``Host : x`` arrives as none). The two
+First, with or without a token, an HTTP/1.1 request without ``Host``, or
+with two, is a 400 (RFC 9112 section 3.2; a malformed ``Host : x`` arrives as none). The two
 checks below close holes that only a browser opens, so both let programs through:
 
 - DNS rebinding: a page on ``evil.example`` re-points that name at
@@ -73,6 +73,8 @@ def environ_refusal(options: ApiOptions, environ: Mapping[str, Any], *, websocke
     host = environ.get("HTTP_HOST")
     if host is None and environ.get("SERVER_PROTOCOL") == "HTTP/1.1":
         return falcon.HTTPBadRequest(description=MISSING_HOST)
+    if host is not None and "," in host:  # gevent joins repeated headers with commas
+        return falcon.HTTPBadRequest(description="more than one Host header")
     refusal = host_refusal(options, host)
     if refusal is None and websocket:
         refusal = origin_refusal(options, environ.get("HTTP_ORIGIN"), host)

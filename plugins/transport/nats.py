@@ -332,8 +332,8 @@ class _BusCollector(Collector):
         yield acked
 
 
-def _register_metrics(metrics: Any) -> None:
-    if metrics is None or metrics in _COLLECTED:
+def _register_metrics(metrics: Metrics) -> None:
+    if metrics in _COLLECTED:
         return
     metrics.registry.register(_BusCollector())
     _COLLECTED.add(metrics)
@@ -507,7 +507,7 @@ class NatsTransport:
             )
         self._source = source
         self.topic = source.topic.name
-        _register_metrics(getattr(source, "_metrics", None))
+        _register_metrics(source.metrics)
         if self.jetstream:
             self._consumer = _DurableConsumer(self, source)
             source.published_hooks.append(self._consumer.on_published)

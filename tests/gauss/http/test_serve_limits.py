@@ -381,6 +381,8 @@ def test_http11_without_a_host_header_is_a_json_400(serve: Callable[..., Served]
     ws = b"GET /ws HTTP/1.1\r\n" + auth + b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
     ws += b"Sec-WebSocket-Key: " + base64.b64encode(b"k" * 16) + b"\r\n\r\n"
     assert_json_error(raw_answer(port, ws), 400, "missing Host header")
+    twice = b"GET /api/topics HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: 127.0.0.1\r\n" + auth + b"\r\n"
+    assert_json_error(raw_answer(port, twice), 400, "more than one Host header")
     status, _, body = raw_answer(port, b"GET /api/topics HTTP/1.0\r\n" + auth + b"\r\n")  # 1.0 may omit it
     assert status == "HTTP/1.1 200 OK" and json.loads(body)[0]["name"] == "quotes.raw"
 
