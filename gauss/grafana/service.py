@@ -174,6 +174,8 @@ class DataService(pb_grpc.DataServicer):
                 frames = self._candles(settings, parsed)
             else:
                 frames = self._quotes(settings, parsed)
+        except BadQuery as exc:
+            return _error_response(400, str(exc), "downstream")
         except GaussRejected as exc:
             return _error_response(exc.status, f"Gauss rejected the query: {exc.message}", "downstream")
         except GaussUnavailable as exc:
@@ -200,6 +202,10 @@ class DataService(pb_grpc.DataServicer):
 
     def _quotes(self, settings: DatasourceSettings, query: QuoteQuery) -> list[bytes]:
         def frame(symbol: str, records: list[dict[str, Any]], truncated: bool, url: str) -> bytes:
+            payload = records[0].get("data") if records else None
+            if records and not (isinstance(payload, dict) and "bid" in payload):
+                # A candle (or any other) topic would give rows of nulls: say what was asked wrongly.
+                raise BadQuery(f"topic: {query.topic!r} holds no quotes (its records have no bid); candles are kind 'candles'")
             meta = _meta(
                 url,
                 settings.client.base_url,

@@ -278,6 +278,16 @@ def test_unknown_topic_is_a_per_query_error_from_downstream(plugin: PluginProces
     assert answer.responses["B"].status == 200 and len(answer.responses["B"].frames) == 1
 
 
+def test_quotes_of_a_candle_topic_are_a_per_query_400(plugin: PluginProcess, gauss: tuple[GaussServer, int, int]) -> None:
+    """Not rows of nulls: the query names a topic that holds no quotes."""
+    server, start, last = gauss
+    model = {"kind": "quotes", "topic": "ohlc.1m", "symbols": "EURUSD"}
+    request = pb.QueryDataRequest(pluginContext=plugin_context(server.url, token=TOKEN), queries=[data_query("C", model, start, last, 10)])
+    response = plugin.data.QueryData(request, timeout=60).responses["C"]
+    assert response.status == 400 and response.errorSource == "downstream", response
+    assert "'ohlc.1m' holds no quotes" in response.error
+
+
 def test_resources_list_topics_and_symbols(plugin: PluginProcess, gauss: tuple[GaussServer, int, int]) -> None:
     server = gauss[0]
 
