@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from gauss.protocols import HealthReportingStorage, SkipCountingProcessor
+
 if TYPE_CHECKING:
     from gauss.topics import TopicRegistry
 
@@ -83,8 +85,8 @@ class _SubscriberCollector(Collector):
 class _StorageHealthCollector(Collector):
     """Health figures of storages that report them, read at scrape time.
 
-    A storage with a ``health() -> dict[str, float]`` method (the ClickHouse
-    storage: healthy, buffered_records, dropped_records, ...) gets one gauge
+    A :class:`~gauss.protocols.HealthReportingStorage` (file, raw-file, ClickHouse
+    storages: healthy, buffered_records, dead_letter_records, ...) gets one gauge
     per figure, ``gauss_storage_<figure>{topic, storage}``.
     """
 
@@ -95,10 +97,9 @@ class _StorageHealthCollector(Collector):
         families: dict[str, GaugeMetricFamily] = {}
         registry = self._topics()
         for topic in registry.topics() if registry is not None else []:
-            health = getattr(topic.storage, "health", None)
-            if not callable(health):
+            if not isinstance(topic.storage, HealthReportingStorage):
                 continue
-            for figure, value in health().items():
+            for figure, value in topic.storage.health().items():
                 family = families.get(figure)
                 if family is None:
                     family = families[figure] = GaugeMetricFamily(
@@ -119,9 +120,8 @@ class _ProcessorCollector(Collector):
             "gauss_processor_skipped_records", "Input records a processor could not use (skipped, logged)", labels=["processor"]
         )
         for runner in self._runners():
-            count = getattr(runner.processor, "skipped_records", None)
-            if count is not None:
-                skipped.add_metric([runner.name], float(count))
+            if isinstance(runner.processor, SkipCountingProcessor):
+                skipped.add_metric([runner.name], float(runner.processor.skipped_records))
         yield skipped
 
 

@@ -35,11 +35,13 @@ __all__ = [
     "QuoteCodec",
     "FramedQuoteEncoder",
     "TopicStorage",
+    "HealthReportingStorage",
     "ReplayableStorage",
     "PublishContext",
     "RecoveryContext",
     "TopicProcessor",
     "RecoveringProcessor",
+    "SkipCountingProcessor",
     "PublishingConfig",
     "TopicSink",
     "RecordConnection",
@@ -64,6 +66,11 @@ class Connection(Protocol):
     def sendall(self, data: bytes) -> None: ...
 
     def close(self) -> None: ...
+
+    @property
+    def closed(self) -> bool:
+        """True once closed (by either side): a sink stops serving it."""
+        ...
 
 
 @runtime_checkable
@@ -243,6 +250,15 @@ class TopicStorage(Protocol):
 
 
 @runtime_checkable
+class HealthReportingStorage(TopicStorage, Protocol):
+    """A storage that reports figures of its own health (``gauss_storage_<figure>{topic, storage}``)."""
+
+    def health(self) -> dict[str, float]:
+        """Figures by name: healthy (1/0), buffered_records, dead_letter_records, ..."""
+        ...
+
+
+@runtime_checkable
 class ReplayableStorage(TopicStorage, Protocol):
     """A durable storage that reads its records back in seq order: what a topic's journal must be."""
 
@@ -281,6 +297,14 @@ class TopicProcessor(Protocol):
         ...
 
     def stop(self, context: PublishContext) -> None: ...
+
+
+@runtime_checkable
+class SkipCountingProcessor(TopicProcessor, Protocol):
+    """A processor that counts the input records it could not use (``gauss_processor_skipped_records_total``)."""
+
+    @property
+    def skipped_records(self) -> int: ...
 
 
 @runtime_checkable

@@ -269,7 +269,7 @@ class StreamSink:
             now = time.monotonic()
             for client in list(self._clients.values()):
                 sub = client.sub
-                if getattr(client.conn, "closed", False):
+                if client.conn.closed:
                     sub.close()
                     continue
                 dropped = sub.dropped

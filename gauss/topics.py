@@ -56,7 +56,7 @@ class Topic:
         self.name = name
         self.format = DataFormat(data_format)
         self.storage = storage
-        self.storage_type = storage_type or str(getattr(storage, "name", type(storage).__name__))
+        self.storage_type = storage_type or storage.name
         self.journal = journal
         epoch, last_seq = storage.open(name, self.format)
         if journal is not None:

@@ -963,6 +963,10 @@ class NatsSinkConnection:
     def close(self) -> None:
         self._closed.set()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
 
 class _DurableConsumer:
     """Acknowledgement and redelivery bookkeeping of one JetStream source (gevent side).

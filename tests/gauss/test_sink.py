@@ -151,6 +151,10 @@ class RecordConn:
     def close(self) -> None:
         self._done.set()
 
+    @property
+    def closed(self) -> bool:
+        return self._done.is_set()
+
 
 class OneConnection:
     """A transport that serves one :class:`RecordConn`."""
