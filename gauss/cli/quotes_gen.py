@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # the file may come after the options
     out = sys.stderr
     if args.mode == "generate":
         return run_generate(args, out)

@@ -161,6 +161,14 @@ def test_file_at_max_speed_delivers_every_quote(
     assert decode_wire(listener.data(), codec, framing, compress) == expected
 
 
+def test_file_may_come_after_the_options(tmp_path: Path, listener: Listener) -> None:
+    path = generate(tmp_path, "q.jsonl", "--count", "50", "--seed", "3")
+    expected = [json.loads(line) for line in path.read_text().splitlines()]
+    assert quotes_gen.main(["file", "--speed", "max", str(path), "--target", f"127.0.0.1:{listener.port}"]) == 0
+    wait_for(lambda: len(decode_wire(listener.data(), "json", "lines", None)) >= len(expected))
+    assert decode_wire(listener.data(), "json", "lines", None) == expected
+
+
 def test_file_replays_at_the_recorded_pace(tmp_path: Path, listener: Listener) -> None:
     path = tmp_path / "q.jsonl"
     path.write_text(
