@@ -154,21 +154,54 @@ def test_use_before_open_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize("fmt", [DataFormat.QUOTE, DataFormat.ANY])
-def test_a_hole_in_the_seqs_restarts_the_ring_after_it(fmt: DataFormat, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_hole_in_the_seqs_keeps_the_records_on_both_sides(fmt: DataFormat, caplog: pytest.LogCaptureFixture) -> None:
     storage = MemoryStorage(capacity=100)
     storage.open("holed", fmt)
-    records = [make_record(fmt, seq, "EURUSD", 1_000 * seq) for seq in (1, 2, 3, 4, 5, 7, 8, 9, 10)]
+    keys = ["EURUSD", "GBPUSD"]
+    records = [make_record(fmt, seq, keys[seq % 2], 1_000 * seq) for seq in (1, 2, 3, 4, 5, 7, 8, 9, 10)]
     storage.append(records[:2])
     storage.append(records[2:])  # 3..5, then the hole, then 7..10 in one batch
-    assert storage.bounds() == (7, 10)
-    assert dicts(storage.query(TopicQuery(limit=100)).records) == dicts(records[5:])
     assert "seqs 6..6 are missing" in caplog.text
+    assert storage.bounds() == (1, 10) and storage.count() == 9
+    assert dicts(storage.query(TopicQuery(limit=100)).records) == dicts(records)
+    assert dicts(storage.query(TopicQuery(limit=6)).records) == dicts(records[3:])
+    assert storage.query(TopicQuery(limit=6)).truncated and not storage.query(TopicQuery(limit=9)).truncated
+    assert dicts(storage.query(TopicQuery(key="GBPUSD", since_seq=2, to_ms=9_000, limit=100)).records) == dicts(
+        [r for r in records if r.key == "GBPUSD" and 2 < r.seq < 9]
+    )
+    assert dicts(storage.latest()) == dicts([records[-2], records[-1]])
+    assert [tuple(k) for k in storage.keys()] == [("EURUSD", 4, 10_000), ("GBPUSD", 5, 9_000)]
     storage.append([make_record(fmt, 11, "EURUSD", 11_000)])
-    assert storage.bounds() == (7, 11) and storage.count() == 5
+    assert storage.bounds() == (1, 11) and storage.count() == 10
+
+
+@pytest.mark.parametrize("fmt", [DataFormat.QUOTE, DataFormat.ANY])
+def test_records_out_of_ts_order_across_a_hole_answer_ascending_by_ts(fmt: DataFormat) -> None:
+    storage = MemoryStorage(capacity=100)
+    storage.open("holed", fmt)
+    before = [make_record(fmt, seq, "EURUSD", ts) for seq, ts in ((1, 5_000), (2, 7_000))]
+    after = [make_record(fmt, seq, "EURUSD", ts) for seq, ts in ((4, 6_000), (5, 4_000))]
+    storage.append(before)
+    storage.append(after)
+    assert [(r.seq, r.ts_ms) for r in storage.query(TopicQuery(limit=100)).records] == [(5, 4_000), (1, 5_000), (4, 6_000), (2, 7_000)]
+    assert [r.seq for r in storage.query(TopicQuery(limit=2)).records] == [4, 2]
+    assert [r.seq for r in storage.latest("EURUSD")] == [2]
+
+
+@pytest.mark.parametrize("fmt", [DataFormat.QUOTE, DataFormat.ANY])
+def test_the_ring_before_a_hole_goes_once_the_rings_after_it_hold_capacity(fmt: DataFormat) -> None:
+    storage = MemoryStorage(capacity=5)
+    storage.open("holed", fmt)
+    storage.append([make_record(fmt, seq, "EURUSD", 1_000 * seq) for seq in (1, 2, 3)])
+    storage.append([make_record(fmt, seq, "EURUSD", 1_000 * seq) for seq in (6, 7, 8, 9)])
+    assert storage.count() == 7 and storage.bounds() == (1, 9)
+    storage.append([make_record(fmt, 10, "EURUSD", 10_000)])  # the newer ring is full: the older one has gone
+    assert storage.count() == 5 and storage.bounds() == (6, 10)
+    assert [r.seq for r in storage.query(TopicQuery(limit=100)).records] == [6, 7, 8, 9, 10]
 
 
 def test_a_journal_damaged_in_the_middle_still_rebuilds_its_memory_topic(tmp_path: Path) -> None:
-    """One flipped byte in the tick log: the topic opens (it raised "seq 7 does not follow 5"), every intact record after the damage is held."""
+    """One flipped byte in the tick log: the topic opens (it raised "seq 7 does not follow 5") and holds every intact record."""
     from gauss_plugins.storage.raw_file import RawFileStorage, segments
 
     from gauss.topics import Topic
@@ -185,7 +218,7 @@ def test_a_journal_damaged_in_the_middle_still_rebuilds_its_memory_topic(tmp_pat
     segment.write_bytes(bytes(data))
     again = Topic("quotes.raw", "quote", MemoryStorage(), journal=RawFileStorage(tmp_path))
     assert (again.epoch, again.last_seq) == (epoch, 10)
-    assert [r.seq for r in again.query(limit=100).records] == [7, 8, 9, 10]
+    assert [r.seq for r in again.query(limit=100).records] == [1, 2, 3, 4, 5, 7, 8, 9, 10]
     again.publish([quote(0, "EURUSD", 2_000, bid=11.0)])
-    assert [r.seq for r in again.query(limit=100).records] == [7, 8, 9, 10, 11]
+    assert [r.seq for r in again.query(limit=100).records] == [1, 2, 3, 4, 5, 7, 8, 9, 10, 11]
     again.close()
