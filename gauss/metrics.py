@@ -86,8 +86,8 @@ class _StorageHealthCollector(Collector):
     """Health figures of storages that report them, read at scrape time.
 
     A :class:`~gauss.protocols.HealthReportingStorage` (file, raw-file, ClickHouse
-    storages: healthy, buffered_records, dead_letter_records, ...) gets one gauge
-    per figure, ``gauss_storage_<figure>{topic, storage}``.
+    storages: healthy, buffered_records, dead_letter_records, ...), a topic's own or
+    its journal, gets one gauge per figure, ``gauss_storage_<figure>{topic, storage}``.
     """
 
     def __init__(self, topics: Callable[[], TopicRegistry | None]) -> None:
@@ -97,15 +97,20 @@ class _StorageHealthCollector(Collector):
         families: dict[str, GaugeMetricFamily] = {}
         registry = self._topics()
         for topic in registry.topics() if registry is not None else []:
-            if not isinstance(topic.storage, HealthReportingStorage):
-                continue
-            for figure, value in topic.storage.health().items():
-                family = families.get(figure)
-                if family is None:
-                    family = families[figure] = GaugeMetricFamily(
-                        f"gauss_storage_{figure}", f"Storage health: {figure.replace('_', ' ')}", labels=["topic", "storage"]
-                    )
-                family.add_metric([topic.name, topic.storage_type], float(value))
+            # A topic's journal (the tick log) reports too, labelled by its own type.
+            held = [(topic.storage, topic.storage_type)]
+            if topic.journal is not None:
+                held.append((topic.journal, topic.journal.name))
+            for storage, label in held:
+                if not isinstance(storage, HealthReportingStorage):
+                    continue
+                for figure, value in storage.health().items():
+                    family = families.get(figure)
+                    if family is None:
+                        family = families[figure] = GaugeMetricFamily(
+                            f"gauss_storage_{figure}", f"Storage health: {figure.replace('_', ' ')}", labels=["topic", "storage"]
+                        )
+                    family.add_metric([topic.name, label], float(value))
         yield from families.values()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gevent
 from support.plugins import ListStorage
 
@@ -107,3 +109,26 @@ def test_records_a_topic_hands_its_subscribers_are_counted_per_kind() -> None:
     assert delivery is not None and len(delivery.records) == 5
     assert metrics.value("gauss_topic_records_delivered_total", topic="t", kind="ws") == 5
     assert sink.depth == 5 and metrics.value("gauss_topic_records_delivered_total", topic="t", kind="sink") == 0
+
+
+def test_a_topics_journal_reports_its_health_beside_its_storage(tmp_path: Path) -> None:
+    """The tick log's damage counts reach /metrics (they were reported for standalone raw-file topics only)."""
+    from gauss_plugins.storage.memory import MemoryStorage
+    from gauss_plugins.storage.raw_file import RawFileStorage, segments
+
+    quote = {"symbol": "EURUSD", "bid": 1.0, "ask": 1.5, "bid_size": 1.0, "ask_size": 1.0, "ts_ms": 1_000}
+    first = Topic("quotes.raw", "quote", MemoryStorage(), journal=RawFileStorage(tmp_path))
+    first.publish([TopicRecord(1_000, "EURUSD", quote)])
+    first.close()
+    (segment,) = segments(tmp_path)
+    segment.write_bytes(segment.read_bytes() + b"\xff" * 4)  # a damaged tail: moved aside at the next open, counted
+    metrics = Metrics()
+    again = Topic("quotes.raw", "quote", MemoryStorage(), journal=RawFileStorage(tmp_path), metrics=metrics)
+
+    class Topics:
+        def topics(self) -> list[Topic]:
+            return [again]
+
+    metrics.watch(Topics())  # type: ignore[arg-type]
+    assert metrics.value("gauss_storage_unreadable_records", topic="quotes.raw", storage="raw-file") == 1
+    assert metrics.value("gauss_storage_dead_letter_records", topic="quotes.raw", storage="raw-file") == 0
