@@ -334,6 +334,61 @@ def test_recover_rebuilds_state_and_republishes_only_what_was_lost() -> None:
     assert got == want
 
 
+def numbered_stream(count: int) -> list[TopicRecord]:
+    """Quotes of three symbols in ts order, numbered 1.. as a journal replays them."""
+    rng = random.Random(11)
+    base, quotes = 1_732_406_400_000, []
+    for i in range(count):
+        record = quote(["A", "B", "C"][i % 3], base + 700 * i, round(1.0 + rng.random(), 6))
+        quotes.append(TopicRecord(record.ts_ms, record.key, record.data, i + 1))
+    return quotes
+
+
+def candles_in(context: CandleContext) -> dict[tuple[str, str, int], dict[str, Any]]:
+    return {(t.removeprefix("ohlc."), key, ts): data for t, series in context.topics.items() for (key, ts), data in series.items()}
+
+
+@pytest.mark.parametrize("lost", ["rotated", "damaged"])
+def test_a_history_that_lost_quotes_extends_the_stored_candles(lost: str) -> None:
+    """The tick log rotated (its oldest quotes gone) or lost a frame: a restart used to overwrite the stored
+    1h candle with one of the quotes left (ticks 500 -> 100); it now extends the stored one, and live quotes go on from it."""
+    stream = numbered_stream(600)
+    labels = ["1m", "1h"]
+    survivor = OhlcProcessor(labels)
+    context = CandleContext()
+    for i in range(0, 450, 50):
+        survivor.process("q", stream[i : i + 50], context)
+    survivor.stop(context)  # a clean stop: every candle stored
+    history = stream[300:450] if lost == "rotated" else stream[:200] + stream[201:450]
+    restarted = OhlcProcessor(labels)
+    restarted.recover(iter(history), context)
+    restarted.process("q", stream[450:], context)
+    restarted.stop(context)
+    want, _ = naive_candles(stream, labels, 2)
+    assert candles_in(context) == want
+    assert want[("1h", "A", 1_732_406_400_000)]["ticks"] == 200
+
+
+def test_a_crash_with_a_rotated_history_keeps_at_least_the_stored_candles() -> None:
+    """After SIGKILL the stored candle lacks the last interval's quotes: ticks may fall short of them, never below what was stored."""
+    stream = numbered_stream(450)
+    survivor = OhlcProcessor(["1h"])
+    context = CandleContext()
+    for i in range(0, 400, 50):
+        survivor.process("q", stream[i : i + 50], context)
+    survivor.flush(context)
+    stored_ticks = {key: data["ticks"] for (key, _), data in context.topics["ohlc.1h"].items()}
+    survivor.process("q", stream[400:], context)  # the crash: never published
+    restarted = OhlcProcessor(["1h"])
+    restarted.recover(iter(stream[300:]), context)
+    restarted.flush(context)
+    want, _ = naive_candles(stream, ["1h"], 2)
+    for (key, _), data in context.topics["ohlc.1h"].items():
+        assert stored_ticks[key] <= data["ticks"] <= want[("1h", key, 1_732_406_400_000)]["ticks"]
+        assert data["close"] == want[("1h", key, 1_732_406_400_000)]["close"]
+        assert data["open"] == want[("1h", key, 1_732_406_400_000)]["open"]
+
+
 class RefusingKernel:
     """The real kernel behind a fault: it refuses (before touching any state) every batch holding a ``POISON`` key."""
 
