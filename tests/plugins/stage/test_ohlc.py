@@ -350,8 +350,10 @@ def candles_in(context: CandleContext) -> dict[tuple[str, str, int], dict[str, A
 
 @pytest.mark.parametrize("lost", ["rotated", "damaged"])
 def test_a_history_that_lost_quotes_extends_the_stored_candles(lost: str) -> None:
-    """The tick log rotated (its oldest quotes gone) or lost a frame: a restart used to overwrite the stored
-    1h candle with one of the quotes left (ticks 500 -> 100); it now extends the stored one, and live quotes go on from it."""
+    """A rotated or damaged tick log: the restart extends the stored 1h candle, and live quotes go on from it.
+
+    It used to overwrite the stored candle with one of the quotes left (ticks 500 -> 100).
+    """
     stream = numbered_stream(600)
     labels = ["1m", "1h"]
     survivor = OhlcProcessor(labels)
