@@ -33,7 +33,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any, Iterator, Mapping, Sequence
 
 import msgspec
 
@@ -41,7 +41,7 @@ from gauss import registry
 from gauss.core import DEFAULT_MAX_FRAME_BYTES
 from gauss.errors import ConfigError
 from gauss.http.options import ApiOptions
-from gauss.protocols import PublishingConfig, ReplayableStorage, missing_members
+from gauss.protocols import ListeningConfig, PublishingConfig, ReplayableStorage, missing_members
 from gauss.quotes import DEFAULT_MAX_FUTURE_MS, DEFAULT_MAX_KEY_BYTES
 from gauss.records import DataFormat, OverflowPolicy
 from gauss.registry import PluginConfig, PluginSpec, StorageSpec, TransportSpec, configure, convert, default
@@ -371,7 +371,43 @@ def _parse(data: Mapping[str, Any], file: str | None, base: Path) -> GaussConfig
         sink = _flat(where, table, SinkSpec, "sink", base)
         known_topic(f"{where}.topic", sink.topic)
         sinks.append(sink)
+    _check_listeners([("api", api), *(_where(sources, "sources")), *(_where(sinks, "sinks"))])
     return GaussConfig(api, hub, topics, tuple(sources), tuple(processors), tuple(sinks), file, base)
+
+
+def _where(specs: Sequence[Any], section: str) -> list[tuple[str, Any]]:
+    return [(f"{section}[{i}]", spec) for i, spec in enumerate(specs)]
+
+
+_ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
+
+
+def _check_listeners(sections: Sequence[tuple[str, Any]]) -> None:
+    """Refuse two listeners on one address: the second would fail to start with EADDRINUSE."""
+    seen: list[tuple[str, str, int]] = []
+    for where, section in sections:
+        for key, bind, port in _listeners(where, section):
+            if not port:
+                continue
+            for other_key, other_bind, other_port in seen:
+                if port == other_port and (bind == other_bind or {bind, other_bind} & _ANY_ADDRESS):
+                    raise ConfigError(key, f"{bind}:{port} is also where {other_key} listens; give each listener its own port")
+            seen.append((key, "127.0.0.1" if bind == "localhost" else bind, port))
+
+
+def _listeners(where: str, value: Any) -> Iterator[tuple[str, str, int]]:
+    """``(key of the port, bind, port)`` of every :class:`ListeningConfig` in a section, its plugins' included."""
+    if isinstance(value, PluginSpec):
+        yield from _listeners(where, value.config)
+        return
+    if not isinstance(value, msgspec.Struct):
+        return
+    if isinstance(value, ListeningConfig):
+        bind, port = value.listen_address()
+        yield f"{where}.port", bind, port
+    for name in value.__struct_fields__:
+        # A flat table's own keys (a sink's transport) sit beside the engine's: no "plugin" in their path.
+        yield from _listeners(where if name == "plugin" else f"{where}.{name}", getattr(value, name))
 
 
 def _check_topic_names(topics: Sequence[TopicSpec]) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "RecoveringProcessor",
     "SkipCountingProcessor",
     "PublishingConfig",
+    "ListeningConfig",
     "TopicSink",
     "RecordConnection",
     "CountingTransport",
@@ -305,6 +306,19 @@ class SkipCountingProcessor(TopicProcessor, Protocol):
 
     @property
     def skipped_records(self) -> int: ...
+
+
+@runtime_checkable
+class ListeningConfig(Protocol):
+    """A configuration of something that listens on a TCP port (a tcp-server transport, the API).
+
+    Loading a configuration refuses two of them on one address (exit 2,
+    naming both keys) instead of a start that fails on EADDRINUSE.
+    """
+
+    def listen_address(self) -> tuple[str, int]:
+        """``(bind, port)``; port 0 is any free port (never in conflict)."""
+        ...
 
 
 @runtime_checkable

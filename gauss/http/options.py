@@ -83,6 +83,9 @@ class ApiOptions(PluginConfig, frozen=True):
     inflight_wait_s: Annotated[float, msgspec.Meta(ge=0.0)] = 1.0
     """How long a request waits for room under ``max_inflight_bytes`` before it gets 503."""
 
+    def listen_address(self) -> tuple[str, int]:
+        return (self.bind, self.port)
+
     def __post_init__(self) -> None:
         check_bind("bind", self.bind)
         if self.token is not None and self.token_env is not None:

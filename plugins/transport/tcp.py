@@ -92,6 +92,9 @@ class TcpServerConfig(TcpSocketConfig, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         check_bind("bind", self.bind)
 
+    def listen_address(self) -> tuple[str, int]:
+        return (self.bind, self.port)
+
 
 class TcpClientConfig(TcpSocketConfig, frozen=True, kw_only=True):
     """The options of a ``tcp-client`` transport."""

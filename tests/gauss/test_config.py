@@ -143,6 +143,34 @@ def test_middleware_on_lines_framing_is_refused_for_sources_and_sinks() -> None:
         load_config(config)
 
 
+@pytest.mark.parametrize(
+    ("source_bind", "sink_bind", "api", "error"),
+    [
+        ("127.0.0.1", "127.0.0.1", None, r"sinks\[0\].transport.port: 127.0.0.1:9400 is also where sources\[0\].transport.port listens"),
+        ("127.0.0.1", "0.0.0.0", None, r"sinks\[0\].transport.port: 0.0.0.0:9400 is also where sources\[0\].transport.port listens"),
+        ("localhost", "127.0.0.1", None, r"sinks\[0\].transport.port: 127.0.0.1:9400 is also where sources\[0\].transport.port"),
+        ("127.0.0.2", "127.0.0.3", {"port": 9400, "bind": "::"}, r"sources\[0\].transport.port: 127.0.0.2:9400 is also where api.port listens"),
+    ],
+)
+def test_two_listeners_on_one_address_are_refused(source_bind: str, sink_bind: str, api: dict[str, Any] | None, error: str) -> None:
+    """They used to start and fail with EADDRINUSE (exit 1, no key named)."""
+    config = minimal()
+    config["sources"][0]["transport"] = {"type": "tcp-server", "bind": source_bind, "port": 9400}
+    config["sinks"][0]["transport"] = {"type": "tcp-server", "bind": sink_bind, "port": 9400}
+    if api is not None:
+        config["api"] = api
+    with pytest.raises(ConfigError, match=error):
+        load_config(config)
+
+
+def test_listeners_on_distinct_addresses_or_free_ports_load() -> None:
+    config = minimal(api={"port": 0})
+    config["sources"][0]["transport"] = {"type": "tcp-server", "bind": "127.0.0.2", "port": 9400}
+    config["sinks"][0]["transport"] = {"type": "tcp-server", "bind": "127.0.0.3", "port": 9400}
+    config["sinks"].append({"topic": "quotes.raw", "transport": {"type": "tcp-client", "port": 9400}})  # dials, does not listen
+    assert len(load_config(config).sinks) == 2
+
+
 def test_sink_plugin_errors_name_the_sink_key() -> None:
     config = minimal()
     config["sinks"][0]["codec"] = "jsn"
