@@ -26,6 +26,7 @@ import gevent.event
 
 from gauss.config import GaussConfig, ProcessorSpec, SinkSpec, SourceSpec, load_config
 from gauss.core import TopicRecord
+from gauss.errors import ConfigError
 from gauss.metrics import Metrics
 from gauss.protocols import TopicProcessor, TopicSink, require
 from gauss.records import OverflowPolicy, QueryResult, TopicQuery
@@ -81,10 +82,17 @@ class Hub:
             self.registry.open()
             for spec in self.config.processors:
                 self.add_processor(spec.build(), spec.topic, queue_size=spec.queue_size, policy=spec.policy, _spec=spec)
-            for sink_spec in self.config.sinks:
-                self._start_sink(sink_spec)
-            for source_spec in self.config.sources:
-                self.add_source(source_spec)
+            # What a plugin refuses only once built (a topic's storage, its role) is a ConfigError: name its table.
+            for i, sink_spec in enumerate(self.config.sinks):
+                try:
+                    self._start_sink(sink_spec)
+                except ConfigError as exc:
+                    raise exc.at(f"sinks[{i}]") from None
+            for i, source_spec in enumerate(self.config.sources):
+                try:
+                    self.add_source(source_spec)
+                except ConfigError as exc:
+                    raise exc.at(f"sources[{i}]") from None
             self._start_api()
         except BaseException:
             self.stop()

@@ -25,9 +25,15 @@ counted). With both it is a JetStream durable pull consumer:
   crash the records stored beyond that point (counted from the topic itself)
   are skipped in the redelivered messages, so a SIGKILL between storing and
   acknowledging stores nothing twice. This assumes the source is the only
-  publisher of its topic and the storage is durable;
+  publisher of its topic; that the topic is durable (its storage or its
+  journal) is checked when the source attaches;
 - the stream is created when missing, with ``stream_subjects`` (default: the
-  source's ``subject``).
+  source's ``subject``); a durable made earlier for another subject is moved
+  to ``subject`` (:meth:`NatsTransport._subscribe_durable`).
+
+Options are checked where they can be: the table's own rules when the
+configuration is read (:class:`NatsConfig`), a role's when the transport
+attaches to its source or sink (SPEC section 3: exit 2, naming the key).
 
 **Sink** (``serve`` without a source): the ``stream`` sink hands each batch
 to :meth:`NatsSinkConnection.send_records`, which routes every record to the
@@ -55,6 +61,7 @@ import collections
 import json
 import logging
 import os
+import re
 import time
 import urllib.parse
 import weakref
@@ -77,6 +84,7 @@ from gauss.registry import PluginConfig
 if TYPE_CHECKING:
     from gauss.metrics import Metrics
     from gauss.source import Source
+    from gauss.topics import Topic
 
 __all__ = [
     "NatsTransport",
@@ -86,6 +94,7 @@ __all__ = [
     "SubjectWire",
     "fnv1a_32",
     "subject_token",
+    "subject_covers",
     "shard_of",
     "DEFAULT_URL",
 ]
@@ -132,6 +141,108 @@ def subject_token(key: str) -> str:
     for b in raw:
         out += f"%{b:02X}".encode("ascii") if b in _SUBJECT_UNSAFE else bytes((b,))
     return out.decode("utf-8", "surrogatepass")
+
+
+def subject_covers(filter_subject: str, subject: str) -> bool:
+    """True when every subject ``subject`` matches is matched by ``filter_subject`` too (NATS ``*`` and ``>``).
+
+    ``q.>`` covers ``q.a.*`` and ``q.a``; ``q.*`` covers ``q.a`` but neither
+    ``q.>`` nor ``q.a.b``: what nats-server asks of a consumer's filter
+    subject against its stream's subjects.
+    """
+    patterns = filter_subject.split(".")
+    tokens = subject.split(".")
+    for i, pattern in enumerate(patterns):
+        if pattern == ">":
+            return len(tokens) > i
+        if i >= len(tokens):
+            return False
+        if pattern == "*":
+            if tokens[i] == ">":
+                return False
+        elif tokens[i] != pattern:
+            return False
+    return len(tokens) == len(patterns)
+
+
+# --- option checks (SPEC section 3: a bad option exits 2 naming its key) ---------------
+
+_SINK_PLACEHOLDERS = ("{topic}", "{key}", "{shard}")
+"""What a sink's subject may name; a source's subject names none."""
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+
+
+def _check_subject(subject: str) -> None:
+    """What no subject may be, a source's or a sink's (the rules of one role wait until the role is known)."""
+    if any(c.isspace() for c in subject):
+        raise ConfigError("subject", f"must not contain white space, got {subject!r}")
+    tokens = subject.split(".")
+    if "" in tokens:
+        raise ConfigError("subject", f"must not have an empty token (a '.' at an end or two in a row), got {subject!r}")
+    if ">" in tokens[:-1]:
+        raise ConfigError("subject", f"'>' may only be the last token, got {subject!r}")
+    for placeholder in _PLACEHOLDER.findall(subject):
+        if placeholder not in _SINK_PLACEHOLDERS:
+            raise ConfigError(
+                "subject", f"unknown placeholder {placeholder}: a sink's subject may name {', '.join(_SINK_PLACEHOLDERS)}, a source's none; got {subject!r}"
+            )
+
+
+def _check_name(key: str, name: str | None) -> None:
+    """A JetStream stream or consumer name: nats-py and nats-server refuse these characters (nats-py's ``_INVALID_NAME_CHARS``)."""
+    if name is not None and any(c in ".*>/\\" or c.isspace() or not c.isprintable() for c in name):
+        raise ConfigError(key, f"must not contain '.', '*', '>', '/', '\\', white space or control characters (a JetStream name), got {name!r}")
+
+
+def _check_source(subject: str, stream: str | None, durable: str | None, stream_subjects: Sequence[str] | None, *, at: str = "") -> None:
+    """The rules of a source's options: at load time for a JetStream consumer (``durable`` says it is a source), else when its source attaches.
+
+    ``at`` is the transport's own key in the source's table (``transport.``).
+    """
+    if stream is not None and durable is None:
+        raise ConfigError(
+            f"{at}stream", "a source reads a stream only through a durable consumer: give 'durable' too (or drop 'stream' for a core NATS subscription)"
+        )
+    placeholders = _PLACEHOLDER.findall(subject)
+    if placeholders:
+        hint = "; a sink takes no 'durable'" if durable is not None else ""  # 'durable' is what says it is a source
+        raise ConfigError(
+            f"{at}subject", f"a source's subject takes no placeholders ({placeholders[0]} is for a sink's subject{hint}), got {subject!r}"
+        )
+    if stream is not None and stream_subjects and not any(subject_covers(covering, subject) for covering in stream_subjects):
+        raise ConfigError(
+            f"{at}subject",
+            f"{subject!r} is not within stream_subjects ({', '.join(stream_subjects)}): the stream would not hold its messages "
+            "(nats-server refuses such a consumer); give a subject within them, or add it to stream_subjects",
+        )
+
+
+def _check_sink(subject: str, durable: str | None, topic: str, *, at: str = "") -> None:
+    """The rules of a sink's options (when the sink attaches: only then is the role known)."""
+    if durable is not None:
+        raise ConfigError(f"{at}durable", f"the sink of topic {topic!r} publishes: only a source reads through a durable consumer (a sink's 'stream' alone is created when missing)")
+    wildcards = [token for token in subject.split(".") if token in ("*", ">")]
+    if wildcards:
+        raise ConfigError(
+            f"{at}subject", f"the sink of topic {topic!r} publishes to its subject: a wildcard token ({wildcards[0]!r}) only subscribes; got {subject!r}"
+        )
+
+
+def _check_durable_topic(topic: Topic) -> None:
+    """SPEC section 7: a JetStream source acknowledges a message once its records are durable in the topic, so the topic must keep them.
+
+    Checked once the topic is built: a storage's ``durable`` is the
+    instance's (a ClickHouse storage without a spool is not).
+    """
+    journal = topic.journal
+    if topic.storage.durable or (journal is not None and journal.durable):
+        return
+    what = f"its {topic.storage_type!r} storage is not durable and " + ("neither is its journal" if journal is not None else "it has no journal")
+    raise ConfigError(
+        "transport.durable",
+        f"topic {topic.name!r} is not durable ({what}): its messages would be acknowledged and then lost in a crash "
+        "(SPEC section 7); give the topic a journal or a durable storage",
+    )
 
 
 def _import_client() -> Any:
@@ -377,12 +488,13 @@ class NatsConfig(PluginConfig, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         _check_url(self.url)
-        if any(c.isspace() for c in self.subject):
-            raise ConfigError("subject", f"must not contain white space, got {self.subject!r}")
+        _check_subject(self.subject)
         if self.durable is not None and self.stream is None:
             raise ConfigError("durable", "needs a 'stream' (a JetStream durable consumer reads one stream)")
-        if self.durable is not None and any(c in self.durable for c in ".*> \t"):
-            raise ConfigError("durable", f"must not contain '.', '*', '>' or white space, got {self.durable!r}")
+        _check_name("stream", self.stream)
+        _check_name("durable", self.durable)
+        if self.durable is not None:  # a JetStream consumer is a source's: its rules apply now
+            _check_source(self.subject, self.stream, self.durable, self.stream_subjects)
         if self.reconnect_max < self.reconnect_min:
             raise ConfigError("reconnect_max", f"must be at least reconnect_min ({self.reconnect_min}), got {self.reconnect_max}")
 
@@ -463,6 +575,7 @@ class NatsTransport:
         self._log = RateLimitedLog(log)
         self._source: Source | None = None
         self._consumer: _DurableConsumer | None = None
+        self._refilter_warned = False
         # source hand-off (bus thread -> gevent)
         self._inbox: collections.deque[Any] = collections.deque()
         self._inbox_ready = gevent.event.Event()
@@ -500,11 +613,19 @@ class NatsTransport:
     # --- lifecycle ---------------------------------------------------------------------
 
     def attach_source(self, source: Source) -> None:
-        """Called by the source before :meth:`serve`: messages go to ``source.ingest``, acks follow its publishes."""
-        if self.jetstream and source.queue.policy is not OverflowPolicy.BACK_PRESSURE:
-            raise ConfigError(
-                "policy", f"a JetStream source must use back_pressure (a shed record could never be acknowledged), got {source.queue.policy.value}"
-            )
+        """Called by the source before :meth:`serve`: messages go to ``source.ingest``, acks follow its publishes.
+
+        Raises :class:`ConfigError` at a key of the source's table (the hub
+        puts ``sources[N]`` before it) for what only the role, the source's
+        policy or its built topic tells.
+        """
+        _check_source(self.subject, self.stream, self.durable, self.stream_subjects, at="transport.")
+        if self.jetstream:
+            if source.queue.policy is not OverflowPolicy.BACK_PRESSURE:
+                raise ConfigError(
+                    "policy", f"a JetStream source must use back_pressure (a shed record could never be acknowledged), got {source.queue.policy.value}"
+                )
+            _check_durable_topic(source.topic)
         self._source = source
         self.topic = source.topic.name
         _register_metrics(source.metrics)
@@ -526,7 +647,12 @@ class NatsTransport:
             self._greenlets.append(gevent.spawn(self._sink_loop, handler))
 
     def attach_sink(self, topic: str, metrics: Metrics) -> None:
-        """The sink's topic labels this transport's series (:class:`~gauss.protocols.SinkAwareTransport`)."""
+        """The sink's topic labels this transport's series (:class:`~gauss.protocols.SinkAwareTransport`).
+
+        Raises :class:`ConfigError` at a key of the sink's table for what
+        only the role tells (a wildcard subject, a durable consumer).
+        """
+        _check_sink(self.subject, self.durable, topic, at="transport.")
         self.topic = topic
         _register_metrics(metrics)
 
@@ -653,9 +779,7 @@ class NatsTransport:
         config = nats.js.api.ConsumerConfig(
             ack_policy=nats.js.api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s, max_ack_pending=self.max_ack_pending
         )
-        psub = await self._retrying(
-            "consumer", lambda: js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream, config=config)
-        )
+        psub = await self._retrying("consumer", lambda: self._subscribe_durable(js, config))
         if psub is None:
             return
         created = info.created.isoformat() if info.created is not None else ""
@@ -699,6 +823,52 @@ class NatsTransport:
             delay = self.reconnect_min
             if msgs:
                 self._hand_over(msgs)
+
+    async def _subscribe_durable(self, js: Any, config: Any) -> Any:
+        """The pull subscription of ``durable``: created when missing, moved to ``subject`` when it filters another.
+
+        nats-py binds an existing consumer as it is: a durable made for an
+        earlier ``subject`` would go on reading that one, silently. nats-server
+        (2.9.10 included) changes a durable's filter subject in place; it then
+        goes on from the stream sequence it had reached. Should a server
+        refuse, a warning names both filters, once, and the durable reads its
+        old one.
+        """
+        import nats.js.errors
+
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            info = None
+        if info is not None:
+            old = info.config.filter_subject or ", ".join(info.config.filter_subjects or ())
+            if old != self.subject:
+                await self._refilter(js, info, old or "(every subject of the stream)")
+        return await js.pull_subscribe(self.subject, durable=self.durable, stream=self.stream, config=config)
+
+    async def _refilter(self, js: Any, info: Any, old: str) -> None:
+        import nats.js.errors
+
+        try:
+            config = info.config.evolve(filter_subject=self.subject)
+            if config.filter_subjects:  # several filters (nats-server 2.10): the one subject replaces them
+                config = config.evolve(filter_subjects=None)
+            await js.add_consumer(self.stream, config=config)
+        except nats.js.errors.APIError as exc:
+            if not self._refilter_warned:
+                self._refilter_warned = True
+                BUS.post(
+                    log.warning, "%s: durable %s filters %s, not %s, and the server refused to change it (%s): it reads %s; "
+                    "delete the consumer, or give the source another durable, to read %s",
+                    self.description, self.durable, old, self.subject, exc, old, self.subject,
+                )  # fmt: skip
+            return
+        reached = int(info.delivered.stream_seq or 0) if info.delivered else 0
+        BUS.post(
+            log.warning, "%s: durable %s filtered %s: changed to %s; it goes on after stream sequence %d "
+            "(earlier messages of %s are not delivered)",
+            self.description, self.durable, old, self.subject, reached, self.subject,
+        )  # fmt: skip
 
     async def _recover_unacknowledged(self, js: Any) -> None:
         """Hand over, in stream order, every message of ``subject`` delivered but not acknowledged yet.

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import gevent
 import pytest
 from support import wait_until
 
 from gauss.core import TopicRecord
-from gauss.errors import UnknownTopic
+from gauss.errors import ConfigError, UnknownTopic
 from gauss.hub import Hub
+from gauss.registry import PluginConfig
 
 STORE = {"type": "support.plugins:ListStorage"}
 
@@ -101,3 +103,44 @@ def test_status_line_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     hub.publish("t", records(10))
     wait_until(lambda: any("status: t" in r.message for r in caplog.records), what="a status line")
     hub.stop()
+
+
+class VolatileRefusingConfig(PluginConfig, frozen=True):
+    pass
+
+
+class VolatileRefusingTransport:
+    """A source transport that refuses a topic whose built storage is not durable (as a JetStream source does)."""
+
+    Config = VolatileRefusingConfig
+    description = "volatile-refusing"
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    @classmethod
+    def from_config(cls, config: VolatileRefusingConfig) -> VolatileRefusingTransport:
+        return cls()
+
+    def attach_source(self, source: Any) -> None:
+        if not source.topic.storage.durable:
+            raise ConfigError("transport.durable", f"topic {source.topic.name!r} is not durable")
+
+    def serve(self, handler: Callable[[Any], None]) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_source_refused_once_built_names_its_position(tmp_path: Path) -> None:
+    """What only a built topic tells (its storage's ``durable``) is a config error at ``sources[N]``, and nothing is left running."""
+    transport = {"type": f"{__name__}:VolatileRefusingTransport"}
+    config = {
+        "hub": {"status_interval": 0},
+        "topics": [{"name": "kept", "storage": {"type": "file", "dir": str(tmp_path)}}, {"name": "volatile", "storage": STORE}],
+        "sources": [{"topic": "kept", "transport": transport}, {"topic": "volatile", "transport": transport}],
+    }
+    hub = Hub.from_config(config)
+    with pytest.raises(ConfigError, match=r"^sources\[1\]\.transport\.durable: topic 'volatile' is not durable$"):
+        hub.start()
+    assert len(hub.sources) == 1 and hub.sources[0].transport.closed  # type: ignore[attr-defined]

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gevent
+import nats.js.errors
+import nats.js.manager
 import pytest
+import support.plugins
 from gauss_plugins.transport import nats as bus
-from gauss_plugins.transport.nats import fnv1a_32, shard_of, subject_token
+from gauss_plugins.transport.nats import fnv1a_32, shard_of, subject_covers, subject_token
 from prometheus_client.parser import text_string_to_metric_families
 from support import wait_until
 from support.nats import BusClient, NatsServer, quote_messages
@@ -25,6 +29,16 @@ from gauss.registry import create
 from gauss.wire import WireFormat
 
 START = 1_732_406_400_000
+DURABLE_LIST = {"type": "support.plugins:ListStorage", "durable": True}
+"""A durable topic storage (SPEC section 7: a JetStream source needs one, or a journal)."""
+
+
+@pytest.fixture(autouse=True)
+def fresh_durable_lists() -> Iterator[None]:
+    """A durable ListStorage keeps its records by topic name across hubs: each test starts without any."""
+    support.plugins._DURABLE.clear()
+    yield
+    support.plugins._DURABLE.clear()
 
 
 def source_table(server: NatsServer, tmp_path: Path, **transport: Any) -> dict[str, Any]:
@@ -33,10 +47,11 @@ def source_table(server: NatsServer, tmp_path: Path, **transport: Any) -> dict[s
     return table
 
 
-def quote_hub(tmp_path: Path, transport: dict[str, Any], storage: Any = "memory", **source: Any) -> Hub:
+def quote_hub(tmp_path: Path, transport: dict[str, Any], storage: Any = DURABLE_LIST, journal: Any = None, **source: Any) -> Hub:
+    topic = {"name": "quotes.raw", "format": "quote", "storage": storage, **({"journal": journal} if journal else {})}
     config = {
         "hub": {"status_interval": 0},
-        "topics": [{"name": "quotes.raw", "format": "quote", "storage": storage}],
+        "topics": [topic],
         "sources": [{"topic": "quotes.raw", "transport": transport, "max_future_ms": False, **source}],
     }
     hub = Hub.from_config(config, base_dir=tmp_path)
@@ -95,6 +110,15 @@ def test_subject_token_escapes_only_what_a_subject_cannot_carry() -> None:
     assert subject_token("") == "_"
 
 
+def test_subject_covers_follows_the_nats_wildcards() -> None:
+    covered = [("q.>", "q.a"), ("q.>", "q.a.*"), ("q.>", "q.>"), (">", "a.b"), ("q.*", "q.a"), ("q.*", "q.*"),
+               ("q.*.*", "q.0.*"), ("q.a", "q.a"), ("q.*.b", "q.a.b")]  # fmt: skip
+    not_covered = [("q.*", "q.>"), ("q.*", "q.a.b"), ("q.>", "q"), ("q.a", "q.*"), ("q.a", "q.b"), ("q.*.b", "q.a.*"),
+                   ("ct.*", "zz.*"), ("q.a.b", "q.a")]  # fmt: skip
+    assert [pair for pair in covered if not subject_covers(*pair)] == []
+    assert [pair for pair in not_covered if subject_covers(*pair)] == []
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
@@ -107,6 +131,20 @@ def test_subject_token_escapes_only_what_a_subject_cannot_carry() -> None:
         ({"subject": "q.>", "url": "tls://:4222"}, "url: has no host"),
         ({"subject": "q.>", "url": "nats://a:4222,nats://b:4222"}, "url: must be one server URL"),
         ({"subject": "q.>", "stream": "Q", "durable": "a.b"}, "durable: must not contain"),
+        ({"subject": "q.>", "stream": "Q", "durable": "a/b"}, "durable: must not contain"),
+        ({"subject": "q.>", "stream": "C.T", "durable": "d"}, r"stream: must not contain '\.', '\*', '>', '/', '\\', white space or control characters \(a JetStream name\), got 'C.T'"),
+        ({"subject": "q", "stream": "Q T"}, "stream: must not contain"),
+        ({"subject": "q", "stream": "a\\b"}, "stream: must not contain"),
+        ({"subject": "q", "stream": "Q>"}, "stream: must not contain"),
+        ({"subject": "zz.*", "stream": "Q", "durable": "d", "stream_subjects": ["ct.*", "q.>"]},
+         r"subject: 'zz\.\*' is not within stream_subjects \(ct\.\*, q\.>\): the stream would not hold its messages"),
+        ({"subject": "q.>", "stream": "Q", "durable": "d", "stream_subjects": ["q.*"]}, r"subject: 'q\.>' is not within stream_subjects"),
+        ({"subject": "q.{symbol}"}, r"subject: unknown placeholder \{symbol\}: a sink's subject may name \{topic\}, \{key\}, \{shard\}"),
+        ({"subject": "q.{key}", "stream": "Q", "durable": "d"},
+         r"subject: a source's subject takes no placeholders \(\{key\} is for a sink's subject; a sink takes no 'durable'\)"),
+        ({"subject": "q..a"}, "subject: must not have an empty token"),
+        ({"subject": "q."}, "subject: must not have an empty token"),
+        ({"subject": "q.>.a"}, "subject: '>' may only be the last token"),
         ({}, r"subject: missing \(required\)"),
         ({"subject": "q a"}, "subject: must not contain white space"),
         ({"subject": "q", "shard": 2}, "shard: unknown option"),
@@ -153,9 +191,106 @@ def test_options_reach_the_transport(tmp_path: Path) -> None:
     assert create("transport", {"type": "nats", "subject": "q", "stream_subjects": ["a", "b"]}).stream_subjects == ["a", "b"]
 
 
+def test_subjects_within_stream_subjects_and_sink_templates_are_accepted() -> None:
+    durable = {"type": "nats", "stream": "Q", "durable": "d"}
+    assert create("transport", {**durable, "subject": "q.0.*", "stream_subjects": ["x.>", "q.*.*"]}).subject == "q.0.*"
+    assert create("transport", {**durable, "subject": "q.a", "stream_subjects": ["q.>"]}).subject == "q.a"
+    assert create("transport", {"type": "nats", "subject": "gauss.{topic}.{shard}.{key}", "stream": "GAUSS"}).stream == "GAUSS"
+
+
 def test_a_jetstream_source_refuses_a_shedding_queue(nats_server: NatsServer, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="back_pressure"):
+    with pytest.raises(ConfigError, match=r"^sources\[0\]\.policy: a JetStream source must use back_pressure .*, got drop$"):
         quote_hub(tmp_path, source_table(nats_server, tmp_path), policy="drop")
+
+
+@pytest.mark.parametrize(
+    ("storage", "journal", "refused"),
+    [
+        ("memory", None, r"its 'memory' storage is not durable and it has no journal"),
+        # a storage's durability is the built instance's: this class has no ``durable`` until it is made
+        ({"type": "support.plugins:ListStorage"}, None, r"its 'support.plugins:ListStorage' storage is not durable and it has no journal"),
+        ("memory", {"type": "raw-file", "path": "ticks"}, None),
+        (DURABLE_LIST, None, None),
+    ],
+)
+def test_a_jetstream_source_needs_a_durable_topic(
+    nats_server: NatsServer, tmp_path: Path, storage: Any, journal: Any, refused: str | None
+) -> None:
+    """SPEC section 7: a message is acknowledged once its records are durable in the topic, so a volatile topic is refused."""
+    table = source_table(nats_server, tmp_path)
+    if refused is not None:
+        with pytest.raises(ConfigError, match=rf"^sources\[0\]\.transport\.durable: topic 'quotes.raw' is not durable \({refused}\): .* give the topic a journal or a durable storage$"):
+            quote_hub(tmp_path, table, storage=storage, journal=journal)
+        return
+    hub = quote_hub(tmp_path, table, storage=storage, journal=journal)
+    try:
+        with BusClient(nats_server.url) as client:
+            wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
+    finally:
+        hub.stop()
+
+
+@pytest.mark.parametrize(
+    ("transport", "message"),
+    [
+        ({"subject": "q.>", "stream": "Q"}, r"^sources\[0\]\.transport\.stream: a source reads a stream only through a durable consumer: give 'durable' too"),
+        ({"subject": "q.{key}"}, r"^sources\[0\]\.transport\.subject: a source's subject takes no placeholders \(\{key\} is for a sink's subject\), got 'q.\{key\}'$"),
+        ({"subject": "q.{topic}.x"}, r"^sources\[0\]\.transport\.subject: a source's subject takes no placeholders \(\{topic\}"),
+    ],
+)
+def test_what_a_source_refuses_names_its_key(nats_server: NatsServer, tmp_path: Path, transport: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        quote_hub(tmp_path, {"type": "nats", "url": nats_server.url, **transport})
+
+
+@pytest.mark.parametrize(
+    ("transport", "message"),
+    [
+        ({"subject": "gauss.*"}, r"^sinks\[0\]\.transport\.subject: the sink of topic 't' publishes to its subject: a wildcard token \('\*'\) only subscribes; got 'gauss\.\*'$"),
+        ({"subject": "gauss.{key}.>"}, r"^sinks\[0\]\.transport\.subject: the sink of topic 't' publishes to its subject: a wildcard token \('>'\)"),
+        ({"subject": "gauss.all", "stream": "G", "durable": "d"}, r"^sinks\[0\]\.transport\.durable: the sink of topic 't' publishes: only a source reads through a durable consumer"),
+    ],
+)
+def test_what_a_sink_refuses_names_its_key(nats_server: NatsServer, tmp_path: Path, transport: dict[str, Any], message: str) -> None:
+    config = {
+        "hub": {"status_interval": 0},
+        "topics": [{"name": "t", "storage": "memory"}],
+        "sinks": [{"topic": "t", "transport": {"type": "nats", "url": nats_server.url, **transport}}],
+    }
+    hub = Hub.from_config(config, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        hub.start()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (  # finding 1: memory storage and no journal; acknowledged, then lost on SIGKILL
+            '[[sources]]\ntopic = "q"\npolicy = "back_pressure"\n'
+            'transport = { type = "nats", url = "URL", subject = "q.*", stream = "Q", durable = "d" }\n',
+            r"sources[0].transport.durable: topic 'q' is not durable (its 'memory' storage is not durable and it has no journal)",
+        ),
+        (
+            '[[sources]]\ntopic = "q"\npolicy = "drop"\n'
+            'transport = { type = "nats", url = "URL", subject = "q.*", stream = "Q", durable = "d" }\n',
+            "sources[0].policy: a JetStream source must use back_pressure",
+        ),
+        (
+            '[[sources]]\ntopic = "q"\ntransport = { type = "nats", url = "URL", subject = "q.*", stream = "Q" }\n',
+            "sources[0].transport.stream: a source reads a stream only through a durable consumer",
+        ),
+        (
+            '[[sinks]]\ntopic = "q"\ntransport = { type = "nats", url = "URL", subject = "q.*" }\n',
+            "sinks[0].transport.subject: the sink of topic 'q' publishes to its subject: a wildcard token ('*') only subscribes",
+        ),
+    ],
+)
+def test_gauss_serve_exits_2_for_what_only_the_built_hub_tells(nats_server: NatsServer, tmp_path: Path, body: str, message: str) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[hub]\nstatus_interval = 0\n[[topics]]\nname = "q"\nstorage = "memory"\n' + body.replace("URL", nats_server.url))
+    result = subprocess.run([*serve_command(), "--config", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"gauss-serve: {config}: {message}" in result.stderr
 
 
 # --- sinks: subjects and the server's partition() -------------------------------------------
@@ -261,7 +396,7 @@ def test_jetstream_source_stores_each_message_once_and_acks_after_storage(nats_s
     symbols = [f"S{i}" for i in range(5)]
     sent = quotes_for(symbols, 2000)
     with BusClient(nats_server.url) as client:
-        hub = quote_hub(tmp_path, source_table(nats_server, tmp_path, reconnect_max=0.2), storage="support.plugins:ListStorage")
+        hub = quote_hub(tmp_path, source_table(nats_server, tmp_path, reconnect_max=0.2))
         try:
             wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
             storage = hub.registry.get("quotes.raw").storage
@@ -289,7 +424,7 @@ def test_redeliveries_after_a_crash_are_not_stored_twice(nats_server: NatsServer
     symbols = [f"S{i}" for i in range(4)]
     sent = quotes_for(symbols, 1200)
     table = source_table(nats_server, tmp_path, ack_wait_s=1.0)
-    storage = {"type": "support.plugins:ListStorage", "durable": True}
+    storage = DURABLE_LIST
     with BusClient(nats_server.url) as client:
         monkeypatch.setattr(bus.NatsTransport, "_ack", lambda self, msgs, nak: None)  # every ack lost
         hub = quote_hub(tmp_path, table, storage=storage)
@@ -322,6 +457,65 @@ def test_redeliveries_after_a_crash_are_not_stored_twice(nats_server: NatsServer
         assert [r.ts_ms for r in records if r.key == symbol] == [q["ts_ms"] for q in sent if q["symbol"] == symbol]
     assert first_skipped > 0
     assert skipped == 120
+
+
+def test_a_durable_made_for_another_subject_is_moved_to_the_new_one(
+    nats_server: NatsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nats-server 2.9.10 changes a durable's filter subject in place: the source reads its new subject, not the old one."""
+    first = source_table(nats_server, tmp_path, subject="q.a.*", stream_subjects=["q.>"])
+    with BusClient(nats_server.url) as client:
+        hub = quote_hub(tmp_path, first)
+        try:
+            wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
+            client.publish(quote_messages(quotes_for(["A"], 10), 10, "q.a"), stream_ack=True)
+            wait_until(lambda: hub.registry.get("quotes.raw").last_seq == 10, what="the q.a quotes")
+        finally:
+            hub.stop()
+        assert client.consumer_info("Q", "d1").config.filter_subject == "q.a.*"
+        caplog.set_level(logging.WARNING, logger=bus.__name__)
+        hub = quote_hub(tmp_path, {**first, "subject": "q.b.*"})
+        try:
+            wait_until(lambda: client.consumer_info("Q", "d1").config.filter_subject == "q.b.*", what="the filter moved")
+            later = [quote(q["symbol"], q["bid"], q["ask"], q["ts_ms"] + 100) for q in quotes_for(["A"], 5)]
+            client.publish(quote_messages(later, 5, "q.a") + quote_messages(quotes_for(["B"], 10), 10, "q.b"), stream_ack=True)
+            wait_until(lambda: hub.registry.get("quotes.raw").last_seq == 20, what="the q.b quotes")
+            wait_until(lambda: client.consumer_info("Q", "d1").num_ack_pending == 0, what="acknowledged")
+            gevent.sleep(0.3)  # a q.a quote would have come with them
+            records = stored(hub)
+        finally:
+            hub.stop()
+    assert [r.key for r in records] == ["A"] * 10 + ["B"] * 10
+    moved = [r.getMessage() for r in caplog.records if "changed to" in r.getMessage()]
+    assert len(moved) == 1 and "durable d1 filtered q.a.*: changed to q.b.*; it goes on after stream sequence 1" in moved[0]
+
+
+def test_a_durable_the_server_will_not_move_is_named_in_one_warning(
+    nats_server: NatsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = source_table(nats_server, tmp_path, subject="q.a.*", stream_subjects=["q.>"])
+    with BusClient(nats_server.url) as client:
+        hub = quote_hub(tmp_path, first)
+        try:
+            wait_until(stream_ready(client, "Q", "d1"), what="stream and consumer")
+        finally:
+            hub.stop()
+
+    async def refuse(self: Any, stream: str, config: Any = None, **params: Any) -> Any:
+        raise nats.js.errors.BadRequestError(code=400, err_code=10012, description="filter subject can not be updated")
+
+    monkeypatch.setattr(nats.js.manager.JetStreamManager, "add_consumer", refuse)
+    caplog.set_level(logging.WARNING, logger=bus.__name__)
+    hub = quote_hub(tmp_path, {**first, "subject": "q.b.*"})
+    try:
+        wait_until(lambda: any("refused" in r.getMessage() for r in caplog.records), what="the warning")
+        with BusClient(nats_server.url) as client:
+            assert client.consumer_info("Q", "d1").config.filter_subject == "q.a.*"
+    finally:
+        hub.stop()
+    warned = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert "durable d1 filters q.a.*, not q.b.*, and the server refused to change it" in warned[0].getMessage()
 
 
 def test_bus_connected_metric_follows_the_server_and_the_source_reconnects(nats_server: NatsServer, tmp_path: Path) -> None:
