@@ -12,14 +12,22 @@ must arrive within ``request_timeout_s``, an idle keep-alive connection is
 closed after ``keepalive_s``, and a write the client does not take within
 ``write_timeout_s`` cuts it off. Connection slots are
 :class:`gauss.http.limits.ConnectionTable`'s: the accept loop never stops.
+
+Stopping (SPEC section 3) closes at once every connection waiting for its
+next request with none of it received (a browser's kept-alive one); a
+request in progress is answered, with ``Connection: close``, within the
+stop's timeout.
 """
 
 from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import gevent
@@ -72,6 +80,14 @@ MAX_REQUEST_BODY = 65_536
 """The largest request body read (and thrown away: no route takes one); a larger one is a 413."""
 
 
+def _unread_bytes(sock: socket.socket) -> int:
+    """Bytes the kernel holds for ``sock`` not read yet (0 when it cannot tell); never waits."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)))[0])
+    except (OSError, ValueError):  # closed
+        return 0
+
+
 def _declared_body(environ: Mapping[str, Any]) -> int:
     """The request body's declared length (0 when none or not a number: gevent refuses those itself)."""
     value = environ.get("CONTENT_LENGTH") or ""
@@ -106,7 +122,10 @@ class _Handler(WebSocketHandler):
     SUPPORTED_VERSIONS = (WS_VERSION,)
     ignored_socket_errors = WSGIHandler.ignored_socket_errors + (errno.ETIMEDOUT,)
     evicted = False
+    stopped = False
+    """True once the server's stop closed this connection while it waited for a request."""
     provided_content_length: str | bool | None  # set by start_response (gevent, gevent-websocket)
+    response_headers: list[tuple[bytes, bytes]]  # set by start_response, latin-1
     _head_timer: gevent.Timeout | None = None
     _served = 0
 
@@ -144,14 +163,36 @@ class _Handler(WebSocketHandler):
             except OSError:
                 pass
 
+    def close_for_stop(self) -> None:
+        """The server stops: end this connection's wait for a request, unless one is arriving.
+
+        Only for a connection in :meth:`_next_request` (none of its next request
+        received): bytes in the kernel are a request that came before the stop,
+        answered with ``Connection: close``.
+        """
+        sock = getattr(self, "socket", None)
+        if sock is None or _unread_bytes(sock):
+            return
+        self.stopped = True
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # its peek returns b"" at once
+        except OSError:
+            pass
+
     def handle_one_request(self) -> Any:
         api = self.server.api
         options = api.options
+        if self._served and api.stopping:
+            return None  # the answer just sent was this connection's last
         api.connections.idle(self)
         if self._served and not self._await_request(options.keepalive_s):
             return None
         timer = self._head_timer = gevent.Timeout.start_new(options.request_timeout_s)
         try:
+            # The first request's first byte is waited for under the head's clock, as before,
+            # but where a stop can see that nothing of a request has come (a browser's preconnect).
+            if not self._served and not self._next_request():
+                return None
             result = super().handle_one_request()
         except gevent.Timeout as fired:
             if fired is not timer:
@@ -172,16 +213,28 @@ class _Handler(WebSocketHandler):
         """Wait up to ``seconds`` for the next request's first byte on a kept-alive connection."""
         timer = gevent.Timeout.start_new(seconds)
         try:
-            return bool(self.rfile.peek(1))
+            return self._next_request()
         except gevent.Timeout as fired:
             if fired is not timer:
                 raise
             self.server.api.metrics.http_timeouts.labels("keepalive").inc()
             return False
+        finally:
+            timer.close()
+
+    def _next_request(self) -> bool:
+        """Wait for the next request's first byte (False: the connection ended, or the server stops)."""
+        api = self.server.api
+        if api.stopping and not _unread_bytes(self.socket):
+            return False
+        waiting = api.waiting
+        waiting.add(self)
+        try:
+            return bool(self.rfile.peek(1)) and not self.stopped
         except (OSError, ValueError):  # reset, or the file was closed by an eviction
             return False
         finally:
-            timer.close()
+            waiting.discard(self)
 
     def get_environ(self) -> dict[str, Any]:
         # The head is in: the application's time is not the head's, and a
@@ -289,6 +342,11 @@ class _Handler(WebSocketHandler):
             # encoding, whose last chunk the client would read as the next answer.
             self.provided_content_length = ""  # neither header
         super().finalize_headers()
+        if self.server.api.stopping and not self.connection_upgraded:
+            # The server stops: this answer is the connection's last, and says so.
+            self.close_connection = True
+            headers = [item for item in self.response_headers if item[0].lower() != b"connection"]
+            self.response_headers = [*headers, (b"Connection", b"close")]
 
     def log_request(self) -> None:
         if access_log.isEnabledFor(logging.DEBUG):
@@ -338,6 +396,10 @@ class ApiServer:
         self.metrics.watch(self.connections, self.budget)
         self.app = create_app(hub, options, self.metrics, budget=self.budget)
         self._sessions: set[WebSocketSession] = set()
+        self.stopping = False
+        """True from :meth:`stop` on: no new requests, no keep-alive."""
+        self.waiting: set[_Handler] = set()
+        """Connections waiting for their next request, none of it received."""
         self._server = _Server(
             (bind, port),
             self._dispatch,
@@ -372,7 +434,15 @@ class ApiServer:
         log.info("API on http://%s:%d (REST /api, WebSocket /ws, /metrics); %s", host, port, auth)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close every WebSocket (close code 1001), then stop the HTTP server."""
+        """Stop accepting, close idle connections and WebSockets (1001), let requests finish within ``timeout``.
+
+        A connection waiting for its next request would otherwise hold the stop
+        for the whole ``timeout`` (gevent waits for every connection's greenlet).
+        """
+        self.stopping = True
+        self._server.close()  # stop accepting
+        for handler in list(self.waiting):
+            handler.close_for_stop()
         for session in list(self._sessions):
             session.close(code=1001)
         self._server.stop(timeout=timeout)
@@ -433,6 +503,8 @@ class ApiServer:
             budget=self.budget, share=environ.get(SHARE_KEY), idle=idle,
         )  # fmt: skip
         self._sessions.add(session)
+        if self.stopping:  # upgraded after stop() closed the others
+            session.close(code=1001)
         try:
             session.run()
         finally:

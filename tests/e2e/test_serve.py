@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -113,3 +115,26 @@ def test_bad_config_exits_2_naming_file_key_and_reason(tmp_path: Path) -> None:
     result = subprocess.run([*serve_command(), "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert f"{config}: sources[0].framing.type: unknown framing 'line'" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX system")
+def test_sigterm_with_an_idle_keepalive_connection_exits_0_at_once(tmp_path: Path) -> None:
+    ports = [free_port() for _ in range(3)]
+    server = Server(write_config(tmp_path, *ports))  # shutdown_timeout: the default 5 s
+    conn = http.client.HTTPConnection("127.0.0.1", ports[2], timeout=10)
+    try:
+        conn.request("GET", "/api/health")  # a dashboard's browser holds such a connection
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200 and response.getheader("Connection") is None
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            code = server.proc.wait(timeout=30)
+        finally:
+            took = time.monotonic() - started
+    finally:
+        conn.close()
+        rc = server.terminate()  # the process is gone already: closes its log
+    assert code == 0 and rc == 0, server.output()
+    assert took < 2.0, f"SIGTERM to exit took {took:.2f} s with an idle keep-alive connection"
