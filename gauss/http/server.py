@@ -43,6 +43,7 @@ from gauss.http.metrics import ApiMetrics
 from gauss.http.middleware import bearer_token, header, query_param, token_matches
 from gauss.http.options import ApiOptions
 from gauss.http.ws import WebSocketSession
+from gauss.listening import listen
 from gauss.ratelimit import RateLimitedLog
 
 if TYPE_CHECKING:
@@ -75,6 +76,9 @@ _BAD_REQUEST = _error_response(b"400 Bad Request", "malformed HTTP request")
 # gevent's own 414 has an empty body; its limit counts the line with its CRLF.
 _REQUEST_LINE_TOO_LONG = _error_response(b"414 URI Too Long", f"request line too long (limit {MAX_REQUEST_LINE} bytes)")
 
+
+_BACKLOG = 128
+"""The listen() backlog (gevent's StreamServer default)."""
 
 MAX_REQUEST_BODY = 65_536
 """The largest request body read (and thrown away: no route takes one); a larger one is a 413."""
@@ -420,7 +424,10 @@ class ApiServer:
         return str(host), int(port)
 
     def start(self) -> None:
-        """Bind and serve (raises OSError when the address is taken)."""
+        """Bind and serve (an address in use or not local: ConfigError at ``api.port``)."""
+        bind, port = self._server.address
+        # Bound here, not by gevent, whose listener leaks its socket when the bind fails.
+        self._server.set_listener(listen(bind, port, _BACKLOG, key="api.port"))
         self._server.start()
         host, port = self.address
         token = self.options.token

@@ -33,6 +33,7 @@ import gevent.socket
 import msgspec
 
 from gauss.errors import ConfigError
+from gauss.listening import listen
 from gauss.ratelimit import RateLimitedLog
 from gauss.registry import PluginConfig, check_bind
 
@@ -273,18 +274,10 @@ class TcpServer:
         return self._connections.ended
 
     def serve(self, handler: Handler) -> None:
-        """Bind and listen now (raises OSError, e.g. port in use), accept in a greenlet."""
+        """Bind and listen now (an address in use or not local: ConfigError at transport.port), accept in a greenlet."""
         if self._listener is not None:
             raise RuntimeError(f"{self.description} is serving already")
-        family = _stdsocket.AF_INET6 if ":" in self.bind else _stdsocket.AF_INET
-        listener = gevent.socket.socket(family, _stdsocket.SOCK_STREAM)
-        try:
-            listener.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_REUSEADDR, 1)
-            listener.bind((self.bind, self.port))
-            listener.listen(self.backlog)
-        except OSError:
-            listener.close()
-            raise
+        listener = listen(self.bind, self.port, self.backlog, key="transport.port")
         self.port = listener.getsockname()[1]
         self._listener = listener
         self._acceptor = gevent.spawn(self._accept, handler)

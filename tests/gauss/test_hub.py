@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -144,3 +145,25 @@ def test_a_source_refused_once_built_names_its_position(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^sources\[1\]\.transport\.durable: topic 'volatile' is not durable$"):
         hub.start()
     assert len(hub.sources) == 1 and hub.sources[0].transport.closed  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("where", ["sources", "sinks", "api"])
+def test_a_port_another_process_holds_is_a_config_error_naming_its_key(where: str) -> None:
+    """It was an OSError ('cannot start: [Errno 98] Address already in use', exit 1) naming no key."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        listener = {"type": "tcp-server", "port": port}
+        config: dict[str, Any] = {"hub": {"status_interval": 0}, "topics": [{"name": "t", "storage": STORE}]}
+        if where == "api":
+            config["api"] = {"port": port}
+            key = "api.port"
+        else:
+            config[where] = [{"topic": "t", "transport": listener}]
+            key = f"{where}[0].transport.port"
+        hub = Hub.from_config(config)
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: cannot listen on 127.0.0.1:{port}: Address already in use"):
+            hub.start()

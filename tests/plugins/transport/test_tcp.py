@@ -177,12 +177,15 @@ def test_connection_churn_is_not_logged_per_connection(caplog: pytest.LogCapture
     assert [r.message for r in caplog.records if r.levelno >= logging.INFO] == []
 
 
-def test_port_in_use_fails_at_serve() -> None:
+def test_port_in_use_fails_at_serve_naming_the_port_key() -> None:
     server = TcpServer("127.0.0.1", 0)
     server.serve(echo)
+    port = server.address[1]
     try:
-        with pytest.raises(OSError):
-            TcpServer("127.0.0.1", server.address[1]).serve(echo)
+        with pytest.raises(ConfigError, match=rf"^transport.port: cannot listen on 127.0.0.1:{port}: Address already in use"):
+            TcpServer("127.0.0.1", port).serve(echo)
+        with pytest.raises(ConfigError, match=r"^transport.port: cannot listen on 192.0.2.1:"):  # not an address of this machine
+            TcpServer("192.0.2.1", 0).serve(echo)
     finally:
         server.close()
 
