@@ -218,6 +218,7 @@ def test_with_a_token_the_prompt_refuses_a_wrong_token_and_the_right_one_shows_t
     assert _text(page, "#token-message") == "That token was refused."
     assert page.page.is_visible("#token-dialog")
     assert page.bars() == []
+    assert page.page.evaluate("() => sessionStorage.getItem('gauss.token')") is None, "a refused token is not kept"
     page.screenshot("10-token-refused")
 
     page.page.fill("#token-input", TOKEN)
@@ -233,6 +234,13 @@ def test_with_a_token_the_prompt_refuses_a_wrong_token_and_the_right_one_shows_t
     page.wait(f"d.bars()[d.bars().length - 1].high === {_mid(higher)!r}", timeout_s=2.0)
     page.screenshot("11-token-accepted")
     assert all("401" in e for e in page.console_errors), page.console_errors
+
+    # A token the server no longer takes (kept from before, say): refused, prompted for, and dropped.
+    page.page.evaluate("() => sessionStorage.setItem('gauss.token', 'stale-token')")
+    page.page.reload()
+    page.page.wait_for_selector("#token-message:not([hidden])", timeout=10_000)
+    assert _text(page, "#token-message") == "That token was refused."
+    assert page.page.evaluate("() => sessionStorage.getItem('gauss.token')") is None
 
 
 def test_the_chart_keeps_at_most_max_bars_the_newest_ones(
@@ -277,3 +285,133 @@ def test_the_chart_keeps_at_most_max_bars_the_newest_ones(
     assert result["length"] <= max_bars + 20 and result["volumes"] == result["length"]
     assert result["last"] == 1700000000 + result["lastIndex"]
     assert result["first"] == result["last"] - result["length"] + 1, "the oldest bars went, the newest stayed"
+
+
+# --- audit findings (issue 15, second audit) ------------------------------------------------------
+
+_EMPTY_ON_TOP = """() => {
+    const el = document.getElementById("chart-empty");
+    if (el.hidden) return false;
+    const r = el.getBoundingClientRect();
+    if (!r.width || !r.height) return false;
+    const top = document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2);
+    return top !== null && (top === el || el.contains(top));
+}"""
+
+
+def _empty_shown(page: Page) -> bool:
+    """``#chart-empty`` shown and on top: what the browser hits at its centre is the message, not the chart's canvas."""
+    return bool(page.page.evaluate(_EMPTY_ON_TOP))
+
+
+def _empty_hidden(page: Page) -> bool:
+    return bool(page.page.evaluate("() => document.getElementById('chart-empty').hidden")) and not page.page.is_visible(
+        "#chart-empty"
+    )
+
+
+def _options(page: Page, selector: str) -> list[str]:
+    return page.page.eval_on_selector_all(f"{selector} option", "els => els.map(e => e.value)")  # type: ignore[no-any-return]
+
+
+def test_without_candles_the_empty_message_is_on_top_of_the_chart_and_goes_with_the_first_bar(
+    make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
+) -> None:
+    dashboard = make_dashboard()
+    page = open_page(dashboard.base + "/")
+    page.wait("d.view().topic === 'ohlc.1m'")
+    wait_until(lambda: _empty_shown(page), timeout=5, what="'No candles yet' shown above the chart")
+    page.screenshot("12-no-candles")
+
+    start = _minute_start(3)
+    dashboard.feed(history(["EURUSD"], start, 3))
+    page.wait("d.view().key === 'EURUSD' && d.bars().length === 3", timeout_s=10)  # the next refresh finds it
+    wait_until(lambda: _empty_hidden(page), timeout=2, what="the message hidden once there are bars")
+    assert page.console_errors == [] and page.failed_requests == []
+
+
+def test_a_link_to_a_symbol_the_server_does_not_hold_yet_keeps_it_and_shows_its_first_candle(
+    make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
+) -> None:
+    dashboard = make_dashboard()
+    dashboard.feed([quote("USDJPY", 101.0, _minute_start(1))])
+    wait_until(lambda: len(dashboard.candles("ohlc.1m", "USDJPY")) == 1, what="USDJPY stored")
+    page = open_page(dashboard.base + "/#ohlc.1m/EURUSD")
+    page.wait("d.status().loads > 0")
+    assert page.call("view()") == {"topic": "ohlc.1m", "key": "EURUSD"}
+    assert page.page.url.endswith("/#ohlc.1m/EURUSD"), page.page.url
+    assert _options(page, "#symbol") == ["EURUSD", "USDJPY"]
+    assert page.page.input_value("#symbol") == "EURUSD"
+    wait_until(lambda: _empty_shown(page), timeout=5, what="the empty message for the linked symbol")
+    time.sleep(3.5)  # a refresh of the pickers (every 3 s) keeps the link too
+    assert page.page.url.endswith("/#ohlc.1m/EURUSD") and page.page.input_value("#symbol") == "EURUSD"
+    page.screenshot("13-linked-symbol-not-yet-held")
+
+    start = _minute_start(2)
+    dashboard.feed(history(["EURUSD"], start, 2))
+    wait_until(lambda: len(dashboard.candles("ohlc.1m", "EURUSD")) == 2, what="EURUSD stored")
+    _shows_rest_candles(page, dashboard, "ohlc.1m", "EURUSD")
+    wait_until(lambda: _empty_hidden(page), timeout=2, what="the message hidden once EURUSD has bars")
+    assert page.page.url.endswith("/#ohlc.1m/EURUSD"), page.page.url
+    assert page.call("view()") == {"topic": "ohlc.1m", "key": "EURUSD"}
+
+    # The user's own picker change is what rewrites the hash.
+    page.page.select_option("#symbol", "USDJPY")
+    page.wait("d.view().key === 'USDJPY' && d.bars().length === 1")
+    assert page.page.url.endswith("/#ohlc.1m/USDJPY")
+    assert page.console_errors == [] and page.failed_requests == []
+
+
+def test_a_new_epoch_without_data_shows_the_empty_message_and_clears_the_ticker(
+    make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
+) -> None:
+    dashboard, start = _fed(make_dashboard, minutes=3, candle_storage='type = "memory", capacity = 10000')
+    page = open_page(dashboard.base + "/#ohlc.1m/EURUSD")
+    page.wait("d.status().ws === 'open' && d.status().epoch && d.bars().length === 3 && d.quote()")
+    assert _text(page, "#ticker-bid") != "–"
+    epoch = page.call("status()")["epoch"]
+
+    dashboard.stop()  # memory quotes and candles: gone; nothing is fed after the restart
+    page.wait("d.status().ws !== 'open'", timeout_s=10)
+    dashboard.start()
+    page.wait("d.status().connects >= 2 && d.status().epoch !== " + repr(epoch), timeout_s=15)
+    page.wait("d.bars().length === 0 && d.quote() === null", timeout_s=5)
+    wait_until(lambda: _empty_shown(page), timeout=5, what="the empty message after the reset")
+    assert [_text(page, f"#ticker-{k}") for k in ("bid", "ask", "spread")] == ["–", "–", "–"]
+    time.sleep(3.5)  # a refresh of the pickers: the server holds no symbol, the page keeps its own
+    assert _options(page, "#symbol") == ["EURUSD"] and page.page.input_value("#symbol") == "EURUSD"
+    assert page.page.url.endswith("/#ohlc.1m/EURUSD")
+    page.screenshot("14-new-epoch-no-data")
+
+    fresh = quote("EURUSD", 1.25, _minute_start(0) + 1_000)
+    dashboard.feed([fresh])
+    page.wait(f"d.bars().length === 1 && d.quote() && d.quote().ts_ms === {fresh['ts_ms']}", timeout_s=5)
+    wait_until(lambda: _empty_hidden(page), timeout=2, what="the message hidden with the first bar")
+    assert _text(page, "#ticker-bid") == f"{fresh['bid']:.5f}"
+
+
+def test_small_prices_keep_their_significant_digits_in_the_ticker_and_on_the_price_axis(
+    make_dashboard: Callable[..., Dashboard], open_page: Callable[[str], Page]
+) -> None:
+    dashboard = make_dashboard()
+    ts = _minute_start(1)
+    shib = [
+        {**quote("SHIBUSD", 0, ts + i), "bid": 0.00001234 + i * 1e-8, "ask": 0.00001240 + i * 1e-8} for i in range(3)
+    ]
+    dashboard.feed([*shib, quote("EURUSD", 1.08501, ts + 10)])
+    wait_until(lambda: len(dashboard.candles("ohlc.1m", "SHIBUSD")) == 1, what="SHIBUSD stored")
+    page = open_page(dashboard.base + "/#ohlc.1m/SHIBUSD")
+    page.wait(f"d.bars().length === 1 && d.quote() && d.quote().ts_ms === {ts + 2}")
+    shown = [_text(page, f"#ticker-{k}") for k in ("bid", "ask", "spread")]
+    assert shown == ["0.000012360", "0.000012420", "0.000000060"]
+    # The chart's price axis formats with the same digits (its series' own formatter).
+    assert page.call("priceFormat()") == {"type": "price", "precision": 9, "minMove": 1e-9}
+    assert page.call("formatPrice(0.00001234)") == "0.000012340"
+    page.screenshot("15-small-prices")
+
+    page.page.select_option("#symbol", "EURUSD")  # normal FX: five decimals, as before
+    page.wait("d.view().key === 'EURUSD' && d.bars().length === 1 && d.quote() !== null")
+    assert [_text(page, f"#ticker-{k}") for k in ("bid", "ask", "spread")] == ["1.08491", "1.08511", "0.00020"]
+    assert page.call("priceFormat()") == {"type": "price", "precision": 5, "minMove": 1e-5}
+    assert page.call("formatPrice(1.08501)") == "1.08501"
+    assert page.console_errors == [] and page.failed_requests == []

@@ -2,7 +2,7 @@
 // table and health. The view lives in the URL hash: /#ohlc.1m/EURUSD.
 
 import { AuthRequired, getJSON, getText, setToken, token, topicCounters, topicPath, wsURL } from "./api.js";
-import { CandleChart } from "./chart.js";
+import { CandleChart, MAX_DIGITS, priceDigits } from "./chart.js";
 import { Live } from "./live.js";
 
 const REFRESH_MS = 3000;
@@ -21,6 +21,8 @@ const state = {
   candleSub: null,
   quoteSub: null,
   quote: null,
+  quotePushes: 0, // quotes received over /ws: a re-read of the newest quote started before one is stale
+  loading: false, // the view's history is on its way (the empty message waits for it)
   loads: 0,
   ws: "closed",
   rates: new Map(),
@@ -43,6 +45,8 @@ window.gaussDashboard = Object.freeze({
   volumes: () => chart.volumes(),
   view: () => ({ topic: state.topic, key: state.key }),
   quote: () => (state.quote ? { ...state.quote } : null),
+  priceFormat: () => chart.priceFormat(),
+  formatPrice: (price) => chart.formatPrice(price),
   status: () => ({
     ws: state.ws,
     connects: live.connects,
@@ -109,6 +113,11 @@ function fmt(value, digits) {
   return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "–";
 }
 
+/** "No candles yet" over the chart while the view has no bar (and its history is not on its way). */
+function renderEmpty() {
+  $("chart-empty").hidden = state.loading || chart.size > 0;
+}
+
 // --- the token prompt -------------------------------------------------------------------------
 
 function askForToken(message) {
@@ -135,7 +144,10 @@ $("token-dialog").addEventListener("cancel", (event) => event.preventDefault());
 
 function handleFailure(exc) {
   if (exc instanceof AuthRequired) {
-    askForToken(token() ? "That token was refused." : "");
+    if (state.authNeeded) return; // the prompt is up already (another request of the same round)
+    const refused = Boolean(token());
+    setToken(""); // a refused token is not kept, not even in this tab
+    askForToken(refused ? "That token was refused." : "");
     return;
   }
   showError(exc.message);
@@ -153,12 +165,24 @@ async function loadView() {
   renderQuote();
   chart.clear();
   $("chart-title").textContent = key ? `${key} · ${topic}` : topic || "";
-  $("chart-empty").hidden = Boolean(key);
+  state.loading = Boolean(topic && key);
+  renderEmpty();
   if (!topic || !key) return;
 
-  const answer = await getJSON(topicPath(topic, "", { key, limit: HISTORY_LIMIT }));
+  let answer;
+  try {
+    answer = await getJSON(topicPath(topic, "", { key, limit: HISTORY_LIMIT }));
+  } catch (exc) {
+    if (view === state.view) {
+      state.loading = false;
+      renderEmpty();
+    }
+    throw exc;
+  }
   if (view !== state.view) return;
+  state.loading = false;
   chart.setHistory(answer.records.map((r) => r.data));
+  renderEmpty();
   state.loads += 1;
   const lastSeq = answer.records.reduce((m, r) => Math.max(m, r.seq ?? 0), 0);
   state.candleSub = live.subscribe({
@@ -168,9 +192,12 @@ async function loadView() {
     sinceSeq: lastSeq,
     onRecords: (records) => {
       for (const r of records) chart.apply(r.data);
-      $("chart-empty").hidden = true;
+      renderEmpty();
     },
-    onReset: () => chart.clear(), // the replay that follows brings every bar back
+    onReset: () => {
+      chart.clear(); // the replay that follows brings back every bar the server holds
+      renderEmpty(); // and while it holds none, the page says so
+    },
     onGap: () => {
       // Candle versions this page missed: reload the history rather than guess.
       if (view === state.view) loadView().catch(handleFailure);
@@ -179,11 +206,14 @@ async function loadView() {
   });
   if (state.topics.some((t) => t.name === QUOTES_TOPIC)) {
     // The newest quote from REST, then every change over /ws (conflated: a ticker needs only the last).
+    // After a reconnect the server's newest quote replaces the one shown, even an older one or none
+    // (a restarted memory topic no longer holds it), unless a push came meanwhile: that one is newer.
     const latestQuote = async () => {
+      const pushes = state.quotePushes;
       const latest = await getJSON(topicPath(QUOTES_TOPIC, "/latest", { key }));
-      if (view !== state.view || !latest.records.length) return;
-      const q = latest.records[0].data;
-      if (!state.quote || q.ts_ms >= state.quote.ts_ms) {
+      if (view !== state.view) return;
+      const q = latest.records.length ? latest.records[0].data : null;
+      if (state.quotePushes === pushes || (q && (!state.quote || q.ts_ms >= state.quote.ts_ms))) {
         state.quote = q;
         renderQuote();
       }
@@ -195,6 +225,7 @@ async function loadView() {
       key,
       policy: "conflate",
       onRecords: (records) => {
+        state.quotePushes += 1;
         state.quote = records[records.length - 1].data;
         renderQuote();
       },
@@ -207,12 +238,14 @@ async function loadView() {
 function renderQuote() {
   const q = state.quote;
   $("ticker-symbol").textContent = state.key || "–";
-  const digits = q ? Math.max(chart.precision ?? 5, 2) : 5;
+  // The instrument's digits from its own price (1.08501, 201.502, 0.000012340), as on the chart's axis.
+  const digits = q ? priceDigits((q.bid + q.ask) / 2 || q.bid || q.ask) : 5;
   $("ticker-bid").textContent = fmt(q?.bid, digits);
   $("ticker-ask").textContent = fmt(q?.ask, digits);
   const spread = q ? q.ask - q.bid : NaN;
   // A spread finer than the price's digits (0.0002 on a 200.000 symbol) keeps two significant digits.
-  const spreadDigits = spread > 0 && spread < 10 ** -digits ? Math.min(10, Math.ceil(-Math.log10(spread)) + 1) : digits;
+  const spreadDigits =
+    spread > 0 && spread < 10 ** -digits ? Math.min(MAX_DIGITS + 2, Math.ceil(-Math.log10(spread)) + 1) : digits;
   $("ticker-spread").textContent = fmt(spread, spreadDigits);
   $("ticker-time").textContent = q ? new Date(q.ts_ms).toISOString().slice(11, 23) + " UTC" : "";
 }
@@ -222,16 +255,24 @@ async function symbols(topic) {
   return keys.map((k) => k.key).sort();
 }
 
+/** The symbol picker lists the server's symbols and the chosen one, held yet or not (a link to it, a reset). */
 function fillPickers(topics, names) {
   fillSelect($("timeframe"), topics, state.topic, (t) => t.replace(/^ohlc\./, ""));
-  fillSelect($("symbol"), names, state.key);
+  const listed = state.key && !names.includes(state.key) ? [...names, state.key].sort() : names;
+  fillSelect($("symbol"), listed, state.key);
 }
 
+/**
+ * Show `topic` / `key`. A key given (by a link, the URL or the picker) is kept even when the server
+ * holds none of its candles yet: the view waits for its first one. Only what is missing is chosen
+ * here (no key: the first symbol; a timeframe the server has not: ohlc.1m, else the shortest), and
+ * the hash then says what is shown.
+ */
 async function chooseView(topic, key) {
   const topics = candleTopics();
   state.topic = topics.includes(topic) ? topic : topics.includes("ohlc.1m") ? "ohlc.1m" : topics[0] || null;
   const names = await symbols(state.topic);
-  state.key = names.includes(key) ? key : names[0] || null;
+  state.key = key || names[0] || null;
   fillPickers(topics, names);
   if (state.topic) writeHash();
   await loadView();

@@ -9,11 +9,25 @@ const UP = "#26a69a";
 export const MAX_BARS = 20000;
 const DOWN = "#ef5350";
 
-function precisionFor(price) {
-  if (!(price > 0)) return 2;
-  if (price < 10) return 5;
-  if (price < 1000) return 3;
-  return 2;
+/** Most decimals a price gets (a price below 1e-5 keeps fewer than five significant digits). */
+export const MAX_DIGITS = 10;
+
+/**
+ * Decimals for an instrument priced about `price`: 2 from 1,000, 3 from 10, 5 from 1 (FX: 1.08501),
+ * and below 1 enough for five significant digits after the leading zeros (0.000012340), at most MAX_DIGITS.
+ */
+export function priceDigits(price) {
+  const p = Math.abs(price);
+  if (!(p > 0) || !Number.isFinite(p)) return 2;
+  if (p >= 1000) return 2;
+  if (p >= 10) return 3;
+  if (p >= 1) return 5;
+  return Math.min(MAX_DIGITS, Math.max(5, Math.floor(-Math.log10(p)) + 5));
+}
+
+/** 10^-digits as the nearest double ("1e-5"; 10 ** -5 is 0.000009999999999999999, which the axis would show). */
+function step(digits) {
+  return Number(`1e-${digits}`);
 }
 
 export class CandleChart {
@@ -57,11 +71,28 @@ export class CandleChart {
     return { time: candle.ts_ms / 1000, value: candle.ticks, color: candle.close >= candle.open ? UP + "80" : DOWN + "80" };
   }
 
+  /** The price axis's format from a price of the instrument: its digits, and a move of one in the last. */
   setPrecision(price) {
-    const precision = precisionFor(price);
+    const precision = priceDigits(price);
     if (precision === this.precision) return;
     this.precision = precision;
-    this.candles.applyOptions({ priceFormat: { type: "price", precision, minMove: 10 ** -precision } });
+    this.candles.applyOptions({ priceFormat: { type: "price", precision, minMove: step(precision) } });
+  }
+
+  /** The candlestick series' price format ({type, precision, minMove}). */
+  priceFormat() {
+    const { type, precision, minMove } = this.candles.options().priceFormat;
+    return { type, precision, minMove };
+  }
+
+  /** `price` as the price axis labels it. */
+  formatPrice(price) {
+    return this.candles.priceFormatter().format(price);
+  }
+
+  /** How many bars the chart holds. */
+  get size() {
+    return this.byTime.size;
   }
 
   /** Replace everything with `candles` (payloads, any order; the newest maxBars). */
