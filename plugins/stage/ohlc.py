@@ -59,6 +59,8 @@ DEFAULT_TIMEFRAMES = ["1s", "5s", "1m", "5m", "15m", "1h", "4h", "1d"]
 DEFAULT_MAX_KEYS = 10_000
 _REPLAY_BATCH = 10_000
 _EVICTED_MEMORY = 10
+_EVICT_SLICE = 250
+"""Evicted symbols whose open candles are published together (at most this times the timeframes a publish)."""
 """Evicted symbols remembered for seeding, in multiples of ``max_keys`` (the oldest are forgotten first)."""
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -369,11 +371,12 @@ class OhlcProcessor:
         remembered.update(dict.fromkeys(evicted))
         while len(remembered) > _EVICTED_MEMORY * self.max_keys:
             remembered.popitem(last=False)
-        unpublished: list[KernelCandle] = []
-        for key in evicted:
-            unpublished += self._aggregator.take_open(key)
-            self._aggregator.forget(key)
-        self._publish_candles(unpublished, context)
+        for first in range(0, excess, _EVICT_SLICE):  # the context yields between publishes: no long hold
+            unpublished: list[KernelCandle] = []
+            for key in evicted[first : first + _EVICT_SLICE]:
+                unpublished += self._aggregator.take_open(key)
+                self._aggregator.forget(key)
+            self._publish_candles(unpublished, context)
         self.evicted_keys += excess
         self._evict_log(
             "ohlc: more than max_keys=%d symbols; evicted the %d idle longest (%d so far)", self.max_keys, excess, self.evicted_keys

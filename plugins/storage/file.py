@@ -95,7 +95,7 @@ _MTIME_SLACK_NS = 2_000_000_000
 """Files modified up to this long before the meta file was last written are read after a crash too (timestamp granularity, clock slew)."""
 _INDEX_CHUNK = 128
 _GROUP_CHUNK = 4096
-_INLINE_KEYS = 256
+_INLINE_KEYS = 32
 """A batch over more keys than this does its file system calls in the thread pool."""
 
 

@@ -334,3 +334,36 @@ def test_a_quote_batch_numbered_elsewhere_is_renumbered_by_the_topic_it_is_publi
         assert published is not None and [r.seq for r in published.records] == ([1, 2] if not owned else [3, 4])
     assert [r.seq for r in answer] == [1, 3]  # the caller's batch is left as it was
     assert [(r.key, r.seq) for r in copy.query(TopicQuery()).records] == [("A", 1), ("A", 3), ("A", 2), ("A", 4)]
+
+
+def test_a_processors_large_publish_goes_in_slices_and_lets_the_loop_run() -> None:
+    """The candles of thousands of evicted symbols in one publish held the loop for seconds (issue 11: 100,000 symbols)."""
+    from gauss.topics import PUBLISH_SLICE_RECORDS
+
+    class SizeRecording(ListStorage):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sizes: list[int] = []
+
+        def append(self, records: Any) -> None:
+            self.sizes.append(len(records))
+            super().append(records)
+
+    storage = SizeRecording()
+    registry = TopicRegistry()
+    registry.create("candles", storage=storage)
+    ticks: list[int] = []
+
+    def other_greenlet() -> None:
+        while True:
+            ticks.append(len(storage.records))
+            gevent.sleep(0)
+
+    other = gevent.spawn(other_greenlet)
+    gevent.sleep(0)
+    records = [TopicRecord(1_000 + i, f"K{i}", {"i": i}) for i in range(2 * PUBLISH_SLICE_RECORDS + 7)]
+    registry.publish("candles", records)
+    other.kill()
+    assert storage.sizes == [PUBLISH_SLICE_RECORDS, PUBLISH_SLICE_RECORDS, 7]
+    assert [r.seq for r in storage.records] == list(range(1, len(records) + 1))
+    assert {PUBLISH_SLICE_RECORDS, 2 * PUBLISH_SLICE_RECORDS} <= set(ticks), "the other greenlet ran between the slices"
