@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Iterator, Mapping, Sequence
 
 import falcon
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,7 +25,7 @@ from gauss.http.metrics import ApiMetrics
 from gauss.http.middleware import AuthMiddleware, CorsMiddleware, MetricsMiddleware
 from gauss.http.options import ApiOptions
 from gauss.ratelimit import RateLimitedLog
-from gauss.records import TopicQuery
+from gauss.records import KeyInfo, TopicQuery
 
 if TYPE_CHECKING:
     from gauss.hub import Hub
@@ -70,7 +70,7 @@ def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics, *, budget: In
     app.add_route("/api/health", Health())
     app.add_route("/api/topics", TopicList(hub))
     app.add_route("/api/topics/{name}", TopicRecords(hub, budget))
-    app.add_route("/api/topics/{name}/keys", TopicKeys(hub))
+    app.add_route("/api/topics/{name}/keys", TopicKeys(hub, budget))
     app.add_route("/api/topics/{name}/latest", TopicLatest(hub, budget))
     app.add_route("/metrics", MetricsExposition(hub))
     app.add_route("/ws", WebSocketOnly())
@@ -249,14 +249,43 @@ class TopicRecords(_RecordsResource):
         self.charged_answer(req, resp, name, query.limit, fetch, lambda: {"truncated": truncated})
 
 
-class TopicKeys(_TopicResource):
-    """``GET /api/topics/{name}/keys``: the keys a topic holds."""
+KEY_ENTRY_BYTES = 256
+"""What one key of a ``/keys`` answer holds while it is served (its KeyInfo, dict and JSON), for the in-flight budget."""
+
+_KEY_CHUNK = 2_000
+"""Keys written to the answer at once."""
+
+
+class TopicKeys(_RecordsResource):
+    """``GET /api/topics/{name}/keys``: the keys a topic holds.
+
+    A topic of 300,000 keys answers ~20 MB: the answer holds its bytes of the
+    in-flight budget (503 when there is no room) and is written and sent in
+    chunks, so clients that ask and never read cannot pile up memory or
+    hold the loop (issue 11).
+    """
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         checked_params(req, ())
-        keys = self.topic(name).keys()
-        resp.data = dumps([{"key": k.key, "records": k.records, "last_ts_ms": k.last_ts_ms} for k in keys])
+        topic = self.topic(name)
+        budget = self._budget
+        charge = budget.admit(req.env.get(SHARE_KEY) or Share(), KEY_ENTRY_BYTES * _KEY_CHUNK)
+        try:
+            keys = topic.keys()
+            charge.resize(KEY_ENTRY_BYTES * len(keys))
+        except BaseException:
+            charge.close()
+            raise
         resp.content_type = falcon.MEDIA_JSON
+        resp.stream = ChargedStream(_key_chunks(keys), charge)
+
+
+def _key_chunks(keys: Sequence[KeyInfo]) -> Iterator[bytes]:
+    yield b"["
+    for start in range(0, len(keys), _KEY_CHUNK):
+        entries = [{"key": k.key, "records": k.records, "last_ts_ms": k.last_ts_ms} for k in keys[start : start + _KEY_CHUNK]]
+        yield (b"," if start else b"") + dumps(entries)[1:-1]
+    yield b"]"
 
 
 class TopicLatest(_RecordsResource):

@@ -237,6 +237,23 @@ def test_beyond_max_inflight_bytes_a_request_waits_then_gets_503(make_api: Calla
     ws.close()
 
 
+def test_a_keys_answer_holds_its_bytes_of_the_budget_and_a_second_one_waits_then_gets_503(make_api: Callable[..., Api]) -> None:
+    """/keys of a topic with many keys was built whole, outside the budget: 20 clients that never read stalled the loop 12 s."""
+    from gauss.http.app import KEY_ENTRY_BYTES
+
+    api = make_api(max_inflight_bytes=1 << 20, inflight_wait_s=0.3, write_timeout_s=2.0)
+    api.hub.publish("quotes", quotes(200_000, symbols=tuple(f"S{i:06d}" for i in range(200_000))))
+    _never_reading(api, "/api/topics/quotes/keys")  # 200,000 keys, ~11 MB: admitted alone, larger than the budget
+    wait_for(lambda: api.server.budget.held >= 200_000 * KEY_ENTRY_BYTES, what="the keys answer in flight")
+    refused = api.get("/api/topics/quotes/keys")
+    assert refused.status_code == 503 and "in flight" in refused.json()["error"]
+    assert health_seconds(api) < 1.0
+    wait_for(lambda: api.server.budget.held == 0, timeout=15, what="the hog to be cut off")
+    keys = api.get("/api/topics/quotes/keys").json()
+    assert len(keys) == 200_000 and keys[0] == {"key": "S000000", "records": 1, "last_ts_ms": keys[0]["last_ts_ms"]}
+    assert [k["key"] for k in keys] == sorted(k["key"] for k in keys)
+
+
 def test_a_waiting_request_is_served_when_room_comes_back_in_time(make_api: Callable[..., Api]) -> None:
     api = make_api(max_inflight_bytes=1 << 20, inflight_wait_s=10.0)
     api.hub.publish("quotes", quotes(20_000))
