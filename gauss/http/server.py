@@ -83,6 +83,9 @@ _BACKLOG = 128
 MAX_REQUEST_BODY = 65_536
 """The largest request body read (and thrown away: no route takes one); a larger one is a 413."""
 
+_REFUSED_BODY_LINGER_S = 1.0
+"""How long the body of a 413 is read and thrown away before the connection closes."""
+
 
 def _unread_bytes(sock: socket.socket) -> int:
     """Bytes the kernel holds for ``sock`` not read yet (0 when it cannot tell); never waits."""
@@ -264,24 +267,28 @@ class _Handler(WebSocketHandler):
         self.response_length += len(data)
 
     def run_application(self) -> Any:
+        linger = self.server.api.options.request_timeout_s
         try:
             if _declared_body(self.environ) > MAX_REQUEST_BODY:
                 self._refuse_body()
+                linger = min(linger, _REFUSED_BODY_LINGER_S)
             elif self.environ.get("PATH_INFO") == WS_PATH and self.server.api.ws_allowed(self.environ):
                 super().run_application()
             else:
                 WSGIHandler.run_application(self)
         finally:
-            self._discard_body()
+            self._discard_body(linger)
 
-    def _discard_body(self) -> None:
-        """Read what is left of the request body within ``request_timeout_s``.
+    def _discard_body(self, seconds: float) -> None:
+        """Read what is left of the request body within ``seconds``.
 
         gevent does it next, with no time limit: a client sending its body
         slowly (or never) held the connection. Cut off, the connection closes;
-        its read side is shut, so gevent's own discard ends at once.
+        its read side is shut, so gevent's own discard ends at once. A refused
+        body gets only a short linger, for the client to read its 413 before
+        the close (closing on unread bytes would reset the connection).
         """
-        timer = gevent.Timeout.start_new(self.server.api.options.request_timeout_s)
+        timer = gevent.Timeout.start_new(seconds)
         try:
             self.wsgi_input._discard()
         except gevent.Timeout as fired:

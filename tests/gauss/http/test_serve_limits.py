@@ -443,6 +443,13 @@ def test_a_request_body_is_bounded_in_size_and_in_time(serve: Callable[..., Serv
     answer = raw_answer(port, b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n\r\n")
     assert_json_error(answer, 413, "request body over 65536 bytes")
     assert answer[1].get("connection") == "close" and time.monotonic() - started < 0.5
+    served_long = serve(request_timeout_s=10.0)
+    with socket.create_connection(("127.0.0.1", served_long.api_port), timeout=20) as sock, sock.makefile("rb") as reader:
+        sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999\r\n\r\n")
+        assert read_answer(reader)[0].startswith("HTTP/1.1 413 ")
+        started = time.monotonic()
+        assert reader.read() == b""  # the 413 says Connection: close, and it closes: not after request_timeout_s (10 s)
+        assert time.monotonic() - started < 3.0
     small = b"POST /api/topics HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
     assert_json_error(raw_answer(port, small), 405)  # a small body is read and thrown away, as before
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, sock.makefile("rb") as reader:
