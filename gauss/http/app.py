@@ -74,7 +74,7 @@ def create_app(hub: Hub, options: ApiOptions, metrics: ApiMetrics, *, budget: In
     app.add_route("/api/topics/{name}/latest", TopicLatest(hub, budget))
     app.add_route("/metrics", MetricsExposition(hub))
     app.add_route("/ws", WebSocketOnly())
-    add_dashboard_routes(app)  # GET / and /static/*: SPEC section 8
+    add_dashboard_routes(app, token_required=options.token is not None)  # GET / and /static/*: SPEC section 8
     return app
 
 

@@ -112,11 +112,23 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
+TOKEN_META = b'<meta name="gauss-auth" content="token">'
+"""Put in the page's head when the API takes a token: the page asks for one before its first request.
+
+Otherwise its first request would be the one to find out, with a 401 that
+the browser logs as a console error (SPEC section 8: no console error).
+"""
+
+
 class Dashboard:
     """``GET /`` (and ``/index.html``): the page; open without a token, it asks for one itself."""
 
-    def __init__(self, files: Mapping[str, StaticFile]) -> None:
-        self._page = files[STATIC_PREFIX + "index.html"]
+    def __init__(self, files: Mapping[str, StaticFile], *, token_required: bool = False) -> None:
+        page = files[STATIC_PREFIX + "index.html"]
+        if token_required:
+            body = page.body.replace(b'<meta charset="utf-8">', b'<meta charset="utf-8">\n  ' + TOKEN_META, 1)
+            page = StaticFile(body, page.content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+        self._page = page
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         _serve(req, resp, self._page)
@@ -139,10 +151,10 @@ class StaticFiles:
     on_head = on_get
 
 
-def add_dashboard_routes(app: falcon.App, directory: Path = STATIC_DIR) -> None:
-    """Route the page and its static files on ``app``."""
+def add_dashboard_routes(app: falcon.App, directory: Path = STATIC_DIR, *, token_required: bool = False) -> None:
+    """Route the page and its static files on ``app`` (``token_required``: the API takes a token)."""
     files = load_static(directory)
-    page = Dashboard(files)
+    page = Dashboard(files, token_required=token_required)
     for route in DASHBOARD_ROUTES:
         app.add_route(route, page)
     app.add_route(STATIC_PREFIX + "{path:path}", StaticFiles(files))

@@ -210,6 +210,8 @@ def test_with_a_token_the_prompt_refuses_a_wrong_token_and_the_right_one_shows_t
     page.page.wait_for_selector("#token-dialog[open]", timeout=10_000)
     assert page.call("status()")["authNeeded"] is True
     assert page.bars() == []
+    # The page says the API takes a token: the prompt comes before any request is refused.
+    assert page.console_errors == [] and page.failed_requests == [], (page.console_errors, page.failed_requests)
     page.screenshot("09-token-prompt")
 
     page.page.fill("#token-input", "wrong-token")

@@ -131,6 +131,18 @@ def test_page_and_static_files_stay_open_with_a_token_but_data_does_not(make_api
     assert locked.get("/staticx").status_code == 401
 
 
+def test_with_a_token_the_page_says_so_in_its_head_and_has_its_own_etag(api: Api, make_api: Callable[..., Api]) -> None:
+    """So the page asks for the token before its first request, instead of learning it from a 401 (a console error)."""
+    from gauss.http.dashboard import TOKEN_META
+
+    open_page = api.get("/")
+    locked_page = make_api(token="s3cret-token").get("/")
+    assert TOKEN_META not in open_page.content
+    assert locked_page.content.count(TOKEN_META) == 1
+    assert locked_page.content.replace(TOKEN_META, b"").replace(b"\n  \n", b"\n") == open_page.content
+    assert locked_page.headers["ETag"] != open_page.headers["ETag"]
+
+
 def test_vendored_chart_library_matches_its_manifest() -> None:
     manifest = json.loads((VENDOR / "MANIFEST.json").read_text())["lightweight-charts"]
     assert manifest["license"] == "Apache-2.0"

@@ -371,6 +371,12 @@ async function refresh() {
 
 let timer = null;
 async function start() {
+  // The server says in the page when its API takes a token: with none kept, ask first, so that no
+  // request is refused (the browser logs a 401 as a console error).
+  if (!token() && document.querySelector('meta[name="gauss-auth"]')?.content === "token") {
+    askForToken("");
+    return;
+  }
   try {
     await refreshHealth();
     await refreshTopics();
