@@ -223,7 +223,7 @@ class _RecordsResource(_TopicResource):
             records = fetch()
             charge.resize(budget.estimate(name, len(records)))
             parts = records_message_parts(
-                {"topic": name}, records, tail(), on_measure=budget.measured(charge, name, len(records))
+                {"topic": name}, records, tail(), on_measure=budget.measured(charge, name, records)
             )
         except BaseException:
             charge.close()

@@ -18,11 +18,12 @@ import socket
 import time
 import weakref
 from collections import deque
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sized
 
 import gevent
 import gevent.event
 
+from gauss.core import QuoteBatch
 from gauss.errors import GaussError
 
 __all__ = [
@@ -188,6 +189,9 @@ class InflightBudget:
     HOLD_FACTOR = 4
     """Bytes an answer holds per byte of its JSON: the record objects a storage builds for a query
     take ~3.5x their JSON (measured: tests/http/test_app.py), plus the chunk being written."""
+    COLUMN_HOLD_BYTES = 64
+    """What a quote of a columnar answer holds (a QuoteBatch gathered from the ring: 48 bytes of
+    columns, its symbol's pointer, its seq): no record objects, the JSON written a chunk at a time."""
 
     def __init__(
         self, max_bytes: int, per_connection: int, wait_s: float, *, on_refusal: Callable[[], Any] | None = None
@@ -198,17 +202,23 @@ class InflightBudget:
         self.held = 0
         self._on_refusal = on_refusal
         self._waiters: deque[gevent.event.Event] = deque()
-        self._record_bytes: dict[str, int] = {}
+        self._hold_bytes: dict[str, int] = {}
 
     def estimate(self, topic: str, records: int) -> int:
-        """Estimated bytes an answer of ``records`` records of ``topic`` holds (from its last answer's JSON)."""
-        return records * self._record_bytes.get(topic, self.DEFAULT_RECORD_BYTES) * self.HOLD_FACTOR
+        """Estimated bytes an answer of ``records`` records of ``topic`` holds (from its last answer)."""
+        return records * self._hold_bytes.get(topic, self.DEFAULT_RECORD_BYTES * self.HOLD_FACTOR)
 
-    def learn(self, topic: str, record_bytes: int) -> None:
-        """Remember the measured JSON bytes per record of ``topic``."""
-        if len(self._record_bytes) > 10_000:  # template topics: keep it bounded
-            self._record_bytes.clear()
-        self._record_bytes[topic] = max(1, record_bytes)
+    def learn(self, topic: str, record_bytes: int, *, columnar: bool = False) -> None:
+        """Remember what a record of ``topic``'s answers holds, from its measured JSON bytes.
+
+        ``columnar``: the answer was a QuoteBatch, whose quotes hold
+        :attr:`COLUMN_HOLD_BYTES` each whatever their JSON; charged like record
+        objects, one client that never read a 100,000-quote answer held 67 MB of
+        the budget and every other such answer got 503 until it was cut off.
+        """
+        if len(self._hold_bytes) > 10_000:  # template topics: keep it bounded
+            self._hold_bytes.clear()
+        self._hold_bytes[topic] = self.COLUMN_HOLD_BYTES if columnar else max(1, record_bytes) * self.HOLD_FACTOR
 
     def _fits(self, share: Share, nbytes: int) -> bool:
         if share.held and share.held + nbytes > self.per_connection:
@@ -241,12 +251,13 @@ class InflightBudget:
         self.held += nbytes
         return Charge(self, share, nbytes)
 
-    def measured(self, charge: Charge, topic: str, records: int) -> Callable[[int], None]:
-        """An ``on_measure`` for an answer of ``records`` records: learn the size, resize ``charge``."""
+    def measured(self, charge: Charge, topic: str, records: Sized) -> Callable[[int], None]:
+        """An ``on_measure`` for an answer of ``records``: learn what its records hold, resize ``charge``."""
+        columnar, count = isinstance(records, QuoteBatch), len(records)
 
         def on_measure(record_bytes: int) -> None:
-            self.learn(topic, record_bytes)
-            charge.resize(self.estimate(topic, records))
+            self.learn(topic, record_bytes, columnar=columnar)
+            charge.resize(self.estimate(topic, count))
 
         return on_measure
 

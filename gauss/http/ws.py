@@ -679,7 +679,7 @@ class WebSocketSession:
             del result
             charge.resize(self.budget.estimate(name, len(records)))
             head = self._answer_head("result", name, key, ident)
-            on_measure = self.budget.measured(charge, name, len(records))
+            on_measure = self.budget.measured(charge, name, records)
             self.send_parts(records_message_parts(head, records, {"truncated": truncated}, on_measure=on_measure))
 
     # --- slow clients ------------------------------------------------------------------------

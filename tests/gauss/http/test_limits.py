@@ -254,6 +254,24 @@ def test_a_keys_answer_holds_its_bytes_of_the_budget_and_a_second_one_waits_then
     assert [k["key"] for k in keys] == sorted(k["key"] for k in keys)
 
 
+def test_a_client_that_never_reads_a_columnar_answer_keeps_no_one_else_from_the_same_answer(make_api: Callable[..., Api]) -> None:
+    """Quotes answered from the ring hold ~64 bytes each (no record objects): charged 4x their JSON, one hog held 67 MB."""
+    from gauss.http.limits import InflightBudget
+
+    api = make_api(write_timeout_s=30.0)  # the default budget: 128 MiB, 32 MiB a connection
+    api.hub.publish("quotes", quotes(100_000))
+    assert len(api.get("/api/topics/quotes", params={"limit": 100_000}).json()["records"]) == 100_000  # measured once
+    _never_reading(api, "/api/topics/quotes?limit=100000")
+    wait_for(lambda: api.server.budget.held > 0, what="the hog's answer in flight")
+    assert api.server.budget.held <= 100_000 * InflightBudget.COLUMN_HOLD_BYTES
+    for _ in range(3):  # while the hog holds its answer, others get theirs at once
+        started = time.monotonic()
+        answer = api.get("/api/topics/quotes", params={"limit": 100_000})
+        assert answer.status_code == 200 and len(answer.json()["records"]) == 100_000
+        assert time.monotonic() - started < 10.0
+    assert metric(api, "gauss_http_inflight_refusals_total") == 0.0
+
+
 def test_a_waiting_request_is_served_when_room_comes_back_in_time(make_api: Callable[..., Api]) -> None:
     api = make_api(max_inflight_bytes=1 << 20, inflight_wait_s=10.0)
     api.hub.publish("quotes", quotes(20_000))
