@@ -117,8 +117,8 @@ class MemoryStorage:
         self._let_go_of_older()
 
     def _let_go_of_older(self) -> None:
-        """Drop each older ring whose records the rings after it have outnumbered ``capacity`` times over."""
-        rings = [*self._older, self._opened]
+        """Drop the older rings once the rings after them hold ``capacity`` records (one ring would have overwritten them)."""
+        rings = self._rings()
         after = 0
         for i in range(len(rings) - 1, 0, -1):
             after += len(rings[i])
