@@ -310,7 +310,7 @@ def test_sink_shard_subject_equals_the_server_partition(nats_server: NatsServer,
         hub = Hub.from_config(config, base_dir=tmp_path)
         hub.start()
         try:
-            wait_until(lambda: hub.sinks[0].transport.connected, what="sink connected")
+            wait_until(lambda: hub.sinks[0].transport.connected and hub.sinks[0].clients == 1, what="sink connected and subscribed")
             hub.publish("t", [TopicRecord(START, key, {"k": key}) for key in keys])
             wait_until(lambda: len(routed) == len(keys) and len(mapped) == len(keys), what="every key on both sides")
         finally:
@@ -334,7 +334,7 @@ def test_sink_routes_each_key_to_its_subject_in_order_several_records_a_message(
         hub = Hub.from_config(config, base_dir=tmp_path)
         hub.start()
         try:
-            wait_until(lambda: hub.sinks[0].transport.connected, what="sink connected")
+            wait_until(lambda: hub.sinks[0].transport.connected and hub.sinks[0].clients == 1, what="sink connected and subscribed")
             for batch in range(20):
                 hub.publish("ohlc.1m", [TopicRecord(START + batch * 100 + i, symbols[i % 4], {"symbol": symbols[i % 4], "n": batch * 100 + i}) for i in range(100)])
             wait_until(lambda: sum(data.count(b"\n") for _, data in got) == 2000, what="2000 records")
