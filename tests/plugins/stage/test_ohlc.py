@@ -252,6 +252,20 @@ def test_many_symbols_publish_grouped_per_timeframe(context: Any) -> None:
     assert len(context.records("ohlc.1s")) == 50
 
 
+def test_a_backlog_of_many_symbols_publishes_each_symbols_candles_together_in_time_order(context: Any) -> None:
+    """A storage stores a publish in slices and writes a key's records of a slice at once: interleaved, one write a candle."""
+    processor = OhlcProcessor(["1s", "5s"])
+    symbols = [f"S{i:03d}" for i in range(200)]
+    quotes = [quote(symbols[i % 200], 1_732_406_400_000 + i * 5, 1.0 + i % 7) for i in range(40_000)]  # each symbol's next quote 1 s later
+    processor.process("q", quotes, context)
+    for topic, batch in context.take():
+        runs = [key for i, key in enumerate(r.key for r in batch) if i == 0 or batch[i - 1].key != key]
+        assert len(runs) == len(set(runs)), f"{topic}: a symbol's candles are split across the batch"
+        for key in set(runs):
+            starts = [r.ts_ms for r in batch if r.key == key]
+            assert starts == sorted(starts) and len(starts) == len(set(starts))
+        assert len(batch) > len(symbols)  # a backlog: several closed candles a symbol
+
 class CandleContext:
     """A RecoveryContext over plain dicts: candle topics upsert by (key, ts_ms)."""
 
