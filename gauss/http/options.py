@@ -22,8 +22,13 @@ __all__ = ["ApiOptions", "TOKEN_ENV", "WS_POLICIES"]
 TOKEN_ENV = "GAUSS_API_TOKEN"
 """Environment variable that sets (and overrides) ``[api] token``."""
 
-WS_POLICIES = (OverflowPolicy.DROP, OverflowPolicy.DROP_OLDEST, OverflowPolicy.CONFLATE)
-"""Overflow policies a WebSocket client may choose (never ``back_pressure``: SPEC section 5)."""
+WS_POLICIES = (OverflowPolicy.DROP, OverflowPolicy.DROP_OLDEST, OverflowPolicy.CONFLATE, OverflowPolicy.BACK_PRESSURE)
+"""Overflow policies a WebSocket client may choose (SPEC section 5).
+
+A client never makes the publisher wait (a slow client never slows ingest):
+its ``back_pressure`` subscription gets every record with no gap, or, once
+its queue overflows, ends with an error naming the seq to resume from.
+"""
 
 _Timeout = Annotated[float, msgspec.Meta(ge=0.01)]
 

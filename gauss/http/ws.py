@@ -126,9 +126,12 @@ class _Pusher:
         since_seq: int | None,
         since_ts: int | None,
         ident: Any = _MISSING,
+        lossless: bool = False,
     ) -> None:
         self.session = session
         self.ident = ident
+        self.lossless = lossless
+        """``back_pressure``: the first live gap ends the subscription instead of being pushed."""
         self.topic = topic
         self.subscription = subscription
         self.key = subscription.key
@@ -187,10 +190,23 @@ class _Pusher:
                 before += 1
             if before:
                 self._send_batches(batches[:before])
+            if self.lossless:
+                self._fell_behind(gap)
+                return
             self._gap(gap)
             batches = batches[before:]
         if batches:
             self._send_batches(batches)
+
+    def _fell_behind(self, gap: Gap) -> None:
+        """A ``back_pressure`` client whose queue overflowed: end the subscription, say where to resume."""
+        resume = gap.from_seq - 1
+        self.session.end_subscription(
+            self,
+            f"policy back_pressure: the client fell behind (its queue of {self.subscription.capacity} records "
+            f"overflowed; {gap.dropped} records from seq {gap.from_seq} not sent): subscription ended; "
+            f"subscribe again with since_seq {resume} and epoch {self.topic.epoch!r} to resume",
+        )
 
     def _send_batches(self, batches: list[PublishedBatch]) -> None:
         if self.skip_through:
@@ -621,23 +637,27 @@ class WebSocketSession:
             policy = OverflowPolicy.parse(policy_name)
         except ValueError:
             policy = None
-        if policy not in WS_POLICIES:
+        if policy is None or policy not in WS_POLICIES:
             known = ", ".join(p.value for p in WS_POLICIES)
-            raise ClientError(f"policy: {policy_name!r} is not allowed for WebSocket clients; known: {known}")
+            raise ClientError(f"policy: unknown policy {policy_name!r}; known: {known}")
         since_seq = self._int_field(message, "since_seq", minimum=0)
         since_ts = self._int_field(message, "since_ts")
         epoch = message.get("epoch")
         if since_seq is not None and since_ts is not None:
             raise ClientError("since_seq: give since_seq or since_ts, not both")
-        if epoch is not None and (not isinstance(epoch, str) or since_seq is None):
-            raise ClientError("epoch: must be a string, given with since_seq")
+        if epoch is not None and not isinstance(epoch, str):
+            raise ClientError("epoch: must be a string")
+        if epoch is not None and since_seq is None:
+            raise ClientError("epoch: only with since_seq (the seq it belongs to)")
         if (name, key) in self._pushers:
             raise ClientError(f"topic: already subscribed to {name!r}" + (f" with key {key!r}" if key else ""))
         if len(self._pushers) >= self._options.max_ws_subscriptions:
             raise ClientError(f"topic: at most {self._options.max_ws_subscriptions} subscriptions per connection")
         topic = self._registry.get(name)
-        subscription = topic.subscribe(key=key, policy=policy, capacity=self._options.ws_queue_size, kind="ws")
-        pusher = _Pusher(self, topic, subscription, since_seq=since_seq, since_ts=since_ts, ident=ident)
+        lossless = policy is OverflowPolicy.BACK_PRESSURE
+        queue_policy = OverflowPolicy.DROP if lossless else policy  # the publisher never waits for a client
+        subscription = topic.subscribe(key=key, policy=queue_policy, capacity=self._options.ws_queue_size, kind="ws")
+        pusher = _Pusher(self, topic, subscription, since_seq=since_seq, since_ts=since_ts, ident=ident, lossless=lossless)
         self._pushers[(name, key)] = pusher
         try:
             if epoch is not None and epoch != topic.epoch:

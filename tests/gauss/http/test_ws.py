@@ -107,11 +107,12 @@ def test_query_follows_the_rest_rules(api: Api) -> None:
         ({"action": "subscribe", "topic": "nope"}, "unknown topic 'nope'"),
         ({"action": "subscribe"}, "topic:"),
         ({"action": "subscribe", "topic": "quotes", "key": 5}, "key:"),
-        ({"action": "subscribe", "topic": "quotes", "policy": "back_pressure"}, "policy:"),
         ({"action": "subscribe", "topic": "quotes", "policy": "sometimes"}, "policy:"),
         ({"action": "subscribe", "topic": "quotes", "since_seq": -1}, "since_seq:"),
         ({"action": "subscribe", "topic": "quotes", "since_seq": 1, "since_ts": 1}, "since_seq:"),
-        ({"action": "subscribe", "topic": "quotes", "epoch": "abc"}, "epoch:"),
+        ({"action": "subscribe", "topic": "quotes", "epoch": "abc"}, "epoch: only with since_seq"),
+        ({"action": "subscribe", "topic": "quotes", "key": "EURUSD", "epoch": "abc", "id": 2}, "epoch: only with since_seq"),
+        ({"action": "subscribe", "topic": "quotes", "since_seq": 1, "epoch": 5, "id": "e"}, "epoch: must be a string"),
         ({"action": "subscribe", "topic": "quotes", "sinse_seq": 1}, "sinse_seq: unknown field"),
         ({"action": "unsubscribe", "topic": "quotes"}, "not subscribed"),
         ({"action": "query", "topic": "quotes", "limit": 0}, "limit:"),
@@ -185,6 +186,28 @@ def test_gap_message_comes_before_the_records_drop_oldest_kept(make_api: Callabl
     api.hub.publish("quotes", quotes(200))  # one batch: the oldest 150 are shed
     assert ws.recv() == {"type": "gap", "topic": "quotes", "dropped": 150, "from_seq": 1, "to_seq": 150}
     assert seqs(ws.recv()["records"]) == list(range(151, 201))
+    ws.close()
+
+
+def test_back_pressure_client_gets_every_record_or_a_resume_point_never_a_gap(make_api: Callable[..., Api]) -> None:
+    """A client cannot make the publisher wait: an overflow ends its subscription, naming the seq to resume from."""
+    api = make_api(ws_queue_size=50)
+    ws = api.ws()
+    epoch = api.hub.topic("quotes").epoch
+    assert ws.request({"action": "subscribe", "topic": "quotes", "policy": "back_pressure", "id": "bp"})["type"] == "subscribed"
+    api.hub.publish("quotes", quotes(30))
+    assert seqs(ws.recv()["records"]) == list(range(1, 31))
+    for n, start in ((30, 30), (40, 60), (100, 100)):  # before the client's greenlet runs: 50 fit, 120 do not
+        api.hub.publish("quotes", quotes(n, start=start))
+    assert seqs(ws.recv()["records"]) == list(range(31, 81))
+    ended = ws.recv()
+    assert ended["type"] == "error" and ended["topic"] == "quotes" and ended["id"] == "bp", ended
+    assert "since_seq 80" in ended["error"] and repr(epoch) in ended["error"]
+    assert api.hub.topic("quotes").subscriptions == ()
+    api.hub.publish("quotes", quotes(5, start=200))  # no more pushes: the next message answers the new subscribe
+    again = ws.request({"action": "subscribe", "topic": "quotes", "policy": "back_pressure", "since_seq": 80, "epoch": epoch})
+    assert again["type"] == "subscribed"
+    assert seqs(ws.records_until(205)) == list(range(81, 206))
     ws.close()
 
 
