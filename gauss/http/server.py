@@ -122,6 +122,21 @@ def _upgrade_refusal(request_version: str, environ: Mapping[str, Any]) -> tuple[
     return None
 
 
+
+def _take_absolute_form(environ: dict[str, Any]) -> None:
+    """``GET http://host:port/path``: the path is the URL's, and so is the host (RFC 9112 section 3.2.2).
+
+    A server must accept the absolute form; the URL's authority then stands
+    for the ``Host`` header, and the Host checks (SPEC section 4) judge it.
+    """
+    path = environ.get("PATH_INFO", "")
+    scheme, sep, rest = path.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return
+    authority, slash, tail = rest.partition("/")
+    environ["PATH_INFO"] = slash + tail if slash else "/"
+    environ["HTTP_HOST"] = authority
+
 class _Handler(WebSocketHandler):
     """One connection: timed request heads, timed writes, upgrade only allowed ``GET /ws``."""
 
@@ -251,6 +266,7 @@ class _Handler(WebSocketHandler):
         self.server.api.connections.busy(self)
         environ: dict[str, Any] = super().get_environ()
         environ[SHARE_KEY] = self.share
+        _take_absolute_form(environ)
         return environ
 
     def _sendall(self, data: bytes) -> None:

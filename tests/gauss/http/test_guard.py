@@ -47,6 +47,16 @@ def test_a_tokenless_api_refuses_other_host_names_with_403(api: Api, host: str) 
         assert status == 403 and "host" in body["error"] and "allowed_hosts" in body["error"], (path, body)
 
 
+def test_an_absolute_form_request_target_is_served_and_its_authority_is_the_host(api: Api) -> None:
+    """RFC 9112 section 3.2.2: a server accepts ``GET http://host/path`` and takes the host from it, not from Host."""
+    port = api.server.address[1]
+    assert raw_get(api, f"http://127.0.0.1:{port}/api/health", {"Host": f"127.0.0.1:{port}"}) == (200, {"status": "ok"})
+    status, body = raw_get(api, "HTTP://localhost/api/topics/quotes?limit=1", {"Host": "evil.example"})
+    assert status == 200 and body["topic"] == "quotes"
+    status, body = raw_get(api, f"http://evil.example:{port}/api/health", {"Host": f"127.0.0.1:{port}"})
+    assert status == 403 and "host" in body["error"]
+
+
 def test_allowed_hosts_are_answered_with_or_without_port(make_api: Callable[..., Api]) -> None:
     api = make_api(allowed_hosts=["gauss.internal", "dash.internal:8080"])
     assert raw_get(api, "/api/topics", {"Host": "gauss.internal"})[0] == 200
