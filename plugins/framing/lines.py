@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from gauss.core import DEFAULT_MAX_FRAME_BYTES, LineDecoder, encode_lines
+from gauss.ratelimit import RateLimitedLog
 from gauss.wire import FramingConfig
 
 __all__ = ["LinesFraming"]
+
+log = logging.getLogger(__name__)
 
 
 class LinesFraming:
@@ -17,6 +21,9 @@ class LinesFraming:
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
+        self.skipped = 0
+        """Payloads not sent because they hold a newline (a CSV row of a symbol with one, say)."""
+        self._skip_log = RateLimitedLog(log, level=logging.ERROR)
 
     @classmethod
     def from_config(cls, config: FramingConfig) -> LinesFraming:
@@ -27,4 +34,14 @@ class LinesFraming:
         return LineDecoder(self.max_frame_bytes, spans=True)
 
     def encode(self, payloads: Sequence[bytes]) -> bytes:
-        return encode_lines(payloads)
+        """The payloads as lines; one holding a newline cannot be a line: it is skipped and logged, the rest sent."""
+        try:
+            return encode_lines(payloads)
+        except ValueError:
+            whole = [payload for payload in payloads if b"\n" not in payload]
+            self.skipped += len(payloads) - len(whole)
+            self._skip_log(
+                "lines framing: %d payloads hold a newline and cannot be lines; skipped (%d so far), e.g. %.200r",
+                len(payloads) - len(whole), self.skipped, next(p for p in payloads if b"\n" in p),
+            )  # fmt: skip
+            return encode_lines(whole)

@@ -230,3 +230,33 @@ def test_what_a_sink_writes_a_source_with_the_same_table_reads() -> None:
         assert source.bad_frames == 0
     finally:
         hub.stop()
+
+
+def test_a_record_that_cannot_be_a_line_is_skipped_and_the_rest_of_its_batch_sent() -> None:
+    """A symbol holding a newline is a valid JSON quote; as a CSV row it cannot be a line: only it is lost, not the batch or the client."""
+    wire_table: dict[str, Any] = {"framing": "lines", "codec": "csv"}
+    hub = Hub.from_config(
+        {
+            "hub": {"status_interval": 0},
+            "topics": [{"name": "a", "format": "quote"}, {"name": "b", "format": "quote"}],
+            "sinks": [{"topic": "a", "transport": {"type": "tcp-server", "port": 0}, **wire_table}],
+        }
+    )
+    hub.start()
+    try:
+        sink = hub.sinks[0]
+        port = sink.address[1]  # type: ignore[attr-defined]
+        source = hub.add_source(convert({"topic": "b", "transport": {"type": "tcp-client", "port": port}, **wire_table}, SourceSpec))
+        wait_until(lambda: sink.clients == 1)  # type: ignore[attr-defined]
+
+        def quote(i: int, symbol: str) -> TopicRecord:
+            return TopicRecord(NOW + i, symbol, {"symbol": symbol, "bid": 1.5, "ask": 1.75, "bid_size": 1.0, "ask_size": 2.0, "ts_ms": NOW + i})
+
+        hub.publish("a", [quote(0, "NLA"), quote(1, "NL\nX"), quote(2, "NLB")])
+        hub.publish("a", [quote(3, "NLC")])
+        wait_until(lambda: hub.topic("b").count() == 3)
+        assert [r.key for r in hub.query("b").records] == ["NLA", "NLB", "NLC"]
+        assert sink.wire.framing.skipped == 1  # type: ignore[attr-defined]
+        assert source.bad_frames == 0 and source.connections == 1
+    finally:
+        hub.stop()
