@@ -1990,15 +1990,24 @@ cdef class LineDecoder:
     def feed(self, chunk):
         cdef Py_buffer view
         cdef FrameSpans out
+        cdef list frames = []
         if self.spans and type(chunk) is bytes:
             out = _spans_of(chunk)
-            self._feed(<const unsigned char*>out._base, PyBytes_GET_SIZE(chunk), out)
+            try:
+                self._feed(<const unsigned char*>out._base, PyBytes_GET_SIZE(chunk), out, frames)
+            except FrameTooLarge as exc:
+                exc.frames = out  # the frames before it (SPEC section 6)
+                raise
             return out
         PyObject_GetBuffer(chunk, &view, PyBUF_SIMPLE)
         try:
-            return self._feed(<const unsigned char*>view.buf, view.len, None)
+            self._feed(<const unsigned char*>view.buf, view.len, None, frames)
+        except FrameTooLarge as exc:
+            exc.frames = frames
+            raise
         finally:
             PyBuffer_Release(&view)
+        return frames
 
     cdef inline int _check_tail(self, Py_ssize_t size, unsigned char last) except -1:
         cdef Py_ssize_t limit = self.max_frame_bytes
@@ -2011,9 +2020,8 @@ cdef class LineDecoder:
         self._pending.clear()
         raise FrameTooLarge(f"line of {size} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
 
-    cdef list _feed(self, const unsigned char* data, Py_ssize_t n, FrameSpans spans):
-        """The frames ``data`` completes, in a list, or (``spans`` given) added to ``spans``."""
-        cdef list frames = []
+    cdef int _feed(self, const unsigned char* data, Py_ssize_t n, FrameSpans spans, list frames) except -1:
+        """Add the frames ``data`` completes to ``frames`` or (``spans`` given) to ``spans``."""
         cdef Py_ssize_t limit = self.max_frame_bytes
         cdef Py_ssize_t pos = 0, end, length, head, total
         cdef const unsigned char* nl
@@ -2021,13 +2029,13 @@ cdef class LineDecoder:
         cdef bytes frame
         cdef char* out
         if n == 0:
-            return frames
+            return 0
         if pending.size:
             nl = <const unsigned char*>memchr(data, _NL, n)
             if nl == NULL:
                 self._check_tail(pending.size + n, data[n - 1])
                 pending.extend(data, n)
-                return frames
+                return 0
             # The line began in an earlier chunk: pending + data[:head].
             head = nl - data
             total = pending.size + head
@@ -2071,7 +2079,7 @@ cdef class LineDecoder:
         if pos < n:
             self._check_tail(n - pos, data[n - 1])
             pending.extend(data + pos, n - pos)
-        return frames
+        return 0
 
 
 cdef inline uint32_t _read_u32(const unsigned char* p) noexcept nogil:
@@ -2099,15 +2107,24 @@ cdef class LengthPrefixedDecoder:
     def feed(self, chunk):
         cdef Py_buffer view
         cdef FrameSpans out
+        cdef list frames = []
         if self.spans and type(chunk) is bytes:
             out = _spans_of(chunk)
-            self._feed(<const unsigned char*>out._base, PyBytes_GET_SIZE(chunk), out)
+            try:
+                self._feed(<const unsigned char*>out._base, PyBytes_GET_SIZE(chunk), out, frames)
+            except FrameTooLarge as exc:
+                exc.frames = out  # the frames before it (SPEC section 6)
+                raise
             return out
         PyObject_GetBuffer(chunk, &view, PyBUF_SIMPLE)
         try:
-            return self._feed(<const unsigned char*>view.buf, view.len, None)
+            self._feed(<const unsigned char*>view.buf, view.len, None, frames)
+        except FrameTooLarge as exc:
+            exc.frames = frames
+            raise
         finally:
             PyBuffer_Release(&view)
+        return frames
 
     cdef inline int _check_size(self, Py_ssize_t size) except -1:
         if size > self.max_frame_bytes:
@@ -2115,9 +2132,8 @@ cdef class LengthPrefixedDecoder:
             raise FrameTooLarge(f"frame of {size} bytes exceeds max_frame_bytes={self.max_frame_bytes}")
         return 0
 
-    cdef list _feed(self, const unsigned char* data, Py_ssize_t n, FrameSpans spans):
-        """The frames ``data`` completes, in a list, or (``spans`` given) added to ``spans``."""
-        cdef list frames = []
+    cdef int _feed(self, const unsigned char* data, Py_ssize_t n, FrameSpans spans, list frames) except -1:
+        """Add the frames ``data`` completes to ``frames`` or (``spans`` given) to ``spans``."""
         cdef Py_ssize_t pos = 0, take, size
         cdef _Pending pending = self._pending
         if pending.size:
@@ -2127,14 +2143,14 @@ cdef class LengthPrefixedDecoder:
                 pending.extend(data, take)
                 pos = take
                 if pending.size < 4:
-                    return frames
+                    return 0
             size = _read_u32(pending.buf)
             self._check_size(size)
             take = min(4 + size - pending.size, n - pos)
             pending.extend(data + pos, take)
             pos += take
             if pending.size < 4 + size:
-                return frames
+                return 0
             frame = PyBytes_FromStringAndSize(<const char*>pending.buf + 4, size)
             if spans is not None:
                 spans._head = frame
@@ -2153,7 +2169,7 @@ cdef class LengthPrefixedDecoder:
             pos += 4 + size
         if pos < n:
             pending.extend(data + pos, n - pos)
-        return frames
+        return 0
 
 
 cdef list _as_bytes_list(object payloads):

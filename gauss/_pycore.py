@@ -642,13 +642,13 @@ class LineDecoder:
         lines = data.split(b"\n")
         self._pending = lines.pop()
         limit = self.max_frame_bytes
-        frames = []
+        frames: list[bytes] = []
         for line in lines:
             if line.endswith(b"\r"):
                 line = line[:-1]
             if len(line) > limit:
                 self._pending = b""
-                raise FrameTooLarge(f"line of {len(line)} bytes exceeds max_frame_bytes={limit}")
+                raise FrameTooLarge(f"line of {len(line)} bytes exceeds max_frame_bytes={limit}", frames)
             if line:
                 frames.append(line)
         # The pending tail may end in a "\r" that a later "\n" strips, so one
@@ -656,7 +656,7 @@ class LineDecoder:
         size = len(self._pending)
         if size > limit and not (size == limit + 1 and self._pending.endswith(b"\r")):
             self._pending = b""
-            raise FrameTooLarge(f"unterminated line of {size} bytes exceeds max_frame_bytes={limit}")
+            raise FrameTooLarge(f"unterminated line of {size} bytes exceeds max_frame_bytes={limit}", frames)
         return frames
 
 
@@ -677,7 +677,7 @@ class LengthPrefixedDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         data = self._pending + bytes(chunk) if self._pending else bytes(chunk)
-        frames = []
+        frames: list[bytes] = []
         pos = 0
         end = len(data)
         limit = self.max_frame_bytes
@@ -685,7 +685,7 @@ class LengthPrefixedDecoder:
             size = int.from_bytes(data[pos : pos + 4], "big")
             if size > limit:
                 self._pending = b""
-                raise FrameTooLarge(f"frame of {size} bytes exceeds max_frame_bytes={limit}")
+                raise FrameTooLarge(f"frame of {size} bytes exceeds max_frame_bytes={limit}", frames)
             if end - pos - 4 < size:
                 break
             frames.append(data[pos + 4 : pos + 4 + size])

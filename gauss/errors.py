@@ -9,6 +9,8 @@ but derive from :class:`GaussError` too; tests/gauss/test_errors.py checks every
 
 from __future__ import annotations
 
+from typing import Sequence
+
 __all__ = [
     "GaussError",
     "ConfigError",
@@ -64,7 +66,15 @@ class UnknownPluginError(ConfigError, LookupError):
 
 
 class FrameTooLarge(GaussError, ValueError):
-    """A frame exceeded ``max_frame_bytes``; the connection must be closed."""
+    """A frame exceeded ``max_frame_bytes``; the connection must be closed.
+
+    ``frames`` are the whole frames the same chunk completed before it: a
+    source still takes them (SPEC section 6: input never loses what came first).
+    """
+
+    def __init__(self, message: str, frames: Sequence[bytes] = ()) -> None:
+        super().__init__(message)
+        self.frames = frames
 
 
 class InflateBudgetExceeded(GaussError, ValueError):

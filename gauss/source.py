@@ -238,12 +238,12 @@ class Source:
                 if not chunk:
                     break
                 count_bytes(len(chunk))
+                oversize: FrameTooLarge | None = None
                 try:
                     frames = feed(chunk)
                 except FrameTooLarge as exc:
                     self._m_oversize.inc()
-                    self._close_log("source %s: closing connection %s: %s", self.name, conn.peer, exc)
-                    return
+                    frames, oversize = exc.frames, exc  # the whole frames before it are kept (SPEC section 6)
                 if frames:
                     try:
                         self.ingest(frames, conn.peer)
@@ -251,6 +251,9 @@ class Source:
                         self._m_inflate_closed.inc()
                         self._close_log("source %s: closing connection %s: %s", self.name, conn.peer, exc)
                         return
+                if oversize is not None:
+                    self._close_log("source %s: closing connection %s: %s", self.name, conn.peer, oversize)
+                    return
                 # PERF: let the publisher and the subscribers run after every chunk. A
                 # socket with data waiting never yields, so the reader would otherwise
                 # fill the whole queue first; shallow queues keep records young, and the

@@ -106,6 +106,22 @@ def test_oversize_frame_closes_only_its_connection(make_hub: Any) -> None:
     bad.close()
 
 
+def test_the_frames_before_an_oversize_one_in_the_same_read_are_kept(make_hub: Any) -> None:
+    """SPEC section 6: the oversize frame closes its connection; the good frames ahead of it are not lost."""
+    cfg = config(max_frame_bytes=200)
+    cfg["sources"][0]["framing"] = "length-prefixed"
+    hub = make_hub(cfg)
+    sock = connect(hub.sources[0].address)
+    good = [json.dumps(quote(s, 1.1, 1.2, NOW)).encode() for s in ("EURUSD", "GBPUSD")]
+    sock.sendall(encode_length_prefixed(good) + (201).to_bytes(4, "big"))  # one write: two frames, then a header over the limit
+    sock.settimeout(10)
+    assert sock.recv(10) == b""  # the server closed it
+    wait_until(lambda: hub.topic("quotes.raw").last_seq == 2)
+    assert [r.key for r in hub.query("quotes.raw").records] == ["EURUSD", "GBPUSD"]
+    assert hub.sources[0].oversize == 1
+    sock.close()
+
+
 def test_stalled_sink_client_does_not_stop_the_others_or_ingest(make_hub: Any) -> None:
     cfg = config()
     cfg["sinks"][0]["transport"]["send_buffer"] = 16384  # so the stalled client's backlog reaches its queue soon

@@ -115,11 +115,11 @@ def test_lines_limit_is_exact_for_any_chunking(
     try:
         for chunk in chunked(wire, cuts):
             got.extend(decoder.feed(chunk))
-    except FrameTooLarge:
+    except FrameTooLarge as exc:
+        got.extend(exc.frames)  # the whole lines before it, also those of the same chunk
         too_long = [f for f in frames if len(f) > limit]
         assert too_long, "raised although every line fits"
-        first_bad = frames.index(too_long[0])
-        assert got == frames[: len(got)] and len(got) <= first_bad
+        assert got == frames[: frames.index(too_long[0])]
         assert decoder.buffered == 0
     else:
         assert all(len(f) <= limit for f in frames)
@@ -174,6 +174,24 @@ def test_length_prefixed_oversize_header_raises_before_payload(kernels: ModuleTy
     assert decoder.feed(b"\x00\x00") == []
     with pytest.raises(FrameTooLarge):
         decoder.feed(b"\x00\x65")  # 101 bytes announced, none sent
+    assert decoder.buffered == 0
+
+
+@pytest.mark.parametrize("spans", [False, True])
+@pytest.mark.parametrize("framing", ["lines", "length-prefixed"])
+def test_an_oversize_frame_carries_the_whole_frames_its_chunk_completed_before_it(
+    kernels: ModuleType, framing: str, spans: bool
+) -> None:
+    """SPEC section 6: the frame closes its connection, but what came before it in the same read is kept."""
+    if framing == "lines":
+        decoder, wire = kernels.LineDecoder(max_frame_bytes=8, spans=spans), b"one\ntwo\n" + b"x" * 20 + b"\n"
+    else:
+        decoder = kernels.LengthPrefixedDecoder(max_frame_bytes=8, spans=spans)
+        wire = kernels.encode_length_prefixed([b"one", b"two"]) + (9).to_bytes(4, "big")
+    assert list(decoder.feed(b"zero\n" if framing == "lines" else kernels.encode_length_prefixed([b"zero"]))) == [b"zero"]
+    with pytest.raises(FrameTooLarge) as info:
+        decoder.feed(wire)
+    assert list(info.value.frames) == [b"one", b"two"]
     assert decoder.buffered == 0
 
 
