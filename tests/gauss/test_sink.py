@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import gevent
 import pytest
@@ -201,9 +202,13 @@ def test_lines_sink_of_a_binary_codec_is_refused_with_the_spec_2_message() -> No
     assert create("sink", table).wire.chain(outbound=True) == "avro -> length-prefixed"
 
 
-def test_what_a_sink_writes_a_source_with_the_same_table_reads() -> None:
-    """Sink -> tcp-client source loopback with two middleware: one WireFormat, so the order agrees both ways."""
-    wire_table: dict[str, Any] = {"framing": "length-prefixed", "codec": "avro", "middleware": ["lz4", "snappy"]}
+def full_quote(i: int, symbol: str) -> TopicRecord:
+    return TopicRecord(NOW + i, symbol, {"symbol": symbol, "bid": 1.5, "ask": 1.75, "bid_size": 1.0, "ask_size": 2.0, "ts_ms": NOW + i})
+
+
+@contextmanager
+def loopback(wire_table: dict[str, Any]) -> Iterator[tuple[Hub, Any]]:
+    """A started hub whose topic ``a`` goes out through a sink of ``wire_table`` and back into topic ``b`` (and the source)."""
     hub = Hub.from_config(
         {
             "hub": {"status_interval": 0},
@@ -214,49 +219,30 @@ def test_what_a_sink_writes_a_source_with_the_same_table_reads() -> None:
     hub.start()
     try:
         port = hub.sinks[0].address[1]  # type: ignore[attr-defined]
-        spec = convert({"topic": "b", "transport": {"type": "tcp-client", "port": port}, **wire_table}, SourceSpec)
-        source = hub.add_source(spec)
-        assert source.wire.chain() == "length-prefixed -> lz4 -> snappy -> avro"
+        source = hub.add_source(convert({"topic": "b", "transport": {"type": "tcp-client", "port": port}, **wire_table}, SourceSpec))
         wait_until(lambda: hub.sinks[0].clients == 1)  # type: ignore[attr-defined]
-        batch = [
-            TopicRecord(
-                NOW + i, s, {"symbol": s, "bid": 1.5, "ask": 1.75, "bid_size": 1.0, "ask_size": 2.0, "ts_ms": NOW + i}
-            )
-            for i, s in enumerate(["EURUSD", "GBPUSD", "USDJPY"])
-        ]
+        yield hub, source
+    finally:
+        hub.stop()
+
+
+def test_what_a_sink_writes_a_source_with_the_same_table_reads() -> None:
+    """Sink -> tcp-client source loopback with two middleware: one WireFormat, so the order agrees both ways."""
+    with loopback({"framing": "length-prefixed", "codec": "avro", "middleware": ["lz4", "snappy"]}) as (hub, source):
+        assert source.wire.chain() == "length-prefixed -> lz4 -> snappy -> avro"
+        batch = [full_quote(i, s) for i, s in enumerate(["EURUSD", "GBPUSD", "USDJPY"])]
         hub.publish("a", batch)
         wait_until(lambda: hub.topic("b").count() == 3)
         assert [r.data for r in hub.query("b").records] == [r.data for r in batch]
         assert source.bad_frames == 0
-    finally:
-        hub.stop()
 
 
 def test_a_record_that_cannot_be_a_line_is_skipped_and_the_rest_of_its_batch_sent() -> None:
     """A symbol holding a newline is a valid JSON quote; as a CSV row it cannot be a line: only it is lost, not the batch or the client."""
-    wire_table: dict[str, Any] = {"framing": "lines", "codec": "csv"}
-    hub = Hub.from_config(
-        {
-            "hub": {"status_interval": 0},
-            "topics": [{"name": "a", "format": "quote"}, {"name": "b", "format": "quote"}],
-            "sinks": [{"topic": "a", "transport": {"type": "tcp-server", "port": 0}, **wire_table}],
-        }
-    )
-    hub.start()
-    try:
-        sink = hub.sinks[0]
-        port = sink.address[1]  # type: ignore[attr-defined]
-        source = hub.add_source(convert({"topic": "b", "transport": {"type": "tcp-client", "port": port}, **wire_table}, SourceSpec))
-        wait_until(lambda: sink.clients == 1)  # type: ignore[attr-defined]
-
-        def quote(i: int, symbol: str) -> TopicRecord:
-            return TopicRecord(NOW + i, symbol, {"symbol": symbol, "bid": 1.5, "ask": 1.75, "bid_size": 1.0, "ask_size": 2.0, "ts_ms": NOW + i})
-
-        hub.publish("a", [quote(0, "NLA"), quote(1, "NL\nX"), quote(2, "NLB")])
-        hub.publish("a", [quote(3, "NLC")])
+    with loopback({"framing": "lines", "codec": "csv"}) as (hub, source):
+        hub.publish("a", [full_quote(0, "NLA"), full_quote(1, "NL\nX"), full_quote(2, "NLB")])
+        hub.publish("a", [full_quote(3, "NLC")])
         wait_until(lambda: hub.topic("b").count() == 3)
         assert [r.key for r in hub.query("b").records] == ["NLA", "NLB", "NLC"]
-        assert sink.wire.framing.skipped == 1  # type: ignore[attr-defined]
+        assert hub.sinks[0].wire.framing.skipped == 1  # type: ignore[attr-defined]
         assert source.bad_frames == 0 and source.connections == 1
-    finally:
-        hub.stop()
