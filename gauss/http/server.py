@@ -122,7 +122,6 @@ def _upgrade_refusal(request_version: str, environ: Mapping[str, Any]) -> tuple[
     return None
 
 
-
 def _take_absolute_form(environ: dict[str, Any]) -> None:
     """``GET http://host:port/path``: the path is the URL's, and so is the host (RFC 9112 section 3.2.2).
 
@@ -136,6 +135,7 @@ def _take_absolute_form(environ: dict[str, Any]) -> None:
     authority, slash, tail = rest.partition("/")
     environ["PATH_INFO"] = slash + tail if slash else "/"
     environ["HTTP_HOST"] = authority
+
 
 class _Handler(WebSocketHandler):
     """One connection: timed request heads, timed writes, upgrade only allowed ``GET /ws``."""
