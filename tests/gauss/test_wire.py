@@ -182,9 +182,13 @@ def test_quotes_as_columns_are_framed_by_the_codec_to_the_same_bytes(framing: st
     assert (bad, refused) == ([], []) and [r.key for r in records] == symbols
 
 
-def test_a_quote_that_no_line_can_hold_takes_the_general_path_and_its_error() -> None:
+def test_a_quote_that_no_line_can_hold_takes_the_general_path_and_is_skipped_there() -> None:
     wire = WireFormat.build("lines", "csv")
-    batch = QuoteBatch.from_records([TopicRecord(NOW, "new\nline", {"symbol": "new\nline", "bid": 1.0, "ask": 1.1, "bid_size": 1.0, "ask_size": 1.0, "ts_ms": NOW})])
+    records = [
+        TopicRecord(NOW, symbol, {"symbol": symbol, "bid": 1.0, "ask": 1.1, "bid_size": 1.0, "ask_size": 1.0, "ts_ms": NOW})
+        for symbol in ("A", "new\nline", "B")
+    ]
+    batch = QuoteBatch.from_records(records)
     assert wire.codec.encode_quotes_framed(batch, "lines") is None
-    with pytest.raises(ValueError, match="newline"):
-        wire.encode(batch)
+    assert wire.encode(batch) == b"A,1.0,1.1,1.0,1.0,%d\nB,1.0,1.1,1.0,1.0,%d\n" % (NOW, NOW)
+    assert wire.framing.skipped == 1  # type: ignore[attr-defined]
